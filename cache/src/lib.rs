@@ -1,0 +1,588 @@
+//! Content-addressed, crash-safe cache for pipeline items.
+//!
+//! Layout of a cache directory:
+//!
+//! ```text
+//! <root>/index/          sled database: key -> EntryMeta (JSON), plus named run records
+//! <root>/objects/ab/<key> one blob per entry: magic, header (EntryMeta), payload
+//! <root>/tmp/            blobs being written; renamed into objects/ when complete
+//! <root>/LOCK            held (flock) by the one process using the cache
+//! <root>/LOCK.owner      who holds it: pid, command line, start time
+//! ```
+//!
+//! Invariants:
+//! - A blob appears under `objects/` only complete and fsynced (write to `tmp/`, fsync, rename).
+//! - The index names a blob only after the blob is in place, so a crash leaves at worst an
+//!   orphan blob (adopted by [`Cache::repair`]) and never an index entry for a partial blob.
+//! - Every read verifies the blake3 checksum of the decompressed bytes; a bad or missing blob is
+//!   dropped from the index and reported as [`CacheError::Corrupt`] / a miss, never returned.
+//! - Each blob's header repeats its metadata, so the index can be rebuilt from `objects/` alone.
+
+mod key;
+mod lock;
+
+pub use key::CacheKey;
+pub use lock::{LockOwner, WaitPolicy};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 4] = b"SFC1";
+/// Payloads smaller than this are stored raw: compressing them does not pay.
+const COMPRESS_MIN_BYTES: usize = 4096;
+const RECORD_TREE: &str = "records";
+
+/// Errors of the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cache index error in {path}: {source}")]
+    Index {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("cache entry {key} is corrupt ({why}); it was dropped and will be recomputed")]
+    Corrupt { key: String, why: String },
+    #[error("{0}")]
+    Locked(String),
+}
+
+impl CacheError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;
+
+/// How a payload is stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+/// What the index knows about one entry (also written in the blob's header).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub key: String,
+    /// Stage id that produced the entry (for `stats`).
+    pub stage: String,
+    /// Case id, or `*` for whole-dataset items.
+    pub case: String,
+    /// Uncompressed size in bytes.
+    pub raw_bytes: u64,
+    /// Size of the blob file in bytes.
+    pub stored_bytes: u64,
+    /// blake3 of the uncompressed payload, hex.
+    pub checksum: String,
+    pub compression: Compression,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds; updated on reads.
+    #[serde(default)]
+    pub last_used: u64,
+}
+
+/// Per-stage totals reported by [`Cache::stats`].
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct StageStats {
+    pub entries: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+}
+
+/// Outcome of [`Cache::verify`].
+#[derive(Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub ok: u64,
+    /// Entries whose blob failed its checksum or header check: (key, why).
+    pub corrupt: Vec<(String, String)>,
+    /// Entries whose blob is missing.
+    pub missing: Vec<String>,
+    /// Blobs that no index entry names (harmless; `repair` adopts them).
+    pub orphans: u64,
+    /// Leftover temporary files from interrupted writes (harmless; `repair` removes them).
+    pub temp_files: u64,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty() && self.missing.is_empty()
+    }
+}
+
+/// Outcome of [`Cache::repair`].
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    pub kept: u64,
+    pub adopted: u64,
+    pub dropped: u64,
+    pub temp_removed: u64,
+}
+
+/// Outcome of [`Cache::gc`].
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub removed_entries: u64,
+    pub removed_bytes: u64,
+    pub remaining_bytes: u64,
+}
+
+/// An open cache directory, held exclusively by this process.
+pub struct Cache {
+    root: PathBuf,
+    db: sled::Db,
+    index: sled::Tree,
+    records: sled::Tree,
+    tmp_counter: AtomicU64,
+    _lock: lock::CacheLock,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache at `root`, taking its lock.
+    ///
+    /// With [`WaitPolicy::Wait`] a second process blocks until the first is done, calling
+    /// `on_wait` once with a message naming the holder; with [`WaitPolicy::NoWait`] it fails
+    /// at once with [`CacheError::Locked`] and that message.
+    pub fn open(
+        root: impl AsRef<Path>,
+        wait: WaitPolicy,
+        on_wait: &dyn Fn(&str),
+    ) -> Result<Cache> {
+        let root = root.as_ref().to_path_buf();
+        for dir in [root.clone(), root.join("objects"), root.join("tmp")] {
+            fs::create_dir_all(&dir).map_err(|e| CacheError::io(&dir, e))?;
+        }
+        let lock = lock::CacheLock::acquire(&root, wait, on_wait)?;
+        let index_path = root.join("index");
+        let db = sled::Config::new()
+            .path(&index_path)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|source| CacheError::Index {
+                path: index_path.clone(),
+                source,
+            })?;
+        let index = db.open_tree("entries").map_err(|source| CacheError::Index {
+            path: index_path.clone(),
+            source,
+        })?;
+        let records = db
+            .open_tree(RECORD_TREE)
+            .map_err(|source| CacheError::Index {
+                path: index_path.clone(),
+                source,
+            })?;
+        Ok(Cache {
+            root,
+            db,
+            index,
+            records,
+            tmp_counter: AtomicU64::new(0),
+            _lock: lock,
+        })
+    }
+
+    /// The cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn index_err(&self, source: sled::Error) -> CacheError {
+        CacheError::Index {
+            path: self.root.join("index"),
+            source,
+        }
+    }
+
+    fn object_path(&self, key: &str) -> PathBuf {
+        let shard = key.get(..2).unwrap_or("00");
+        self.root.join("objects").join(shard).join(key)
+    }
+
+    /// Index metadata for `key`, if present.
+    pub fn meta(&self, key: &CacheKey) -> Result<Option<EntryMeta>> {
+        let hex = key.to_hex();
+        match self.index.get(hex.as_bytes()).map_err(|e| self.index_err(e))? {
+            Some(v) => Ok(serde_json::from_slice(&v).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// True when the index names `key` and its blob file exists. The checksum is checked on
+    /// [`Cache::get`], not here.
+    pub fn contains(&self, key: &CacheKey) -> Result<bool> {
+        let hex = key.to_hex();
+        if !self
+            .index
+            .contains_key(hex.as_bytes())
+            .map_err(|e| self.index_err(e))?
+        {
+            return Ok(false);
+        }
+        Ok(self.object_path(&hex).is_file())
+    }
+
+    /// Stores `bytes` under `key`, atomically. Returns the entry's metadata.
+    pub fn put(&self, key: &CacheKey, stage: &str, case: &str, bytes: &[u8]) -> Result<EntryMeta> {
+        let hex = key.to_hex();
+        let (payload, compression) = compress(bytes);
+        let payload: &[u8] = payload.as_deref().unwrap_or(bytes);
+        let mut meta = EntryMeta {
+            key: hex.clone(),
+            stage: stage.to_string(),
+            case: case.to_string(),
+            raw_bytes: bytes.len() as u64,
+            stored_bytes: 0,
+            checksum: blake3::hash(bytes).to_hex().to_string(),
+            compression,
+            created: now_secs(),
+            last_used: now_secs(),
+        };
+        let header = serde_json::to_vec(&meta).unwrap_or_default();
+        // The index records the blob file's full size; the header cannot know its own length.
+        meta.stored_bytes = (MAGIC.len() + 4 + header.len() + payload.len()) as u64;
+
+        let final_path = self.object_path(&hex);
+        let shard_dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&shard_dir).map_err(|e| CacheError::io(&shard_dir, e))?;
+        let tmp_path = self.root.join("tmp").join(format!(
+            "{hex}.{}.{}",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp_path)?;
+            f.write_all(MAGIC)?;
+            f.write_all(&(header.len() as u32).to_le_bytes())?;
+            f.write_all(&header)?;
+            f.write_all(payload)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp_path, &final_path)?;
+            // Make the rename itself durable.
+            File::open(&shard_dir)?.sync_all()?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(CacheError::io(&final_path, e));
+        }
+        let value = serde_json::to_vec(&meta).unwrap_or_default();
+        self.index
+            .insert(hex.as_bytes(), value)
+            .map_err(|e| self.index_err(e))?;
+        Ok(meta)
+    }
+
+    /// Reads the entry for `key`. `Ok(None)` when absent (or its blob vanished);
+    /// `Err(Corrupt)` when the blob fails its checks, after dropping it from the cache.
+    pub fn get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>> {
+        let hex = key.to_hex();
+        let Some(raw_meta) = self
+            .index
+            .get(hex.as_bytes())
+            .map_err(|e| self.index_err(e))?
+        else {
+            return Ok(None);
+        };
+        let path = self.object_path(&hex);
+        let read = match read_blob(&path) {
+            Ok(r) => r,
+            Err(BlobError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(key = %hex, "cache blob is missing; recomputing");
+                self.drop_entry(&hex)?;
+                return Ok(None);
+            }
+            Err(BlobError::Io(e)) => return Err(CacheError::io(&path, e)),
+            Err(BlobError::Bad(why)) => {
+                self.drop_entry(&hex)?;
+                return Err(CacheError::Corrupt { key: hex, why });
+            }
+        };
+        let (meta, bytes) = read;
+        if meta.key != hex {
+            self.drop_entry(&hex)?;
+            return Err(CacheError::Corrupt {
+                key: hex,
+                why: format!("blob header names key {}", meta.key),
+            });
+        }
+        // Touch last-used, without forcing a flush.
+        if let Ok(mut m) = serde_json::from_slice::<EntryMeta>(&raw_meta) {
+            let now = now_secs();
+            if now > m.last_used + 60 {
+                m.last_used = now;
+                if let Ok(v) = serde_json::to_vec(&m) {
+                    let _ = self.index.insert(hex.as_bytes(), v);
+                }
+            }
+        }
+        Ok(Some(bytes))
+    }
+
+    fn drop_entry(&self, hex: &str) -> Result<()> {
+        self.index
+            .remove(hex.as_bytes())
+            .map_err(|e| self.index_err(e))?;
+        let _ = fs::remove_file(self.object_path(hex));
+        Ok(())
+    }
+
+    /// Removes the entry for `key`, if any.
+    pub fn remove(&self, key: &CacheKey) -> Result<()> {
+        self.drop_entry(&key.to_hex())
+    }
+
+    /// All index entries.
+    pub fn entries(&self) -> Result<Vec<EntryMeta>> {
+        let mut out = Vec::new();
+        for kv in self.index.iter() {
+            let (_, v) = kv.map_err(|e| self.index_err(e))?;
+            if let Ok(m) = serde_json::from_slice::<EntryMeta>(&v) {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries and bytes grouped by stage.
+    pub fn stats(&self) -> Result<BTreeMap<String, StageStats>> {
+        let mut by_stage: BTreeMap<String, StageStats> = BTreeMap::new();
+        for m in self.entries()? {
+            let s = by_stage.entry(m.stage.clone()).or_default();
+            s.entries += 1;
+            s.raw_bytes += m.raw_bytes;
+            s.stored_bytes += m.stored_bytes;
+        }
+        Ok(by_stage)
+    }
+
+    /// Evicts least-recently-used entries until the stored bytes are at most `max_bytes`.
+    pub fn gc(&self, max_bytes: u64) -> Result<GcReport> {
+        let mut entries = self.entries()?;
+        let mut total: u64 = entries.iter().map(|m| m.stored_bytes).sum();
+        entries.sort_by_key(|m| (m.last_used, m.created));
+        let mut report = GcReport::default();
+        for m in entries {
+            if total <= max_bytes {
+                break;
+            }
+            self.drop_entry(&m.key)?;
+            total = total.saturating_sub(m.stored_bytes);
+            report.removed_entries += 1;
+            report.removed_bytes += m.stored_bytes;
+        }
+        report.remaining_bytes = total;
+        self.flush()?;
+        Ok(report)
+    }
+
+    fn object_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let Ok(shards) = fs::read_dir(self.root.join("objects")) else {
+            return out;
+        };
+        for shard in shards.flatten() {
+            if let Ok(files) = fs::read_dir(shard.path()) {
+                out.extend(files.flatten().map(|f| f.path()));
+            }
+        }
+        out
+    }
+
+    fn temp_files(&self) -> Vec<PathBuf> {
+        fs::read_dir(self.root.join("tmp"))
+            .map(|d| d.flatten().map(|f| f.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Checks every entry's blob (header and checksum) without changing anything.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let entries = self.entries()?;
+        let known: std::collections::HashSet<String> =
+            entries.iter().map(|m| m.key.clone()).collect();
+        for m in &entries {
+            match read_blob(&self.object_path(&m.key)) {
+                Ok((h, _)) if h.key == m.key => report.ok += 1,
+                Ok((h, _)) => report
+                    .corrupt
+                    .push((m.key.clone(), format!("header names key {}", h.key))),
+                Err(BlobError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    report.missing.push(m.key.clone())
+                }
+                Err(BlobError::Io(e)) => report.corrupt.push((m.key.clone(), e.to_string())),
+                Err(BlobError::Bad(why)) => report.corrupt.push((m.key.clone(), why)),
+            }
+        }
+        report.orphans = self
+            .object_files()
+            .iter()
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                !known.contains(name)
+            })
+            .count() as u64;
+        report.temp_files = self.temp_files().len() as u64;
+        Ok(report)
+    }
+
+    /// Rebuilds the index from the blobs: drops entries whose blob is missing or corrupt,
+    /// adopts valid orphan blobs, deletes corrupt blobs and leftover temporary files.
+    pub fn repair(&self) -> Result<RepairReport> {
+        let mut report = RepairReport::default();
+        let mut valid = std::collections::HashSet::new();
+        for path in self.object_files() {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
+            match read_blob(&path) {
+                Ok((mut meta, _)) if meta.key == name => {
+                    meta.stored_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    let known = self
+                        .index
+                        .get(name.as_bytes())
+                        .map_err(|e| self.index_err(e))?;
+                    if let Some(prev) = known.and_then(|v| serde_json::from_slice::<EntryMeta>(&v).ok()) {
+                        meta.last_used = prev.last_used;
+                        report.kept += 1;
+                    } else {
+                        meta.last_used = meta.created;
+                        report.adopted += 1;
+                    }
+                    let v = serde_json::to_vec(&meta).unwrap_or_default();
+                    self.index
+                        .insert(name.as_bytes(), v)
+                        .map_err(|e| self.index_err(e))?;
+                    valid.insert(name);
+                }
+                _ => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        for m in self.entries()? {
+            if !valid.contains(&m.key) {
+                self.index
+                    .remove(m.key.as_bytes())
+                    .map_err(|e| self.index_err(e))?;
+                report.dropped += 1;
+            }
+        }
+        for t in self.temp_files() {
+            if fs::remove_file(&t).is_ok() {
+                report.temp_removed += 1;
+            }
+        }
+        self.flush()?;
+        Ok(report)
+    }
+
+    /// Reads a named record (small metadata kept beside the entries, e.g. the last key
+    /// computed for a stage and case, used to explain why an item is recomputed).
+    pub fn record_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .records
+            .get(name.as_bytes())
+            .map_err(|e| self.index_err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Writes a named record.
+    pub fn record_put(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.records
+            .insert(name.as_bytes(), value)
+            .map_err(|e| self.index_err(e))?;
+        Ok(())
+    }
+
+    /// Makes the index durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(|e| self.index_err(e))?;
+        Ok(())
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        let _ = self.db.flush();
+    }
+}
+
+fn compress(bytes: &[u8]) -> (Option<Vec<u8>>, Compression) {
+    if bytes.len() < COMPRESS_MIN_BYTES {
+        return (None, Compression::None);
+    }
+    match zstd::bulk::compress(bytes, 3) {
+        // Keep the compressed form only when it saves at least a tenth.
+        Ok(c) if (c.len() as f64) < bytes.len() as f64 * 0.9 => (Some(c), Compression::Zstd),
+        _ => (None, Compression::None),
+    }
+}
+
+enum BlobError {
+    Io(io::Error),
+    Bad(String),
+}
+
+fn read_blob(path: &Path) -> std::result::Result<(EntryMeta, Vec<u8>), BlobError> {
+    let mut f = File::open(path).map_err(BlobError::Io)?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(BlobError::Io)?;
+    if buf.len() < 8 || &buf[..4] != MAGIC {
+        return Err(BlobError::Bad("bad magic".into()));
+    }
+    let hlen = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    let header = buf
+        .get(8..8 + hlen)
+        .ok_or_else(|| BlobError::Bad("truncated header".into()))?;
+    let meta: EntryMeta = serde_json::from_slice(header)
+        .map_err(|e| BlobError::Bad(format!("unreadable header: {e}")))?;
+    let payload = &buf[8 + hlen..];
+    let bytes = match meta.compression {
+        Compression::None => payload.to_vec(),
+        Compression::Zstd => zstd::bulk::decompress(payload, meta.raw_bytes as usize)
+            .map_err(|e| BlobError::Bad(format!("zstd: {e}")))?,
+    };
+    if bytes.len() as u64 != meta.raw_bytes {
+        return Err(BlobError::Bad(format!(
+            "size {} differs from recorded {}",
+            bytes.len(),
+            meta.raw_bytes
+        )));
+    }
+    let sum = blake3::hash(&bytes).to_hex().to_string();
+    if sum != meta.checksum {
+        return Err(BlobError::Bad("checksum mismatch".into()));
+    }
+    Ok((meta, bytes))
+}
+
+#[cfg(test)]
+mod tests;

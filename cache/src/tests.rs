@@ -1,0 +1,146 @@
+use super::*;
+
+fn open(dir: &Path) -> Cache {
+    Cache::open(dir, WaitPolicy::NoWait, &|_| {}).expect("open cache")
+}
+
+#[test]
+fn put_get_roundtrip_small_and_compressible() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let small = b"hello".to_vec();
+    let big = vec![7u8; 1 << 20];
+    let (k1, k2) = (CacheKey::of(b"a"), CacheKey::of(b"b"));
+    let m1 = c.put(&k1, "s", "case1", &small).unwrap();
+    let m2 = c.put(&k2, "s", "case2", &big).unwrap();
+    assert_eq!(m1.compression, Compression::None);
+    assert_eq!(m2.compression, Compression::Zstd);
+    assert!(m2.stored_bytes < 10_000, "zstd should shrink a constant MiB");
+    assert_eq!(c.get(&k1).unwrap().unwrap(), small);
+    assert_eq!(c.get(&k2).unwrap().unwrap(), big);
+    assert!(c.get(&CacheKey::of(b"zz")).unwrap().is_none());
+    let stats = c.stats().unwrap();
+    assert_eq!(stats["s"].entries, 2);
+    assert_eq!(stats["s"].raw_bytes, (small.len() + big.len()) as u64);
+}
+
+#[test]
+fn corrupt_blob_is_detected_dropped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let k = CacheKey::of(b"k");
+    c.put(&k, "s", "c", &[1u8; 100]).unwrap();
+    let path = c.object_path(&k.to_hex());
+    let mut bytes = fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    fs::write(&path, bytes).unwrap();
+    let v = c.verify().unwrap();
+    assert_eq!(v.corrupt.len(), 1);
+    assert!(matches!(c.get(&k), Err(CacheError::Corrupt { .. })));
+    // Dropped: now a plain miss, and the cache verifies clean.
+    assert!(c.get(&k).unwrap().is_none());
+    assert!(c.verify().unwrap().is_clean());
+}
+
+#[test]
+fn missing_blob_is_a_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let k = CacheKey::of(b"k");
+    c.put(&k, "s", "c", b"abc").unwrap();
+    fs::remove_file(c.object_path(&k.to_hex())).unwrap();
+    assert!(!c.contains(&k).unwrap());
+    assert_eq!(c.verify().unwrap().missing.len(), 1);
+    assert!(c.get(&k).unwrap().is_none());
+}
+
+#[test]
+fn repair_rebuilds_index_from_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<CacheKey> = (0..5u8).map(|i| CacheKey::of(&[i])).collect();
+    {
+        let c = open(dir.path());
+        for (i, k) in keys.iter().enumerate() {
+            c.put(k, "stage", &format!("c{i}"), &vec![i as u8; 5000]).unwrap();
+        }
+        fs::write(dir.path().join("tmp").join("leftover"), b"partial").unwrap();
+    }
+    // Lose the whole index.
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let c = open(dir.path());
+    assert!(!c.contains(&keys[0]).unwrap());
+    let r = c.repair().unwrap();
+    assert_eq!(r.adopted, 5);
+    assert_eq!(r.temp_removed, 1);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(c.get(k).unwrap().unwrap(), vec![i as u8; 5000]);
+    }
+    let v = c.verify().unwrap();
+    assert!(v.is_clean());
+    assert_eq!((v.ok, v.orphans, v.temp_files), (5, 0, 0));
+}
+
+#[test]
+fn gc_evicts_least_recently_used_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let keys: Vec<CacheKey> = (0..4u8).map(|i| CacheKey::of(&[i])).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let m = c.put(k, "s", "c", &[i as u8; 1000]).unwrap();
+        // Pretend entry i was last used at time i.
+        let mut m2 = m.clone();
+        m2.last_used = i as u64;
+        c.index
+            .insert(m.key.as_bytes(), serde_json::to_vec(&m2).unwrap())
+            .unwrap();
+    }
+    let one = c.meta(&keys[0]).unwrap().unwrap().stored_bytes;
+    let r = c.gc(one * 2).unwrap();
+    assert_eq!(r.removed_entries, 2);
+    assert!(!c.contains(&keys[0]).unwrap());
+    assert!(!c.contains(&keys[1]).unwrap());
+    assert!(c.contains(&keys[2]).unwrap());
+    assert!(c.contains(&keys[3]).unwrap());
+}
+
+#[test]
+fn second_opener_is_refused_with_the_holder_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let _c = open(dir.path());
+    let err = Cache::open(dir.path(), WaitPolicy::NoWait, &|_| {})
+        .err()
+        .expect("second open must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("in use by process"), "{msg}");
+    assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+}
+
+#[test]
+fn waiting_opener_proceeds_when_holder_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let path = dir.path().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let told = std::sync::Mutex::new(None);
+        let c2 = Cache::open(&path, WaitPolicy::Wait, &|m| {
+            *told.lock().unwrap() = Some(m.to_string());
+            tx.send(()).unwrap();
+        })
+        .unwrap();
+        drop(c2);
+        told.into_inner().unwrap()
+    });
+    rx.recv().unwrap();
+    drop(c);
+    let msg = h.join().unwrap().unwrap();
+    assert!(msg.contains("waiting"), "{msg}");
+}
+
+#[test]
+fn key_hex_roundtrip() {
+    let k = CacheKey::of(b"xyz");
+    assert_eq!(CacheKey::from_hex(&k.to_hex()), Some(k));
+    assert_eq!(CacheKey::from_hex("zz"), None);
+}
