@@ -1,0 +1,10 @@
+//! The `pipeline` command line, and the set of plugins this binary ships.
+
+pub mod cli;
+
+use shapeflow_core::Registry;
+
+/// Every stage family the `pipeline` binary ships.
+pub fn default_registry() -> Registry {
+    Registry::new().with(&shapeflow_exec::ExecPlugin)
+}

@@ -167,11 +167,7 @@ impl Cache {
     /// With [`WaitPolicy::Wait`] a second process blocks until the first is done, calling
     /// `on_wait` once with a message naming the holder; with [`WaitPolicy::NoWait`] it fails
     /// at once with [`CacheError::Locked`] and that message.
-    pub fn open(
-        root: impl AsRef<Path>,
-        wait: WaitPolicy,
-        on_wait: &dyn Fn(&str),
-    ) -> Result<Cache> {
+    pub fn open(root: impl AsRef<Path>, wait: WaitPolicy, on_wait: &dyn Fn(&str)) -> Result<Cache> {
         let root = root.as_ref().to_path_buf();
         for dir in [root.clone(), root.join("objects"), root.join("tmp")] {
             fs::create_dir_all(&dir).map_err(|e| CacheError::io(&dir, e))?;
@@ -186,10 +182,12 @@ impl Cache {
                 path: index_path.clone(),
                 source,
             })?;
-        let index = db.open_tree("entries").map_err(|source| CacheError::Index {
-            path: index_path.clone(),
-            source,
-        })?;
+        let index = db
+            .open_tree("entries")
+            .map_err(|source| CacheError::Index {
+                path: index_path.clone(),
+                source,
+            })?;
         let records = db
             .open_tree(RECORD_TREE)
             .map_err(|source| CacheError::Index {
@@ -226,24 +224,47 @@ impl Cache {
     /// Index metadata for `key`, if present.
     pub fn meta(&self, key: &CacheKey) -> Result<Option<EntryMeta>> {
         let hex = key.to_hex();
-        match self.index.get(hex.as_bytes()).map_err(|e| self.index_err(e))? {
+        match self
+            .index
+            .get(hex.as_bytes())
+            .map_err(|e| self.index_err(e))?
+        {
             Some(v) => Ok(serde_json::from_slice(&v).ok()),
             None => Ok(None),
         }
     }
 
-    /// True when the index names `key` and its blob file exists. The checksum is checked on
-    /// [`Cache::get`], not here.
+    /// True when `key` has a blob. The checksum is checked on [`Cache::get`], not here,
+    /// except for a blob the index does not know yet (written just before a crash lost the
+    /// index update): that one is verified in full and adopted.
     pub fn contains(&self, key: &CacheKey) -> Result<bool> {
         let hex = key.to_hex();
-        if !self
+        let path = self.object_path(&hex);
+        if self
             .index
             .contains_key(hex.as_bytes())
             .map_err(|e| self.index_err(e))?
         {
+            return Ok(path.is_file());
+        }
+        if !path.is_file() {
             return Ok(false);
         }
-        Ok(self.object_path(&hex).is_file())
+        match read_blob(&path) {
+            Ok((mut meta, _)) if meta.key == hex => {
+                meta.stored_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                meta.last_used = now_secs();
+                let v = serde_json::to_vec(&meta).unwrap_or_default();
+                self.index
+                    .insert(hex.as_bytes(), v)
+                    .map_err(|e| self.index_err(e))?;
+                Ok(true)
+            }
+            _ => {
+                let _ = fs::remove_file(&path);
+                Ok(false)
+            }
+        }
     }
 
     /// Stores `bytes` under `key`, atomically. Returns the entry's metadata.
@@ -302,6 +323,9 @@ impl Cache {
     /// `Err(Corrupt)` when the blob fails its checks, after dropping it from the cache.
     pub fn get(&self, key: &CacheKey) -> Result<Option<Vec<u8>>> {
         let hex = key.to_hex();
+        if !self.contains(key)? {
+            return Ok(None);
+        }
         let Some(raw_meta) = self
             .index
             .get(hex.as_bytes())
@@ -469,7 +493,9 @@ impl Cache {
                         .index
                         .get(name.as_bytes())
                         .map_err(|e| self.index_err(e))?;
-                    if let Some(prev) = known.and_then(|v| serde_json::from_slice::<EntryMeta>(&v).ok()) {
+                    if let Some(prev) =
+                        known.and_then(|v| serde_json::from_slice::<EntryMeta>(&v).ok())
+                    {
                         meta.last_used = prev.last_used;
                         report.kept += 1;
                     } else {

@@ -15,7 +15,10 @@ fn put_get_roundtrip_small_and_compressible() {
     let m2 = c.put(&k2, "s", "case2", &big).unwrap();
     assert_eq!(m1.compression, Compression::None);
     assert_eq!(m2.compression, Compression::Zstd);
-    assert!(m2.stored_bytes < 10_000, "zstd should shrink a constant MiB");
+    assert!(
+        m2.stored_bytes < 10_000,
+        "zstd should shrink a constant MiB"
+    );
     assert_eq!(c.get(&k1).unwrap().unwrap(), small);
     assert_eq!(c.get(&k2).unwrap().unwrap(), big);
     assert!(c.get(&CacheKey::of(b"zz")).unwrap().is_none());
@@ -62,14 +65,15 @@ fn repair_rebuilds_index_from_objects() {
     {
         let c = open(dir.path());
         for (i, k) in keys.iter().enumerate() {
-            c.put(k, "stage", &format!("c{i}"), &vec![i as u8; 5000]).unwrap();
+            c.put(k, "stage", &format!("c{i}"), &vec![i as u8; 5000])
+                .unwrap();
         }
         fs::write(dir.path().join("tmp").join("leftover"), b"partial").unwrap();
     }
     // Lose the whole index.
     fs::remove_dir_all(dir.path().join("index")).unwrap();
     let c = open(dir.path());
-    assert!(!c.contains(&keys[0]).unwrap());
+    assert!(c.meta(&keys[0]).unwrap().is_none());
     let r = c.repair().unwrap();
     assert_eq!(r.adopted, 5);
     assert_eq!(r.temp_removed, 1);
@@ -143,4 +147,31 @@ fn key_hex_roundtrip() {
     let k = CacheKey::of(b"xyz");
     assert_eq!(CacheKey::from_hex(&k.to_hex()), Some(k));
     assert_eq!(CacheKey::from_hex("zz"), None);
+}
+
+#[test]
+fn blob_without_index_entry_is_verified_and_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = CacheKey::of(b"k");
+    let bad = CacheKey::of(b"bad");
+    {
+        let c = open(dir.path());
+        c.put(&k, "s", "c", &[3u8; 5000]).unwrap();
+        c.put(&bad, "s", "c", &[4u8; 50]).unwrap();
+        let p = c.object_path(&bad.to_hex());
+        let mut b = fs::read(&p).unwrap();
+        let n = b.len();
+        b[n - 1] ^= 1;
+        fs::write(&p, b).unwrap();
+    }
+    // As after a kill -9 that lost the index's last updates.
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let c = open(dir.path());
+    assert!(c.contains(&k).unwrap());
+    assert_eq!(c.get(&k).unwrap().unwrap(), vec![3u8; 5000]);
+    assert!(
+        !c.contains(&bad).unwrap(),
+        "a damaged orphan is never adopted"
+    );
+    assert!(c.verify().unwrap().is_clean());
 }

@@ -1,0 +1,503 @@
+//! The `pipeline` command line.
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shapeflow_cache::{Cache, WaitPolicy};
+use shapeflow_core::config::parse_set;
+use shapeflow_core::{
+    manifest, plan, resolve, run, CancelToken, ConfigErrors, Override, PipelineFile, Registry,
+};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default cache directory, relative to the working directory.
+pub const DEFAULT_CACHE: &str = ".pipeline/cache";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pipeline",
+    version,
+    about = "Cached, DAG-driven pipelines for 3D medical image segmentation"
+)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline: compute what the cache lacks, for every variant.
+    Run(RunArgs),
+    /// Show what `run` would compute and why, without running anything.
+    Plan(PipelineArgs),
+    /// Check a pipeline file (plugins, params, dependencies, variants) and exit.
+    Validate(ValidateArgs),
+    /// List the available stages, or show one stage's help and params.
+    Plugins {
+        /// A stage name, e.g. `exec`.
+        name: Option<String>,
+    },
+    /// Inspect and maintain the cache.
+    Cache(CacheArgs),
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// The pipeline YAML file.
+    file: PathBuf,
+    /// Override a param: `stage.param=value` (repeatable).
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct PipelineArgs {
+    /// The pipeline YAML file.
+    file: PathBuf,
+    /// Override a param: `stage.param=value` (repeatable; applies to every variant).
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    sets: Vec<String>,
+    /// Cache directory (default: the file's `cache:`, else .pipeline/cache).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Fail at once if another process holds the cache, instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    /// Worker threads for per-case work (default: all cores).
+    #[arg(short, long)]
+    jobs: Option<usize>,
+    /// Where run directories go.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+struct CacheArgs {
+    /// Cache directory.
+    #[arg(long, default_value = DEFAULT_CACHE, global = true)]
+    cache: PathBuf,
+    /// Fail at once if another process holds the cache.
+    #[arg(long, global = true)]
+    no_wait: bool,
+    #[command(subcommand)]
+    command: CacheCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Entries and bytes by stage.
+    Stats,
+    /// Evict least-recently-used entries down to a size, e.g. `--max-size 20G`.
+    Gc {
+        #[arg(long, value_parser = parse_size)]
+        max_size: u64,
+    },
+    /// Check every entry's checksum; exit 1 if any is corrupt or missing.
+    Verify,
+    /// Rebuild the index from the stored objects, dropping what is corrupt.
+    Repair,
+}
+
+/// Parses sizes like `512M`, `20G`, `1.5T`, `1000` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
+        Some('t' | 'T') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 500M or 20G"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("`{s}` is not a size"));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = if cli.quiet {
+        "warn"
+    } else {
+        match cli.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Pretty => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs the CLI with `registry` on `args` (the first being the program name); returns the
+/// exit code: 0 success, 1 a failed stage or command, 2 a bad pipeline file or usage,
+/// 130 cancelled by Ctrl-C.
+pub fn main_with(registry: Registry, args: impl IntoIterator<Item = OsString>) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_logging(&cli);
+    match dispatch(cli, &registry) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ce) = e.downcast_ref::<ConfigErrors>() {
+                eprintln!("{ce}");
+                return 2;
+            }
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn dispatch(cli: Cli, registry: &Registry) -> Result<u8> {
+    match cli.command {
+        Command::Run(a) => cmd_run(a, registry),
+        Command::Plan(a) => cmd_plan(a, registry),
+        Command::Validate(a) => cmd_validate(a, registry),
+        Command::Plugins { name } => cmd_plugins(name.as_deref(), registry),
+        Command::Cache(a) => cmd_cache(a),
+    }
+}
+
+fn load(
+    file: &Path,
+    sets: &[String],
+    registry: &Registry,
+) -> Result<(resolve::Resolved, Vec<Override>)> {
+    let pf = PipelineFile::load(file)?;
+    let overrides: Vec<Override> = sets
+        .iter()
+        .map(|s| parse_set(s))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!(e))?;
+    let resolved = resolve::resolve(&pf, registry, &overrides)?;
+    Ok((resolved, overrides))
+}
+
+fn open_cache(dir: &Path, no_wait: bool) -> Result<Cache> {
+    let policy = if no_wait {
+        WaitPolicy::NoWait
+    } else {
+        WaitPolicy::Wait
+    };
+    Cache::open(dir, policy, &|msg| eprintln!("{msg}"))
+        .with_context(|| format!("cannot open cache {}", dir.display()))
+}
+
+fn cache_dir(args: &PipelineArgs, resolved: &resolve::Resolved) -> PathBuf {
+    args.cache
+        .clone()
+        .or_else(|| resolved.file.cache.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE))
+}
+
+fn cmd_validate(a: ValidateArgs, registry: &Registry) -> Result<u8> {
+    let (r, _) = load(&a.file, &a.sets, registry)?;
+    println!(
+        "{}: ok ({} stages, {} variants, {} stage instances to run)",
+        a.file.display(),
+        r.file.stages.len(),
+        r.file.variants.len(),
+        r.nodes.len()
+    );
+    Ok(0)
+}
+
+fn cmd_plan(a: PipelineArgs, registry: &Registry) -> Result<u8> {
+    let (r, _) = load(&a.file, &a.sets, registry)?;
+    let cache = open_cache(&cache_dir(&a, &r), a.no_wait)?;
+    let p = plan::make_plan(&r, &CancelToken::default()).map_err(|e| anyhow!(e))?;
+    let why = plan::explain(&r, &p, &cache);
+    let total_v = r.file.variants.len();
+    println!(
+        "{:<28} {:>6} {:>8} {:>8}  why",
+        "stage", "items", "cached", "compute"
+    );
+    let (mut all_c, mut all_n) = (0, 0);
+    for (i, node) in r.nodes.iter().enumerate() {
+        let items = p.nodes[i].items.len();
+        let cached = why[i].get(&plan::Reason::Cached).copied().unwrap_or(0);
+        let reasons: Vec<String> = why[i]
+            .iter()
+            .filter(|(r, _)| **r != plan::Reason::Cached)
+            .map(|(r, n)| format!("{} ({n})", r.describe()))
+            .collect();
+        all_c += cached;
+        all_n += items - cached;
+        println!(
+            "{:<28} {:>6} {:>8} {:>8}  {}",
+            node.label(total_v),
+            items,
+            cached,
+            items - cached,
+            reasons.join(", ")
+        );
+    }
+    println!("\n{all_n} items to compute, {all_c} from the cache");
+    Ok(0)
+}
+
+/// Settings of [`run_pipeline`].
+pub struct RunSettings {
+    /// Cache directory; `None`: the file's `cache:`, else [`DEFAULT_CACHE`].
+    pub cache: Option<PathBuf>,
+    pub no_wait: bool,
+    /// Where run directories go.
+    pub runs: PathBuf,
+    pub progress: bool,
+    pub cancel: CancelToken,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            cache: None,
+            no_wait: false,
+            runs: PathBuf::from("runs"),
+            progress: false,
+            cancel: CancelToken::default(),
+        }
+    }
+}
+
+/// Validates, plans and runs a pipeline file; writes the run's manifest. Returns the report
+/// and the manifest path. Stage failures are in the report, not errors.
+pub fn run_pipeline(
+    file: &Path,
+    sets: &[String],
+    registry: &Registry,
+    settings: RunSettings,
+) -> Result<(run::RunReport, PathBuf)> {
+    let started = chrono::Local::now();
+    let (r, _) = load(file, sets, registry)?;
+    let dir = settings
+        .cache
+        .clone()
+        .or_else(|| r.file.cache.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE));
+    let cache = Arc::new(open_cache(&dir, settings.no_wait)?);
+    let p = plan::make_plan(&r, &settings.cancel).map_err(|e| anyhow!(e))?;
+    let run_dir =
+        manifest::new_run_dir(&settings.runs, &r.file.name, started).with_context(|| {
+            format!(
+                "cannot create a run directory under {}",
+                settings.runs.display()
+            )
+        })?;
+    let r = Arc::new(r);
+    let p = Arc::new(p);
+    tracing::info!(pipeline = %r.file.name, run_dir = %run_dir.display(), "run started");
+    let report = run::execute(
+        r.clone(),
+        p.clone(),
+        cache,
+        run::RunOptions {
+            run_dir: run_dir.clone(),
+            cancel: settings.cancel,
+            progress: settings.progress,
+        },
+    );
+    let m = manifest::write(
+        &run_dir,
+        &manifest::ManifestInput {
+            resolved: &r,
+            plan: &p,
+            report: &report,
+            started,
+            tool_version: env!("CARGO_PKG_VERSION"),
+            overrides: sets,
+        },
+    )
+    .with_context(|| format!("cannot write the manifest in {}", run_dir.display()))?;
+    Ok((report, m))
+}
+
+fn cmd_run(a: RunArgs, registry: &Registry) -> Result<u8> {
+    if let Some(j) = a.jobs {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(j.max(1))
+            .build_global();
+    }
+    let (report, m) = run_pipeline(
+        &a.pipeline.file,
+        &a.pipeline.sets,
+        registry,
+        RunSettings {
+            cache: a.pipeline.cache.clone(),
+            no_wait: a.pipeline.no_wait,
+            runs: a.runs.clone(),
+            progress: !a.no_progress,
+            cancel: CancelToken::default(),
+        },
+    )?;
+    print!("{}", report.table());
+    println!(
+        "\n{} computed, {} from cache, {:.2}s; manifest: {}",
+        report.computed(),
+        report.cached(),
+        report.wall_s,
+        m.display()
+    );
+    Ok(if report.cancelled {
+        eprintln!("run cancelled: nothing half-written was kept; run again to continue");
+        130
+    } else if report.ok() {
+        0
+    } else {
+        1
+    })
+}
+
+fn cmd_plugins(name: Option<&str>, registry: &Registry) -> Result<u8> {
+    match name {
+        None => {
+            for f in registry.factories() {
+                println!("{:<16} v{:<3} {}", f.name(), f.version(), f.summary());
+            }
+            println!("\n`pipeline plugins NAME` shows a stage's help and params.");
+        }
+        Some(n) => {
+            let f = registry.get(n).ok_or_else(|| {
+                let hint = registry
+                    .nearest(n)
+                    .map(|x| format!(" (did you mean `{x}`?)"))
+                    .unwrap_or_default();
+                anyhow!("no stage named `{n}`{hint}")
+            })?;
+            println!(
+                "{} (version {})\n\n{}\n\n{}\n\nparams:",
+                f.name(),
+                f.version(),
+                f.summary(),
+                f.help().trim()
+            );
+            for p in f.params() {
+                let default = if p.default.is_null() {
+                    "required".to_string()
+                } else {
+                    format!("default {}", p.default)
+                };
+                println!(
+                    "  {:<18} {:<18} {}\n  {:<18} {}",
+                    p.name, p.ty, default, "", p.doc
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..=1023 => format!("{bytes} B"),
+        1024..=1048575 => format!("{:.1} KiB", b / 1024.0),
+        1048576..=1073741823 => format!("{:.1} MiB", b / 1048576.0),
+        _ => format!("{:.2} GiB", b / 1073741824.0),
+    }
+}
+
+fn cmd_cache(a: CacheArgs) -> Result<u8> {
+    let cache = open_cache(&a.cache, a.no_wait)?;
+    match a.command {
+        CacheCommand::Stats => {
+            let stats = cache.stats()?;
+            println!(
+                "{:<24} {:>8} {:>12} {:>12}",
+                "stage", "entries", "raw", "stored"
+            );
+            let (mut e, mut r, mut s) = (0, 0, 0);
+            for (stage, st) in &stats {
+                println!(
+                    "{:<24} {:>8} {:>12} {:>12}",
+                    stage,
+                    st.entries,
+                    human(st.raw_bytes),
+                    human(st.stored_bytes)
+                );
+                e += st.entries;
+                r += st.raw_bytes;
+                s += st.stored_bytes;
+            }
+            println!("{:<24} {:>8} {:>12} {:>12}", "total", e, human(r), human(s));
+        }
+        CacheCommand::Gc { max_size } => {
+            let g = cache.gc(max_size)?;
+            println!(
+                "removed {} entries ({}); {} remain",
+                g.removed_entries,
+                human(g.removed_bytes),
+                human(g.remaining_bytes)
+            );
+        }
+        CacheCommand::Verify => {
+            let v = cache.verify()?;
+            println!(
+                "{} ok, {} corrupt, {} missing, {} orphan objects, {} temporary files",
+                v.ok,
+                v.corrupt.len(),
+                v.missing.len(),
+                v.orphans,
+                v.temp_files
+            );
+            for (k, why) in &v.corrupt {
+                println!("corrupt {k}: {why}");
+            }
+            for k in &v.missing {
+                println!("missing {k}");
+            }
+            if !v.is_clean() {
+                println!("run `pipeline cache repair` to drop them; the next run recomputes them");
+                return Ok(1);
+            }
+        }
+        CacheCommand::Repair => {
+            let r = cache.repair()?;
+            println!(
+                "kept {}, adopted {} orphan objects, dropped {} bad entries, removed {} temporary files",
+                r.kept, r.adopted, r.dropped, r.temp_removed
+            );
+        }
+    }
+    Ok(0)
+}

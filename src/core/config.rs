@@ -1,0 +1,695 @@
+//! Pipeline files: parsing, `${ENV:-default}` substitution, and validation against the
+//! registry. Every error names the file, line and column; all errors are reported together.
+//!
+//! ```yaml
+//! name: demo
+//! seed: 42
+//! cache: .pipeline/cache        # optional
+//! stages:
+//!   load:  { plugin: phantom, params: { cases: 8 } }
+//!   sdm:   { plugin: edt-sdm, after: [load] }
+//!   train: { plugin: train, after: [load, sdm], params: { mode: joint } }
+//! variants:                     # optional: each runs the whole graph with these overrides
+//!   dice:  { train.mode: dice }
+//!   joint: { train.mode: joint }
+//! ```
+
+use crate::stage::{nearest, Registry};
+use crate::yaml::{self, Key, Node, Pos, Value};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// What kind of mistake a [`ConfigError`] reports (tests match on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Syntax,
+    DuplicateKey,
+    UnknownField,
+    MissingField,
+    WrongType,
+    UnknownPlugin,
+    UnknownParam,
+    BadParam,
+    UnknownDependency,
+    Cycle,
+    BadVariant,
+    BadOverride,
+    Env,
+    Io,
+}
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.pos.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.pos, self.message)
+        }
+    }
+}
+
+/// All problems found in a pipeline file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    pub fn kinds(&self) -> Vec<ErrorKind> {
+        self.0.iter().map(|e| e.kind).collect()
+    }
+}
+
+/// A stage as written in the file.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub id: String,
+    pub pos: Pos,
+    pub plugin: String,
+    pub plugin_pos: Pos,
+    /// The `params:` mapping (an empty mapping when absent).
+    pub params: Node,
+    pub after: Vec<(String, Pos)>,
+}
+
+/// `stage.param: value`, from a variant or `--set`.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub stage: String,
+    pub param: String,
+    pub value: Node,
+    /// Where it was written; line 0 for `--set`.
+    pub pos: Pos,
+    /// `variant NAME` or `--set`, for messages.
+    pub origin: String,
+}
+
+/// A named set of overrides.
+#[derive(Debug, Clone)]
+pub struct VariantSpec {
+    pub name: String,
+    pub pos: Pos,
+    pub overrides: Vec<Override>,
+}
+
+/// A parsed, structurally valid pipeline file (params not yet checked against plugins).
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    pub path: PathBuf,
+    pub name: String,
+    pub seed: u64,
+    pub cache: Option<PathBuf>,
+    pub stages: Vec<StageSpec>,
+    /// Never empty: a file without `variants:` has the single variant `default`.
+    pub variants: Vec<VariantSpec>,
+    pub explicit_variants: bool,
+}
+
+struct Errs<'a> {
+    file: &'a Path,
+    list: Vec<ConfigError>,
+}
+
+impl Errs<'_> {
+    fn push(&mut self, pos: Pos, kind: ErrorKind, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            pos,
+            kind,
+            message: message.into(),
+        });
+    }
+}
+
+const TOP_FIELDS: &[&str] = &["name", "description", "seed", "cache", "stages", "variants"];
+const STAGE_FIELDS: &[&str] = &["plugin", "params", "after", "description"];
+
+/// Substitutes `${VAR}` and `${VAR:-default}` using `env`; `$${` is a literal `${`.
+pub fn substitute_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(r) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = r;
+        } else if let Some(r) = after.strip_prefix("${") {
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in {s:?}"))?;
+            let expr = &r[..end];
+            let (var, default) = match expr.find(":-") {
+                Some(j) => (&expr[..j], Some(&expr[j + 2..])),
+                None => (expr, None),
+            };
+            let valid = !var.is_empty()
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !var.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(format!("`${{{expr}}}` is not a valid variable reference"));
+            }
+            match (env(var).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {var} is not set (write ${{{var}:-default}} to give a default)"
+                    ))
+                }
+            }
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl PipelineFile {
+    /// Reads and structurally validates a pipeline file.
+    pub fn load(path: &Path) -> Result<PipelineFile, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                pos: Pos::default(),
+                kind: ErrorKind::Io,
+                message: format!("cannot read pipeline file: {e}"),
+            }])
+        })?;
+        Self::parse(path, &text, &|v| std::env::var(v).ok())
+    }
+
+    /// Parses pipeline text; `path` is used in messages only.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PipelineFile, ConfigErrors> {
+        let mut errs = Errs {
+            file: path,
+            list: Vec::new(),
+        };
+        let mut root = match parse_yaml(text) {
+            Ok(n) => n,
+            Err((pos, msg)) => {
+                let kind = if msg.to_lowercase().contains("duplicate") {
+                    ErrorKind::DuplicateKey
+                } else {
+                    ErrorKind::Syntax
+                };
+                errs.push(pos, kind, msg);
+                return Err(ConfigErrors(errs.list));
+            }
+        };
+        let mut env_errs = Vec::new();
+        let _ = root.map_strings(&mut |s: &str, pos| -> Result<String, ()> {
+            match substitute_env(s, env) {
+                Ok(v) => Ok(v),
+                Err(m) => {
+                    env_errs.push((pos, m));
+                    Ok(s.to_string())
+                }
+            }
+        });
+        for (pos, m) in env_errs {
+            errs.push(pos, ErrorKind::Env, m);
+        }
+        let Value::Map(top) = &root.value else {
+            errs.push(
+                root.pos,
+                ErrorKind::WrongType,
+                "a pipeline file must be a mapping",
+            );
+            return Err(ConfigErrors(errs.list));
+        };
+        for (k, _) in top {
+            check_field(&mut errs, k, TOP_FIELDS, "top-level field");
+        }
+        let name = match root.get("name") {
+            Some(n) => match n.as_str() {
+                Some(s) if !s.trim().is_empty() => s.to_string(),
+                _ => {
+                    errs.push(
+                        n.pos,
+                        ErrorKind::WrongType,
+                        "`name` must be a non-empty string",
+                    );
+                    String::new()
+                }
+            },
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "pipeline".into()),
+        };
+        let seed = match root.get("seed") {
+            Some(Node {
+                value: Value::Int(i),
+                ..
+            }) if *i >= 0 => *i as u64,
+            Some(n) => {
+                errs.push(
+                    n.pos,
+                    ErrorKind::WrongType,
+                    format!(
+                        "`seed` must be a non-negative integer, not {}",
+                        n.type_name()
+                    ),
+                );
+                0
+            }
+            None => 0,
+        };
+        let cache = match root.get("cache") {
+            Some(n) => match n.as_str() {
+                Some(s) => Some(PathBuf::from(s)),
+                None => {
+                    errs.push(
+                        n.pos,
+                        ErrorKind::WrongType,
+                        "`cache` must be a directory path",
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let stages = parse_stages(&mut errs, &root);
+        let (variants, explicit_variants) = parse_variants(&mut errs, &root);
+        if errs.list.is_empty() {
+            check_graph(&mut errs, &stages);
+        }
+        if !errs.list.is_empty() {
+            return Err(ConfigErrors(errs.list));
+        }
+        Ok(PipelineFile {
+            path: path.to_path_buf(),
+            name,
+            seed,
+            cache,
+            stages,
+            variants,
+            explicit_variants,
+        })
+    }
+
+    pub fn stage(&self, id: &str) -> Option<&StageSpec> {
+        self.stages.iter().find(|s| s.id == id)
+    }
+
+    /// An error about this file at `pos`.
+    pub fn error(&self, pos: Pos, kind: ErrorKind, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            pos,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Validates every stage's params (with each variant's and the command line's overrides)
+    /// against the registry. Returns all problems at once.
+    pub fn validate(&self, registry: &Registry, sets: &[Override]) -> Result<(), ConfigErrors> {
+        crate::resolve::resolve(self, registry, sets).map(|_| ())
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Node, (Pos, String)> {
+    yaml::parse(text).map_err(|e| (e.pos.unwrap_or(Pos { line: 1, column: 1 }), e.message))
+}
+
+fn check_field(errs: &mut Errs, k: &Key, allowed: &[&str], what: &str) {
+    if !allowed.contains(&k.name.as_str()) {
+        let hint = nearest(&k.name, allowed.iter().copied())
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        errs.push(
+            k.pos,
+            ErrorKind::UnknownField,
+            format!(
+                "unknown {what} `{}`{hint}; expected one of: {}",
+                k.name,
+                allowed.join(", ")
+            ),
+        );
+    }
+}
+
+fn parse_stages(errs: &mut Errs, root: &Node) -> Vec<StageSpec> {
+    let Some(stages) = root.get("stages") else {
+        errs.push(
+            root.pos,
+            ErrorKind::MissingField,
+            "missing `stages:` (a mapping of stage id to stage)",
+        );
+        return Vec::new();
+    };
+    let Value::Map(entries) = &stages.value else {
+        errs.push(
+            stages.pos,
+            ErrorKind::WrongType,
+            format!("`stages` must be a mapping, not {}", stages.type_name()),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, node) in entries {
+        let id = key.name.clone();
+        if id.contains('.') || id.is_empty() {
+            errs.push(
+                key.pos,
+                ErrorKind::WrongType,
+                format!("stage id `{id}` must be non-empty and contain no `.`"),
+            );
+        }
+        let Value::Map(fields) = &node.value else {
+            errs.push(
+                node.pos,
+                ErrorKind::WrongType,
+                format!("stage `{id}` must be a mapping with `plugin:`"),
+            );
+            continue;
+        };
+        for (k, _) in fields {
+            check_field(errs, k, STAGE_FIELDS, &format!("field of stage `{id}`"));
+        }
+        let (plugin, plugin_pos) = match node.get("plugin") {
+            Some(p) => match p.as_str() {
+                Some(s) => (s.to_string(), p.pos),
+                None => {
+                    errs.push(
+                        p.pos,
+                        ErrorKind::WrongType,
+                        format!("`plugin` of stage `{id}` must be a string"),
+                    );
+                    continue;
+                }
+            },
+            None => {
+                errs.push(
+                    key.pos,
+                    ErrorKind::MissingField,
+                    format!("stage `{id}` has no `plugin:`"),
+                );
+                continue;
+            }
+        };
+        let params = match node.get("params") {
+            Some(p) if matches!(p.value, Value::Map(_)) => p.clone(),
+            Some(Node {
+                value: Value::Null,
+                pos,
+            }) => Node::new(Value::Map(vec![]), *pos),
+            Some(p) => {
+                errs.push(
+                    p.pos,
+                    ErrorKind::WrongType,
+                    format!("`params` of stage `{id}` must be a mapping"),
+                );
+                continue;
+            }
+            None => Node::new(Value::Map(vec![]), key.pos),
+        };
+        let mut after = Vec::new();
+        match node.get("after") {
+            None => {}
+            Some(Node {
+                value: Value::Str(s),
+                pos,
+            }) => after.push((s.clone(), *pos)),
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => {
+                for it in items {
+                    match it.as_str() {
+                        Some(s) => after.push((s.to_string(), it.pos)),
+                        None => errs.push(
+                            it.pos,
+                            ErrorKind::WrongType,
+                            "`after` lists stage ids (strings)",
+                        ),
+                    }
+                }
+            }
+            Some(n) => errs.push(
+                n.pos,
+                ErrorKind::WrongType,
+                "`after` must be a stage id or a list of them",
+            ),
+        }
+        out.push(StageSpec {
+            id,
+            pos: key.pos,
+            plugin,
+            plugin_pos,
+            params,
+            after,
+        });
+    }
+    out
+}
+
+/// Splits `stage.param` into its parts.
+pub fn split_target(s: &str) -> Option<(&str, &str)> {
+    let (a, b) = s.split_once('.')?;
+    (!a.is_empty() && !b.is_empty()).then_some((a, b))
+}
+
+fn parse_variants(errs: &mut Errs, root: &Node) -> (Vec<VariantSpec>, bool) {
+    let default = vec![VariantSpec {
+        name: "default".into(),
+        pos: Pos::default(),
+        overrides: vec![],
+    }];
+    let Some(vnode) = root.get("variants") else {
+        return (default, false);
+    };
+    let Value::Map(entries) = &vnode.value else {
+        errs.push(
+            vnode.pos,
+            ErrorKind::WrongType,
+            "`variants` must be a mapping of name to overrides",
+        );
+        return (default, false);
+    };
+    if entries.is_empty() {
+        return (default, false);
+    }
+    let mut out = Vec::new();
+    for (key, node) in entries {
+        let mut overrides = Vec::new();
+        match &node.value {
+            Value::Map(m) => {
+                for (k, v) in m {
+                    match split_target(&k.name) {
+                        Some((s, p)) => overrides.push(Override {
+                            stage: s.to_string(),
+                            param: p.to_string(),
+                            value: v.clone(),
+                            pos: k.pos,
+                            origin: format!("variant `{}`", key.name),
+                        }),
+                        None => errs.push(
+                            k.pos,
+                            ErrorKind::BadVariant,
+                            format!(
+                                "override `{}` in variant `{}` must be written `stage.param`",
+                                k.name, key.name
+                            ),
+                        ),
+                    }
+                }
+            }
+            Value::Null => {}
+            _ => errs.push(
+                node.pos,
+                ErrorKind::WrongType,
+                format!(
+                    "variant `{}` must be a mapping of `stage.param: value`",
+                    key.name
+                ),
+            ),
+        }
+        out.push(VariantSpec {
+            name: key.name.clone(),
+            pos: key.pos,
+            overrides,
+        });
+    }
+    (out, true)
+}
+
+/// Unknown dependencies and cycles.
+fn check_graph(errs: &mut Errs, stages: &[StageSpec]) {
+    let ids: Vec<&str> = stages.iter().map(|s| s.id.as_str()).collect();
+    let mut ok = true;
+    for s in stages {
+        for (dep, pos) in &s.after {
+            if !ids.contains(&dep.as_str()) {
+                ok = false;
+                let hint = nearest(dep, ids.iter().copied())
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default();
+                errs.push(*pos, ErrorKind::UnknownDependency, format!("stage `{}` runs after `{dep}`, which is not a stage of this pipeline{hint}", s.id));
+            } else if dep == &s.id {
+                ok = false;
+                errs.push(
+                    *pos,
+                    ErrorKind::Cycle,
+                    format!("stage `{}` depends on itself", s.id),
+                );
+            }
+        }
+    }
+    if !ok {
+        return;
+    }
+    if let Some(cycle) = find_cycle(stages) {
+        let first = stages
+            .iter()
+            .find(|s| s.id == cycle[0])
+            .map(|s| s.pos)
+            .unwrap_or_default();
+        errs.push(
+            first,
+            ErrorKind::Cycle,
+            format!(
+                "dependency cycle: {} (each runs after the next)",
+                cycle.join(" -> ")
+            ),
+        );
+    }
+}
+
+/// A cycle as stage ids, first repeated at the end; `None` if the graph is acyclic.
+fn find_cycle(stages: &[StageSpec]) -> Option<Vec<String>> {
+    let idx = |id: &str| stages.iter().position(|s| s.id == id);
+    // 0 = unvisited, 1 = on the stack, 2 = done
+    let mut state = vec![0u8; stages.len()];
+    let mut stack: Vec<usize> = Vec::new();
+    fn dfs(
+        i: usize,
+        stages: &[StageSpec],
+        idx: &dyn Fn(&str) -> Option<usize>,
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<String>> {
+        state[i] = 1;
+        stack.push(i);
+        for (dep, _) in &stages[i].after {
+            let j = idx(dep)?;
+            if state[j] == 1 {
+                let start = stack.iter().position(|&k| k == j).unwrap_or(0);
+                let mut c: Vec<usize> = stack[start..].to_vec();
+                // Start at the stage written first in the file.
+                let first = c
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, &k)| k)
+                    .map(|(p, _)| p)
+                    .unwrap_or(0);
+                c.rotate_left(first);
+                let mut names: Vec<String> = c.iter().map(|&k| stages[k].id.clone()).collect();
+                names.push(names[0].clone());
+                return Some(names);
+            }
+            if state[j] == 0 {
+                if let Some(c) = dfs(j, stages, idx, state, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        state[i] = 2;
+        None
+    }
+    for i in 0..stages.len() {
+        if state[i] == 0 {
+            if let Some(c) = dfs(i, stages, &idx, &mut state, &mut stack) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+/// Parses `stage.param=value` from the command line.
+pub fn parse_set(s: &str) -> Result<Override, String> {
+    let (target, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--set {s}: expected stage.param=value"))?;
+    let (stage, param) = split_target(target.trim())
+        .ok_or_else(|| format!("--set {s}: expected stage.param=value"))?;
+    Ok(Override {
+        stage: stage.to_string(),
+        param: param.to_string(),
+        value: yaml::parse_scalar(value.trim()),
+        pos: Pos::default(),
+        origin: format!("--set {target}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn env_substitution() {
+        let env = |v: &str| (v == "ROOT").then(|| "/data".to_string());
+        assert_eq!(substitute_env("${ROOT}/x", &env).unwrap(), "/data/x");
+        assert_eq!(substitute_env("${NOPE:-/d}/x", &env).unwrap(), "/d/x");
+        assert_eq!(substitute_env("$${ROOT}", &env).unwrap(), "${ROOT}");
+        assert_eq!(substitute_env("cost $5", &env).unwrap(), "cost $5");
+        assert!(substitute_env("${NOPE}", &env)
+            .unwrap_err()
+            .contains("NOPE"));
+        assert!(substitute_env("${bad-name}", &env).is_err());
+    }
+
+    #[test]
+    fn cycle_is_named() {
+        let text = "stages:\n  a: {plugin: p, after: [c]}\n  b: {plugin: p, after: [a]}\n  c: {plugin: p, after: [b]}\n";
+        let e = PipelineFile::parse(Path::new("x.yaml"), text, &no_env).unwrap_err();
+        assert_eq!(e.kinds(), vec![ErrorKind::Cycle]);
+        let m = &e.0[0].message;
+        assert!(m.contains("a") && m.contains("b") && m.contains("c"), "{m}");
+    }
+
+    #[test]
+    fn set_parsing() {
+        let o = parse_set("train.epochs=5").unwrap();
+        assert_eq!((o.stage.as_str(), o.param.as_str()), ("train", "epochs"));
+        assert_eq!(o.value.value, Value::Int(5));
+        assert!(parse_set("epochs=5").is_err());
+        assert!(parse_set("train.epochs").is_err());
+    }
+}

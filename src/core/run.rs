@@ -1,0 +1,582 @@
+//! Running a planned graph: each node computes what the cache lacks, per case in parallel
+//! on rayon, inside `spawn_blocking` so CPU work never blocks the async runtime.
+//!
+//! Invariants:
+//! - An item enters the cache only complete (the cache writes atomically); a failed or
+//!   cancelled item leaves nothing behind.
+//! - A node whose dependency failed or was skipped is skipped, naming the failed stage;
+//!   other branches run to the end.
+//! - A stage that declares a resource (the GPU) holds it exclusively for its whole run,
+//!   and its cases run one at a time.
+//! - A cached input that turns out corrupt or missing when read is recomputed on the spot.
+
+use crate::dag;
+use crate::item::Item;
+use crate::plan::{self, Plan, ALL_CASES};
+use crate::resolve::Resolved;
+use crate::stage::{CancelToken, CaseInfo, Inputs, Shape, StageCtx, StageError};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use shapeflow_cache::{Cache, CacheError, CacheKey};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How a node ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status", content = "detail")]
+pub enum Status {
+    Done,
+    Failed(String),
+    /// Not run because this stage (label) failed upstream.
+    Skipped(String),
+    Cancelled,
+}
+
+impl Status {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Status::Done => "done",
+            Status::Failed(_) => "FAILED",
+            Status::Skipped(_) => "skipped",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The outcome of one graph node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeReport {
+    pub stage: String,
+    pub plugin: String,
+    pub variants: Vec<String>,
+    pub label: String,
+    pub status: Status,
+    pub computed: usize,
+    pub cached: usize,
+    pub wall_s: f64,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub nodes: Vec<NodeReport>,
+    pub cancelled: bool,
+    pub wall_s: f64,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        !self.cancelled && self.nodes.iter().all(|n| n.status == Status::Done)
+    }
+
+    pub fn computed(&self) -> usize {
+        self.nodes.iter().map(|n| n.computed).sum()
+    }
+
+    pub fn cached(&self) -> usize {
+        self.nodes.iter().map(|n| n.cached).sum()
+    }
+
+    /// The report of stage `id` serving `variant`.
+    pub fn node(&self, id: &str, variant: &str) -> Option<&NodeReport> {
+        self.nodes
+            .iter()
+            .find(|n| n.stage == id && n.variants.iter().any(|v| v == variant))
+    }
+
+    /// The summary table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut rows = vec![[
+            "stage".to_string(),
+            "variant".to_string(),
+            "status".to_string(),
+            "computed".to_string(),
+            "cached".to_string(),
+            "wall".to_string(),
+        ]];
+        for n in &self.nodes {
+            rows.push([
+                n.stage.clone(),
+                n.variants.join(","),
+                n.status.word().to_string(),
+                n.computed.to_string(),
+                n.cached.to_string(),
+                format!("{:.2}s", n.wall_s),
+            ]);
+        }
+        let widths: Vec<usize> = (0..6)
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for r in &rows {
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(c, s)| {
+                    if c >= 3 {
+                        format!("{s:>w$}", w = widths[c])
+                    } else {
+                        format!("{s:<w$}", w = widths[c])
+                    }
+                })
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        for n in &self.nodes {
+            match &n.status {
+                Status::Failed(m) => out.push_str(&format!("\n{} failed: {m}\n", n.label)),
+                Status::Skipped(because) => {
+                    out.push_str(&format!("{} skipped: `{because}` failed\n", n.label))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Run settings.
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    pub cancel: CancelToken,
+    /// Draw progress bars (only where stderr is a terminal).
+    pub progress: bool,
+}
+
+struct NodeState {
+    status: Option<Status>,
+    computed: AtomicUsize,
+    cached: AtomicUsize,
+    wall: Duration,
+}
+
+struct Engine {
+    resolved: Arc<Resolved>,
+    plan: Arc<Plan>,
+    cache: Arc<Cache>,
+    cancel: CancelToken,
+    run_dir: PathBuf,
+    /// Items of uncached stages, and whole-dataset items once read (many cases read them).
+    memory: Mutex<HashMap<CacheKey, Arc<Item>>>,
+    /// node -> case id -> item index.
+    index: Vec<HashMap<String, usize>>,
+    states: Vec<Mutex<NodeState>>,
+    resources: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    bars: MultiProgress,
+    scratch_root: PathBuf,
+}
+
+impl Engine {
+    fn item_index(&self, n: usize, case: &str) -> Result<usize, StageError> {
+        let key = if self.resolved.nodes[n].shape == Shape::Gather {
+            ALL_CASES
+        } else {
+            case
+        };
+        self.index[n].get(key).copied().ok_or_else(|| {
+            StageError::msg(format!(
+                "stage `{}` has no item for case `{case}`",
+                self.resolved.nodes[n].id
+            ))
+        })
+    }
+
+    /// The item of node `n` for `case`: from memory, the cache, or computed now.
+    fn load(&self, n: usize, case: &str) -> Result<Arc<Item>, StageError> {
+        let i = self.item_index(n, case)?;
+        let key = self.plan.nodes[n].items[i].key;
+        if let Some(it) = self.memory.lock().map_err(poisoned)?.get(&key) {
+            return Ok(it.clone());
+        }
+        let node = &self.resolved.nodes[n];
+        if node.stage.cached() {
+            match self.cache.get(&key) {
+                Ok(Some(bytes)) => match Item::decode(&bytes) {
+                    Ok(item) => {
+                        let item = Arc::new(item);
+                        if node.shape == Shape::Gather {
+                            self.memory
+                                .lock()
+                                .map_err(poisoned)?
+                                .insert(key, item.clone());
+                        }
+                        return Ok(item);
+                    }
+                    Err(e) => {
+                        tracing::warn!(stage = %node.id, case, "cached item unreadable ({e}); recomputing");
+                        let _ = self.cache.remove(&key);
+                    }
+                },
+                Ok(None) => {}
+                Err(e @ CacheError::Corrupt { .. }) => {
+                    tracing::warn!(stage = %node.id, case, "{e}")
+                }
+                Err(e) => return Err(StageError::msg(e.to_string())),
+            }
+        }
+        let item = Arc::new(self.compute(n, i)?);
+        self.store(n, i, &item)?;
+        Ok(item)
+    }
+
+    /// Inputs of node `n` for `case`, from the deps `which(dep_is_whole_dataset)` selects.
+    fn inputs_for(
+        &self,
+        n: usize,
+        case: &str,
+        which: fn(bool) -> bool,
+    ) -> Result<Inputs, StageError> {
+        let node = &self.resolved.nodes[n];
+        let mut items = Vec::new();
+        for &d in &node.deps {
+            if which(self.resolved.nodes[d].shape == Shape::Gather) {
+                items.push((self.resolved.nodes[d].id.clone(), self.load(d, case)?));
+            }
+        }
+        Ok(Inputs::new(items))
+    }
+
+    fn compute(&self, n: usize, i: usize) -> Result<Item, StageError> {
+        if self.cancel.is_cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        let node = &self.resolved.nodes[n];
+        let item = &self.plan.nodes[n].items[i];
+        let scratch = self
+            .scratch_root
+            .join(format!("{}-{}", node.id, node.signature.short()))
+            .join(sanitize(&item.case.id));
+        std::fs::create_dir_all(&scratch).map_err(|e| {
+            StageError::msg(format!(
+                "cannot create scratch dir {}: {e}",
+                scratch.display()
+            ))
+        })?;
+        let ctx = StageCtx {
+            stage_id: &node.id,
+            seed: self.resolved.file.seed,
+            scratch: scratch.clone(),
+            run_dir: self.run_dir.clone(),
+            cancel: &self.cancel,
+        };
+        let out = match node.shape {
+            Shape::Source => node.stage.run_case(&ctx, &item.case, &Inputs::default()),
+            Shape::PerCase => {
+                let inputs = self.inputs_for(n, &item.case.id, |_| true)?;
+                node.stage.run_case(&ctx, &item.case, &inputs)
+            }
+            Shape::Gather => {
+                let members = &self.plan.nodes[n].members;
+                let per_case: Result<Vec<(CaseInfo, Inputs)>, StageError> = members
+                    .par_iter()
+                    .map(|c| Ok((c.clone(), self.inputs_for(n, &c.id, |whole| !whole)?)))
+                    .collect();
+                let global = self.inputs_for(n, ALL_CASES, |whole| whole)?;
+                node.stage.run_all(&ctx, &per_case?, &global)
+            }
+        };
+        let _ = std::fs::remove_dir_all(&scratch);
+        out
+    }
+
+    fn store(&self, n: usize, i: usize, item: &Arc<Item>) -> Result<(), StageError> {
+        let node = &self.resolved.nodes[n];
+        let planned = &self.plan.nodes[n].items[i];
+        if node.stage.cached() {
+            self.cache
+                .put(&planned.key, &node.id, &planned.case.id, &item.encode())
+                .map_err(|e| StageError::msg(e.to_string()))?;
+            if node.shape == Shape::Gather {
+                self.memory
+                    .lock()
+                    .map_err(poisoned)?
+                    .insert(planned.key, item.clone());
+            }
+        } else {
+            self.memory
+                .lock()
+                .map_err(poisoned)?
+                .insert(planned.key, item.clone());
+        }
+        plan::record(&self.resolved, n, planned, &self.cache);
+        Ok(())
+    }
+
+    /// Makes item `i` of node `n` exist; true if it was computed now.
+    fn ensure(&self, n: usize, i: usize) -> Result<bool, StageError> {
+        let node = &self.resolved.nodes[n];
+        let planned = &self.plan.nodes[n].items[i];
+        if node.stage.cached()
+            && self
+                .cache
+                .contains(&planned.key)
+                .map_err(|e| StageError::msg(e.to_string()))?
+        {
+            plan::record(&self.resolved, n, planned, &self.cache);
+            return Ok(false);
+        }
+        let item = Arc::new(self.compute(n, i)?);
+        self.store(n, i, &item)?;
+        Ok(true)
+    }
+
+    fn run_node(&self, n: usize) -> Status {
+        let node = &self.resolved.nodes[n];
+        let items = &self.plan.nodes[n].items;
+        let label = node.label(self.resolved.file.variants.len());
+        let _held = node.stage.resource().map(|r| {
+            let m = self
+                .resources
+                .lock()
+                .map(|mut map| {
+                    map.entry(r.clone())
+                        .or_insert_with(|| Arc::new(Mutex::new(())))
+                        .clone()
+                })
+                .unwrap_or_else(|_| Arc::new(Mutex::new(())));
+            tracing::debug!(stage = %label, resource = %r, "waiting for exclusive resource");
+            m
+        });
+        let _guard = _held.as_ref().map(|m| m.lock());
+        let bar = self.bars.add(ProgressBar::new(items.len() as u64));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>24.bold} [{bar:30}] {pos}/{len} {elapsed} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(label.clone());
+        tracing::info!(stage = %label, plugin = %node.plugin, items = items.len(), "stage started");
+        let state = &self.states[n];
+        let one = |i: usize| -> Result<(), (String, StageError)> {
+            let r = self.ensure(n, i);
+            bar.inc(1);
+            match r {
+                Ok(true) => {
+                    if let Ok(s) = state.lock() {
+                        s.computed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }
+                Ok(false) => {
+                    if let Ok(s) = state.lock() {
+                        s.cached.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err((items[i].case.id.clone(), e)),
+            }
+        };
+        let errors: Vec<(String, StageError)> =
+            if node.stage.resource().is_some() || items.len() <= 1 {
+                (0..items.len()).filter_map(|i| one(i).err()).collect()
+            } else {
+                (0..items.len())
+                    .into_par_iter()
+                    .filter_map(|i| one(i).err())
+                    .collect()
+            };
+        bar.finish_and_clear();
+        let failures: Vec<&(String, StageError)> = errors
+            .iter()
+            .filter(|(_, e)| !matches!(e, StageError::Cancelled))
+            .collect();
+        if let Some((case, e)) = failures.first() {
+            let more = if failures.len() > 1 {
+                format!(" (and {} more cases)", failures.len() - 1)
+            } else {
+                String::new()
+            };
+            let what = if case == ALL_CASES {
+                String::new()
+            } else {
+                format!("case `{case}`: ")
+            };
+            Status::Failed(format!("{what}{e}{more}"))
+        } else if !errors.is_empty() {
+            Status::Cancelled
+        } else {
+            Status::Done
+        }
+    }
+}
+
+fn poisoned<T>(_: std::sync::PoisonError<T>) -> StageError {
+    StageError::msg("internal lock poisoned by an earlier panic")
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The first failed ancestor of node `n` (its label), if any dependency did not finish.
+fn blocked_by(engine: &Engine, n: usize) -> Option<Status> {
+    let total = engine.resolved.file.variants.len();
+    for &d in &engine.resolved.nodes[n].deps {
+        let st = engine.states[d].lock().ok().and_then(|s| s.status.clone());
+        match st {
+            Some(Status::Done) => {}
+            Some(Status::Failed(_)) => {
+                return Some(Status::Skipped(engine.resolved.nodes[d].label(total)))
+            }
+            Some(Status::Skipped(root)) => return Some(Status::Skipped(root)),
+            Some(Status::Cancelled) | None => return Some(Status::Cancelled),
+        }
+    }
+    None
+}
+
+/// Runs every node of `plan`. Never panics on stage errors: they become statuses.
+pub fn execute(
+    resolved: Arc<Resolved>,
+    plan: Arc<Plan>,
+    cache: Arc<Cache>,
+    opts: RunOptions,
+) -> RunReport {
+    let started = Instant::now();
+    let n = resolved.nodes.len();
+    let draw = if opts.progress && std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let index = plan
+        .nodes
+        .iter()
+        .map(|np| {
+            np.items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| (it.case.id.clone(), i))
+                .collect()
+        })
+        .collect();
+    let scratch_root = std::env::temp_dir().join(format!("shapeflow-{}", std::process::id()));
+    let engine = Arc::new(Engine {
+        resolved: resolved.clone(),
+        plan,
+        cache,
+        cancel: opts.cancel.clone(),
+        run_dir: opts.run_dir.clone(),
+        memory: Mutex::new(HashMap::new()),
+        index,
+        states: (0..n)
+            .map(|_| {
+                Mutex::new(NodeState {
+                    status: None,
+                    computed: AtomicUsize::new(0),
+                    cached: AtomicUsize::new(0),
+                    wall: Duration::ZERO,
+                })
+            })
+            .collect(),
+        resources: Mutex::new(HashMap::new()),
+        bars: MultiProgress::with_draw_target(draw),
+        scratch_root: scratch_root.clone(),
+    });
+    let deps: Vec<Vec<usize>> = resolved.nodes.iter().map(|nd| nd.deps.clone()).collect();
+    let eng = engine.clone();
+    let job: dag::Job = Arc::new(move |i: usize| {
+        let eng = eng.clone();
+        Box::pin(async move {
+            let t0 = Instant::now();
+            let status = match blocked_by(&eng, i) {
+                Some(s) => s,
+                None if eng.cancel.is_cancelled() => Status::Cancelled,
+                None => {
+                    let e2 = eng.clone();
+                    match tokio::task::spawn_blocking(move || e2.run_node(i)).await {
+                        Ok(s) => s,
+                        Err(e) => Status::Failed(format!("stage panicked: {e}")),
+                    }
+                }
+            };
+            if let Status::Failed(m) = &status {
+                tracing::error!(stage = %eng.resolved.nodes[i].label(eng.resolved.file.variants.len()), "{m}");
+            }
+            if let Ok(mut s) = eng.states[i].lock() {
+                s.status = Some(status);
+                s.wall = t0.elapsed();
+            }
+        })
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let dag_result = match rt {
+        Ok(rt) => {
+            let cancel = opts.cancel.clone();
+            rt.block_on(async move {
+                tokio::spawn(async move {
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        eprintln!("\ninterrupted: finishing the items in progress, then stopping (Ctrl-C again to abort now)");
+                        cancel.cancel();
+                        if tokio::signal::ctrl_c().await.is_ok() {
+                            std::process::exit(130);
+                        }
+                    }
+                });
+                if deps.is_empty() { Ok(()) } else { dag::run(&deps, job).await }
+            })
+        }
+        Err(e) => Err(format!("cannot start the async runtime: {e}")),
+    };
+    if let Err(e) = dag_result {
+        tracing::error!("executor: {e}");
+    }
+    let _ = engine.cache.flush();
+    let _ = std::fs::remove_dir_all(&scratch_root);
+    let total = resolved.file.variants.len();
+    let nodes = resolved
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, nd)| {
+            let s = engine.states[i].lock();
+            let (status, computed, cached, wall) = match s {
+                Ok(s) => (
+                    s.status.clone().unwrap_or(Status::Cancelled),
+                    s.computed.load(Ordering::Relaxed),
+                    s.cached.load(Ordering::Relaxed),
+                    s.wall,
+                ),
+                Err(_) => (
+                    Status::Failed("internal state poisoned".into()),
+                    0,
+                    0,
+                    Duration::ZERO,
+                ),
+            };
+            NodeReport {
+                stage: nd.id.clone(),
+                plugin: nd.plugin.clone(),
+                variants: nd.variants.clone(),
+                label: nd.label(total),
+                status,
+                computed,
+                cached,
+                wall_s: wall.as_secs_f64(),
+            }
+        })
+        .collect();
+    RunReport {
+        nodes,
+        cancelled: opts.cancel.is_cancelled(),
+        wall_s: started.elapsed().as_secs_f64(),
+    }
+}

@@ -1,0 +1,277 @@
+//! Test-only stages (never shipped in the binary), and helpers to run the CLI in a child
+//! process: the test binary re-executes itself with `SHAPEFLOW_CHILD_ARGS` set.
+#![allow(dead_code)]
+
+use serde::{Deserialize, Serialize};
+use shapeflow_core::{
+    CaseInfo, Inputs, Item, Plugin, Registry, Shape, Stage, StageCtx, StageDef, StageError,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+pub struct TestPlugin;
+
+/// `numbers`: a source of `n` cases (`c00`, `c01`, ...) or one case per file in `dir`.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumbersParams {
+    pub n: usize,
+    pub dir: Option<String>,
+}
+
+struct Numbers(NumbersParams);
+
+impl Stage for Numbers {
+    fn shape(&self) -> Shape {
+        Shape::Source
+    }
+    fn discover(&self, _: &StageCtx) -> Result<Vec<CaseInfo>, StageError> {
+        if let Some(dir) = &self.0.dir {
+            let mut out = Vec::new();
+            let entries =
+                std::fs::read_dir(dir).map_err(|e| StageError::msg(format!("{dir}: {e}")))?;
+            for e in entries.flatten() {
+                let p = e.path();
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| StageError::msg(format!("{}: {e}", p.display())))?;
+                out.push(CaseInfo {
+                    id: p.file_stem().unwrap().to_string_lossy().to_string(),
+                    split: None,
+                    fingerprint: text,
+                });
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            return Ok(out);
+        }
+        Ok((0..self.0.n)
+            .map(|i| CaseInfo {
+                id: format!("c{i:02}"),
+                split: Some(if i % 4 == 3 { "test" } else { "train" }.into()),
+                fingerprint: i.to_string(),
+            })
+            .collect())
+    }
+    fn run_case(&self, _: &StageCtx, case: &CaseInfo, _: &Inputs) -> Result<Item, StageError> {
+        let v: f64 = case.fingerprint.trim().parse().unwrap_or(0.0);
+        Ok(Item::Json(
+            serde_json::json!({ "case": case.id, "value": v }),
+        ))
+    }
+}
+
+/// `add`: value + `add` per case; can sleep, fail on one case, or hold a resource.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AddParams {
+    pub add: f64,
+    pub sleep_ms: u64,
+    pub fail_on: Option<String>,
+    pub resource: Option<String>,
+    /// Wait (up to 20 s) until this many `add` stages of the same `meet` name run at once.
+    pub meet: Option<String>,
+    pub meet_count: usize,
+    pub only_split: Option<String>,
+}
+
+struct Add(AddParams);
+
+pub static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+pub static MAX_ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+type Meeting = Arc<(Mutex<std::collections::HashMap<String, usize>>, Condvar)>;
+fn meeting() -> &'static Meeting {
+    static M: std::sync::OnceLock<Meeting> = std::sync::OnceLock::new();
+    M.get_or_init(Default::default)
+}
+
+impl Stage for Add {
+    fn shape(&self) -> Shape {
+        Shape::PerCase
+    }
+    fn resource(&self) -> Option<String> {
+        self.0.resource.clone()
+    }
+    fn accepts(&self, case: &CaseInfo) -> bool {
+        self.0.only_split.is_none() || case.split == self.0.only_split
+    }
+    fn run_case(&self, _: &StageCtx, case: &CaseInfo, inputs: &Inputs) -> Result<Item, StageError> {
+        if self.0.fail_on.as_deref() == Some(case.id.as_str()) {
+            return Err(StageError::msg(format!(
+                "refusing case {} on purpose",
+                case.id
+            )));
+        }
+        let now = ACTIVE.fetch_add(1, Ordering::SeqCst) + 1;
+        MAX_ACTIVE.fetch_max(now, Ordering::SeqCst);
+        if let Some(name) = &self.0.meet {
+            let (lock, cv) = &**meeting();
+            let mut m = lock.lock().unwrap();
+            *m.entry(name.clone()).or_insert(0) += 1;
+            cv.notify_all();
+            let (m, timeout) = cv
+                .wait_timeout_while(m, Duration::from_secs(20), |m| m[name] < self.0.meet_count)
+                .unwrap();
+            drop(m);
+            if timeout.timed_out() {
+                ACTIVE.fetch_sub(1, Ordering::SeqCst);
+                return Err(StageError::msg(
+                    "the other branch never ran at the same time",
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(self.0.sleep_ms));
+        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        let mut total = 0.0;
+        for (_, it) in inputs.iter() {
+            total += it
+                .as_json()
+                .and_then(|j| j["value"].as_f64())
+                .unwrap_or(0.0);
+        }
+        Ok(Item::Json(
+            serde_json::json!({ "case": case.id, "value": total + self.0.add }),
+        ))
+    }
+}
+
+/// `sum`: one whole-dataset item, the sum of every case's value.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SumParams {
+    pub scale: f64,
+}
+
+struct Sum(SumParams);
+
+impl Stage for Sum {
+    fn shape(&self) -> Shape {
+        Shape::Gather
+    }
+    fn run_all(
+        &self,
+        _: &StageCtx,
+        cases: &[(CaseInfo, Inputs)],
+        global: &Inputs,
+    ) -> Result<Item, StageError> {
+        let mut s = 0.0;
+        for (_, inp) in cases {
+            for (_, it) in inp.iter() {
+                s += it
+                    .as_json()
+                    .and_then(|j| j["value"].as_f64())
+                    .unwrap_or(0.0);
+            }
+        }
+        for (_, it) in global.iter() {
+            s += it
+                .as_json()
+                .and_then(|j| j["value"].as_f64())
+                .unwrap_or(0.0);
+        }
+        let scale = if self.0.scale == 0.0 {
+            1.0
+        } else {
+            self.0.scale
+        };
+        Ok(Item::Json(
+            serde_json::json!({ "value": s * scale, "cases": cases.len() }),
+        ))
+    }
+}
+
+impl Plugin for TestPlugin {
+    fn register(&self, r: &mut Registry) {
+        r.add(StageDef::<NumbersParams> {
+            name: "numbers",
+            version: 1,
+            summary: "test source",
+            help: "",
+            params: &[
+                ("n", "integer", "cases"),
+                ("dir", "path", "one case per file"),
+            ],
+            build: |p| Ok(Arc::new(Numbers(p))),
+        });
+        r.add(StageDef::<AddParams> {
+            name: "add",
+            version: 1,
+            summary: "test per-case stage",
+            help: "",
+            params: &[
+                ("add", "number", ""),
+                ("sleep_ms", "integer", ""),
+                ("fail_on", "string", ""),
+                ("resource", "string", ""),
+                ("meet", "string", ""),
+                ("meet_count", "integer", ""),
+                ("only_split", "string", ""),
+            ],
+            build: |p| Ok(Arc::new(Add(p))),
+        });
+        r.add(StageDef::<SumParams> {
+            name: "sum",
+            version: 1,
+            summary: "test gather stage",
+            help: "",
+            params: &[("scale", "number", "")],
+            build: |p| Ok(Arc::new(Sum(p))),
+        });
+    }
+}
+
+/// The binary's registry plus the test stages.
+pub fn registry() -> Registry {
+    shapeflow::default_registry().with(&TestPlugin)
+}
+
+/// If this process is a child started by [`child`], runs the CLI and exits.
+pub fn maybe_run_child() {
+    if let Ok(args) = std::env::var("SHAPEFLOW_CHILD_ARGS") {
+        let args: Vec<String> = serde_json::from_str(&args).unwrap();
+        let code = shapeflow::cli::main_with(
+            registry(),
+            std::iter::once("pipeline".to_string())
+                .chain(args)
+                .map(Into::into),
+        );
+        std::process::exit(code as i32);
+    }
+}
+
+/// A command that runs `pipeline ARGS` (with the test stages) in `dir`.
+pub fn child(dir: &Path, args: &[&str]) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut c = Command::new(exe);
+    c.args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env("SHAPEFLOW_CHILD_ARGS", serde_json::to_string(args).unwrap())
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+pub fn run_child(dir: &Path, args: &[&str]) -> Output {
+    child(dir, args).output().unwrap()
+}
+
+pub fn spawn_child(dir: &Path, args: &[&str]) -> Child {
+    child(dir, args).spawn().unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}

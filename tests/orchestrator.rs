@@ -1,0 +1,603 @@
+//! The orchestrator end to end: validation errors, caching behaviour, failures, variants,
+//! concurrency, and real child processes (kill -9, Ctrl-C, two runs on one cache).
+
+mod common;
+
+use common::*;
+use shapeflow::cli::{run_pipeline, RunSettings};
+use shapeflow_core::config::{parse_set, ErrorKind};
+use shapeflow_core::{resolve, PipelineFile, RunReport, Status};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Entry point of child processes (see `common::child`); a no-op in a normal test run.
+#[test]
+fn child_entry() {
+    maybe_run_child();
+}
+
+fn run_in(dir: &Path, file: &str, sets: &[&str]) -> RunReport {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let (report, manifest) = run_pipeline(
+        &dir.join(file),
+        &sets,
+        &registry(),
+        RunSettings {
+            cache: Some(dir.join("cache")),
+            runs: dir.join("runs"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(manifest.is_file());
+    report
+}
+
+fn counts(r: &RunReport, stage: &str, variant: &str) -> (usize, usize) {
+    let n = r
+        .node(stage, variant)
+        .unwrap_or_else(|| panic!("no node {stage}/{variant}"));
+    (n.computed, n.cached)
+}
+
+const CHAIN: &str = "name: chain
+stages:
+  src:   {plugin: numbers, params: {n: 6}}
+  a:     {plugin: add, after: [src], params: {add: 1}}
+  b:     {plugin: add, after: [a], params: {add: 10}}
+  total: {plugin: sum, after: [b]}
+  side:  {plugin: add, after: [src], params: {add: 100}}
+";
+
+// ---------- validation: each error kind, with line and column ----------
+
+fn errors_of(text: &str, sets: &[&str]) -> Vec<shapeflow_core::ConfigError> {
+    let file = match PipelineFile::parse(Path::new("p.yaml"), text, &|_| None) {
+        Ok(f) => f,
+        Err(e) => return e.0,
+    };
+    let sets: Vec<_> = sets.iter().map(|s| parse_set(s).unwrap()).collect();
+    match resolve::resolve(&file, &registry(), &sets) {
+        Ok(_) => vec![],
+        Err(e) => e.0,
+    }
+}
+
+fn one_error(text: &str, sets: &[&str], kind: ErrorKind, line: u64, column: u64, needle: &str) {
+    let errs = errors_of(text, sets);
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
+    let e = &errs[0];
+    let shown = e.to_string();
+    assert_eq!(e.kind, kind, "{shown}");
+    assert_eq!((e.pos.line, e.pos.column), (line, column), "{shown}");
+    assert!(
+        shown.contains(needle),
+        "{shown:?} should mention {needle:?}"
+    );
+    if line > 0 {
+        assert!(
+            shown.starts_with(&format!("p.yaml:{line}:{column}: ")),
+            "{shown}"
+        );
+    }
+}
+
+#[test]
+fn error_unknown_plugin_suggests_nearest() {
+    one_error(
+        "stages:\n  s: {plugin: numbrs}\n",
+        &[],
+        ErrorKind::UnknownPlugin,
+        2,
+        15,
+        "did you mean `numbers`",
+    );
+}
+
+#[test]
+fn error_unknown_param_points_at_key() {
+    let text = "stages:\n  s:\n    plugin: numbers\n    params:\n      n: 3\n      nn: 4\n";
+    one_error(
+        text,
+        &[],
+        ErrorKind::UnknownParam,
+        6,
+        7,
+        "unknown param `nn`",
+    );
+}
+
+#[test]
+fn error_mistyped_param_points_at_value() {
+    let text = "stages:\n  s:\n    plugin: numbers\n    params:\n      n: lots\n";
+    one_error(text, &[], ErrorKind::BadParam, 5, 10, "param `n`");
+}
+
+#[test]
+fn error_unknown_dependency() {
+    let text = "stages:\n  s: {plugin: numbers}\n  t: {plugin: add, after: [s, x]}\n";
+    one_error(text, &[], ErrorKind::UnknownDependency, 3, 31, "`x`");
+}
+
+#[test]
+fn error_cycle_names_the_stages() {
+    let text = "stages:\n  s: {plugin: numbers}\n  a: {plugin: add, after: [s, b]}\n  b: {plugin: add, after: [a]}\n";
+    one_error(text, &[], ErrorKind::Cycle, 3, 3, "a -> b -> a");
+}
+
+#[test]
+fn error_duplicate_key() {
+    let text = "stages:\n  s: {plugin: numbers}\n  s: {plugin: numbers}\n";
+    let errs = errors_of(text, &[]);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].kind, ErrorKind::DuplicateKey, "{}", errs[0]);
+    assert_eq!(errs[0].pos.line, 3, "{}", errs[0]);
+}
+
+#[test]
+fn error_variant_overrides_missing_param() {
+    let text = "stages:\n  s: {plugin: numbers}\n  a: {plugin: add, after: [s]}\nvariants:\n  v1: {a.ad: 3}\n";
+    one_error(text, &[], ErrorKind::BadVariant, 5, 8, "did you mean `add`");
+}
+
+#[test]
+fn error_variant_overrides_missing_stage() {
+    let text = "stages:\n  s: {plugin: numbers}\nvariants:\n  v1: {z.n: 3}\n";
+    one_error(text, &[], ErrorKind::BadVariant, 4, 8, "no stage `z`");
+}
+
+#[test]
+fn error_set_is_validated_like_the_file() {
+    one_error(
+        CHAIN,
+        &["a.nope=3"],
+        ErrorKind::BadOverride,
+        0,
+        0,
+        "--set a.nope",
+    );
+    one_error(
+        CHAIN,
+        &["a.add=abc"],
+        ErrorKind::BadParam,
+        0,
+        0,
+        "param `add`",
+    );
+}
+
+#[test]
+fn error_unknown_field_and_missing_env() {
+    one_error(
+        "stages:\n  s: {plugin: numbers, aftr: [x]}\n",
+        &[],
+        ErrorKind::UnknownField,
+        2,
+        24,
+        "did you mean `after`",
+    );
+    one_error(
+        "stages:\n  s: {plugin: numbers, params: {dir: \"${NO_SUCH_VAR}/x\"}}\n",
+        &[],
+        ErrorKind::Env,
+        2,
+        38,
+        "NO_SUCH_VAR",
+    );
+}
+
+#[test]
+fn env_default_is_used() {
+    let text = "stages:\n  s: {plugin: numbers, params: {dir: \"${NO_SUCH_VAR:-/tmp/d}\"}}\n";
+    let f = PipelineFile::parse(Path::new("p.yaml"), text, &|_| None).unwrap();
+    assert_eq!(
+        f.stages[0].params.get("dir").unwrap().as_str(),
+        Some("/tmp/d")
+    );
+}
+
+#[test]
+fn all_errors_reported_together() {
+    let text = "stages:\n  s: {plugin: numbrs}\n  t: {plugin: ad, after: [s]}\n";
+    assert_eq!(errors_of(text, &[]).len(), 2);
+}
+
+// ---------- caching ----------
+
+#[test]
+fn second_run_computes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", CHAIN);
+    let r1 = run_in(d.path(), "p.yaml", &[]);
+    assert!(r1.ok(), "{}", r1.table());
+    assert_eq!(r1.computed(), 6 * 4 + 1);
+    let r2 = run_in(d.path(), "p.yaml", &[]);
+    assert!(r2.ok());
+    assert_eq!(r2.computed(), 0, "{}", r2.table());
+    assert_eq!(r2.cached(), 6 * 4 + 1);
+}
+
+#[test]
+fn param_change_recomputes_only_descendants_and_revert_hits_cache() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", CHAIN);
+    run_in(d.path(), "p.yaml", &[]);
+    let r = run_in(d.path(), "p.yaml", &["a.add=2"]);
+    assert_eq!(counts(&r, "src", "default"), (0, 6));
+    assert_eq!(counts(&r, "side", "default"), (0, 6));
+    assert_eq!(counts(&r, "a", "default"), (6, 0));
+    assert_eq!(counts(&r, "b", "default"), (6, 0));
+    assert_eq!(counts(&r, "total", "default"), (1, 0));
+    // Revert: everything from the cache.
+    let r = run_in(d.path(), "p.yaml", &[]);
+    assert_eq!(r.computed(), 0, "{}", r.table());
+}
+
+#[test]
+fn adding_a_case_computes_one_item_per_stage() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for i in 0..5 {
+        write(&data, &format!("k{i}.txt"), &i.to_string());
+    }
+    let text = CHAIN.replace("{n: 6}", &format!("{{dir: \"{}\"}}", data.display()));
+    write(d.path(), "p.yaml", &text);
+    run_in(d.path(), "p.yaml", &[]);
+    write(&data, "k9.txt", "9");
+    let r = run_in(d.path(), "p.yaml", &[]);
+    for s in ["src", "a", "b", "side"] {
+        assert_eq!(counts(&r, s, "default"), (1, 5), "{s}: {}", r.table());
+    }
+    assert_eq!(counts(&r, "total", "default"), (1, 0));
+    // Editing one case's data recomputes that case only.
+    write(&data, "k2.txt", "22");
+    let r = run_in(d.path(), "p.yaml", &[]);
+    assert_eq!(counts(&r, "b", "default"), (1, 5));
+}
+
+#[test]
+fn plan_explains_what_would_be_computed() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", CHAIN);
+    run_in(d.path(), "p.yaml", &[]);
+    let out = run_child(
+        d.path(),
+        &["plan", "p.yaml", "--cache", "cache", "--set", "b.add=3"],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let line = |stage: &str| {
+        t.lines()
+            .find(|l| l.starts_with(stage))
+            .unwrap_or_else(|| panic!("{stage} in {t}"))
+            .to_string()
+    };
+    assert!(line("b ").contains("params changed (6)"), "{t}");
+    assert!(line("total").contains("input changed (1)"), "{t}");
+    assert!(line("a ").split_whitespace().nth(3) == Some("0"), "{t}");
+    // Nothing ran: a real run still finds b to compute.
+    let r = run_in(d.path(), "p.yaml", &["b.add=3"]);
+    assert_eq!(counts(&r, "b", "default"), (6, 0));
+}
+
+#[test]
+fn corrupt_cache_entry_is_recomputed_not_used() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", CHAIN);
+    run_in(d.path(), "p.yaml", &[]);
+    // Damage every stored object of stage `a`.
+    let objects = d.path().join("cache/objects");
+    let mut damaged = 0;
+    for shard in std::fs::read_dir(&objects).unwrap().flatten() {
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let mut b = std::fs::read(f.path()).unwrap();
+            if String::from_utf8_lossy(&b).contains("\"stage\":\"a\"") {
+                let n = b.len();
+                b[n - 2] ^= 0x55;
+                std::fs::write(f.path(), b).unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    assert_eq!(damaged, 6);
+    // Downstream is cached, so nothing reads `a`; verify reports the damage.
+    let out = run_child(d.path(), &["cache", "--cache", "cache", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("6 corrupt"), "{}", text(&out));
+    // Changing b makes it read a: the corrupt items are recomputed, never used.
+    let r = run_in(d.path(), "p.yaml", &["b.add=11"]);
+    assert!(r.ok(), "{}", r.table());
+    let out = run_child(d.path(), &["cache", "--cache", "cache", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+// ---------- failures, variants, concurrency ----------
+
+#[test]
+fn failure_skips_dependents_and_other_branch_completes() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", CHAIN);
+    let r = run_in(d.path(), "p.yaml", &["a.fail_on=c03"]);
+    assert!(!r.ok());
+    let a = r.node("a", "default").unwrap();
+    assert!(
+        matches!(&a.status, Status::Failed(m) if m.contains("c03") && m.contains("on purpose")),
+        "{:?}",
+        a.status
+    );
+    assert_eq!(
+        a.computed, 5,
+        "the other cases of the failed stage are kept"
+    );
+    for s in ["b", "total"] {
+        assert_eq!(
+            r.node(s, "default").unwrap().status,
+            Status::Skipped("a".into()),
+            "{}",
+            r.table()
+        );
+    }
+    assert_eq!(r.node("side", "default").unwrap().status, Status::Done);
+    assert_eq!(counts(&r, "side", "default"), (6, 0));
+    // Through the CLI: exit 1, a table naming the failure.
+    let out = run_child(
+        d.path(),
+        &[
+            "run",
+            "p.yaml",
+            "--cache",
+            "cache",
+            "--set",
+            "a.fail_on=c03",
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("skipped: `a` failed"), "{t}");
+    assert!(t.contains("FAILED"), "{t}");
+}
+
+#[test]
+fn variants_share_identical_stages() {
+    let d = tempfile::tempdir().unwrap();
+    let text = format!("{CHAIN}variants:\n  one: {{b.add: 1}}\n  two: {{b.add: 2}}\n  three: {{b.add: 2, total.scale: 3}}\n");
+    write(d.path(), "p.yaml", &text);
+    let r = run_in(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    // src, a, side shared by all three; b once for `one`, once for `two`+`three`; total 3x.
+    let nodes_of = |s: &str| r.nodes.iter().filter(|n| n.stage == s).count();
+    assert_eq!(
+        (
+            nodes_of("src"),
+            nodes_of("a"),
+            nodes_of("side"),
+            nodes_of("b"),
+            nodes_of("total")
+        ),
+        (1, 1, 1, 2, 3)
+    );
+    assert_eq!(r.computed(), 6 + 6 + 6 + 12 + 3);
+    // The variants give different results (checked through the manifest's keys).
+    assert_ne!(
+        r.node("total", "one").unwrap().label,
+        r.node("total", "two").unwrap().label
+    );
+}
+
+#[test]
+fn independent_stages_run_concurrently() {
+    let d = tempfile::tempdir().unwrap();
+    let text = "stages:
+  src: {plugin: numbers, params: {n: 1}}
+  left:  {plugin: add, after: [src], params: {meet: m, meet_count: 2}}
+  right: {plugin: add, after: [src], params: {meet: m, meet_count: 2, add: 1}}
+";
+    write(d.path(), "p.yaml", text);
+    let r = run_in(d.path(), "p.yaml", &[]);
+    assert!(
+        r.ok(),
+        "both branches must be in flight together:\n{}",
+        r.table()
+    );
+}
+
+#[test]
+fn exclusive_resource_is_never_shared() {
+    let d = tempfile::tempdir().unwrap();
+    let text = "stages:
+  src: {plugin: numbers, params: {n: 3}}
+  g1: {plugin: add, after: [src], params: {resource: gpu, sleep_ms: 60}}
+  g2: {plugin: add, after: [src], params: {resource: gpu, sleep_ms: 60, add: 1}}
+";
+    write(d.path(), "p.yaml", text);
+    common::MAX_ACTIVE.store(0, std::sync::atomic::Ordering::SeqCst);
+    let r = run_in(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    assert_eq!(
+        common::MAX_ACTIVE.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[test]
+fn gather_inputs_and_case_selection() {
+    let d = tempfile::tempdir().unwrap();
+    let text = "stages:
+  src: {plugin: numbers, params: {n: 8}}
+  model: {plugin: sum, after: [src]}
+  infer: {plugin: add, after: [src, model], params: {only_split: test}}
+";
+    write(d.path(), "p.yaml", text);
+    let r = run_in(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    // Test split = cases 3 and 7.
+    assert_eq!(counts(&r, "infer", "default"), (2, 0));
+    assert_eq!(counts(&r, "model", "default"), (1, 0));
+}
+
+// ---------- real processes ----------
+
+fn object_count(cache: &Path) -> usize {
+    std::fs::read_dir(cache.join("objects"))
+        .map(|d| {
+            d.flatten()
+                .map(|s| std::fs::read_dir(s.path()).map(|f| f.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+const SLOW: &str = "name: slow
+stages:
+  src:  {plugin: numbers, params: {n: 40}}
+  work: {plugin: add, after: [src], params: {add: 1, sleep_ms: 60}}
+  total: {plugin: sum, after: [work]}
+";
+
+#[test]
+fn kill_9_mid_run_then_rerun_completes_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", SLOW);
+    let mut c = spawn_child(d.path(), &["run", "p.yaml", "--cache", "cache", "-j", "2"]);
+    let t0 = Instant::now();
+    while object_count(&d.path().join("cache")) < 50 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "child made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.kill().unwrap(); // SIGKILL
+    c.wait().unwrap();
+    let out = run_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        !t.contains(" 0 from cache"),
+        "the rerun should reuse finished items: {t}"
+    );
+    let out = run_child(d.path(), &["cache", "--cache", "cache", "verify"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains(" 0 corrupt, 0 missing"), "{t}");
+    let out = run_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
+    assert!(text(&out).contains("\n0 computed"), "{}", text(&out));
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_rerun_continues() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", SLOW);
+    let c = spawn_child(d.path(), &["run", "p.yaml", "--cache", "cache", "-j", "2"]);
+    let t0 = Instant::now();
+    while object_count(&d.path().join("cache")) < 45 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "child made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe {
+        libc::kill(c.id() as i32, libc::SIGINT);
+    }
+    let out = c.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    assert!(t.contains("cancelled"), "{t}");
+    let out = run_child(d.path(), &["cache", "--cache", "cache", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn two_runs_on_one_cache_wait_or_refuse_with_a_clear_message() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", SLOW);
+    let first = spawn_child(d.path(), &["run", "p.yaml", "--cache", "cache", "-j", "2"]);
+    let owner = d.path().join("cache/LOCK.owner");
+    let t0 = Instant::now();
+    while !owner.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused = run_child(
+        d.path(),
+        &["run", "p.yaml", "--cache", "cache", "--no-wait"],
+    );
+    let t = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains(&format!("in use by process {}", first.id())),
+        "{t}"
+    );
+    let waiter = spawn_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
+    let a = first.wait_with_output().unwrap();
+    let b = waiter.wait_with_output().unwrap();
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a));
+    let tb = text(&b);
+    assert_eq!(b.status.code(), Some(0), "{tb}");
+    assert!(tb.contains("waiting for it to finish"), "{tb}");
+    assert!(
+        tb.contains("\n0 computed"),
+        "the second run reuses the first's work: {tb}"
+    );
+    let out = run_child(d.path(), &["cache", "--cache", "cache", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn cli_validate_reports_file_line_column() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "bad.yaml", "stages:\n  s: {plugin: numbrs}\n");
+    let out = run_child(d.path(), &["validate", "bad.yaml"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("bad.yaml:2:15: stage `s`: unknown plugin `numbrs` (did you mean `numbers`?)"),
+        "{t}"
+    );
+    write(d.path(), "good.yaml", CHAIN);
+    let out = run_child(d.path(), &["validate", "good.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn manifest_records_config_keys_and_statuses() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "p.yaml",
+        &format!("{CHAIN}variants:\n  x: {{b.add: 1}}\n  y: {{b.add: 2}}\n"),
+    );
+    let (_, manifest) = run_pipeline(
+        &d.path().join("p.yaml"),
+        &["a.add=5".to_string()],
+        &registry(),
+        RunSettings {
+            cache: Some(d.path().join("cache")),
+            runs: d.path().join("runs"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(manifest.starts_with(d.path().join("runs")));
+    assert!(manifest
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .ends_with("-chain"));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["variants"]["x"]["b"]["params"]["add"], 1.0);
+    assert_eq!(m["variants"]["y"]["b"]["params"]["add"], 2.0);
+    assert_eq!(m["variants"]["y"]["a"]["params"]["add"], 5.0);
+    assert_eq!(m["overrides"][0], "a.add=5");
+    assert_eq!(m["ok"], true);
+    let nodes = m["nodes"].as_array().unwrap();
+    let b = nodes.iter().find(|n| n["stage"] == "b").unwrap();
+    assert_eq!(b["keys"].as_object().unwrap().len(), 6);
+    assert_eq!(b["report"]["status"]["status"], "done");
+}
