@@ -278,7 +278,7 @@ impl Cache {
             case: case.to_string(),
             raw_bytes: bytes.len() as u64,
             stored_bytes: 0,
-            checksum: blake3::hash(bytes).to_hex().to_string(),
+            checksum: checksum(bytes),
             compression,
             created: now_secs(),
             last_used: now_secs(),
@@ -561,14 +561,38 @@ impl Drop for Cache {
     }
 }
 
+/// Size of the sample compressed first to decide whether compressing the whole payload pays.
+const PROBE_BYTES: usize = 256 << 10;
+
 fn compress(bytes: &[u8]) -> (Option<Vec<u8>>, Compression) {
     if bytes.len() < COMPRESS_MIN_BYTES {
         return (None, Compression::None);
+    }
+    if bytes.len() > 4 * PROBE_BYTES {
+        // Probe eight slices spread over the payload; skip compression if they do not shrink.
+        let step = bytes.len() / 8;
+        let slice = PROBE_BYTES / 8;
+        let sample: Vec<u8> = (0..8).flat_map(|i| &bytes[i * step..i * step + slice]).copied().collect();
+        match zstd::bulk::compress(&sample, 3) {
+            Ok(c) if (c.len() as f64) < sample.len() as f64 * 0.9 => {}
+            _ => return (None, Compression::None),
+        }
     }
     match zstd::bulk::compress(bytes, 3) {
         // Keep the compressed form only when it saves at least a tenth.
         Ok(c) if (c.len() as f64) < bytes.len() as f64 * 0.9 => (Some(c), Compression::Zstd),
         _ => (None, Compression::None),
+    }
+}
+
+/// blake3 of `bytes`, hex; large payloads are hashed on all cores.
+fn checksum(bytes: &[u8]) -> String {
+    if bytes.len() >= 1 << 20 {
+        let mut h = blake3::Hasher::new();
+        h.update_rayon(bytes);
+        h.finalize().to_hex().to_string()
+    } else {
+        blake3::hash(bytes).to_hex().to_string()
     }
 }
 
@@ -579,21 +603,28 @@ enum BlobError {
 
 fn read_blob(path: &Path) -> std::result::Result<(EntryMeta, Vec<u8>), BlobError> {
     let mut f = File::open(path).map_err(BlobError::Io)?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).map_err(BlobError::Io)?;
-    if buf.len() < 8 || &buf[..4] != MAGIC {
+    let file_len = f.metadata().map_err(BlobError::Io)?.len() as usize;
+    let mut head = [0u8; 8];
+    f.read_exact(&mut head)
+        .map_err(|_| BlobError::Bad("truncated".into()))?;
+    if &head[..4] != MAGIC {
         return Err(BlobError::Bad("bad magic".into()));
     }
-    let hlen = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
-    let header = buf
-        .get(8..8 + hlen)
-        .ok_or_else(|| BlobError::Bad("truncated header".into()))?;
-    let meta: EntryMeta = serde_json::from_slice(header)
+    let hlen = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if 8 + hlen > file_len {
+        return Err(BlobError::Bad("truncated header".into()));
+    }
+    let mut header = vec![0u8; hlen];
+    f.read_exact(&mut header)
+        .map_err(|_| BlobError::Bad("truncated header".into()))?;
+    let meta: EntryMeta = serde_json::from_slice(&header)
         .map_err(|e| BlobError::Bad(format!("unreadable header: {e}")))?;
-    let payload = &buf[8 + hlen..];
+    // Read the payload straight into its own buffer: no copy for raw payloads.
+    let mut payload = Vec::with_capacity(file_len - 8 - hlen);
+    f.read_to_end(&mut payload).map_err(BlobError::Io)?;
     let bytes = match meta.compression {
-        Compression::None => payload.to_vec(),
-        Compression::Zstd => zstd::bulk::decompress(payload, meta.raw_bytes as usize)
+        Compression::None => payload,
+        Compression::Zstd => zstd::bulk::decompress(&payload, meta.raw_bytes as usize)
             .map_err(|e| BlobError::Bad(format!("zstd: {e}")))?,
     };
     if bytes.len() as u64 != meta.raw_bytes {
@@ -603,7 +634,7 @@ fn read_blob(path: &Path) -> std::result::Result<(EntryMeta, Vec<u8>), BlobError
             meta.raw_bytes
         )));
     }
-    let sum = blake3::hash(&bytes).to_hex().to_string();
+    let sum = checksum(&bytes);
     if sum != meta.checksum {
         return Err(BlobError::Bad("checksum mismatch".into()));
     }

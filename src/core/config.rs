@@ -310,11 +310,22 @@ impl PipelineFile {
             path: path.to_path_buf(),
             name,
             seed,
-            cache,
+            cache: cache.map(|c| match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.join(c),
+                _ => c,
+            }),
             stages,
             variants,
             explicit_variants,
         })
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
     }
 
     pub fn stage(&self, id: &str) -> Option<&StageSpec> {

@@ -23,7 +23,7 @@ pub use resolve::Resolved;
 pub use run::{RunOptions, RunReport, Status};
 pub use shapeflow_cache as cache;
 pub use stage::{
-    Built, CancelToken, CaseInfo, Inputs, ParamDoc, ParamError, Plugin, Registry, Shape, Stage,
+    BuildCtx, Built, CancelToken, CaseInfo, Inputs, ParamDoc, ParamError, Plugin, Registry, Shape, Stage,
     StageCtx, StageDef, StageError, StageFactory,
 };
 pub use volume::{Spacing, Volume, VoxelData};

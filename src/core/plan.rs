@@ -122,6 +122,7 @@ pub fn make_plan(resolved: &Resolved, cancel: &CancelToken) -> Result<Plan, Stri
         let items = match node.shape {
             Shape::Source => {
                 let ctx = StageCtx {
+                    base_dir: resolved.file.base_dir(),
                     stage_id: &node.id,
                     seed,
                     scratch: scratch.clone(),

@@ -200,6 +200,9 @@ pub fn resolve(
     }
 
     let order = topo_order(file);
+    let build_ctx = crate::stage::BuildCtx {
+        base_dir: file.base_dir(),
+    };
     let mut nodes: Vec<GraphNode> = Vec::new();
     let mut by_sig: BTreeMap<CacheKey, usize> = BTreeMap::new();
     let mut by_variant: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
@@ -219,7 +222,7 @@ pub fn resolve(
             {
                 apply_override(&mut params, o);
             }
-            let built = match factory.build(&params.to_json()) {
+            let built = match factory.build(&params.to_json(), &build_ctx) {
                 Ok(b) => b,
                 Err(pe) => {
                     add(

@@ -258,6 +258,7 @@ impl Engine {
             ))
         })?;
         let ctx = StageCtx {
+            base_dir: self.resolved.file.base_dir(),
             stage_id: &node.id,
             seed: self.resolved.file.seed,
             scratch: scratch.clone(),
@@ -465,7 +466,12 @@ pub fn execute(
                 .collect()
         })
         .collect();
-    let scratch_root = std::env::temp_dir().join(format!("shapeflow-{}", std::process::id()));
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let scratch_root = std::env::temp_dir().join(format!(
+        "shapeflow-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
     let engine = Arc::new(Engine {
         resolved: resolved.clone(),
         plan,

@@ -47,8 +47,24 @@ impl CancelToken {
     }
 }
 
+/// What a stage may know while it is built from its params.
+#[derive(Debug, Clone)]
+pub struct BuildCtx {
+    /// The pipeline file's directory: relative paths in params are relative to it.
+    pub base_dir: PathBuf,
+}
+
+impl BuildCtx {
+    /// `p` resolved against [`BuildCtx::base_dir`] unless absolute.
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.base_dir.join(p)
+    }
+}
+
 /// What a running stage may know about its run.
 pub struct StageCtx<'a> {
+    /// The pipeline file's directory: relative paths in params are relative to it.
+    pub base_dir: PathBuf,
     /// The stage id in the pipeline file.
     pub stage_id: &'a str,
     /// The pipeline's seed.
@@ -211,7 +227,7 @@ pub trait StageFactory: Send + Sync {
     fn params(&self) -> Vec<ParamDoc>;
     /// Every param with its default value (required params at their zero value).
     fn default_params(&self) -> serde_json::Value;
-    fn build(&self, params: &serde_json::Value) -> Result<Built, ParamError>;
+    fn build(&self, params: &serde_json::Value, ctx: &BuildCtx) -> Result<Built, ParamError>;
 }
 
 /// A family of stages.
@@ -228,7 +244,7 @@ pub struct StageDef<P> {
     pub help: &'static str,
     /// (name, type, doc) for each field of `P`.
     pub params: &'static [(&'static str, &'static str, &'static str)],
-    pub build: fn(P) -> Result<Arc<dyn Stage>, ParamError>,
+    pub build: fn(P, &BuildCtx) -> Result<Arc<dyn Stage>, ParamError>,
 }
 
 impl<P> StageFactory for StageDef<P>
@@ -262,7 +278,7 @@ where
     fn default_params(&self) -> serde_json::Value {
         serde_json::to_value(P::default()).unwrap_or_default()
     }
-    fn build(&self, params: &serde_json::Value) -> Result<Built, ParamError> {
+    fn build(&self, params: &serde_json::Value, ctx: &BuildCtx) -> Result<Built, ParamError> {
         let p: P = serde_path_to_error::deserialize(params).map_err(|e| {
             let path = e
                 .path()
@@ -283,7 +299,7 @@ where
             message: e.to_string(),
         })?;
         Ok(Built {
-            stage: (self.build)(p)?,
+            stage: (self.build)(p, ctx)?,
             canonical,
         })
     }

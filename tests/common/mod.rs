@@ -193,7 +193,7 @@ impl Plugin for TestPlugin {
                 ("n", "integer", "cases"),
                 ("dir", "path", "one case per file"),
             ],
-            build: |p| Ok(Arc::new(Numbers(p))),
+            build: |p, _| Ok(Arc::new(Numbers(p))),
         });
         r.add(StageDef::<AddParams> {
             name: "add",
@@ -209,7 +209,7 @@ impl Plugin for TestPlugin {
                 ("meet_count", "integer", ""),
                 ("only_split", "string", ""),
             ],
-            build: |p| Ok(Arc::new(Add(p))),
+            build: |p, _| Ok(Arc::new(Add(p))),
         });
         r.add(StageDef::<SumParams> {
             name: "sum",
@@ -217,7 +217,7 @@ impl Plugin for TestPlugin {
             summary: "test gather stage",
             help: "",
             params: &[("scale", "number", "")],
-            build: |p| Ok(Arc::new(Sum(p))),
+            build: |p, _| Ok(Arc::new(Sum(p))),
         });
     }
 }

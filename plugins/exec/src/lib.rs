@@ -26,7 +26,7 @@ impl Plugin for ExecPlugin {
                 ("output", "volume | json", "What the command writes at {output}: a NIfTI volume or a JSON document."),
                 ("depends", "list of paths", "Files the command reads (e.g. its script); their content is part of the cache key."),
             ],
-            build: |p| {
+            build: |p, ctx| {
                 if p.command.is_empty() || p.command[0].trim().is_empty() {
                     return Err(ParamError {
                         path: vec!["command".into()],
@@ -35,7 +35,7 @@ impl Plugin for ExecPlugin {
                 }
                 let mut material = String::new();
                 for f in &p.depends {
-                    let bytes = std::fs::read(f).map_err(|e| ParamError {
+                    let bytes = std::fs::read(ctx.path(f)).map_err(|e| ParamError {
                         path: vec!["depends".into()],
                         message: format!("cannot read {f}: {e}"),
                     })?;
@@ -48,7 +48,7 @@ impl Plugin for ExecPlugin {
 }
 
 const HELP: &str = r#"
-Runs `command` once per case, in the pipeline's working directory, with the case's inputs
+Runs `command` once per case, in the pipeline file's directory, with the case's inputs
 handed over as files:
 
   {in}/<stage>.nii.gz      a volume input from stage <stage>
@@ -202,7 +202,8 @@ impl Stage for Exec {
             .map(|a| subst(a))
             .collect::<Result<_, _>>()?;
         let mut cmd = Command::new(&args[0]);
-        cmd.args(&args[1..])
+        cmd.current_dir(&ctx.base_dir)
+            .args(&args[1..])
             .env("SHAPEFLOW_CASE", &case.id)
             .env("SHAPEFLOW_IN", &dir_in)
             .env("SHAPEFLOW_OUT", &dir_out)
