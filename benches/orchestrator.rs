@@ -63,10 +63,14 @@ fn throughput() {
     let d = tempfile::tempdir().unwrap();
     let cache = Cache::open(d.path().join("cache"), WaitPolicy::NoWait, &|_| {}).unwrap();
     let n = 16 << 20; // 16 Mi f32 = 64 MiB, a 256 x 256 x 256 volume
-    // A smooth SDM-like field (compressible) and noise (incompressible).
+                      // A smooth SDM-like field (compressible) and noise (incompressible).
     let smooth: Vec<u8> = (0..n)
         .flat_map(|i| {
-            let (x, y, z) = ((i % 256) as f32, ((i / 256) % 256) as f32, (i / 65536) as f32);
+            let (x, y, z) = (
+                (i % 256) as f32,
+                ((i / 256) % 256) as f32,
+                (i / 65536) as f32,
+            );
             let r = ((x - 128.0).powi(2) + (y - 128.0).powi(2) + (z - 128.0).powi(2)).sqrt();
             ((r - 60.0) / 200.0).to_le_bytes()
         })
@@ -82,7 +86,8 @@ fn throughput() {
         .collect();
     let mb = (n * 4) as f64 / (1 << 20) as f64;
     for (name, bytes) in [("smooth f32 field", &smooth), ("random bytes", &noise)] {
-        let (mut put, mut get, mut write, mut read, mut copy) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut put, mut get, mut write, mut read, mut copy) =
+            (vec![], vec![], vec![], vec![], vec![]);
         let mut stored = 0;
         let t = Instant::now();
         let mut h = blake3::Hasher::new();
@@ -91,7 +96,11 @@ fn throughput() {
         let hash_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let _ = zstd::bulk::compress(&bytes[..1 << 18], 3);
-        println!("  (blake3 {:.0} MiB/s; zstd probe {:.1} ms)", mb / hash_s, t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "  (blake3 {:.0} MiB/s; zstd probe {:.1} ms)",
+            mb / hash_s,
+            t.elapsed().as_secs_f64() * 1e3
+        );
         for rep in 0..7 {
             let key = CacheKey::of(format!("{name}{rep}").as_bytes());
             let p = d.path().join(format!("plain-{}-{rep}", name.len()));
@@ -132,7 +141,13 @@ fn throughput() {
             std::fs::copy(&p, d.path().join(format!("copy-{}-{rep}", name.len()))).unwrap();
             copy.push(t.elapsed().as_secs_f64());
         }
-        let (put, get, write, read, copy) = (median(put), median(get), median(write), median(read), median(copy));
+        let (put, get, write, read, copy) = (
+            median(put),
+            median(get),
+            median(write),
+            median(read),
+            median(copy),
+        );
         println!(
             "{name}, {mb:.0} MiB (stored {:.1} MiB): cache put {:.0} MiB/s vs plain write+fsync {:.0} MiB/s (ratio {:.2}); cache get {:.0} MiB/s vs plain read {:.0} MiB/s (ratio {:.2}); plain copy {:.0} MiB/s",
             stored as f64 / (1 << 20) as f64,

@@ -6,5 +6,7 @@ use shapeflow_core::Registry;
 
 /// Every stage family the `pipeline` binary ships.
 pub fn default_registry() -> Registry {
-    Registry::new().with(&shapeflow_exec::ExecPlugin)
+    Registry::new()
+        .with(&shapeflow_io::IoPlugin)
+        .with(&shapeflow_exec::ExecPlugin)
 }

@@ -78,16 +78,30 @@ fn editing_the_script_or_command_recomputes() {
     run_in(d.path(), &[]);
     write(d.path(), "double.py", &format!("{SCRIPT}\n# edited\n"));
     let r = run_in(d.path(), &[]);
-    assert_eq!(r.node("double", "default").unwrap().computed, 4, "{}", r.table());
+    assert_eq!(
+        r.node("double", "default").unwrap().computed,
+        4,
+        "{}",
+        r.table()
+    );
     assert_eq!(r.node("src", "default").unwrap().computed, 0);
     let r = run_in(d.path(), &["double.env={X: '1'}"]);
-    assert_eq!(r.node("double", "default").unwrap().computed, 4, "{}", r.table());
+    assert_eq!(
+        r.node("double", "default").unwrap().computed,
+        4,
+        "{}",
+        r.table()
+    );
 }
 
 #[test]
 fn nonzero_exit_is_a_named_error_with_stderr() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "p.yaml", &PIPE.replace("\"{case}\"]", "\"{case}\", strict]"));
+    write(
+        d.path(),
+        "p.yaml",
+        &PIPE.replace("\"{case}\"]", "\"{case}\", strict]"),
+    );
     write(d.path(), "double.py", SCRIPT);
     let r = run_in(d.path(), &[]);
     let n = r.node("double", "default").unwrap();
@@ -100,7 +114,10 @@ fn nonzero_exit_is_a_named_error_with_stderr() {
         s => panic!("expected failure, got {s:?}"),
     }
     assert_eq!(n.computed, 3);
-    assert_eq!(r.node("total", "default").unwrap().status, Status::Skipped("double".into()));
+    assert_eq!(
+        r.node("total", "default").unwrap().status,
+        Status::Skipped("double".into())
+    );
 }
 
 #[test]
@@ -110,13 +127,19 @@ fn missing_output_is_a_named_error() {
     write(d.path(), "p.yaml", text);
     let r = run_in(d.path(), &[]);
     match &r.node("x", "default").unwrap().status {
-        Status::Failed(m) => assert!(m.contains("wrote no JSON") && m.contains("output.json"), "{m}"),
+        Status::Failed(m) => assert!(
+            m.contains("wrote no JSON") && m.contains("output.json"),
+            "{m}"
+        ),
         s => panic!("{s:?}"),
     }
     // Nothing was cached for the failed item.
     let r = run_in(d.path(), &[]);
     assert_eq!(r.node("x", "default").unwrap().computed, 0);
-    assert!(matches!(r.node("x", "default").unwrap().status, Status::Failed(_)));
+    assert!(matches!(
+        r.node("x", "default").unwrap().status,
+        Status::Failed(_)
+    ));
 }
 
 #[test]
@@ -127,5 +150,8 @@ fn empty_command_is_a_validation_error() {
     let out = run_child(d.path(), &["validate", "p.yaml"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("p.yaml:3:") && t.contains("`command` must name a program"), "{t}");
+    assert!(
+        t.contains("p.yaml:3:") && t.contains("`command` must name a program"),
+        "{t}"
+    );
 }

@@ -572,7 +572,10 @@ fn compress(bytes: &[u8]) -> (Option<Vec<u8>>, Compression) {
         // Probe eight slices spread over the payload; skip compression if they do not shrink.
         let step = bytes.len() / 8;
         let slice = PROBE_BYTES / 8;
-        let sample: Vec<u8> = (0..8).flat_map(|i| &bytes[i * step..i * step + slice]).copied().collect();
+        let sample: Vec<u8> = (0..8)
+            .flat_map(|i| &bytes[i * step..i * step + slice])
+            .copied()
+            .collect();
         match zstd::bulk::compress(&sample, 3) {
             Ok(c) if (c.len() as f64) < sample.len() as f64 * 0.9 => {}
             _ => return (None, Compression::None),

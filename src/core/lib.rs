@@ -5,6 +5,7 @@
 //! [`resolve`] (params via the [`stage::Registry`], variants merged) -> [`plan`] (cases and
 //! keys) -> [`run`] (execution through [`dag`]) -> [`manifest`] (the run record).
 
+pub mod case;
 pub mod config;
 pub mod dag;
 pub mod item;
@@ -16,6 +17,7 @@ pub mod stage;
 pub mod volume;
 pub mod yaml;
 
+pub use case::CaseData;
 pub use config::{ConfigError, ConfigErrors, ErrorKind, Override, PipelineFile};
 pub use item::Item;
 pub use plan::{Plan, Reason};
@@ -23,7 +25,7 @@ pub use resolve::Resolved;
 pub use run::{RunOptions, RunReport, Status};
 pub use shapeflow_cache as cache;
 pub use stage::{
-    BuildCtx, Built, CancelToken, CaseInfo, Inputs, ParamDoc, ParamError, Plugin, Registry, Shape, Stage,
-    StageCtx, StageDef, StageError, StageFactory,
+    BuildCtx, Built, CancelToken, CaseInfo, Inputs, ParamDoc, ParamError, Plugin, Registry, Shape,
+    Stage, StageCtx, StageDef, StageError, StageFactory,
 };
-pub use volume::{Spacing, Volume, VoxelData};
+pub use volume::{Grid, Spacing, Volume, VoxelData};

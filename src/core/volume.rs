@@ -58,6 +58,80 @@ pub struct Volume {
     pub data: VoxelData,
 }
 
+/// A voxel grid: dimensions and the voxel-to-world affine (mm, RAS+).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Grid {
+    pub dims: [usize; 3],
+    pub affine: [[f64; 4]; 4],
+}
+
+impl Grid {
+    /// World position (mm) of continuous voxel coordinates `ijk`.
+    pub fn world(&self, ijk: [f64; 3]) -> [f64; 3] {
+        std::array::from_fn(|r| {
+            self.affine[r][0] * ijk[0]
+                + self.affine[r][1] * ijk[1]
+                + self.affine[r][2] * ijk[2]
+                + self.affine[r][3]
+        })
+    }
+
+    /// Spacing (mm) along each voxel axis: the lengths of the affine's columns.
+    pub fn spacing(&self) -> [f64; 3] {
+        std::array::from_fn(|c| {
+            (0..3)
+                .map(|r| self.affine[r][c].powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+    }
+
+    /// The inverse of the 3 x 3 part and the translation: world to voxel coordinates.
+    /// `None` when the affine is singular.
+    pub fn inverse(&self) -> Option<[[f64; 4]; 3]> {
+        let a = &self.affine;
+        let m = [
+            [a[0][0], a[0][1], a[0][2]],
+            [a[1][0], a[1][1], a[1][2]],
+            [a[2][0], a[2][1], a[2][2]],
+        ];
+        let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+        if det.abs() < 1e-12 {
+            return None;
+        }
+        let inv = [
+            [
+                (m[1][1] * m[2][2] - m[1][2] * m[2][1]) / det,
+                (m[0][2] * m[2][1] - m[0][1] * m[2][2]) / det,
+                (m[0][1] * m[1][2] - m[0][2] * m[1][1]) / det,
+            ],
+            [
+                (m[1][2] * m[2][0] - m[1][0] * m[2][2]) / det,
+                (m[0][0] * m[2][2] - m[0][2] * m[2][0]) / det,
+                (m[0][2] * m[1][0] - m[0][0] * m[1][2]) / det,
+            ],
+            [
+                (m[1][0] * m[2][1] - m[1][1] * m[2][0]) / det,
+                (m[0][1] * m[2][0] - m[0][0] * m[2][1]) / det,
+                (m[0][0] * m[1][1] - m[0][1] * m[1][0]) / det,
+            ],
+        ];
+        let t = [a[0][3], a[1][3], a[2][3]];
+        Some(std::array::from_fn(|r| {
+            let tr = -(inv[r][0] * t[0] + inv[r][1] * t[1] + inv[r][2] * t[2]);
+            [inv[r][0], inv[r][1], inv[r][2], tr]
+        }))
+    }
+
+    /// True when both grids have the same dims and affines equal within `tol` mm.
+    pub fn same_as(&self, other: &Grid, tol: f64) -> bool {
+        self.dims == other.dims
+            && (0..3).all(|r| (0..4).all(|c| (self.affine[r][c] - other.affine[r][c]).abs() <= tol))
+    }
+}
+
 /// Errors reading or writing volumes.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -115,6 +189,74 @@ impl Volume {
     #[inline]
     pub fn index(&self, x: usize, y: usize, z: usize) -> usize {
         x + self.dims[0] * (y + self.dims[1] * z)
+    }
+
+    /// The voxel grid (dims and affine) without the data.
+    pub fn grid(&self) -> Grid {
+        Grid {
+            dims: self.dims,
+            affine: self.affine,
+        }
+    }
+
+    /// A volume of the same grid with other data.
+    pub fn with_data(&self, data: VoxelData) -> Result<Volume, VolumeError> {
+        let want = self.len();
+        if data.len() != want {
+            return Err(VolumeError::Size {
+                dims: self.dims,
+                got: data.len(),
+                want,
+            });
+        }
+        Ok(Volume {
+            dims: self.dims,
+            spacing: self.spacing,
+            affine: self.affine,
+            data,
+        })
+    }
+
+    /// All voxels as f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            VoxelData::U8(v) => v.iter().map(|&x| x as f32).collect(),
+            VoxelData::I16(v) => v.iter().map(|&x| x as f32).collect(),
+            VoxelData::F32(v) => v.clone(),
+        }
+    }
+
+    /// The sub-volume `start .. start + size` (clamped to the volume), geometry kept exact:
+    /// the origin moves to the world position of voxel `start`.
+    pub fn crop(&self, start: [usize; 3], size: [usize; 3]) -> Volume {
+        let s: [usize; 3] = std::array::from_fn(|a| start[a].min(self.dims[a]));
+        let n: [usize; 3] = std::array::from_fn(|a| size[a].min(self.dims[a] - s[a]));
+        let mut affine = self.affine;
+        let origin = self.grid().world([s[0] as f64, s[1] as f64, s[2] as f64]);
+        for (r, o) in origin.iter().enumerate() {
+            affine[r][3] = *o;
+        }
+        fn take<T: Copy>(src: &[T], d: [usize; 3], s: [usize; 3], n: [usize; 3]) -> Vec<T> {
+            let mut out = Vec::with_capacity(n[0] * n[1] * n[2]);
+            for z in s[2]..s[2] + n[2] {
+                for y in s[1]..s[1] + n[1] {
+                    let row = s[0] + d[0] * (y + d[1] * z);
+                    out.extend_from_slice(&src[row..row + n[0]]);
+                }
+            }
+            out
+        }
+        let data = match &self.data {
+            VoxelData::U8(v) => VoxelData::U8(take(v, self.dims, s, n)),
+            VoxelData::I16(v) => VoxelData::I16(take(v, self.dims, s, n)),
+            VoxelData::F32(v) => VoxelData::F32(take(v, self.dims, s, n)),
+        };
+        Volume {
+            dims: n,
+            spacing: self.spacing,
+            affine,
+            data,
+        }
     }
 
     /// Writes the volume as NIfTI-1 (`.nii` or `.nii.gz`), geometry in sform and pixdim.
@@ -240,6 +382,31 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crop_moves_origin_exactly_and_inverse_maps_back() {
+        let mut v = Volume::new(
+            [4, 5, 6],
+            [0.5, 1.0, 2.0],
+            VoxelData::U8((0..120).map(|i| i as u8).collect()),
+        )
+        .unwrap();
+        v.affine[0][3] = 10.0;
+        let c = v.crop([1, 2, 3], [2, 2, 2]);
+        assert_eq!(c.dims, [2, 2, 2]);
+        assert_eq!(c.data.get_f32(0), v.data.get_f32(v.index(1, 2, 3)));
+        assert_eq!(
+            c.grid().world([0.0, 0.0, 0.0]),
+            v.grid().world([1.0, 2.0, 3.0])
+        );
+        let inv = v.grid().inverse().unwrap();
+        let w = v.grid().world([1.5, 2.0, 3.25]);
+        let back: Vec<f64> = (0..3)
+            .map(|r| inv[r][0] * w[0] + inv[r][1] * w[1] + inv[r][2] * w[2] + inv[r][3])
+            .collect();
+        assert!((back[0] - 1.5).abs() < 1e-12 && (back[2] - 3.25).abs() < 1e-12);
+        assert_eq!(v.grid().spacing(), [0.5, 1.0, 2.0]);
+    }
 
     #[test]
     fn nifti_roundtrip_keeps_data_and_affine() {

@@ -275,3 +275,48 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// The reference Python (with numpy, scipy, pynrrd, ...) that `scripts/test.sh` sets up.
+/// `None` outside that script (the cross-check then says it was skipped); under CI it must
+/// be there.
+pub fn python() -> Option<PathBuf> {
+    match std::env::var_os("SHAPEFLOW_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CI must run scripts/test.sh, which sets SHAPEFLOW_PYTHON")
+        }
+        None => {
+            eprintln!(
+                "SKIPPED python cross-check: run ./scripts/test.sh to set up the reference venv"
+            );
+            None
+        }
+    }
+}
+
+/// Runs a script from tests/py with the reference Python; returns its stdout parsed as JSON.
+pub fn python_json(script: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let py = python()?;
+    let out = Command::new(py)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/py")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .expect("cannot start the reference python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).expect("script output is JSON"))
+}
+
+/// `../shared/data/<rel>` beside the project root.
+pub fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel)
+}

@@ -1,0 +1,335 @@
+//! Dataset layouts on disk: PDDCA (MICCAI 2015) and the Medical Segmentation Decathlon.
+
+use crate::nrrd;
+use shapeflow_core::{CaseData, Volume, VoxelData};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The official MICCAI 2015 split: the 10 "offsite test" cases (0522c0555 to 0522c0746) are
+/// the test set; the training and additional training cases (0522c0001 to 0522c0479) and the
+/// 5 "onsite test" cases (0522c0788 to 0522c0878) make the 38 training cases.
+pub fn miccai2015_split(case: &str) -> &'static str {
+    if ("0522c0555"..="0522c0746").contains(&case) {
+        "test"
+    } else {
+        "train"
+    }
+}
+
+/// A cheap fingerprint of files: path, size, modification time. Missing files count too.
+pub fn fingerprint(files: &[PathBuf]) -> String {
+    let mut h = blake3::Hasher::new();
+    for f in files {
+        h.update(f.to_string_lossy().as_bytes());
+        match std::fs::metadata(f) {
+            Ok(m) => {
+                h.update(&m.len().to_le_bytes());
+                if let Ok(t) = m.modified() {
+                    if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
+                        h.update(&d.as_nanos().to_le_bytes());
+                    }
+                }
+            }
+            Err(_) => {
+                h.update(b"missing");
+            }
+        }
+    }
+    h.finalize().to_hex()[..32].to_string()
+}
+
+/// Reads a NIfTI or NRRD volume by extension.
+pub fn read_volume(path: &Path) -> Result<Volume, String> {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".nrrd") || name.ends_with(".nhdr") {
+        nrrd::read(path)
+    } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        Volume::read_nifti(path).map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "{}: unknown volume format (expected .nii, .nii.gz, .nrrd or .nhdr)",
+            path.display()
+        ))
+    }
+}
+
+/// A label volume as u8 values; float labels must be whole numbers in 0..=255.
+pub fn as_labels(v: Volume, path: &Path) -> Result<Volume, String> {
+    let data = match &v.data {
+        VoxelData::U8(_) => return Ok(v),
+        VoxelData::I16(d) => d
+            .iter()
+            .map(|&x| u8::try_from(x).map_err(|_| x as f32))
+            .collect::<Result<Vec<u8>, f32>>(),
+        VoxelData::F32(d) => d
+            .iter()
+            .map(|&x| {
+                if x.fract() == 0.0 && (0.0..=255.0).contains(&x) {
+                    Ok(x as u8)
+                } else {
+                    Err(x)
+                }
+            })
+            .collect(),
+    };
+    let data = data.map_err(|x| {
+        format!(
+            "{}: label value {x} is not a whole number in 0..255",
+            path.display()
+        )
+    })?;
+    v.with_data(VoxelData::U8(data)).map_err(|e| e.to_string())
+}
+
+fn check_same_grid(a: &Volume, a_path: &Path, b: &Volume, b_path: &Path) -> Result<(), String> {
+    // 1e-3 mm: float32 header precision on PDDCA origins is about 1e-5.
+    if !a.grid().same_as(&b.grid(), 1e-3) {
+        return Err(format!(
+            "{} and {} are on different voxel grids (dims {:?} vs {:?}, or different geometry)",
+            a_path.display(),
+            b_path.display(),
+            a.dims,
+            b.dims
+        ));
+    }
+    Ok(())
+}
+
+/// The files of one PDDCA case.
+pub struct PddcaCase {
+    pub id: String,
+    pub image: Option<PathBuf>,
+    /// Per organ (in the requested order), the mask file if one exists.
+    pub masks: Vec<Option<PathBuf>>,
+}
+
+/// Organ file names to try, in order: the organ name, then its aliases.
+fn candidates<'a>(organ: &'a str, aliases: &'a BTreeMap<String, Vec<String>>) -> Vec<&'a str> {
+    let mut v = vec![organ];
+    if let Some(a) = aliases.get(organ) {
+        v.extend(a.iter().map(String::as_str));
+    }
+    v
+}
+
+/// Lists PDDCA cases under `root`: every directory with `structures/` or `img.nrrd`.
+pub fn pddca_cases(
+    root: &Path,
+    organs: &[String],
+    aliases: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<PddcaCase>, String> {
+    let entries = std::fs::read_dir(root)
+        .map_err(|e| format!("{}: cannot list the PDDCA root: {e}", root.display()))?;
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let dir = e.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let structures = dir.join("structures");
+        let image = dir.join("img.nrrd");
+        if !structures.is_dir() && !image.is_file() {
+            continue;
+        }
+        let masks = organs
+            .iter()
+            .map(|o| {
+                candidates(o, aliases)
+                    .into_iter()
+                    .map(|n| structures.join(format!("{n}.nrrd")))
+                    .find(|p| p.is_file())
+            })
+            .collect();
+        out.push(PddcaCase {
+            id: e.file_name().to_string_lossy().to_string(),
+            image: image.is_file().then_some(image),
+            masks,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Label priority for overlapping masks: bigger structures first, so that smaller ones
+/// (chiasm, optic nerves) keep their voxels where two annotations touch.
+fn priority(organ: &str) -> u8 {
+    let o = organ.to_ascii_lowercase();
+    if o.contains("chiasm") {
+        6
+    } else if o.contains("optic") {
+        5
+    } else if o.contains("stem") {
+        4
+    } else if o.contains("submandibular") {
+        3
+    } else if o.contains("parotid") {
+        2
+    } else {
+        1
+    }
+}
+
+/// Loads one PDDCA case into a label map. Masks must share the image's grid.
+pub fn load_pddca(
+    case: &PddcaCase,
+    organs: &[String],
+    require_image: bool,
+) -> Result<CaseData, String> {
+    let image = match &case.image {
+        Some(p) => Some((read_volume(p)?, p.clone())),
+        None if require_image => {
+            return Err(format!(
+                "case {}: no img.nrrd (set `require_image: false` to load masks alone)",
+                case.id
+            ))
+        }
+        None => None,
+    };
+    let mut masks: Vec<Option<(Volume, PathBuf)>> = Vec::with_capacity(organs.len());
+    for m in &case.masks {
+        masks.push(match m {
+            Some(p) => Some((as_labels(read_volume(p)?, p)?, p.clone())),
+            None => None,
+        });
+    }
+    let reference = image
+        .as_ref()
+        .map(|(v, p)| (v.clone(), p.clone()))
+        .or_else(|| {
+            masks
+                .iter()
+                .flatten()
+                .next()
+                .map(|(v, p)| (v.clone(), p.clone()))
+        })
+        .ok_or_else(|| format!("case {}: neither an image nor any organ mask", case.id))?;
+    let n = reference.0.len();
+    let mut labels = vec![0u8; n];
+    let mut order: Vec<usize> = (0..organs.len()).collect();
+    order.sort_by_key(|&k| priority(&organs[k]));
+    let mut overlaps = 0usize;
+    for k in order {
+        let Some((m, p)) = &masks[k] else { continue };
+        check_same_grid(&reference.0, &reference.1, m, p)?;
+        let VoxelData::U8(d) = &m.data else {
+            unreachable!("as_labels gives u8")
+        };
+        for (l, &v) in labels.iter_mut().zip(d) {
+            if v != 0 {
+                if *l != 0 {
+                    overlaps += 1;
+                }
+                *l = (k + 1) as u8;
+            }
+        }
+    }
+    let grid_vol = reference.0;
+    let labels = grid_vol
+        .with_data(VoxelData::U8(labels))
+        .map_err(|e| e.to_string())?;
+    let mut notes = serde_json::Map::new();
+    notes.insert("source".into(), serde_json::json!(case.id));
+    notes.insert("overlapping_voxels".into(), serde_json::json!(overlaps));
+    Ok(CaseData {
+        original: Some(labels.grid()),
+        image: image.map(|(v, _)| v),
+        labels: Some(labels),
+        organs: organs.to_vec(),
+        present: masks.iter().map(Option::is_some).collect(),
+        notes,
+    })
+}
+
+/// One case of an MSD dataset.
+pub struct MsdCase {
+    pub id: String,
+    pub image: PathBuf,
+    pub label: PathBuf,
+}
+
+/// The MSD `dataset.json`: training cases and label names.
+pub struct MsdDataset {
+    pub cases: Vec<MsdCase>,
+    /// Label value -> name, background excluded.
+    pub labels: BTreeMap<u8, String>,
+}
+
+pub fn msd_dataset(root: &Path) -> Result<MsdDataset, String> {
+    let path = root.join("dataset.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let j: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: invalid JSON: {e}", path.display()))?;
+    let mut labels = BTreeMap::new();
+    if let Some(m) = j["labels"].as_object() {
+        for (k, v) in m {
+            let value: u8 = k
+                .parse()
+                .map_err(|_| format!("{}: label key `{k}` is not a number", path.display()))?;
+            if value != 0 {
+                labels.insert(value, v.as_str().unwrap_or(k).to_string());
+            }
+        }
+    }
+    let training = j["training"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no `training` list", path.display()))?;
+    let mut cases = Vec::new();
+    for (i, t) in training.iter().enumerate() {
+        let (Some(img), Some(lab)) = (t["image"].as_str(), t["label"].as_str()) else {
+            return Err(format!(
+                "{}: training entry {i} needs `image` and `label`",
+                path.display()
+            ));
+        };
+        let image = root.join(img);
+        let id = image
+            .file_name()
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(".gz")
+                    .trim_end_matches(".nii")
+                    .to_string()
+            })
+            .unwrap_or_else(|| format!("case{i}"));
+        cases.push(MsdCase {
+            id,
+            image,
+            label: root.join(lab),
+        });
+    }
+    cases.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(MsdDataset { cases, labels })
+}
+
+/// Loads an MSD case; `organs` are (name, source label values) after merging.
+pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData, String> {
+    let image = read_volume(&case.image)?;
+    let label = as_labels(read_volume(&case.label)?, &case.label)?;
+    check_same_grid(&image, &case.image, &label, &case.label)?;
+    let mut map = [0u8; 256];
+    for (k, (_, values)) in organs.iter().enumerate() {
+        for &v in values {
+            map[v as usize] = (k + 1) as u8;
+        }
+    }
+    let VoxelData::U8(src) = &label.data else {
+        unreachable!("as_labels gives u8")
+    };
+    let remapped: Vec<u8> = src.iter().map(|&v| map[v as usize]).collect();
+    let labels = label
+        .with_data(VoxelData::U8(remapped))
+        .map_err(|e| e.to_string())?;
+    let mut notes = serde_json::Map::new();
+    notes.insert(
+        "source".into(),
+        serde_json::json!(case.image.display().to_string()),
+    );
+    Ok(CaseData {
+        original: Some(image.grid()),
+        image: Some(image),
+        labels: Some(labels),
+        organs: organs.iter().map(|(n, _)| n.clone()).collect(),
+        present: vec![true; organs.len()],
+        notes,
+    })
+}

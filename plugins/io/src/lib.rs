@@ -1,0 +1,432 @@
+//! The `io` family: the `load` stage, our NRRD reader, dataset layouts and phantoms.
+
+pub mod datasets;
+pub mod nrrd;
+pub mod phantom;
+
+use serde::{Deserialize, Serialize};
+use shapeflow_core::{
+    BuildCtx, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
+    StageDef, StageError,
+};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Registers `load`.
+pub struct IoPlugin;
+
+impl Plugin for IoPlugin {
+    fn register(&self, registry: &mut Registry) {
+        registry.add(StageDef::<LoadParams> {
+            name: "load",
+            version: 1,
+            summary: "Load cases: PDDCA (NRRD), MSD / nnU-Net raw (NIfTI), or synthetic phantoms",
+            help: LOAD_HELP,
+            params: &[
+                ("format", "phantom | pddca | msd", "Dataset layout."),
+                ("root", "path", "Dataset directory (pddca, msd); relative to the pipeline file."),
+                ("organs", "list of strings", "pddca: organ names (file stems under structures/); default the 9 MICCAI 2015 organs."),
+                ("aliases", "mapping", "pddca: other file stems per organ, e.g. {BrainStem: [Brainstem]}."),
+                ("merge", "mapping", "msd: organ name -> source label values, e.g. {hippocampus: [1, 2]}; default one organ per label."),
+                ("split", "official | holdout | none", "How cases get train/val/test: the MICCAI 2015 split (pddca), a hash-based holdout, or all train."),
+                ("val_fraction", "number", "holdout: fraction of cases for validation."),
+                ("test_fraction", "number", "holdout: fraction of cases for test."),
+                ("require_image", "boolean", "pddca: fail a case without img.nrrd (false: load masks alone)."),
+                ("limit", "integer", "Load at most this many cases (0: all)."),
+                ("phantom", "head-neck | mri", "phantom: which synthetic dataset."),
+                ("cases", "integer", "phantom: number of cases."),
+                ("dims", "[x, y, z]", "phantom: volume size in voxels (default per phantom)."),
+                ("spacing", "[x, y, z]", "phantom: voxel size in mm (default per phantom)."),
+                ("noise", "number", "phantom: noise standard deviation (HU for head-neck, intensity for mri)."),
+            ],
+            build: build_load,
+        });
+    }
+}
+
+const LOAD_HELP: &str = r#"
+Finds the cases of a dataset and loads each as an image, one organ label map and the organ
+table. Geometry is kept exactly (spacing, origin, direction) in RAS+ millimetres, and the
+original grid is recorded so that predictions can be written back onto it.
+
+Formats:
+  pddca    <root>/<case>/img.nrrd + <root>/<case>/structures/<Organ>.nrrd (MICCAI 2015).
+           An organ without a file is recorded as absent, never as an empty mask. Where two
+           masks overlap the smaller structure wins (chiasm > optic nerves > brainstem >
+           submandibular > parotid > others); the count is in the case notes.
+           `split: official` gives the challenge split: 38 train, 10 test (0522c0555-0746).
+  msd      Medical Segmentation Decathlon / nnU-Net raw: dataset.json, imagesTr/, labelsTr/.
+           Image and label must share one grid. `merge` renames or merges labels.
+  phantom  Deterministic synthetic data from the pipeline's seed: `head-neck` (CT in HU with
+           the 9 MICCAI 2015 organs) or `mri` (one hippocampus-like organ).
+
+A case's fingerprint is its files' paths, sizes and modification times: editing or adding a
+file recomputes that case only.
+"#;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Phantom,
+    Pddca,
+    Msd,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// MICCAI 2015 for pddca, holdout otherwise.
+    #[default]
+    Official,
+    Holdout,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhantomKind {
+    #[default]
+    HeadNeck,
+    Mri,
+}
+
+/// Params of `load`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadParams {
+    pub format: Format,
+    pub root: Option<String>,
+    pub organs: Vec<String>,
+    pub aliases: BTreeMap<String, Vec<String>>,
+    pub merge: BTreeMap<String, Vec<u8>>,
+    pub split: Split,
+    pub val_fraction: f64,
+    pub test_fraction: f64,
+    pub require_image: bool,
+    pub limit: usize,
+    pub phantom: PhantomKind,
+    pub cases: usize,
+    pub dims: Option<[usize; 3]>,
+    pub spacing: Option<[f64; 3]>,
+    pub noise: Option<f64>,
+}
+
+impl Default for LoadParams {
+    fn default() -> Self {
+        LoadParams {
+            format: Format::Phantom,
+            root: None,
+            organs: Vec::new(),
+            aliases: BTreeMap::new(),
+            merge: BTreeMap::new(),
+            split: Split::Official,
+            val_fraction: 0.0,
+            test_fraction: 0.2,
+            require_image: true,
+            limit: 0,
+            phantom: PhantomKind::HeadNeck,
+            cases: 8,
+            dims: None,
+            spacing: None,
+            noise: None,
+        }
+    }
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ParamError {
+    ParamError {
+        path: vec![field.to_string()],
+        message: message.into(),
+    }
+}
+
+fn build_load(p: LoadParams, ctx: &BuildCtx) -> Result<Arc<dyn Stage>, ParamError> {
+    if !(0.0..1.0).contains(&(p.val_fraction + p.test_fraction))
+        || p.val_fraction < 0.0
+        || p.test_fraction < 0.0
+    {
+        return Err(bad(
+            "test_fraction",
+            "val_fraction + test_fraction must be in [0, 1)",
+        ));
+    }
+    if let Some(s) = p.spacing {
+        if s.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(bad(
+                "spacing",
+                "every spacing must be a positive number of mm",
+            ));
+        }
+    }
+    if let Some(d) = p.dims {
+        if d.iter().any(|&x| x < 8 || x > 1024) {
+            return Err(bad(
+                "dims",
+                "phantom dims must be between 8 and 1024 voxels",
+            ));
+        }
+    }
+    let root = match p.format {
+        Format::Phantom => None,
+        _ => {
+            let r = p
+                .root
+                .as_deref()
+                .ok_or_else(|| bad("root", "this format needs `root:`, the dataset directory"))?;
+            Some(ctx.path(r))
+        }
+    };
+    Ok(Arc::new(Load { p, root }))
+}
+
+struct Load {
+    p: LoadParams,
+    root: Option<PathBuf>,
+}
+
+impl Load {
+    fn organs(&self) -> Vec<String> {
+        if self.p.organs.is_empty() {
+            phantom::HN_ORGANS.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.p.organs.clone()
+        }
+    }
+
+    fn split_of(&self, id: &str) -> Option<String> {
+        match (self.p.split, self.p.format) {
+            (Split::None, _) => Some("train".into()),
+            (Split::Official, Format::Pddca) => Some(datasets::miccai2015_split(id).into()),
+            _ => {
+                let h = blake3::hash(id.as_bytes());
+                let u = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8])) as f64
+                    / u64::MAX as f64;
+                Some(
+                    if u < self.p.test_fraction {
+                        "test"
+                    } else if u < self.p.test_fraction + self.p.val_fraction {
+                        "val"
+                    } else {
+                        "train"
+                    }
+                    .into(),
+                )
+            }
+        }
+    }
+
+    fn msd_organs(&self, ds: &datasets::MsdDataset) -> Vec<(String, Vec<u8>)> {
+        if self.p.merge.is_empty() {
+            ds.labels
+                .iter()
+                .map(|(v, n)| (n.clone(), vec![*v]))
+                .collect()
+        } else {
+            self.p
+                .merge
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        }
+    }
+
+    fn root(&self) -> Result<&PathBuf, StageError> {
+        self.root
+            .as_ref()
+            .ok_or_else(|| StageError::msg("`root` is required"))
+    }
+
+    fn phantom_spec(&self) -> ([usize; 3], [f64; 3], f64) {
+        match self.p.phantom {
+            PhantomKind::HeadNeck => (
+                self.p.dims.unwrap_or([96, 96, 80]),
+                self.p.spacing.unwrap_or([2.5, 2.5, 3.0]),
+                self.p.noise.unwrap_or(15.0),
+            ),
+            PhantomKind::Mri => (
+                self.p.dims.unwrap_or([36, 48, 36]),
+                self.p.spacing.unwrap_or([1.0, 1.0, 1.0]),
+                self.p.noise.unwrap_or(0.04),
+            ),
+        }
+    }
+}
+
+impl Stage for Load {
+    fn shape(&self) -> Shape {
+        Shape::Source
+    }
+
+    fn uses_seed(&self) -> bool {
+        self.p.format == Format::Phantom
+    }
+
+    fn discover(&self, ctx: &StageCtx) -> Result<Vec<CaseInfo>, StageError> {
+        let mut cases: Vec<CaseInfo> = match self.p.format {
+            Format::Phantom => (0..self.p.cases)
+                .map(|i| {
+                    let id = format!("phantom{i:03}");
+                    CaseInfo {
+                        split: self.split_of(&id),
+                        fingerprint: format!("seed {} index {i}", ctx.seed),
+                        id,
+                    }
+                })
+                .collect(),
+            Format::Pddca => {
+                let organs = self.organs();
+                datasets::pddca_cases(self.root()?, &organs, &self.p.aliases)
+                    .map_err(StageError::msg)?
+                    .into_iter()
+                    .map(|c| {
+                        let files: Vec<PathBuf> = c
+                            .image
+                            .iter()
+                            .cloned()
+                            .chain(c.masks.iter().flatten().cloned())
+                            .collect();
+                        CaseInfo {
+                            split: self.split_of(&c.id),
+                            fingerprint: datasets::fingerprint(&files),
+                            id: c.id,
+                        }
+                    })
+                    .collect()
+            }
+            Format::Msd => datasets::msd_dataset(self.root()?)
+                .map_err(StageError::msg)?
+                .cases
+                .into_iter()
+                .map(|c| CaseInfo {
+                    split: self.split_of(&c.id),
+                    fingerprint: datasets::fingerprint(&[c.image.clone(), c.label.clone()]),
+                    id: c.id,
+                })
+                .collect(),
+        };
+        if self.p.limit > 0 {
+            cases.truncate(self.p.limit);
+        }
+        Ok(cases)
+    }
+
+    fn run_case(&self, ctx: &StageCtx, case: &CaseInfo, _: &Inputs) -> Result<Item, StageError> {
+        let data = match self.p.format {
+            Format::Phantom => {
+                let index: u64 = case
+                    .id
+                    .trim_start_matches("phantom")
+                    .parse()
+                    .map_err(|_| StageError::msg(format!("bad phantom case id {}", case.id)))?;
+                let (dims, spacing, noise) = self.phantom_spec();
+                match self.p.phantom {
+                    PhantomKind::HeadNeck => phantom::head_neck(
+                        ctx.seed,
+                        index,
+                        phantom::HnSpec {
+                            dims,
+                            spacing,
+                            noise_hu: noise,
+                        },
+                    ),
+                    PhantomKind::Mri => phantom::mri(ctx.seed, index, dims, spacing, noise),
+                }
+            }
+            Format::Pddca => {
+                let organs = self.organs();
+                let all = datasets::pddca_cases(self.root()?, &organs, &self.p.aliases)
+                    .map_err(StageError::msg)?;
+                let c = all.iter().find(|c| c.id == case.id).ok_or_else(|| {
+                    StageError::msg(format!(
+                        "case {} vanished from {}",
+                        case.id,
+                        self.root()
+                            .map(|r| r.display().to_string())
+                            .unwrap_or_default()
+                    ))
+                })?;
+                datasets::load_pddca(c, &organs, self.p.require_image).map_err(StageError::msg)?
+            }
+            Format::Msd => {
+                let ds = datasets::msd_dataset(self.root()?).map_err(StageError::msg)?;
+                let organs = self.msd_organs(&ds);
+                let c = ds.cases.iter().find(|c| c.id == case.id).ok_or_else(|| {
+                    StageError::msg(format!("case {} vanished from dataset.json", case.id))
+                })?;
+                datasets::load_msd(c, &organs).map_err(StageError::msg)?
+            }
+        };
+        Ok(data.to_item())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_documented() {
+        Registry::new().with(&IoPlugin).check_docs().unwrap();
+    }
+
+    #[test]
+    fn official_split_is_38_train_10_test() {
+        let ids = [
+            "0522c0001",
+            "0522c0002",
+            "0522c0003",
+            "0522c0009",
+            "0522c0013",
+            "0522c0014",
+            "0522c0017",
+            "0522c0057",
+            "0522c0070",
+            "0522c0077",
+            "0522c0079",
+            "0522c0081",
+            "0522c0125",
+            "0522c0132",
+            "0522c0147",
+            "0522c0149",
+            "0522c0159",
+            "0522c0161",
+            "0522c0190",
+            "0522c0195",
+            "0522c0226",
+            "0522c0248",
+            "0522c0251",
+            "0522c0253",
+            "0522c0328",
+            "0522c0329",
+            "0522c0330",
+            "0522c0427",
+            "0522c0433",
+            "0522c0441",
+            "0522c0455",
+            "0522c0457",
+            "0522c0479",
+            "0522c0555",
+            "0522c0576",
+            "0522c0598",
+            "0522c0659",
+            "0522c0661",
+            "0522c0667",
+            "0522c0669",
+            "0522c0708",
+            "0522c0727",
+            "0522c0746",
+            "0522c0788",
+            "0522c0806",
+            "0522c0845",
+            "0522c0857",
+            "0522c0878",
+        ];
+        let test = ids
+            .iter()
+            .filter(|i| datasets::miccai2015_split(i) == "test")
+            .count();
+        assert_eq!((ids.len() - test, test), (38, 10));
+    }
+}

@@ -1,0 +1,557 @@
+//! A small NRRD reader and writer (the MICCAI 2015 / PDDCA release is NRRD).
+//!
+//! Supported: NRRD0001-0005 magic, attached and detached (`data file:`) data, `raw` and
+//! `gzip` encodings, both endiannesses, integer and float types, `space directions` /
+//! `space origin` (or `spacings`), `byte skip` / `line skip`. Geometry is converted from the
+//! file's space (LPS, RAS, LAS...) to RAS+, NIfTI's convention, so volumes from both formats
+//! share one world frame.
+
+use flate2::read::GzDecoder;
+use shapeflow_core::{Volume, VoxelData};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Largest volume accepted (voxels): guards against absurd or corrupt headers.
+pub const MAX_VOXELS: usize = 1 << 31;
+
+fn err(path: &Path, m: impl Into<String>) -> String {
+    format!("{}: {}", path.display(), m.into())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    I8,
+    U8,
+    I16,
+    U16,
+    I32,
+    U32,
+    F32,
+    F64,
+}
+
+impl Ty {
+    fn parse(s: &str) -> Option<Ty> {
+        Some(match s {
+            "signed char" | "int8" | "int8_t" => Ty::I8,
+            "uchar" | "unsigned char" | "uint8" | "uint8_t" => Ty::U8,
+            "short" | "short int" | "signed short" | "signed short int" | "int16" | "int16_t" => {
+                Ty::I16
+            }
+            "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => Ty::U16,
+            "int" | "signed int" | "int32" | "int32_t" => Ty::I32,
+            "uint" | "unsigned int" | "uint32" | "uint32_t" => Ty::U32,
+            "float" => Ty::F32,
+            "double" => Ty::F64,
+            _ => return None,
+        })
+    }
+    fn size(self) -> usize {
+        match self {
+            Ty::I8 | Ty::U8 => 1,
+            Ty::I16 | Ty::U16 => 2,
+            Ty::I32 | Ty::U32 | Ty::F32 => 4,
+            Ty::F64 => 8,
+        }
+    }
+}
+
+fn parse_vector(s: &str) -> Option<[f64; 3]> {
+    let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let v: Vec<f64> = inner
+        .split(',')
+        .map(|x| x.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    (v.len() == 3).then(|| [v[0], v[1], v[2]])
+}
+
+/// Signs that turn the file's space axes into RAS.
+fn space_signs(space: &str) -> Option<[f64; 3]> {
+    Some(match space.to_ascii_lowercase().as_str() {
+        "left-posterior-superior" | "lps" => [-1.0, -1.0, 1.0],
+        "right-anterior-superior" | "ras" => [1.0, 1.0, 1.0],
+        "left-anterior-superior" | "las" => [-1.0, 1.0, 1.0],
+        "scanner-xyz" | "3d-right-handed" => [1.0, 1.0, 1.0],
+        _ => return None,
+    })
+}
+
+/// Reads a 3D NRRD file. Integer labels (uchar) stay u8, int8/int16 become i16,
+/// everything else f32. Errors name the file and what is wrong.
+pub fn read(path: &Path) -> Result<Volume, String> {
+    let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    if !bytes.starts_with(b"NRRD000") {
+        return Err(err(path, "not a NRRD file (no NRRD000x magic)"));
+    }
+    // The header ends at the first empty line.
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    let mut pos = 0usize;
+    let mut first = true;
+    let header_end = loop {
+        let nl = bytes[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| pos + i)
+            .ok_or_else(|| err(path, "truncated header (no blank line before the data)"))?;
+        let line = String::from_utf8_lossy(&bytes[pos..nl])
+            .trim_end_matches('\r')
+            .to_string();
+        pos = nl + 1;
+        if first {
+            first = false;
+            continue;
+        }
+        if line.is_empty() {
+            break pos;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(": ") {
+            fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        } else if line.contains(":=") {
+            continue; // key/value pairs: ignored
+        } else {
+            return Err(err(path, format!("malformed header line {line:?}")));
+        }
+        if pos >= bytes.len() {
+            break pos; // detached header without a trailing blank line
+        }
+    };
+    let get = |k: &str| fields.get(k).map(String::as_str);
+    let ty_s = get("type").ok_or_else(|| err(path, "missing `type`"))?;
+    let ty = Ty::parse(ty_s).ok_or_else(|| err(path, format!("unsupported type `{ty_s}`")))?;
+    let dim: usize = get("dimension")
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| err(path, "missing or bad `dimension`"))?;
+    if dim != 3 {
+        return Err(err(
+            path,
+            format!("expected a 3D volume, dimension is {dim}"),
+        ));
+    }
+    let sizes: Vec<usize> = get("sizes")
+        .ok_or_else(|| err(path, "missing `sizes`"))?
+        .split_whitespace()
+        .map(|s| s.parse().ok())
+        .collect::<Option<_>>()
+        .ok_or_else(|| err(path, "bad `sizes`"))?;
+    if sizes.len() != 3 || sizes.contains(&0) {
+        return Err(err(
+            path,
+            format!("`sizes` must be three positive numbers, got {sizes:?}"),
+        ));
+    }
+    let dims = [sizes[0], sizes[1], sizes[2]];
+    let n = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_VOXELS)
+        .ok_or_else(|| err(path, format!("absurd dimensions {dims:?}")))?;
+    let encoding = get("encoding").ok_or_else(|| err(path, "missing `encoding`"))?;
+    let big_endian = match get("endian") {
+        Some("big") => true,
+        Some("little") | None => false,
+        Some(e) => return Err(err(path, format!("bad endian `{e}`"))),
+    };
+    if ty.size() > 1 && get("endian").is_none() {
+        return Err(err(path, "missing `endian` for a multi-byte type"));
+    }
+
+    // Geometry.
+    let signs = match get("space") {
+        Some(s) => space_signs(s).ok_or_else(|| err(path, format!("unsupported space `{s}`")))?,
+        None => [1.0, 1.0, 1.0],
+    };
+    let mut affine = [[0.0f64; 4]; 4];
+    affine[3][3] = 1.0;
+    if let Some(sd) = get("space directions") {
+        // Vectors may contain spaces after commas: split on ')' instead of whitespace.
+        let joined = sd.replace(' ', "");
+        let parts: Vec<String> = joined
+            .split(')')
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{p})"))
+            .collect();
+        if parts.len() != 3 {
+            return Err(err(
+                path,
+                format!("`space directions` needs 3 vectors, got {sd:?}"),
+            ));
+        }
+        for (c, p) in parts.iter().enumerate() {
+            let v =
+                parse_vector(p).ok_or_else(|| err(path, format!("bad space direction {p:?}")))?;
+            for r in 0..3 {
+                affine[r][c] = v[r] * signs[r];
+            }
+        }
+    } else {
+        let sp: Vec<f64> = match get("spacings") {
+            Some(s) => s
+                .split_whitespace()
+                .map(|x| x.parse().ok())
+                .collect::<Option<_>>()
+                .ok_or_else(|| err(path, "bad `spacings`"))?,
+            None => vec![1.0; 3],
+        };
+        if sp.len() != 3 {
+            return Err(err(path, "`spacings` needs 3 numbers"));
+        }
+        for c in 0..3 {
+            affine[c][c] = sp[c] * signs[c];
+        }
+    }
+    if let Some(o) = get("space origin") {
+        let v = parse_vector(&o.replace(' ', ""))
+            .ok_or_else(|| err(path, format!("bad `space origin` {o:?}")))?;
+        for r in 0..3 {
+            affine[r][3] = v[r] * signs[r];
+        }
+    }
+    let spacing: [f64; 3] =
+        std::array::from_fn(|c| (0..3).map(|r| affine[r][c].powi(2)).sum::<f64>().sqrt());
+    if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(err(
+            path,
+            format!("spacing {spacing:?} must be positive and finite"),
+        ));
+    }
+
+    // Data.
+    let line_skip: usize = get("line skip").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let byte_skip: i64 = get("byte skip").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (raw_src, src_name): (Vec<u8>, PathBuf) = match get("data file").or(get("datafile")) {
+        Some(f) if f.starts_with("LIST") || f.contains('%') => {
+            return Err(err(
+                path,
+                "multi-file data (`data file: LIST` or a pattern) is not supported",
+            ))
+        }
+        Some(f) => {
+            let p = path.parent().unwrap_or(Path::new(".")).join(f);
+            (
+                std::fs::read(&p).map_err(|e| {
+                    err(path, format!("cannot read data file {}: {e}", p.display()))
+                })?,
+                p,
+            )
+        }
+        None => (bytes[header_end..].to_vec(), path.to_path_buf()),
+    };
+    let mut src: &[u8] = &raw_src;
+    for _ in 0..line_skip {
+        let nl = src
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| err(&src_name, "`line skip` past the end"))?;
+        src = &src[nl + 1..];
+    }
+    let want = n * ty.size();
+    let decoded: Vec<u8> = match encoding {
+        "raw" => src.to_vec(),
+        "gzip" | "gz" => {
+            let mut out = Vec::with_capacity(want);
+            GzDecoder::new(src)
+                .read_to_end(&mut out)
+                .map_err(|e| err(&src_name, format!("corrupt gzip data: {e}")))?;
+            out
+        }
+        e => {
+            return Err(err(
+                path,
+                format!("unsupported encoding `{e}` (raw and gzip are)"),
+            ))
+        }
+    };
+    let data_bytes: &[u8] = if byte_skip == -1 {
+        if decoded.len() < want {
+            return Err(err(
+                &src_name,
+                format!("truncated: {} bytes of data, {want} needed", decoded.len()),
+            ));
+        }
+        &decoded[decoded.len() - want..]
+    } else {
+        let skip = byte_skip.max(0) as usize;
+        decoded.get(skip..).unwrap_or(&[])
+    };
+    if data_bytes.len() < want {
+        return Err(err(
+            &src_name,
+            format!(
+                "truncated: {} bytes of data, {want} needed",
+                data_bytes.len()
+            ),
+        ));
+    }
+    let d = &data_bytes[..want];
+    let rd = |c: &[u8]| -> [u8; 8] {
+        let mut b = [0u8; 8];
+        if big_endian {
+            for (i, x) in c.iter().rev().enumerate() {
+                b[i] = *x;
+            }
+        } else {
+            b[..c.len()].copy_from_slice(c);
+        }
+        b
+    };
+    let data = match ty {
+        Ty::U8 => VoxelData::U8(d.to_vec()),
+        Ty::I8 => VoxelData::I16(d.iter().map(|&b| b as i8 as i16).collect()),
+        Ty::I16 => VoxelData::I16(
+            d.chunks_exact(2)
+                .map(|c| {
+                    let b = rd(c);
+                    i16::from_le_bytes([b[0], b[1]])
+                })
+                .collect(),
+        ),
+        Ty::U16 => VoxelData::F32(
+            d.chunks_exact(2)
+                .map(|c| {
+                    let b = rd(c);
+                    u16::from_le_bytes([b[0], b[1]]) as f32
+                })
+                .collect(),
+        ),
+        Ty::I32 => VoxelData::F32(
+            d.chunks_exact(4)
+                .map(|c| {
+                    let b = rd(c);
+                    i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
+                })
+                .collect(),
+        ),
+        Ty::U32 => VoxelData::F32(
+            d.chunks_exact(4)
+                .map(|c| {
+                    let b = rd(c);
+                    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
+                })
+                .collect(),
+        ),
+        Ty::F32 => VoxelData::F32(
+            d.chunks_exact(4)
+                .map(|c| {
+                    let b = rd(c);
+                    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                })
+                .collect(),
+        ),
+        Ty::F64 => VoxelData::F32(
+            d.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(rd(c)) as f32)
+                .collect(),
+        ),
+    };
+    if let VoxelData::F32(v) = &data {
+        if v.iter().any(|x| x.is_nan()) {
+            return Err(err(path, "contains NaN voxels"));
+        }
+    }
+    let mut vol = Volume::new(dims, spacing, data).map_err(|e| err(path, e.to_string()))?;
+    vol.affine = affine;
+    Ok(vol)
+}
+
+/// Options for [`write`] (used by tests and by users exporting to NRRD).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOptions {
+    pub gzip: bool,
+    pub big_endian: bool,
+    /// Write the data to `<stem>.raw` (or `.raw.gz`) beside a `.nhdr` header.
+    pub detached: bool,
+}
+
+/// Writes `vol` as NRRD in LPS space (the PDDCA convention).
+pub fn write(vol: &Volume, path: &Path, opts: WriteOptions) -> Result<(), String> {
+    use std::io::Write;
+    let (ty, mut data): (&str, Vec<u8>) = match &vol.data {
+        VoxelData::U8(v) => ("uint8", v.clone()),
+        VoxelData::I16(v) => (
+            "int16",
+            v.iter()
+                .flat_map(|x| {
+                    if opts.big_endian {
+                        x.to_be_bytes()
+                    } else {
+                        x.to_le_bytes()
+                    }
+                })
+                .collect(),
+        ),
+        VoxelData::F32(v) => (
+            "float",
+            v.iter()
+                .flat_map(|x| {
+                    if opts.big_endian {
+                        x.to_be_bytes()
+                    } else {
+                        x.to_le_bytes()
+                    }
+                })
+                .collect(),
+        ),
+    };
+    if opts.gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&data).map_err(|e| err(path, e.to_string()))?;
+        data = enc.finish().map_err(|e| err(path, e.to_string()))?;
+    }
+    let lps = [-1.0, -1.0, 1.0];
+    let a = &vol.affine;
+    let dirs: Vec<String> = (0..3)
+        .map(|c| {
+            format!(
+                "({},{},{})",
+                a[0][c] * lps[0],
+                a[1][c] * lps[1],
+                a[2][c] * lps[2]
+            )
+        })
+        .collect();
+    let mut header = format!(
+        "NRRD0004\n# written by shapeflow\ntype: {ty}\ndimension: 3\nspace: left-posterior-superior\nsizes: {} {} {}\nspace directions: {}\nkinds: domain domain domain\nendian: {}\nencoding: {}\nspace origin: ({},{},{})\n",
+        vol.dims[0],
+        vol.dims[1],
+        vol.dims[2],
+        dirs.join(" "),
+        if opts.big_endian { "big" } else { "little" },
+        if opts.gzip { "gzip" } else { "raw" },
+        a[0][3] * lps[0],
+        a[1][3] * lps[1],
+        a[2][3] * lps[2]
+    );
+    if opts.detached {
+        let name = format!(
+            "{}.{}",
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            if opts.gzip { "raw.gz" } else { "raw" }
+        );
+        header.push_str(&format!("data file: {name}\n"));
+        std::fs::write(path.with_file_name(&name), &data).map_err(|e| err(path, e.to_string()))?;
+        std::fs::write(path, header).map_err(|e| err(path, e.to_string()))
+    } else {
+        header.push('\n');
+        let mut out = header.into_bytes();
+        out.extend_from_slice(&data);
+        std::fs::write(path, out).map_err(|e| err(path, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(data: VoxelData) -> Volume {
+        let mut v = Volume::new([3, 4, 5], [0.8, 0.9, 2.5], data).unwrap();
+        // LPS origin (-100, 50, 20) is RAS (100, -50, 20).
+        v.affine[0][3] = 100.0;
+        v.affine[1][3] = -50.0;
+        v.affine[2][3] = 20.0;
+        v
+    }
+
+    #[test]
+    fn roundtrip_every_encoding_and_endianness() {
+        let d = tempfile::tempdir().unwrap();
+        let vols = [
+            sample(VoxelData::U8((0..60).map(|i| (i * 3) as u8).collect())),
+            sample(VoxelData::I16(
+                (0..60).map(|i| i as i16 * 71 - 1024).collect(),
+            )),
+            sample(VoxelData::F32(
+                (0..60).map(|i| i as f32 * 0.5 - 7.25).collect(),
+            )),
+        ];
+        for v in &vols {
+            for gzip in [false, true] {
+                for big_endian in [false, true] {
+                    for detached in [false, true] {
+                        let name = format!(
+                            "v{}{gzip}{big_endian}{detached}.{}",
+                            v.data.dtype(),
+                            if detached { "nhdr" } else { "nrrd" }
+                        );
+                        let p = d.path().join(name);
+                        write(
+                            v,
+                            &p,
+                            WriteOptions {
+                                gzip,
+                                big_endian,
+                                detached,
+                            },
+                        )
+                        .unwrap();
+                        let back = read(&p).unwrap();
+                        assert_eq!(&back, v, "{}", p.display());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lps_geometry_becomes_ras() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.nrrd");
+        let mut f = b"NRRD0004\ntype: unsigned char\ndimension: 3\nspace: left-posterior-superior\nsizes: 2 1 1\nspace directions: (0.5,0,0) (0,0.75,0) (0,0,2.5)\nendian: little\nencoding: raw\nspace origin: (-10,20,30)\n\n".to_vec();
+        f.extend_from_slice(&[7, 9]);
+        std::fs::write(&p, f).unwrap();
+        let v = read(&p).unwrap();
+        assert_eq!(v.spacing, [0.5, 0.75, 2.5]);
+        assert_eq!(v.affine[0], [-0.5, 0.0, 0.0, 10.0]);
+        assert_eq!(v.affine[1], [0.0, -0.75, 0.0, -20.0]);
+        assert_eq!(v.affine[2], [0.0, 0.0, 2.5, 30.0]);
+        assert_eq!(v.data, VoxelData::U8(vec![7, 9]));
+    }
+
+    #[test]
+    fn bad_files_are_named_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let v = sample(VoxelData::I16(vec![5; 60]));
+        let p = d.path().join("ok.nrrd");
+        write(
+            &v,
+            &p,
+            WriteOptions {
+                gzip: true,
+                big_endian: false,
+                detached: false,
+            },
+        )
+        .unwrap();
+        let full = std::fs::read(&p).unwrap();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("trunc.nrrd", full[..full.len() - 10].to_vec(), "corrupt gzip"),
+            ("magic.nrrd", b"P5\n".to_vec(), "not a NRRD"),
+            ("type.nrrd", {
+                let end = full.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+                let mut b = String::from_utf8_lossy(&full[..end]).replace("int16", "block").into_bytes();
+                b.extend_from_slice(&full[end..]);
+                b
+            }, "unsupported type"),
+            ("neg.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1 1 1\nspace directions: (0,0,0) (0,1,0) (0,0,1)\nencoding: raw\n\n\x01".to_vec(), "spacing"),
+            ("huge.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 100000 100000 100000\nencoding: raw\n\n\x01".to_vec(), "absurd"),
+            ("short.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n\x01".to_vec(), "truncated"),
+            ("nan.nrrd", {
+                let mut b = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 1 1 1\nendian: little\nencoding: raw\n\n".to_vec();
+                b.extend_from_slice(&f32::NAN.to_le_bytes());
+                b
+            }, "NaN"),
+            ("dim.nrrd", b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 1 1\nencoding: raw\n\n\x01".to_vec(), "3D"),
+        ];
+        for (name, bytes, needle) in cases {
+            let p = d.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            let e = read(&p).unwrap_err();
+            assert!(e.contains(name) && e.contains(needle), "{name}: {e}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Loading the real data in ../shared/data: PDDCA masks, the real H&N CT, MSD hippocampus.
+
+mod common;
+
+use common::*;
+use shapeflow_core::{CaseData, VoxelData};
+use shapeflow_io::{datasets, nrrd, phantom::HN_ORGANS};
+use std::collections::BTreeMap;
+
+fn organs() -> Vec<String> {
+    HN_ORGANS.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn pddca_masks_match_an_independent_reader() {
+    let root = shared("pddca-masks");
+    let cases = datasets::pddca_cases(&root, &organs(), &BTreeMap::new()).unwrap();
+    assert_eq!(cases.len(), 12);
+    let reference = python_json("nrrd_counts.py", &[root.to_str().unwrap()]);
+    let mut checked = 0;
+    for c in &cases {
+        for (k, m) in c.masks.iter().enumerate() {
+            let Some(path) = m else { continue };
+            let v = nrrd::read(path).unwrap();
+            assert_eq!(v.dims[0], 512, "{}", path.display());
+            assert!((76..=272).contains(&v.dims[2]), "{}", path.display());
+            assert!(
+                (0.75..=1.18).contains(&v.spacing[0]) && (1.2..=3.01).contains(&v.spacing[2]),
+                "{:?}",
+                v.spacing
+            );
+            let VoxelData::U8(d) = &v.data else {
+                panic!("masks are u8")
+            };
+            let count = d.iter().filter(|&&x| x != 0).count();
+            assert!(count > 0, "{} is empty", path.display());
+            if let Some(r) = &reference {
+                let e = &r[&c.id][&HN_ORGANS[k]];
+                assert_eq!(
+                    e["count"].as_u64().unwrap() as usize,
+                    count,
+                    "{} {}",
+                    c.id,
+                    HN_ORGANS[k]
+                );
+                let shape: Vec<usize> = e["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as usize)
+                    .collect();
+                assert_eq!(shape, v.dims.to_vec());
+                for a in 0..3 {
+                    assert!((e["spacing"][a].as_f64().unwrap() - v.spacing[a]).abs() < 1e-6);
+                }
+                checked += 1;
+            }
+        }
+    }
+    if reference.is_some() {
+        assert!(checked >= 100, "checked {checked} masks");
+    }
+}
+
+#[test]
+fn missing_pddca_organs_are_absent_not_empty() {
+    let root = shared("pddca-masks");
+    let cases = datasets::pddca_cases(&root, &organs(), &BTreeMap::new()).unwrap();
+    for c in &cases {
+        let data: CaseData = datasets::load_pddca(c, &organs(), false).unwrap();
+        let lacks_subm_r = ["0522c0014", "0522c0077", "0522c0147"].contains(&c.id.as_str());
+        assert_eq!(data.present[8], !lacks_subm_r, "{}", c.id);
+        let counts = data.organ_voxels();
+        for k in 0..9 {
+            if data.present[k] {
+                assert!(counts[k] > 0, "{} {} present but empty", c.id, HN_ORGANS[k]);
+            } else {
+                assert_eq!(counts[k], 0);
+            }
+        }
+        assert!(data.image.is_none());
+    }
+    // Without `require_image: false` the missing CT is an error naming the case.
+    let e = datasets::load_pddca(&cases[0], &organs(), true).unwrap_err();
+    assert!(e.contains(&cases[0].id) && e.contains("img.nrrd"), "{e}");
+}
+
+#[test]
+fn real_ct_has_plausible_hu_and_mandible_in_bone() {
+    let root = shared("hn-ct-frm2");
+    let img = nrrd::read(&root.join("img.nrrd")).unwrap();
+    assert_eq!(img.dims, [139, 141, 31]);
+    assert_eq!(img.spacing, [1.5, 1.5, 3.0]);
+    let VoxelData::I16(hu) = &img.data else {
+        panic!("CT is i16")
+    };
+    let (min, max) = (*hu.iter().min().unwrap(), *hu.iter().max().unwrap());
+    assert!(
+        (-1100..=-900).contains(&min) && max > 1000 && max < 4000,
+        "HU range {min}..{max}"
+    );
+    let mand = nrrd::read(&root.join("structures/Mandible.nrrd")).unwrap();
+    assert!(mand.grid().same_as(&img.grid(), 1e-6));
+    let VoxelData::U8(m) = &mand.data else {
+        panic!()
+    };
+    let mut inside: Vec<i16> = hu
+        .iter()
+        .zip(m)
+        .filter(|(_, &l)| l != 0)
+        .map(|(&h, _)| h)
+        .collect();
+    inside.sort();
+    let median = inside[inside.len() / 2];
+    assert!(median > 300, "median HU in the mandible is {median}");
+    // Through the pddca layout, with an alias for the one organ named differently.
+    let cases = datasets::pddca_cases(
+        root.parent().unwrap(),
+        &["Mandible".into(), "Submandibular".into()],
+        &BTreeMap::from([(
+            "Submandibular".to_string(),
+            vec!["Submandibular_unspecified_side".to_string()],
+        )]),
+    )
+    .unwrap();
+    let c = cases.iter().find(|c| c.id == "hn-ct-frm2").unwrap();
+    let data = datasets::load_pddca(c, &["Mandible".into(), "Submandibular".into()], true).unwrap();
+    assert_eq!(data.present, vec![true, true]);
+    assert!(data.image.is_some());
+}
+
+#[test]
+fn all_200_hippocampus_cases_load() {
+    let root = shared("hippocampus");
+    let ds = datasets::msd_dataset(&root).unwrap();
+    assert_eq!(ds.cases.len(), 200);
+    assert_eq!(ds.labels.get(&1).map(String::as_str), Some("Anterior"));
+    let merged = vec![("hippocampus".to_string(), vec![1u8, 2])];
+    let mut total = 0usize;
+    for c in &ds.cases {
+        let d = datasets::load_msd(c, &merged).unwrap();
+        let img = d.image.as_ref().unwrap();
+        assert!(
+            (31..=43).contains(&img.dims[0])
+                && (40..=59).contains(&img.dims[1])
+                && (24..=47).contains(&img.dims[2]),
+            "{} {:?}",
+            c.id,
+            img.dims
+        );
+        assert!(img.grid().same_as(&d.labels.as_ref().unwrap().grid(), 1e-3));
+        let n = d.organ_voxels()[0];
+        assert!(n > 500, "{}: {n} voxels", c.id);
+        total += n;
+        // Merged count equals the two source labels together.
+        let two = datasets::load_msd(c, &[("a".into(), vec![1]), ("p".into(), vec![2])]).unwrap();
+        assert_eq!(two.organ_voxels().iter().sum::<usize>(), n);
+    }
+    assert!(total > 200 * 1000);
+}
