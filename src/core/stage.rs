@@ -235,6 +235,9 @@ pub trait Plugin {
     fn register(&self, registry: &mut Registry);
 }
 
+/// Makes a stage from its typed params.
+pub type BuildFn<P> = fn(P, &BuildCtx) -> Result<Arc<dyn Stage>, ParamError>;
+
 /// Builds a [`StageFactory`] from a typed params struct `P` (which should use
 /// `#[serde(deny_unknown_fields, default)]` or mark required fields) and a constructor.
 pub struct StageDef<P> {
@@ -244,7 +247,7 @@ pub struct StageDef<P> {
     pub help: &'static str,
     /// (name, type, doc) for each field of `P`.
     pub params: &'static [(&'static str, &'static str, &'static str)],
-    pub build: fn(P, &BuildCtx) -> Result<Arc<dyn Stage>, ParamError>,
+    pub build: BuildFn<P>,
 }
 
 impl<P> StageFactory for StageDef<P>
