@@ -161,7 +161,7 @@ fn build_load(p: LoadParams, ctx: &BuildCtx) -> Result<Arc<dyn Stage>, ParamErro
         }
     }
     if let Some(d) = p.dims {
-        if d.iter().any(|&x| x < 8 || x > 1024) {
+        if d.iter().any(|x| !(8..=1024).contains(x)) {
             return Err(bad(
                 "dims",
                 "phantom dims must be between 8 and 1024 voxels",
