@@ -8,5 +8,6 @@ use shapeflow_core::Registry;
 pub fn default_registry() -> Registry {
     Registry::new()
         .with(&shapeflow_io::IoPlugin)
+        .with(&shapeflow_sdm::SdmPlugin)
         .with(&shapeflow_exec::ExecPlugin)
 }

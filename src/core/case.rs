@@ -109,3 +109,136 @@ impl CaseData {
         })
     }
 }
+
+/// Units of a set of signed distance maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdmUnits {
+    /// Inside scaled by its largest distance, outside by its largest: [-1, 1].
+    Normalized,
+    /// Millimetres.
+    Mm,
+}
+
+/// How SDM voxels are stored in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdmStorage {
+    F32,
+    /// i16 with a per-map scale: 1/32767 of the largest finite magnitude.
+    #[default]
+    I16,
+}
+
+/// One case's signed distance maps, one per organ (`None`: organ absent in this case).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SdmSet {
+    pub organs: Vec<String>,
+    /// f32 volumes, negative inside.
+    pub maps: Vec<Option<Volume>>,
+    pub units: SdmUnits,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SdmMeta {
+    organs: Vec<String>,
+    present: Vec<bool>,
+    units: SdmUnits,
+    storage: SdmStorage,
+    /// Per organ: stored value x scale = distance (i16 storage).
+    scales: Vec<f64>,
+}
+
+const I16_MAX: f64 = 32767.0;
+
+impl SdmSet {
+    /// Encodes with `storage`; i16 keeps infinities as the extreme values.
+    pub fn to_item(&self, storage: SdmStorage) -> Item {
+        let mut parts = BTreeMap::new();
+        let mut scales = Vec::new();
+        for (name, map) in self.organs.iter().zip(&self.maps) {
+            let Some(v) = map else {
+                scales.push(0.0);
+                continue;
+            };
+            let vals = v.to_f32();
+            match storage {
+                SdmStorage::F32 => {
+                    scales.push(1.0);
+                    parts.insert(format!("sdm/{name}"), Item::Volume(v.clone()));
+                }
+                SdmStorage::I16 => {
+                    let m = vals.iter().filter(|x| x.is_finite()).fold(0f32, |a, &x| a.max(x.abs())) as f64;
+                    // Finite values use +-32766; +-32767 is kept for infinities.
+                    let scale = if m > 0.0 { m / (I16_MAX - 1.0) } else { 1.0 / (I16_MAX - 1.0) };
+                    let q: Vec<i16> = vals
+                        .iter()
+                        .map(|&x| {
+                            if x.is_finite() {
+                                (x as f64 / scale).round().clamp(-(I16_MAX - 1.0), I16_MAX - 1.0) as i16
+                            } else {
+                                (x.signum() as f64 * I16_MAX) as i16
+                            }
+                        })
+                        .collect();
+                    scales.push(scale);
+                    if let Ok(vq) = v.with_data(VoxelData::I16(q)) {
+                        parts.insert(format!("sdm/{name}"), Item::Volume(vq));
+                    }
+                }
+            }
+        }
+        let meta = SdmMeta {
+            organs: self.organs.clone(),
+            present: self.maps.iter().map(Option::is_some).collect(),
+            units: self.units,
+            storage,
+            scales,
+        };
+        parts.insert("sdm-meta".into(), Item::Json(serde_json::to_value(meta).unwrap_or_default()));
+        Item::Bundle(parts)
+    }
+
+    /// Decodes (and dequantizes) an item made by [`SdmSet::to_item`].
+    pub fn from_item(item: &Item) -> Result<SdmSet, StageError> {
+        let meta = item
+            .part("sdm-meta")
+            .and_then(Item::as_json)
+            .ok_or_else(|| StageError::msg(format!("expected signed distance maps, got a {} item", item.kind())))?;
+        let meta: SdmMeta = serde_json::from_value(meta.clone()).map_err(|e| StageError::msg(format!("bad SDM metadata: {e}")))?;
+        let mut maps = Vec::new();
+        for (k, name) in meta.organs.iter().enumerate() {
+            if !meta.present.get(k).copied().unwrap_or(false) {
+                maps.push(None);
+                continue;
+            }
+            let v = item
+                .part(&format!("sdm/{name}"))
+                .and_then(Item::as_volume)
+                .ok_or_else(|| StageError::msg(format!("SDM of {name} missing from the item")))?;
+            let v = match (&v.data, meta.storage) {
+                (VoxelData::I16(q), SdmStorage::I16) => {
+                    let s = meta.scales.get(k).copied().unwrap_or(1.0);
+                    let f: Vec<f32> = q
+                        .iter()
+                        .map(|&x| {
+                            if x.unsigned_abs() as f64 >= I16_MAX {
+                                (x as f32).signum() * f32::INFINITY
+                            } else {
+                                (x as f64 * s) as f32
+                            }
+                        })
+                        .collect();
+                    v.with_data(VoxelData::F32(f)).map_err(|e| StageError::msg(e.to_string()))?
+                }
+                _ => v.clone(),
+            };
+            maps.push(Some(v));
+        }
+        Ok(SdmSet {
+            organs: meta.organs,
+            maps,
+            units: meta.units,
+        })
+    }
+}

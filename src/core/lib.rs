@@ -17,7 +17,7 @@ pub mod stage;
 pub mod volume;
 pub mod yaml;
 
-pub use case::CaseData;
+pub use case::{CaseData, SdmSet, SdmStorage, SdmUnits};
 pub use config::{ConfigError, ConfigErrors, ErrorKind, Override, PipelineFile};
 pub use item::Item;
 pub use plan::{Plan, Reason};

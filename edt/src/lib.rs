@@ -1,0 +1,320 @@
+//! Exact Euclidean distance transforms with anisotropic spacing, and signed distance maps.
+//!
+//! The algorithm is Felzenszwalb & Huttenlocher's lower envelope of parabolas, applied
+//! separably along x, y and z: exact squared distances in linear time per line. Lines are
+//! processed in parallel on rayon; each pass skips lines that cannot hold a finite value
+//! yet (for a small organ the first two passes touch only its bounding box), and the
+//! z pass works on one y-slab at a time so that memory is read row by row.
+//!
+//! Voxel order is x fastest: `index = x + nx * (y + ny * z)`. Distances are between voxel
+//! centres, in the units of `spacing` (mm).
+
+use rayon::prelude::*;
+
+/// Marks "no feature yet" in squared-distance buffers.
+pub const INF: f32 = f32::INFINITY;
+
+/// Squared distance transform of one line, in place: `f[i]` is 0 at features and `INF`
+/// elsewhere on entry (or a squared distance from an earlier pass); on exit the squared
+/// distance to the nearest feature along the line, with sample spacing `s`.
+/// `v`, `zb` are scratch of at least `f.len()` and `f.len() + 1` elements.
+pub fn line_sq(f: &mut [f32], s: f64, v: &mut [usize], zb: &mut [f64], out: &mut [f64]) {
+    let n = f.len();
+    let s2 = s * s;
+    // Lower envelope over the finite sites only.
+    let mut k: isize = -1;
+    for q in 0..n {
+        let fq = f[q] as f64;
+        if !fq.is_finite() {
+            continue;
+        }
+        let qf = q as f64;
+        loop {
+            if k < 0 {
+                k = 0;
+                v[0] = q;
+                zb[0] = f64::NEG_INFINITY;
+                zb[1] = f64::INFINITY;
+                break;
+            }
+            let p = v[k as usize];
+            let pf = p as f64;
+            // Intersection of the parabolas rooted at p and q (in units of samples).
+            let sct = ((fq + s2 * qf * qf) - (f[p] as f64 + s2 * pf * pf)) / (2.0 * s2 * (qf - pf));
+            if sct <= zb[k as usize] {
+                k -= 1;
+                continue;
+            }
+            k += 1;
+            v[k as usize] = q;
+            zb[k as usize] = sct;
+            zb[k as usize + 1] = f64::INFINITY;
+            break;
+        }
+    }
+    if k < 0 {
+        return; // no feature on this line: stays INF
+    }
+    let mut j = 0usize;
+    for (q, o) in out.iter_mut().enumerate().take(n) {
+        let qf = q as f64;
+        while zb[j + 1] < qf {
+            j += 1;
+        }
+        let p = v[j] as f64;
+        *o = s2 * (qf - p) * (qf - p) + f[v[j]] as f64;
+    }
+    for q in 0..n {
+        f[q] = out[q] as f32;
+    }
+}
+
+struct Scratch {
+    line: Vec<f32>,
+    v: Vec<usize>,
+    z: Vec<f64>,
+    out: Vec<f64>,
+}
+
+impl Scratch {
+    fn new(n: usize) -> Self {
+        Scratch { line: vec![0.0; n], v: vec![0; n], z: vec![0.0; n + 1], out: vec![0.0; n] }
+    }
+}
+
+/// An inclusive box of voxel indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BBox {
+    pub lo: [usize; 3],
+    pub hi: [usize; 3],
+}
+
+/// Squared EDT, in place: `buf` holds 0 at features and `INF` elsewhere. `features` is a
+/// box containing every feature (pass it to skip work), or `None` for the whole volume.
+pub fn sq_edt_in_place(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], features: Option<BBox>) {
+    let [nx, ny, nz] = dims;
+    assert_eq!(buf.len(), nx * ny * nz, "buffer does not match dims");
+    if buf.is_empty() {
+        return;
+    }
+    let bb = features.unwrap_or(BBox { lo: [0, 0, 0], hi: [nx - 1, ny - 1, nz - 1] });
+    let slice = nx * ny;
+    // Pass 1, along x: only rows that cross the feature box can hold features.
+    buf.par_chunks_mut(slice).enumerate().for_each_init(
+        || Scratch::new(nx.max(ny).max(nz)),
+        |sc, (z, sl)| {
+            if z < bb.lo[2] || z > bb.hi[2] {
+                return;
+            }
+            for y in bb.lo[1]..=bb.hi[1] {
+                let row = &mut sl[y * nx..(y + 1) * nx];
+                line_sq(row, spacing[0], &mut sc.v, &mut sc.z, &mut sc.out);
+            }
+        },
+    );
+    // Pass 2, along y: only slices within the box's z range have finite values.
+    buf.par_chunks_mut(slice).enumerate().for_each_init(
+        || Scratch::new(nx.max(ny).max(nz)),
+        |sc, (z, sl)| {
+            if z < bb.lo[2] || z > bb.hi[2] {
+                return;
+            }
+            for x in 0..nx {
+                for y in 0..ny {
+                    sc.line[y] = sl[x + nx * y];
+                }
+                line_sq(&mut sc.line[..ny], spacing[1], &mut sc.v, &mut sc.z, &mut sc.out);
+                for y in 0..ny {
+                    sl[x + nx * y] = sc.line[y];
+                }
+            }
+        },
+    );
+    // Pass 3, along z, one y-slab at a time (rows of x are contiguous in memory).
+    if nz > 1 {
+        let ptr = SyncPtr(buf.as_mut_ptr());
+        (0..ny).into_par_iter().for_each_init(
+            || (Scratch::new(nz), vec![0f32; nx * nz]),
+            |(sc, tile), y| {
+                let p = ptr;
+                // SAFETY: each y touches the disjoint set of rows {y + ny * z}; no two tasks
+                // share an element, and `buf` outlives the parallel loop.
+                unsafe {
+                    for z in 0..nz {
+                        let src = p.0.add(nx * (y + ny * z));
+                        std::ptr::copy_nonoverlapping(src, tile.as_mut_ptr().add(z * nx), nx);
+                    }
+                }
+                for x in 0..nx {
+                    if (0..nz).all(|z| tile[x + nx * z] == INF) {
+                        continue;
+                    }
+                    for z in 0..nz {
+                        sc.line[z] = tile[x + nx * z];
+                    }
+                    line_sq(&mut sc.line[..nz], spacing[2], &mut sc.v, &mut sc.z, &mut sc.out);
+                    for z in 0..nz {
+                        tile[x + nx * z] = sc.line[z];
+                    }
+                }
+                unsafe {
+                    for z in 0..nz {
+                        let dst = p.0.add(nx * (y + ny * z));
+                        std::ptr::copy_nonoverlapping(tile.as_ptr().add(z * nx), dst, nx);
+                    }
+                }
+            },
+        );
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+/// Squared distance from every voxel to the nearest voxel where `is_feature` holds.
+pub fn sq_edt(dims: [usize; 3], spacing: [f64; 3], is_feature: impl Fn(usize) -> bool + Sync) -> Vec<f32> {
+    let n = dims[0] * dims[1] * dims[2];
+    let mut buf: Vec<f32> = (0..n).into_par_iter().map(|i| if is_feature(i) { 0.0 } else { INF }).collect();
+    sq_edt_in_place(&mut buf, dims, spacing, None);
+    buf
+}
+
+/// How a signed map is scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// Millimetres: negative inside, positive outside.
+    Millimetres,
+    /// Inside divided by the largest inside distance, outside by the largest outside
+    /// distance: values in [-1, 1].
+    Normalized,
+}
+
+/// Bounding box of the voxels with `labels[i] == label`; `None` if there are none.
+pub fn bbox_of(labels: &[u8], dims: [usize; 3], label: u8) -> Option<BBox> {
+    let [nx, ny, _] = dims;
+    let slice = nx * ny;
+    let per_slice: Vec<Option<BBox>> = labels
+        .par_chunks(slice)
+        .enumerate()
+        .map(|(z, sl)| {
+            let mut b: Option<BBox> = None;
+            for (i, &l) in sl.iter().enumerate() {
+                if l == label {
+                    let (x, y) = (i % nx, i / nx);
+                    let bb = b.get_or_insert(BBox { lo: [x, y, z], hi: [x, y, z] });
+                    bb.lo[0] = bb.lo[0].min(x);
+                    bb.hi[0] = bb.hi[0].max(x);
+                    bb.lo[1] = bb.lo[1].min(y);
+                    bb.hi[1] = bb.hi[1].max(y);
+                }
+            }
+            b
+        })
+        .collect();
+    per_slice.into_iter().flatten().reduce(|a, b| BBox {
+        lo: std::array::from_fn(|k| a.lo[k].min(b.lo[k])),
+        hi: std::array::from_fn(|k| a.hi[k].max(b.hi[k])),
+    })
+}
+
+/// True when voxel `i` (with label `label`) has a face neighbour inside the volume whose
+/// label differs: the organ's boundary (its "inner" boundary voxels).
+#[inline]
+pub fn is_boundary(labels: &[u8], dims: [usize; 3], i: usize, label: u8) -> bool {
+    let [nx, ny, nz] = dims;
+    let x = i % nx;
+    let y = (i / nx) % ny;
+    let z = i / (nx * ny);
+    let s = nx * ny;
+    (x > 0 && labels[i - 1] != label)
+        || (x + 1 < nx && labels[i + 1] != label)
+        || (y > 0 && labels[i - nx] != label)
+        || (y + 1 < ny && labels[i + nx] != label)
+        || (z > 0 && labels[i - s] != label)
+        || (z + 1 < nz && labels[i + s] != label)
+}
+
+/// The signed distance map of the voxels labelled `label`.
+///
+/// Definition (the SDM literature's, e.g. Xue et al. 2020): with S the organ's voxels and
+/// its boundary ∂S the voxels of S that have a face neighbour (inside the volume) outside S,
+///
+/// - outside S: `+d(x, S)`, the distance to the nearest voxel of S;
+/// - on ∂S: `0`;
+/// - inside S \ ∂S: `-d(x, complement of S)`, the distance to the nearest voxel outside S;
+///
+/// [`Scale::Normalized`] divides the outside by its maximum and the inside by the maximum
+/// of `d(x, complement)` over S, giving [-1, 1]. Edge cases: an empty organ is `+1`
+/// (normalized) or `+INF` (mm) everywhere; an organ filling the volume, which has no
+/// outside, is `-1` (normalized) or `-INF` (mm) everywhere.
+///
+/// Returns `None` if `label` does not occur: the caller decides between "absent" (not
+/// annotated) and "empty" (annotated, no voxels).
+pub fn signed_map(labels: &[u8], dims: [usize; 3], spacing: [f64; 3], label: u8, scale: Scale) -> Option<Vec<f32>> {
+    let n = dims[0] * dims[1] * dims[2];
+    assert_eq!(labels.len(), n, "labels do not match dims");
+    let bb = bbox_of(labels, dims, label)?;
+    let everything = labels.par_iter().all(|&l| l == label);
+    if everything {
+        return Some(vec![if scale == Scale::Normalized { -1.0 } else { -INF }; n]);
+    }
+    // Outside: squared distance to the organ, whole volume.
+    let mut out: Vec<f32> = labels.par_iter().map(|&l| if l == label { 0.0 } else { INF }).collect();
+    sq_edt_in_place(&mut out, dims, spacing, Some(bb));
+    // Inside: squared distance to the nearest non-organ voxel, computed on the organ's box
+    // grown by one voxel: the ring around the box is outside the organ, so every inside
+    // voxel's nearest outside voxel lies within the grown box (exact, not approximate).
+    let lo: [usize; 3] = std::array::from_fn(|a| bb.lo[a].saturating_sub(1));
+    let hi: [usize; 3] = std::array::from_fn(|a| (bb.hi[a] + 1).min(dims[a] - 1));
+    let sub = [hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1];
+    let mut inside = vec![INF; sub[0] * sub[1] * sub[2]];
+    for z in 0..sub[2] {
+        for y in 0..sub[1] {
+            for x in 0..sub[0] {
+                let g = (lo[0] + x) + dims[0] * ((lo[1] + y) + dims[1] * (lo[2] + z));
+                if labels[g] != label {
+                    inside[x + sub[0] * (y + sub[1] * z)] = 0.0;
+                }
+            }
+        }
+    }
+    let has_outside_in_box = inside.iter().any(|&v| v == 0.0);
+    if has_outside_in_box {
+        sq_edt_in_place(&mut inside, sub, spacing, None);
+    }
+    // Maxima for normalisation (over S for the inside, over the complement outside).
+    let max_in = inside.par_iter().filter(|v| v.is_finite()).cloned().reduce(|| 0.0, f32::max).sqrt();
+    let max_out = out.par_iter().cloned().reduce(|| 0.0, f32::max).sqrt();
+    let nx = dims[0];
+    let ny = dims[1];
+    out.par_chunks_mut(nx * ny).enumerate().for_each(|(z, sl)| {
+        for (j, o) in sl.iter_mut().enumerate() {
+            let i = j + nx * ny * z;
+            if labels[i] == label {
+                if is_boundary(labels, dims, i, label) {
+                    *o = 0.0;
+                } else {
+                    let (x, y) = (j % nx, j / nx);
+                    let li = (x - lo[0]) + sub[0] * ((y - lo[1]) + sub[1] * (z - lo[2]));
+                    let d = inside[li].sqrt();
+                    *o = match scale {
+                        Scale::Millimetres => -d,
+                        Scale::Normalized => -(d / max_in),
+                    };
+                }
+            } else {
+                let d = o.sqrt();
+                *o = match scale {
+                    Scale::Millimetres => d,
+                    Scale::Normalized => d / max_out,
+                };
+            }
+        }
+    });
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
