@@ -17,68 +17,102 @@ pub const INF: f32 = f32::INFINITY;
 /// Squared distance transform of one line, in place: `f[i]` is 0 at features and `INF`
 /// elsewhere on entry (or a squared distance from an earlier pass); on exit the squared
 /// distance to the nearest feature along the line, with sample spacing `s`.
-/// `v`, `zb` are scratch of at least `f.len()` and `f.len() + 1` elements.
-pub fn line_sq(f: &mut [f32], s: f64, v: &mut [usize], zb: &mut [f64], out: &mut [f64]) {
-    let n = f.len();
-    let s2 = s * s;
-    // Lower envelope over the finite sites only.
-    let mut k: isize = -1;
-    for q in 0..n {
-        let fq = f[q] as f64;
-        if !fq.is_finite() {
-            continue;
-        }
-        let qf = q as f64;
-        loop {
-            if k < 0 {
-                k = 0;
-                v[0] = q;
-                zb[0] = f64::NEG_INFINITY;
-                zb[1] = f64::INFINITY;
-                break;
-            }
-            let p = v[k as usize];
-            let pf = p as f64;
-            // Intersection of the parabolas rooted at p and q (in units of samples).
-            let sct = ((fq + s2 * qf * qf) - (f[p] as f64 + s2 * pf * pf)) / (2.0 * s2 * (qf - pf));
-            if sct <= zb[k as usize] {
-                k -= 1;
-                continue;
-            }
-            k += 1;
-            v[k as usize] = q;
-            zb[k as usize] = sct;
-            zb[k as usize + 1] = f64::INFINITY;
-            break;
-        }
+pub fn line_sq(f: &mut [f32], s: f64) {
+    let mut sc = Scratch::new(f.len(), s);
+    sc.line[..f.len()].copy_from_slice(f);
+    if !sc.transform(f.len()) {
+        return;
     }
-    if k < 0 {
-        return; // no feature on this line: stays INF
-    }
-    let mut j = 0usize;
-    for (q, o) in out.iter_mut().enumerate().take(n) {
-        let qf = q as f64;
-        while zb[j + 1] < qf {
-            j += 1;
-        }
-        let p = v[j] as f64;
-        *o = s2 * (qf - p) * (qf - p) + f[v[j]] as f64;
-    }
-    for q in 0..n {
-        f[q] = out[q] as f32;
+    for (o, &h) in f.iter_mut().zip(&sc.out) {
+        *o = h as f32;
     }
 }
 
+/// Per-thread buffers for line transforms along one axis.
 struct Scratch {
+    /// The line's input values (squared distances, INF where none).
     line: Vec<f32>,
+    /// Output squared distances.
+    out: Vec<f64>,
     v: Vec<usize>,
     z: Vec<f64>,
-    out: Vec<f64>,
+    /// `a[q] = f[q] + s^2 q^2`, the parabola offsets.
+    a: Vec<f64>,
+    /// `rinv[d] = 1 / (2 s^2 d)`: the intersections need no division.
+    rinv: Vec<f64>,
+    s2: f64,
 }
 
 impl Scratch {
-    fn new(n: usize) -> Self {
-        Scratch { line: vec![0.0; n], v: vec![0; n], z: vec![0.0; n + 1], out: vec![0.0; n] }
+    fn new(n: usize, s: f64) -> Self {
+        let s2 = s * s;
+        Scratch {
+            line: vec![0.0; n],
+            out: vec![0.0; n],
+            v: vec![0; n],
+            z: vec![0.0; n + 1],
+            a: vec![0.0; n],
+            rinv: (0..n.max(1)).map(|d| if d == 0 { 0.0 } else { 1.0 / (2.0 * s2 * d as f64) }).collect(),
+            s2,
+        }
+    }
+
+    /// Felzenszwalb-Huttenlocher on `line[..n]` into `out[..n]`; false if the line has no
+    /// finite value (then `out` is untouched and the line stays INF).
+    fn transform(&mut self, n: usize) -> bool {
+        let s2 = self.s2;
+        let (f, v, z, a, rinv) = (&self.line, &mut self.v, &mut self.z, &mut self.a, &self.rinv);
+        let mut k: usize = 0;
+        let mut any = false;
+        for q in 0..n {
+            let fq = f[q];
+            if fq == INF {
+                continue;
+            }
+            let qf = q as f64;
+            a[q] = fq as f64 + s2 * qf * qf;
+            if !any {
+                any = true;
+                v[0] = q;
+                z[0] = f64::NEG_INFINITY;
+                z[1] = f64::INFINITY;
+                continue;
+            }
+            loop {
+                let p = v[k];
+                let sct = (a[q] - a[p]) * rinv[q - p];
+                if sct <= z[k] && k > 0 {
+                    k -= 1;
+                    continue;
+                }
+                if sct <= z[k] {
+                    // k == 0 and the new parabola is lower everywhere: it replaces it.
+                    v[0] = q;
+                    z[0] = f64::NEG_INFINITY;
+                    z[1] = f64::INFINITY;
+                    break;
+                }
+                k += 1;
+                v[k] = q;
+                z[k] = sct;
+                z[k + 1] = f64::INFINITY;
+                break;
+            }
+        }
+        if !any {
+            return false;
+        }
+        let mut j = 0usize;
+        for q in 0..n {
+            let qf = q as f64;
+            while z[j + 1] < qf {
+                j += 1;
+            }
+            let p = v[j];
+            let d = qf - p as f64;
+            self.out[q] = s2 * d * d + f[p] as f64;
+        }
+        true
     }
 }
 
@@ -89,9 +123,52 @@ pub struct BBox {
     pub hi: [usize; 3],
 }
 
+/// Lines per block in the strided passes: one 64-byte cache line of f32.
+const BLOCK: usize = 16;
+
+/// Transforms the `count` lines `data[x + count * i]` (i in `0..len`) of a row-major
+/// `len x count` array, `BLOCK` lines at a time so that every cache line read is used whole.
+/// With `take_sqrt` the results are distances rather than squares.
+fn strided_pass(data: &mut [f32], len: usize, count: usize, sc: &mut Scratch, blk: &mut Vec<f32>, take_sqrt: bool) {
+    blk.resize(BLOCK * len, 0.0);
+    let mut x0 = 0;
+    while x0 < count {
+        let w = BLOCK.min(count - x0);
+        for i in 0..len {
+            let row = &data[x0 + count * i..x0 + count * i + w];
+            for (k, &v) in row.iter().enumerate() {
+                blk[k * len + i] = v;
+            }
+        }
+        for k in 0..w {
+            let line = &mut blk[k * len..(k + 1) * len];
+            sc.line[..len].copy_from_slice(line);
+            let finite = len > 1 && sc.transform(len);
+            match (finite, take_sqrt) {
+                (true, true) => line.iter_mut().zip(&sc.out).for_each(|(o, &h)| *o = h.sqrt() as f32),
+                (true, false) => line.iter_mut().zip(&sc.out).for_each(|(o, &h)| *o = h as f32),
+                (false, true) => line.iter_mut().for_each(|o| *o = o.sqrt()),
+                (false, false) => {}
+            }
+        }
+        for i in 0..len {
+            let row = &mut data[x0 + count * i..x0 + count * i + w];
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = blk[k * len + i];
+            }
+        }
+        x0 += w;
+    }
+}
+
 /// Squared EDT, in place: `buf` holds 0 at features and `INF` elsewhere. `features` is a
 /// box containing every feature (pass it to skip work), or `None` for the whole volume.
 pub fn sq_edt_in_place(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], features: Option<BBox>) {
+    sq_edt_passes(buf, dims, spacing, features, false);
+}
+
+/// The three passes; with `take_sqrt` the last pass writes distances instead of squares.
+fn sq_edt_passes(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], features: Option<BBox>, take_sqrt: bool) {
     let [nx, ny, nz] = dims;
     assert_eq!(buf.len(), nx * ny * nz, "buffer does not match dims");
     if buf.is_empty() {
@@ -99,43 +176,34 @@ pub fn sq_edt_in_place(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], fea
     }
     let bb = features.unwrap_or(BBox { lo: [0, 0, 0], hi: [nx - 1, ny - 1, nz - 1] });
     let slice = nx * ny;
-    // Pass 1, along x: only rows that cross the feature box can hold features.
+    // Passes 1 and 2 (x, then y) per slice: only slices within the feature box's z range,
+    // and in pass 1 only rows within its y range, can hold finite values.
     buf.par_chunks_mut(slice).enumerate().for_each_init(
-        || Scratch::new(nx.max(ny).max(nz)),
-        |sc, (z, sl)| {
+        || (Scratch::new(nx, spacing[0]), Scratch::new(ny, spacing[1]), Vec::new()),
+        |(sx, sy, blk), (z, sl)| {
             if z < bb.lo[2] || z > bb.hi[2] {
                 return;
             }
             for y in bb.lo[1]..=bb.hi[1] {
                 let row = &mut sl[y * nx..(y + 1) * nx];
-                line_sq(row, spacing[0], &mut sc.v, &mut sc.z, &mut sc.out);
-            }
-        },
-    );
-    // Pass 2, along y: only slices within the box's z range have finite values.
-    buf.par_chunks_mut(slice).enumerate().for_each_init(
-        || Scratch::new(nx.max(ny).max(nz)),
-        |sc, (z, sl)| {
-            if z < bb.lo[2] || z > bb.hi[2] {
-                return;
-            }
-            for x in 0..nx {
-                for y in 0..ny {
-                    sc.line[y] = sl[x + nx * y];
+                sx.line.copy_from_slice(row);
+                if sx.transform(nx) {
+                    for (o, &h) in row.iter_mut().zip(&sx.out) {
+                        *o = h as f32;
+                    }
                 }
-                line_sq(&mut sc.line[..ny], spacing[1], &mut sc.v, &mut sc.z, &mut sc.out);
-                for y in 0..ny {
-                    sl[x + nx * y] = sc.line[y];
-                }
+            }
+            if ny > 1 {
+                strided_pass(sl, ny, nx, sy, blk, false);
             }
         },
     );
     // Pass 3, along z, one y-slab at a time (rows of x are contiguous in memory).
-    if nz > 1 {
+    if nz > 1 || take_sqrt {
         let ptr = SyncPtr(buf.as_mut_ptr());
         (0..ny).into_par_iter().for_each_init(
-            || (Scratch::new(nz), vec![0f32; nx * nz]),
-            |(sc, tile), y| {
+            || (Scratch::new(nz, spacing[2]), vec![0f32; nx * nz], Vec::new()),
+            |(sc, tile, blk), y| {
                 let p = ptr;
                 // SAFETY: each y touches the disjoint set of rows {y + ny * z}; no two tasks
                 // share an element, and `buf` outlives the parallel loop.
@@ -145,18 +213,7 @@ pub fn sq_edt_in_place(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], fea
                         std::ptr::copy_nonoverlapping(src, tile.as_mut_ptr().add(z * nx), nx);
                     }
                 }
-                for x in 0..nx {
-                    if (0..nz).all(|z| tile[x + nx * z] == INF) {
-                        continue;
-                    }
-                    for z in 0..nz {
-                        sc.line[z] = tile[x + nx * z];
-                    }
-                    line_sq(&mut sc.line[..nz], spacing[2], &mut sc.v, &mut sc.z, &mut sc.out);
-                    for z in 0..nz {
-                        tile[x + nx * z] = sc.line[z];
-                    }
-                }
+                strided_pass(tile, nz, nx, sc, blk, take_sqrt);
                 unsafe {
                     for z in 0..nz {
                         let dst = p.0.add(nx * (y + ny * z));
@@ -166,6 +223,11 @@ pub fn sq_edt_in_place(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], fea
             },
         );
     }
+}
+
+/// Distance (not squared) transform, in place; see [`sq_edt_in_place`].
+pub fn edt_in_place(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], features: Option<BBox>) {
+    sq_edt_passes(buf, dims, spacing, features, true);
 }
 
 #[derive(Clone, Copy)]
@@ -262,7 +324,7 @@ pub fn signed_map(labels: &[u8], dims: [usize; 3], spacing: [f64; 3], label: u8,
     }
     // Outside: squared distance to the organ, whole volume.
     let mut out: Vec<f32> = labels.par_iter().map(|&l| if l == label { 0.0 } else { INF }).collect();
-    sq_edt_in_place(&mut out, dims, spacing, Some(bb));
+    edt_in_place(&mut out, dims, spacing, Some(bb));
     // Inside: squared distance to the nearest non-organ voxel, computed on the organ's box
     // grown by one voxel: the ring around the box is outside the organ, so every inside
     // voxel's nearest outside voxel lies within the grown box (exact, not approximate).
@@ -280,35 +342,39 @@ pub fn signed_map(labels: &[u8], dims: [usize; 3], spacing: [f64; 3], label: u8,
             }
         }
     }
-    let has_outside_in_box = inside.iter().any(|&v| v == 0.0);
-    if has_outside_in_box {
+    if inside.iter().any(|&v| v == 0.0) {
         sq_edt_in_place(&mut inside, sub, spacing, None);
     }
     // Maxima for normalisation (over S for the inside, over the complement outside).
     let max_in = inside.par_iter().filter(|v| v.is_finite()).cloned().reduce(|| 0.0, f32::max).sqrt();
-    let max_out = out.par_iter().cloned().reduce(|| 0.0, f32::max).sqrt();
+    let max_out = out.par_iter().cloned().reduce(|| 0.0, f32::max);
     let nx = dims[0];
     let ny = dims[1];
+    let (k_in, k_out) = match scale {
+        Scale::Millimetres => (-1.0, 1.0),
+        Scale::Normalized => (-1.0 / max_in as f64, 1.0 / max_out as f64),
+    };
+    if scale == Scale::Normalized {
+        // Outside voxels: scale (organ voxels are 0 here and are rewritten below).
+        out.par_iter_mut().for_each(|o| *o = (*o as f64 * k_out) as f32);
+    }
+    // Organ voxels: only the organ's box is visited.
     out.par_chunks_mut(nx * ny).enumerate().for_each(|(z, sl)| {
-        for (j, o) in sl.iter_mut().enumerate() {
-            let i = j + nx * ny * z;
-            if labels[i] == label {
-                if is_boundary(labels, dims, i, label) {
-                    *o = 0.0;
-                } else {
-                    let (x, y) = (j % nx, j / nx);
-                    let li = (x - lo[0]) + sub[0] * ((y - lo[1]) + sub[1] * (z - lo[2]));
-                    let d = inside[li].sqrt();
-                    *o = match scale {
-                        Scale::Millimetres => -d,
-                        Scale::Normalized => -(d / max_in),
-                    };
+        if z < bb.lo[2] || z > bb.hi[2] {
+            return;
+        }
+        for y in bb.lo[1]..=bb.hi[1] {
+            for x in bb.lo[0]..=bb.hi[0] {
+                let j = x + nx * y;
+                let i = j + nx * ny * z;
+                if labels[i] != label {
+                    continue;
                 }
-            } else {
-                let d = o.sqrt();
-                *o = match scale {
-                    Scale::Millimetres => d,
-                    Scale::Normalized => d / max_out,
+                sl[j] = if is_boundary(labels, dims, i, label) {
+                    0.0
+                } else {
+                    let li = (x - lo[0]) + sub[0] * ((y - lo[1]) + sub[1] * (z - lo[2]));
+                    (inside[li].sqrt() as f64 * k_in) as f32
                 };
             }
         }

@@ -1,0 +1,17 @@
+"""Ratio table from a benchmark JSONL file: per case and thread count, each tool's median
+and how many times slower it is than shapeflow."""
+import json, sys
+from collections import defaultdict
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = defaultdict(dict)
+for r in rows:
+    by[(r["case"], r["threads"])][r["tool"]] = r
+print(f"{'case':<26} {'threads':>7} {'tool':<10} {'median s':>10} {'runs':>5} {'x slower than ours':>18}")
+for (case, threads), tools in sorted(by.items()):
+    ours = tools.get("shapeflow")
+    for tool, r in sorted(tools.items(), key=lambda kv: kv[1]["median_s"]):
+        ratio = r["median_s"] / ours["median_s"] if ours else float("nan")
+        print(f"{case:<26} {threads:>7} {tool:<10} {r['median_s']:>10.3f} {r['runs']:>5} {ratio:>18.1f}")
+    if ours and "copy_bound_s" in ours:
+        print(f"{case:<26} {threads:>7} {'copy bound':<10} {ours['copy_bound_s']:>10.3f}")

@@ -1,0 +1,80 @@
+//! edt-sdm speed on real data (run through `bench/edt.sh`, which adds the Python peers and
+//! prints ratios). Prints one JSON line per measurement.
+//!
+//! Usage: cargo bench --bench edt -- CASE_DIR... ; threads from RAYON_NUM_THREADS.
+
+use shapeflow_io::{datasets, phantom::HN_ORGANS};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn bench_case(name: &str, case: &shapeflow_core::CaseData, reps: usize) {
+    let threads = rayon::current_num_threads();
+    let labels = case.labels.as_ref().unwrap();
+    let organs = case.present.iter().filter(|p| **p).count();
+    let mut times = Vec::new();
+    let mut out_bytes = 0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let s = shapeflow_sdm::case_sdms(case, true).unwrap();
+        times.push(t.elapsed().as_secs_f64());
+        out_bytes = s.maps.iter().flatten().map(|m| m.len() * 4).sum::<usize>();
+        std::hint::black_box(&s);
+    }
+    // Memory-bandwidth bound: read the label map once per organ and write each f32 map.
+    let n = labels.len();
+    let mut copy = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let maps: Vec<Vec<f32>> = (0..organs)
+            .map(|_| {
+                let shapeflow_core::VoxelData::U8(l) = &labels.data else { unreachable!() };
+                l.iter().map(|&x| x as f32).collect()
+            })
+            .collect();
+        copy.push(t.elapsed().as_secs_f64());
+        std::hint::black_box(&maps);
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "tool": "shapeflow", "case": name, "threads": threads, "dims": labels.dims,
+            "spacing": labels.spacing, "organs": organs, "voxels": n,
+            "median_s": median(times.clone()), "runs": reps, "times_s": times,
+            "copy_bound_s": median(copy), "output_bytes": out_bytes,
+        })
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let organs: Vec<String> = HN_ORGANS.iter().map(|s| s.to_string()).collect();
+    for a in args {
+        let p = PathBuf::from(&a);
+        if p.join("structures").is_dir() {
+            let root = p.parent().unwrap_or(Path::new("."));
+            let id = p.file_name().unwrap().to_string_lossy().to_string();
+            let cases = datasets::pddca_cases(root, &organs, &BTreeMap::new()).unwrap();
+            let c = cases.iter().find(|c| c.id == id).unwrap();
+            let data = datasets::load_pddca(c, &organs, false).unwrap();
+            bench_case(&id, &data, 5);
+        } else {
+            // An MSD label file: hippocampus, anterior + posterior as two organs.
+            let v = datasets::as_labels(datasets::read_volume(&p).unwrap(), &p).unwrap();
+            let case = shapeflow_core::CaseData {
+                image: None,
+                labels: Some(v),
+                organs: vec!["anterior".into(), "posterior".into()],
+                present: vec![true, true],
+                original: None,
+                notes: Default::default(),
+            };
+            bench_case(&p.file_name().unwrap().to_string_lossy(), &case, 21);
+        }
+    }
+}
