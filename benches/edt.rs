@@ -33,7 +33,9 @@ fn bench_case(name: &str, case: &shapeflow_core::CaseData, reps: usize) {
         let t = Instant::now();
         let maps: Vec<Vec<f32>> = (0..organs)
             .map(|_| {
-                let shapeflow_core::VoxelData::U8(l) = &labels.data else { unreachable!() };
+                let shapeflow_core::VoxelData::U8(l) = &labels.data else {
+                    unreachable!()
+                };
                 l.iter().map(|&x| x as f32).collect()
             })
             .collect();
@@ -52,7 +54,10 @@ fn bench_case(name: &str, case: &shapeflow_core::CaseData, reps: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let organs: Vec<String> = HN_ORGANS.iter().map(|s| s.to_string()).collect();
     for a in args {
         let p = PathBuf::from(&a);

@@ -8,6 +8,7 @@ use shapeflow_core::Registry;
 pub fn default_registry() -> Registry {
     Registry::new()
         .with(&shapeflow_io::IoPlugin)
+        .with(&shapeflow_preprocess::PreprocessPlugin)
         .with(&shapeflow_sdm::SdmPlugin)
         .with(&shapeflow_exec::ExecPlugin)
 }

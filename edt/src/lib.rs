@@ -52,7 +52,15 @@ impl Scratch {
             v: vec![0; n],
             z: vec![0.0; n + 1],
             a: vec![0.0; n],
-            rinv: (0..n.max(1)).map(|d| if d == 0 { 0.0 } else { 1.0 / (2.0 * s2 * d as f64) }).collect(),
+            rinv: (0..n.max(1))
+                .map(|d| {
+                    if d == 0 {
+                        0.0
+                    } else {
+                        1.0 / (2.0 * s2 * d as f64)
+                    }
+                })
+                .collect(),
             s2,
         }
     }
@@ -61,7 +69,13 @@ impl Scratch {
     /// finite value (then `out` is untouched and the line stays INF).
     fn transform(&mut self, n: usize) -> bool {
         let s2 = self.s2;
-        let (f, v, z, a, rinv) = (&self.line, &mut self.v, &mut self.z, &mut self.a, &self.rinv);
+        let (f, v, z, a, rinv) = (
+            &self.line,
+            &mut self.v,
+            &mut self.z,
+            &mut self.a,
+            &self.rinv,
+        );
         let mut k: usize = 0;
         let mut any = false;
         for q in 0..n {
@@ -129,7 +143,14 @@ const BLOCK: usize = 16;
 /// Transforms the `count` lines `data[x + count * i]` (i in `0..len`) of a row-major
 /// `len x count` array, `BLOCK` lines at a time so that every cache line read is used whole.
 /// With `take_sqrt` the results are distances rather than squares.
-fn strided_pass(data: &mut [f32], len: usize, count: usize, sc: &mut Scratch, blk: &mut Vec<f32>, take_sqrt: bool) {
+fn strided_pass(
+    data: &mut [f32],
+    len: usize,
+    count: usize,
+    sc: &mut Scratch,
+    blk: &mut Vec<f32>,
+    take_sqrt: bool,
+) {
     blk.resize(BLOCK * len, 0.0);
     let mut x0 = 0;
     while x0 < count {
@@ -145,8 +166,14 @@ fn strided_pass(data: &mut [f32], len: usize, count: usize, sc: &mut Scratch, bl
             sc.line[..len].copy_from_slice(line);
             let finite = len > 1 && sc.transform(len);
             match (finite, take_sqrt) {
-                (true, true) => line.iter_mut().zip(&sc.out).for_each(|(o, &h)| *o = h.sqrt() as f32),
-                (true, false) => line.iter_mut().zip(&sc.out).for_each(|(o, &h)| *o = h as f32),
+                (true, true) => line
+                    .iter_mut()
+                    .zip(&sc.out)
+                    .for_each(|(o, &h)| *o = h.sqrt() as f32),
+                (true, false) => line
+                    .iter_mut()
+                    .zip(&sc.out)
+                    .for_each(|(o, &h)| *o = h as f32),
                 (false, true) => line.iter_mut().for_each(|o| *o = o.sqrt()),
                 (false, false) => {}
             }
@@ -163,23 +190,43 @@ fn strided_pass(data: &mut [f32], len: usize, count: usize, sc: &mut Scratch, bl
 
 /// Squared EDT, in place: `buf` holds 0 at features and `INF` elsewhere. `features` is a
 /// box containing every feature (pass it to skip work), or `None` for the whole volume.
-pub fn sq_edt_in_place(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], features: Option<BBox>) {
+pub fn sq_edt_in_place(
+    buf: &mut [f32],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    features: Option<BBox>,
+) {
     sq_edt_passes(buf, dims, spacing, features, false);
 }
 
 /// The three passes; with `take_sqrt` the last pass writes distances instead of squares.
-fn sq_edt_passes(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], features: Option<BBox>, take_sqrt: bool) {
+fn sq_edt_passes(
+    buf: &mut [f32],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    features: Option<BBox>,
+    take_sqrt: bool,
+) {
     let [nx, ny, nz] = dims;
     assert_eq!(buf.len(), nx * ny * nz, "buffer does not match dims");
     if buf.is_empty() {
         return;
     }
-    let bb = features.unwrap_or(BBox { lo: [0, 0, 0], hi: [nx - 1, ny - 1, nz - 1] });
+    let bb = features.unwrap_or(BBox {
+        lo: [0, 0, 0],
+        hi: [nx - 1, ny - 1, nz - 1],
+    });
     let slice = nx * ny;
     // Passes 1 and 2 (x, then y) per slice: only slices within the feature box's z range,
     // and in pass 1 only rows within its y range, can hold finite values.
     buf.par_chunks_mut(slice).enumerate().for_each_init(
-        || (Scratch::new(nx, spacing[0]), Scratch::new(ny, spacing[1]), Vec::new()),
+        || {
+            (
+                Scratch::new(nx, spacing[0]),
+                Scratch::new(ny, spacing[1]),
+                Vec::new(),
+            )
+        },
         |(sx, sy, blk), (z, sl)| {
             if z < bb.lo[2] || z > bb.hi[2] {
                 return;
@@ -202,7 +249,13 @@ fn sq_edt_passes(buf: &mut [f32], dims: [usize; 3], spacing: [f64; 3], features:
     if nz > 1 || take_sqrt {
         let ptr = SyncPtr(buf.as_mut_ptr());
         (0..ny).into_par_iter().for_each_init(
-            || (Scratch::new(nz, spacing[2]), vec![0f32; nx * nz], Vec::new()),
+            || {
+                (
+                    Scratch::new(nz, spacing[2]),
+                    vec![0f32; nx * nz],
+                    Vec::new(),
+                )
+            },
             |(sc, tile, blk), y| {
                 let p = ptr;
                 // SAFETY: each y touches the disjoint set of rows {y + ny * z}; no two tasks
@@ -236,9 +289,16 @@ unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 /// Squared distance from every voxel to the nearest voxel where `is_feature` holds.
-pub fn sq_edt(dims: [usize; 3], spacing: [f64; 3], is_feature: impl Fn(usize) -> bool + Sync) -> Vec<f32> {
+pub fn sq_edt(
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    is_feature: impl Fn(usize) -> bool + Sync,
+) -> Vec<f32> {
     let n = dims[0] * dims[1] * dims[2];
-    let mut buf: Vec<f32> = (0..n).into_par_iter().map(|i| if is_feature(i) { 0.0 } else { INF }).collect();
+    let mut buf: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|i| if is_feature(i) { 0.0 } else { INF })
+        .collect();
     sq_edt_in_place(&mut buf, dims, spacing, None);
     buf
 }
@@ -265,7 +325,10 @@ pub fn bbox_of(labels: &[u8], dims: [usize; 3], label: u8) -> Option<BBox> {
             for (i, &l) in sl.iter().enumerate() {
                 if l == label {
                     let (x, y) = (i % nx, i / nx);
-                    let bb = b.get_or_insert(BBox { lo: [x, y, z], hi: [x, y, z] });
+                    let bb = b.get_or_insert(BBox {
+                        lo: [x, y, z],
+                        hi: [x, y, z],
+                    });
                     bb.lo[0] = bb.lo[0].min(x);
                     bb.hi[0] = bb.hi[0].max(x);
                     bb.lo[1] = bb.lo[1].min(y);
@@ -314,16 +377,32 @@ pub fn is_boundary(labels: &[u8], dims: [usize; 3], i: usize, label: u8) -> bool
 ///
 /// Returns `None` if `label` does not occur: the caller decides between "absent" (not
 /// annotated) and "empty" (annotated, no voxels).
-pub fn signed_map(labels: &[u8], dims: [usize; 3], spacing: [f64; 3], label: u8, scale: Scale) -> Option<Vec<f32>> {
+pub fn signed_map(
+    labels: &[u8],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    label: u8,
+    scale: Scale,
+) -> Option<Vec<f32>> {
     let n = dims[0] * dims[1] * dims[2];
     assert_eq!(labels.len(), n, "labels do not match dims");
     let bb = bbox_of(labels, dims, label)?;
     let everything = labels.par_iter().all(|&l| l == label);
     if everything {
-        return Some(vec![if scale == Scale::Normalized { -1.0 } else { -INF }; n]);
+        return Some(vec![
+            if scale == Scale::Normalized {
+                -1.0
+            } else {
+                -INF
+            };
+            n
+        ]);
     }
     // Outside: squared distance to the organ, whole volume.
-    let mut out: Vec<f32> = labels.par_iter().map(|&l| if l == label { 0.0 } else { INF }).collect();
+    let mut out: Vec<f32> = labels
+        .par_iter()
+        .map(|&l| if l == label { 0.0 } else { INF })
+        .collect();
     edt_in_place(&mut out, dims, spacing, Some(bb));
     // Inside: squared distance to the nearest non-organ voxel, computed on the organ's box
     // grown by one voxel: the ring around the box is outside the organ, so every inside
@@ -342,11 +421,16 @@ pub fn signed_map(labels: &[u8], dims: [usize; 3], spacing: [f64; 3], label: u8,
             }
         }
     }
-    if inside.iter().any(|&v| v == 0.0) {
+    if inside.contains(&0.0) {
         sq_edt_in_place(&mut inside, sub, spacing, None);
     }
     // Maxima for normalisation (over S for the inside, over the complement outside).
-    let max_in = inside.par_iter().filter(|v| v.is_finite()).cloned().reduce(|| 0.0, f32::max).sqrt();
+    let max_in = inside
+        .par_iter()
+        .filter(|v| v.is_finite())
+        .cloned()
+        .reduce(|| 0.0, f32::max)
+        .sqrt();
     let max_out = out.par_iter().cloned().reduce(|| 0.0, f32::max);
     let nx = dims[0];
     let ny = dims[1];
@@ -356,7 +440,8 @@ pub fn signed_map(labels: &[u8], dims: [usize; 3], spacing: [f64; 3], label: u8,
     };
     if scale == Scale::Normalized {
         // Outside voxels: scale (organ voxels are 0 here and are rewritten below).
-        out.par_iter_mut().for_each(|o| *o = (*o as f64 * k_out) as f32);
+        out.par_iter_mut()
+            .for_each(|o| *o = (*o as f64 * k_out) as f32);
     }
     // Organ voxels: only the organ's box is visited.
     out.par_chunks_mut(nx * ny).enumerate().for_each(|(z, sl)| {

@@ -14,11 +14,18 @@ impl XorShift {
 }
 
 fn coords(i: usize, d: [usize; 3]) -> [f64; 3] {
-    [(i % d[0]) as f64, ((i / d[0]) % d[1]) as f64, (i / (d[0] * d[1])) as f64]
+    [
+        (i % d[0]) as f64,
+        ((i / d[0]) % d[1]) as f64,
+        (i / (d[0] * d[1])) as f64,
+    ]
 }
 
 fn dist(a: [f64; 3], b: [f64; 3], s: [f64; 3]) -> f64 {
-    (0..3).map(|k| ((a[k] - b[k]) * s[k]).powi(2)).sum::<f64>().sqrt()
+    (0..3)
+        .map(|k| ((a[k] - b[k]) * s[k]).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// Brute force: every voxel against every voxel of the other set.
@@ -49,12 +56,28 @@ fn matches_brute_force_on_random_anisotropic_volumes() {
     let mut rng = XorShift(0x1234_5678_9abc_def1);
     let mut checked = 0;
     for case in 0..300 {
-        let d = [1 + (rng.next() % 9) as usize, 1 + (rng.next() % 9) as usize, 1 + (rng.next() % 7) as usize];
-        let s = [0.3 + 2.7 * rng.unit(), 0.3 + 2.7 * rng.unit(), 0.5 + 4.5 * rng.unit()];
+        let d = [
+            1 + (rng.next() % 9) as usize,
+            1 + (rng.next() % 9) as usize,
+            1 + (rng.next() % 7) as usize,
+        ];
+        let s = [
+            0.3 + 2.7 * rng.unit(),
+            0.3 + 2.7 * rng.unit(),
+            0.5 + 4.5 * rng.unit(),
+        ];
         let n = d[0] * d[1] * d[2];
         let density = rng.unit();
         // Labels 0..3 with blobs: several organs in one map, like the real data.
-        let labels: Vec<u8> = (0..n).map(|_| if rng.unit() < density { 1 + (rng.next() % 3) as u8 } else { 0 }).collect();
+        let labels: Vec<u8> = (0..n)
+            .map(|_| {
+                if rng.unit() < density {
+                    1 + (rng.next() % 3) as u8
+                } else {
+                    0
+                }
+            })
+            .collect();
         for label in 1..=3u8 {
             let Some(ours) = signed_map(&labels, d, s, label, Scale::Millimetres) else {
                 assert!(!labels.contains(&label));
@@ -66,7 +89,10 @@ fn matches_brute_force_on_random_anisotropic_volumes() {
             }
             let want = brute_signed(&labels, d, s, label);
             for (i, (&o, &w)) in ours.iter().zip(&want).enumerate() {
-                assert!(((o as f64) - w).abs() < 1e-4, "case {case} dims {d:?} spacing {s:?} label {label} voxel {i}: {o} vs {w}");
+                assert!(
+                    ((o as f64) - w).abs() < 1e-4,
+                    "case {case} dims {d:?} spacing {s:?} label {label} voxel {i}: {o} vs {w}"
+                );
             }
             checked += 1;
         }
@@ -82,13 +108,19 @@ fn normalized_map_is_in_unit_range_with_zero_boundary() {
     let labels: Vec<u8> = (0..n)
         .map(|i| {
             let p = coords(i, d);
-            (((p[0] - 9.0) * 0.9).powi(2) + ((p[1] - 8.0) * 0.9).powi(2) + ((p[2] - 6.0) * 2.5).powi(2) < 36.0) as u8
+            (((p[0] - 9.0) * 0.9).powi(2)
+                + ((p[1] - 8.0) * 0.9).powi(2)
+                + ((p[2] - 6.0) * 2.5).powi(2)
+                < 36.0) as u8
         })
         .collect();
     let m = signed_map(&labels, d, s, 1, Scale::Normalized).unwrap();
     let min = m.iter().cloned().fold(f32::MAX, f32::min);
     let max = m.iter().cloned().fold(f32::MIN, f32::max);
-    assert!((min + 1.0).abs() < 1e-6 && (max - 1.0).abs() < 1e-6, "{min} {max}");
+    assert!(
+        (min + 1.0).abs() < 1e-6 && (max - 1.0).abs() < 1e-6,
+        "{min} {max}"
+    );
     for i in 0..n {
         let b = labels[i] == 1 && is_boundary(&labels, d, i, 1);
         assert_eq!(m[i] == 0.0, b, "voxel {i}");
@@ -108,7 +140,10 @@ fn single_voxel_and_full_volume_are_defined() {
     let nm = signed_map(&labels, d, s, 1, Scale::Normalized).unwrap();
     assert_eq!(nm.iter().cloned().fold(0.0, f32::max), 1.0);
     let full = vec![1u8; 60];
-    assert!(signed_map(&full, d, s, 1, Scale::Normalized).unwrap().iter().all(|&v| v == -1.0));
+    assert!(signed_map(&full, d, s, 1, Scale::Normalized)
+        .unwrap()
+        .iter()
+        .all(|&v| v == -1.0));
     assert!(signed_map(&labels, d, s, 2, Scale::Normalized).is_none());
 }
 

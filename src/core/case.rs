@@ -168,14 +168,24 @@ impl SdmSet {
                     parts.insert(format!("sdm/{name}"), Item::Volume(v.clone()));
                 }
                 SdmStorage::I16 => {
-                    let m = vals.iter().filter(|x| x.is_finite()).fold(0f32, |a, &x| a.max(x.abs())) as f64;
+                    let m = vals
+                        .iter()
+                        .filter(|x| x.is_finite())
+                        .fold(0f32, |a, &x| a.max(x.abs())) as f64;
                     // Finite values use +-32766; +-32767 is kept for infinities.
-                    let scale = if m > 0.0 { m / (I16_MAX - 1.0) } else { 1.0 / (I16_MAX - 1.0) };
+                    let scale = if m > 0.0 {
+                        m / (I16_MAX - 1.0)
+                    } else {
+                        1.0 / (I16_MAX - 1.0)
+                    };
                     let q: Vec<i16> = vals
                         .iter()
                         .map(|&x| {
                             if x.is_finite() {
-                                (x as f64 / scale).round().clamp(-(I16_MAX - 1.0), I16_MAX - 1.0) as i16
+                                (x as f64 / scale)
+                                    .round()
+                                    .clamp(-(I16_MAX - 1.0), I16_MAX - 1.0)
+                                    as i16
                             } else {
                                 (x.signum() as f64 * I16_MAX) as i16
                             }
@@ -195,7 +205,10 @@ impl SdmSet {
             storage,
             scales,
         };
-        parts.insert("sdm-meta".into(), Item::Json(serde_json::to_value(meta).unwrap_or_default()));
+        parts.insert(
+            "sdm-meta".into(),
+            Item::Json(serde_json::to_value(meta).unwrap_or_default()),
+        );
         Item::Bundle(parts)
     }
 
@@ -204,8 +217,14 @@ impl SdmSet {
         let meta = item
             .part("sdm-meta")
             .and_then(Item::as_json)
-            .ok_or_else(|| StageError::msg(format!("expected signed distance maps, got a {} item", item.kind())))?;
-        let meta: SdmMeta = serde_json::from_value(meta.clone()).map_err(|e| StageError::msg(format!("bad SDM metadata: {e}")))?;
+            .ok_or_else(|| {
+                StageError::msg(format!(
+                    "expected signed distance maps, got a {} item",
+                    item.kind()
+                ))
+            })?;
+        let meta: SdmMeta = serde_json::from_value(meta.clone())
+            .map_err(|e| StageError::msg(format!("bad SDM metadata: {e}")))?;
         let mut maps = Vec::new();
         for (k, name) in meta.organs.iter().enumerate() {
             if !meta.present.get(k).copied().unwrap_or(false) {
@@ -229,7 +248,8 @@ impl SdmSet {
                             }
                         })
                         .collect();
-                    v.with_data(VoxelData::F32(f)).map_err(|e| StageError::msg(e.to_string()))?
+                    v.with_data(VoxelData::F32(f))
+                        .map_err(|e| StageError::msg(e.to_string()))?
                 }
                 _ => v.clone(),
             };

@@ -3,8 +3,8 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{
-    CaseData, CaseInfo, Inputs, Item, Plugin, Registry, SdmSet, SdmStorage, SdmUnits, Shape, Stage, StageCtx, StageDef,
-    StageError, VoxelData,
+    CaseData, CaseInfo, Inputs, Item, Plugin, Registry, SdmSet, SdmStorage, SdmUnits, Shape, Stage,
+    StageCtx, StageDef, StageError, VoxelData,
 };
 use shapeflow_edt::{signed_map, Scale};
 use std::sync::Arc;
@@ -59,7 +59,10 @@ pub struct SdmParams {
 
 impl Default for SdmParams {
     fn default() -> Self {
-        SdmParams { normalize: true, storage: SdmStorage::I16 }
+        SdmParams {
+            normalize: true,
+            storage: SdmStorage::I16,
+        }
     }
 }
 
@@ -67,11 +70,18 @@ struct EdtSdm(SdmParams);
 
 /// The SDMs of every organ of `case` (absent organs: `None`).
 pub fn case_sdms(case: &CaseData, normalize: bool) -> Result<SdmSet, StageError> {
-    let labels = case.labels.as_ref().ok_or_else(|| StageError::msg("this case has no label map"))?;
+    let labels = case
+        .labels
+        .as_ref()
+        .ok_or_else(|| StageError::msg("this case has no label map"))?;
     let VoxelData::U8(l) = &labels.data else {
         return Err(StageError::msg("label map must be u8"));
     };
-    let scale = if normalize { Scale::Normalized } else { Scale::Millimetres };
+    let scale = if normalize {
+        Scale::Normalized
+    } else {
+        Scale::Millimetres
+    };
     let n = labels.len();
     let maps: Vec<Option<shapeflow_core::Volume>> = (0..case.organs.len())
         .into_par_iter()
@@ -79,17 +89,25 @@ pub fn case_sdms(case: &CaseData, normalize: bool) -> Result<SdmSet, StageError>
             if !case.present.get(k).copied().unwrap_or(false) {
                 return Ok(None);
             }
-            let map = signed_map(l, labels.dims, labels.spacing, (k + 1) as u8, scale).unwrap_or_else(|| {
-                // Annotated but empty: everything is outside.
-                vec![if normalize { 1.0 } else { f32::INFINITY }; n]
-            });
-            labels.with_data(VoxelData::F32(map)).map(Some).map_err(|e| StageError::msg(e.to_string()))
+            let map = signed_map(l, labels.dims, labels.spacing, (k + 1) as u8, scale)
+                .unwrap_or_else(|| {
+                    // Annotated but empty: everything is outside.
+                    vec![if normalize { 1.0 } else { f32::INFINITY }; n]
+                });
+            labels
+                .with_data(VoxelData::F32(map))
+                .map(Some)
+                .map_err(|e| StageError::msg(e.to_string()))
         })
         .collect::<Result<_, StageError>>()?;
     Ok(SdmSet {
         organs: case.organs.clone(),
         maps,
-        units: if normalize { SdmUnits::Normalized } else { SdmUnits::Mm },
+        units: if normalize {
+            SdmUnits::Normalized
+        } else {
+            SdmUnits::Mm
+        },
     })
 }
 
@@ -98,7 +116,12 @@ impl Stage for EdtSdm {
         Shape::PerCase
     }
 
-    fn run_case(&self, _ctx: &StageCtx, _case: &CaseInfo, inputs: &Inputs) -> Result<Item, StageError> {
+    fn run_case(
+        &self,
+        _ctx: &StageCtx,
+        _case: &CaseInfo,
+        inputs: &Inputs,
+    ) -> Result<Item, StageError> {
         let case = CaseData::from_item(inputs.first()?)?;
         Ok(case_sdms(&case, self.0.normalize)?.to_item(self.0.storage))
     }
@@ -140,7 +163,15 @@ mod tests {
         let s = case_sdms(&case(), true).unwrap();
         let a = s.maps[0].as_ref().unwrap().to_f32();
         assert!(a.iter().any(|&v| v < 0.0) && a.iter().all(|&v| (-1.0..=1.0).contains(&v)));
-        assert!(s.maps[1].as_ref().unwrap().to_f32().iter().all(|&v| v == 1.0), "annotated but empty");
+        assert!(
+            s.maps[1]
+                .as_ref()
+                .unwrap()
+                .to_f32()
+                .iter()
+                .all(|&v| v == 1.0),
+            "annotated but empty"
+        );
         assert!(s.maps[2].is_none(), "absent");
     }
 
@@ -151,8 +182,14 @@ mod tests {
             let back = SdmSet::from_item(&s.to_item(SdmStorage::I16)).unwrap();
             assert_eq!(back.maps[2], None);
             for k in 0..2 {
-                let (a, b) = (s.maps[k].as_ref().unwrap().to_f32(), back.maps[k].as_ref().unwrap().to_f32());
-                let m = a.iter().filter(|x| x.is_finite()).fold(0f32, |m, x| m.max(x.abs()));
+                let (a, b) = (
+                    s.maps[k].as_ref().unwrap().to_f32(),
+                    back.maps[k].as_ref().unwrap().to_f32(),
+                );
+                let m = a
+                    .iter()
+                    .filter(|x| x.is_finite())
+                    .fold(0f32, |m, x| m.max(x.abs()));
                 for (x, y) in a.iter().zip(&b) {
                     if x.is_finite() {
                         assert!((x - y).abs() <= m / 32766.0 + 1e-6, "{x} {y}");
