@@ -353,7 +353,7 @@ impl Engine {
             .progress_chars("=> "),
         );
         bar.set_prefix(label.clone());
-        tracing::info!(stage = %label, plugin = %node.plugin, items = items.len(), "stage started");
+        tracing::debug!(stage = %label, plugin = %node.plugin, items = items.len(), "stage started");
         let state = &self.states[n];
         let one = |i: usize| -> Result<(), (String, StageError)> {
             let r = self.ensure(n, i);
