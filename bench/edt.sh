@@ -15,4 +15,5 @@ for t in 1 "$ALL"; do
   RAYON_NUM_THREADS=$t cargo bench --bench edt -- "${CASES[@]}" | grep '^{' >> "$OUT"
   OMP_NUM_THREADS=$t "$PY" bench/edt_peers.py "$t" "$REPS" "${CASES[@]}" >> "$OUT"
 done
+RAYON_NUM_THREADS=$ALL cargo bench --bench edt -- cached "${CASES[0]}" | grep '^{' >> "$OUT"
 "$PY" bench/table.py "$OUT"

@@ -4,6 +4,8 @@ import json, sys
 from collections import defaultdict
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+cached = [r for r in rows if r["tool"] == "shapeflow-cached"]
+rows = [r for r in rows if r["tool"] != "shapeflow-cached"]
 by = defaultdict(dict)
 for r in rows:
     by[(r["case"], r["threads"])][r["tool"]] = r
@@ -15,3 +17,10 @@ for (case, threads), tools in sorted(by.items()):
         print(f"{case:<26} {threads:>7} {tool:<10} {r['median_s']:>10.3f} {r['runs']:>5} {ratio:>18.1f}")
     if ours and "copy_bound_s" in ours:
         print(f"{case:<26} {threads:>7} {'copy bound':<10} {ours['copy_bound_s']:>10.3f}")
+for r in cached:
+    print(f"edt-sdm stage on {r['case']} ({r['threads']} threads, storage {r['storage']}): cold run {r['cold_run_s']:.2f} s "
+          f"(stage {r['cold_sdm_stage_s']:.2f} s), cached run {r['cached_run_median_s']:.3f} s, "
+          f"cached SDM bytes {r['sdm_stored_bytes'] / 2**20:.1f} MiB of {r['sdm_raw_bytes'] / 2**20:.1f} MiB raw")
+for r in rows:
+    if "peak_rss_bytes" in r:
+        print(f"{r['case']}: output {r['output_bytes'] / 2**20:.0f} MiB, process peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB ({r['threads']} threads)")

@@ -48,16 +48,89 @@ fn bench_case(name: &str, case: &shapeflow_core::CaseData, reps: usize) {
             "tool": "shapeflow", "case": name, "threads": threads, "dims": labels.dims,
             "spacing": labels.spacing, "organs": organs, "voxels": n,
             "median_s": median(times.clone()), "runs": reps, "times_s": times,
-            "copy_bound_s": median(copy), "output_bytes": out_bytes,
+            "copy_bound_s": median(copy), "output_bytes": out_bytes, "peak_rss_bytes": peak_rss(),
         })
     );
 }
 
+/// Peak resident memory of this process so far, in bytes.
+fn peak_rss() -> u64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss as u64 * 1024
+}
+
+/// The edt-sdm stage through the cache: cold run, cached run, stored bytes per case.
+fn cached(case_dir: &Path) {
+    for storage in ["i16", "f32"] {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(
+            case_dir.canonicalize().unwrap(),
+            root.join(case_dir.file_name().unwrap()),
+        )
+        .unwrap();
+        let text = format!(
+            "name: edt-cache\nstages:\n  load: {{plugin: load, params: {{format: pddca, root: data, require_image: false}}}}\n  sdm: {{plugin: edt-sdm, after: [load], params: {{storage: {storage}}}}}\n"
+        );
+        std::fs::write(d.path().join("p.yaml"), text).unwrap();
+        let reg = shapeflow::default_registry();
+        let run = || {
+            let t = Instant::now();
+            let (r, _) = shapeflow::cli::run_pipeline(
+                &d.path().join("p.yaml"),
+                &[],
+                &reg,
+                shapeflow::cli::RunSettings {
+                    cache: Some(d.path().join("cache")),
+                    runs: d.path().join("runs"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert!(r.ok(), "{}", r.table());
+            (
+                t.elapsed().as_secs_f64(),
+                r.node("sdm", "default").unwrap().wall_s,
+                r.computed(),
+            )
+        };
+        let (cold_total, cold_sdm, computed) = run();
+        assert_eq!(computed, 2);
+        let mut warm = Vec::new();
+        for _ in 0..5 {
+            let (t, _, c) = run();
+            assert_eq!(c, 0);
+            warm.push(t);
+        }
+        let cache = shapeflow_cache::Cache::open(
+            d.path().join("cache"),
+            shapeflow_cache::WaitPolicy::NoWait,
+            &|_| {},
+        )
+        .unwrap();
+        let stats = cache.stats().unwrap();
+        let sdm = &stats["sdm"];
+        println!(
+            "{}",
+            serde_json::json!({
+                "tool": "shapeflow-cached", "case": case_dir.file_name().unwrap().to_string_lossy(),
+                "threads": rayon::current_num_threads(), "storage": storage,
+                "cold_run_s": cold_total, "cold_sdm_stage_s": cold_sdm, "cached_run_median_s": median(warm),
+                "sdm_raw_bytes": sdm.raw_bytes, "sdm_stored_bytes": sdm.stored_bytes,
+            })
+        );
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("cached") {
+        cached(Path::new(&raw[1]));
+        return;
+    }
+    let args: Vec<String> = raw.into_iter().filter(|a| !a.starts_with("--")).collect();
     let organs: Vec<String> = HN_ORGANS.iter().map(|s| s.to_string()).collect();
     for a in args {
         let p = PathBuf::from(&a);

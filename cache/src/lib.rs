@@ -561,6 +561,19 @@ impl Drop for Cache {
     }
 }
 
+/// zstd level 3; payloads over 8 MiB are compressed on all cores (zstd's own workers).
+fn compress_all(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    if bytes.len() < 8 << 20 {
+        return zstd::bulk::compress(bytes, 3);
+    }
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as u32;
+    let mut c = zstd::bulk::Compressor::new(3)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers))?;
+    c.compress(bytes)
+}
+
 /// Size of the sample compressed first to decide whether compressing the whole payload pays.
 const PROBE_BYTES: usize = 256 << 10;
 
@@ -581,7 +594,7 @@ fn compress(bytes: &[u8]) -> (Option<Vec<u8>>, Compression) {
             _ => return (None, Compression::None),
         }
     }
-    match zstd::bulk::compress(bytes, 3) {
+    match compress_all(bytes) {
         // Keep the compressed form only when it saves at least a tenth.
         Ok(c) if (c.len() as f64) < bytes.len() as f64 * 0.9 => (Some(c), Compression::Zstd),
         _ => (None, Compression::None),

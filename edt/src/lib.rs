@@ -137,6 +137,15 @@ pub struct BBox {
     pub hi: [usize; 3],
 }
 
+/// Work items per rayon job so that a job has at least ~256 Ki voxels: small volumes run in
+/// one job instead of paying for splits and per-job scratch.
+fn min_len(voxels_per_item: usize) -> usize {
+    ((1usize << 18) / voxels_per_item.max(1)).max(1)
+}
+
+/// Voxels per job for element-wise parallel loops.
+const ELEMS_PER_JOB: usize = 1 << 18;
+
 /// Lines per block in the strided passes: one 64-byte cache line of f32.
 const BLOCK: usize = 16;
 
@@ -219,62 +228,68 @@ fn sq_edt_passes(
     let slice = nx * ny;
     // Passes 1 and 2 (x, then y) per slice: only slices within the feature box's z range,
     // and in pass 1 only rows within its y range, can hold finite values.
-    buf.par_chunks_mut(slice).enumerate().for_each_init(
-        || {
-            (
-                Scratch::new(nx, spacing[0]),
-                Scratch::new(ny, spacing[1]),
-                Vec::new(),
-            )
-        },
-        |(sx, sy, blk), (z, sl)| {
-            if z < bb.lo[2] || z > bb.hi[2] {
-                return;
-            }
-            for y in bb.lo[1]..=bb.hi[1] {
-                let row = &mut sl[y * nx..(y + 1) * nx];
-                sx.line.copy_from_slice(row);
-                if sx.transform(nx) {
-                    for (o, &h) in row.iter_mut().zip(&sx.out) {
-                        *o = h as f32;
-                    }
-                }
-            }
-            if ny > 1 {
-                strided_pass(sl, ny, nx, sy, blk, false);
-            }
-        },
-    );
-    // Pass 3, along z, one y-slab at a time (rows of x are contiguous in memory).
-    if nz > 1 || take_sqrt {
-        let ptr = SyncPtr(buf.as_mut_ptr());
-        (0..ny).into_par_iter().for_each_init(
+    buf.par_chunks_mut(slice)
+        .with_min_len(min_len(slice))
+        .enumerate()
+        .for_each_init(
             || {
                 (
-                    Scratch::new(nz, spacing[2]),
-                    vec![0f32; nx * nz],
+                    Scratch::new(nx, spacing[0]),
+                    Scratch::new(ny, spacing[1]),
                     Vec::new(),
                 )
             },
-            |(sc, tile, blk), y| {
-                let p = ptr;
-                // SAFETY: each y touches the disjoint set of rows {y + ny * z}; no two tasks
-                // share an element, and `buf` outlives the parallel loop.
-                unsafe {
-                    for z in 0..nz {
-                        let src = p.0.add(nx * (y + ny * z));
-                        std::ptr::copy_nonoverlapping(src, tile.as_mut_ptr().add(z * nx), nx);
+            |(sx, sy, blk), (z, sl)| {
+                if z < bb.lo[2] || z > bb.hi[2] {
+                    return;
+                }
+                for y in bb.lo[1]..=bb.hi[1] {
+                    let row = &mut sl[y * nx..(y + 1) * nx];
+                    sx.line.copy_from_slice(row);
+                    if sx.transform(nx) {
+                        for (o, &h) in row.iter_mut().zip(&sx.out) {
+                            *o = h as f32;
+                        }
                     }
                 }
-                strided_pass(tile, nz, nx, sc, blk, take_sqrt);
-                unsafe {
-                    for z in 0..nz {
-                        let dst = p.0.add(nx * (y + ny * z));
-                        std::ptr::copy_nonoverlapping(tile.as_ptr().add(z * nx), dst, nx);
-                    }
+                if ny > 1 {
+                    strided_pass(sl, ny, nx, sy, blk, false);
                 }
             },
         );
+    // Pass 3, along z, one y-slab at a time (rows of x are contiguous in memory).
+    if nz > 1 || take_sqrt {
+        let ptr = SyncPtr(buf.as_mut_ptr());
+        (0..ny)
+            .into_par_iter()
+            .with_min_len(min_len(nx * nz))
+            .for_each_init(
+                || {
+                    (
+                        Scratch::new(nz, spacing[2]),
+                        vec![0f32; nx * nz],
+                        Vec::new(),
+                    )
+                },
+                |(sc, tile, blk), y| {
+                    let p = ptr;
+                    // SAFETY: each y touches the disjoint set of rows {y + ny * z}; no two tasks
+                    // share an element, and `buf` outlives the parallel loop.
+                    unsafe {
+                        for z in 0..nz {
+                            let src = p.0.add(nx * (y + ny * z));
+                            std::ptr::copy_nonoverlapping(src, tile.as_mut_ptr().add(z * nx), nx);
+                        }
+                    }
+                    strided_pass(tile, nz, nx, sc, blk, take_sqrt);
+                    unsafe {
+                        for z in 0..nz {
+                            let dst = p.0.add(nx * (y + ny * z));
+                            std::ptr::copy_nonoverlapping(tile.as_ptr().add(z * nx), dst, nx);
+                        }
+                    }
+                },
+            );
     }
 }
 
@@ -319,6 +334,7 @@ pub fn bbox_of(labels: &[u8], dims: [usize; 3], label: u8) -> Option<BBox> {
     let slice = nx * ny;
     let per_slice: Vec<Option<BBox>> = labels
         .par_chunks(slice)
+        .with_min_len(min_len(slice))
         .enumerate()
         .map(|(z, sl)| {
             let mut b: Option<BBox> = None;
@@ -387,7 +403,10 @@ pub fn signed_map(
     let n = dims[0] * dims[1] * dims[2];
     assert_eq!(labels.len(), n, "labels do not match dims");
     let bb = bbox_of(labels, dims, label)?;
-    let everything = labels.par_iter().all(|&l| l == label);
+    let everything = labels
+        .par_iter()
+        .with_min_len(ELEMS_PER_JOB)
+        .all(|&l| l == label);
     if everything {
         return Some(vec![
             if scale == Scale::Normalized {
@@ -431,7 +450,11 @@ pub fn signed_map(
         .cloned()
         .reduce(|| 0.0, f32::max)
         .sqrt();
-    let max_out = out.par_iter().cloned().reduce(|| 0.0, f32::max);
+    let max_out = out
+        .par_iter()
+        .with_min_len(ELEMS_PER_JOB)
+        .cloned()
+        .reduce(|| 0.0, f32::max);
     let nx = dims[0];
     let ny = dims[1];
     let (k_in, k_out) = match scale {
@@ -444,26 +467,29 @@ pub fn signed_map(
             .for_each(|o| *o = (*o as f64 * k_out) as f32);
     }
     // Organ voxels: only the organ's box is visited.
-    out.par_chunks_mut(nx * ny).enumerate().for_each(|(z, sl)| {
-        if z < bb.lo[2] || z > bb.hi[2] {
-            return;
-        }
-        for y in bb.lo[1]..=bb.hi[1] {
-            for x in bb.lo[0]..=bb.hi[0] {
-                let j = x + nx * y;
-                let i = j + nx * ny * z;
-                if labels[i] != label {
-                    continue;
-                }
-                sl[j] = if is_boundary(labels, dims, i, label) {
-                    0.0
-                } else {
-                    let li = (x - lo[0]) + sub[0] * ((y - lo[1]) + sub[1] * (z - lo[2]));
-                    (inside[li].sqrt() as f64 * k_in) as f32
-                };
+    out.par_chunks_mut(nx * ny)
+        .with_min_len(min_len(nx * ny))
+        .enumerate()
+        .for_each(|(z, sl)| {
+            if z < bb.lo[2] || z > bb.hi[2] {
+                return;
             }
-        }
-    });
+            for y in bb.lo[1]..=bb.hi[1] {
+                for x in bb.lo[0]..=bb.hi[0] {
+                    let j = x + nx * y;
+                    let i = j + nx * ny * z;
+                    if labels[i] != label {
+                        continue;
+                    }
+                    sl[j] = if is_boundary(labels, dims, i, label) {
+                        0.0
+                    } else {
+                        let li = (x - lo[0]) + sub[0] * ((y - lo[1]) + sub[1] * (z - lo[2]));
+                        (inside[li].sqrt() as f64 * k_in) as f32
+                    };
+                }
+            }
+        });
     Some(out)
 }
 

@@ -147,21 +147,79 @@ struct SdmMeta {
     storage: SdmStorage,
     /// Per organ: stored value x scale = distance (i16 storage).
     scales: Vec<f64>,
+    /// The maps' grid (all maps of a case share it).
+    grid: Option<Grid>,
+    spacing: Option<[f64; 3]>,
 }
 
 const I16_MAX: f64 = 32767.0;
+
+/// i16 storage layout: values quantised, delta-coded along x (each row restarts), then split
+/// into a plane of low bytes and a plane of high bytes. SDMs are smooth, so the deltas are
+/// small and the high-byte plane is nearly constant: zstd compresses it to almost nothing.
+fn pack_i16(vals: &[f32], row: usize, scale: f64) -> Vec<u8> {
+    let n = vals.len();
+    let mut out = vec![0u8; 2 * n];
+    let (lo, hi) = out.split_at_mut(n);
+    let mut prev = 0i16;
+    for (i, &x) in vals.iter().enumerate() {
+        let q = if x.is_finite() {
+            (x as f64 / scale)
+                .round()
+                .clamp(-(I16_MAX - 1.0), I16_MAX - 1.0) as i16
+        } else {
+            (x.signum() as f64 * I16_MAX) as i16
+        };
+        if i % row == 0 {
+            prev = 0;
+        }
+        let d = q.wrapping_sub(prev).to_le_bytes();
+        prev = q;
+        lo[i] = d[0];
+        hi[i] = d[1];
+    }
+    out
+}
+
+fn unpack_i16(bytes: &[u8], row: usize, scale: f64) -> Vec<f32> {
+    let n = bytes.len() / 2;
+    let (lo, hi) = bytes.split_at(n);
+    let mut out = Vec::with_capacity(n);
+    let mut prev = 0i16;
+    for i in 0..n {
+        if i % row == 0 {
+            prev = 0;
+        }
+        let q = prev.wrapping_add(i16::from_le_bytes([lo[i], hi[i]]));
+        prev = q;
+        out.push(if q.unsigned_abs() as f64 >= I16_MAX {
+            (q as f32).signum() * f32::INFINITY
+        } else {
+            (q as f64 * scale) as f32
+        });
+    }
+    out
+}
 
 impl SdmSet {
     /// Encodes with `storage`; i16 keeps infinities as the extreme values.
     pub fn to_item(&self, storage: SdmStorage) -> Item {
         let mut parts = BTreeMap::new();
         let mut scales = Vec::new();
+        let first = self.maps.iter().flatten().next();
         for (name, map) in self.organs.iter().zip(&self.maps) {
             let Some(v) = map else {
                 scales.push(0.0);
                 continue;
             };
-            let vals = v.to_f32();
+            let owned;
+            let vals: &[f32] = match &v.data {
+                VoxelData::F32(d) => d,
+                _ => {
+                    owned = v.to_f32();
+                    &owned
+                }
+            };
             match storage {
                 SdmStorage::F32 => {
                     scales.push(1.0);
@@ -178,23 +236,11 @@ impl SdmSet {
                     } else {
                         1.0 / (I16_MAX - 1.0)
                     };
-                    let q: Vec<i16> = vals
-                        .iter()
-                        .map(|&x| {
-                            if x.is_finite() {
-                                (x as f64 / scale)
-                                    .round()
-                                    .clamp(-(I16_MAX - 1.0), I16_MAX - 1.0)
-                                    as i16
-                            } else {
-                                (x.signum() as f64 * I16_MAX) as i16
-                            }
-                        })
-                        .collect();
                     scales.push(scale);
-                    if let Ok(vq) = v.with_data(VoxelData::I16(q)) {
-                        parts.insert(format!("sdm/{name}"), Item::Volume(vq));
-                    }
+                    parts.insert(
+                        format!("sdm/{name}"),
+                        Item::Bytes(pack_i16(vals, v.dims[0].max(1), scale)),
+                    );
                 }
             }
         }
@@ -204,6 +250,8 @@ impl SdmSet {
             units: self.units,
             storage,
             scales,
+            grid: first.map(Volume::grid),
+            spacing: first.map(|v| v.spacing),
         };
         parts.insert(
             "sdm-meta".into(),
@@ -231,27 +279,35 @@ impl SdmSet {
                 maps.push(None);
                 continue;
             }
-            let v = item
+            let part = item
                 .part(&format!("sdm/{name}"))
-                .and_then(Item::as_volume)
                 .ok_or_else(|| StageError::msg(format!("SDM of {name} missing from the item")))?;
-            let v = match (&v.data, meta.storage) {
-                (VoxelData::I16(q), SdmStorage::I16) => {
+            let v = match (part, meta.storage) {
+                (Item::Volume(v), SdmStorage::F32) => v.clone(),
+                (Item::Bytes(b), SdmStorage::I16) => {
+                    let (Some(grid), Some(spacing)) = (meta.grid, meta.spacing) else {
+                        return Err(StageError::msg("SDM metadata lacks the grid"));
+                    };
+                    let n = grid.dims.iter().product::<usize>();
+                    if b.len() != 2 * n {
+                        return Err(StageError::msg(format!(
+                            "SDM of {name}: {} bytes for {n} voxels",
+                            b.len()
+                        )));
+                    }
                     let s = meta.scales.get(k).copied().unwrap_or(1.0);
-                    let f: Vec<f32> = q
-                        .iter()
-                        .map(|&x| {
-                            if x.unsigned_abs() as f64 >= I16_MAX {
-                                (x as f32).signum() * f32::INFINITY
-                            } else {
-                                (x as f64 * s) as f32
-                            }
-                        })
-                        .collect();
-                    v.with_data(VoxelData::F32(f))
-                        .map_err(|e| StageError::msg(e.to_string()))?
+                    Volume {
+                        dims: grid.dims,
+                        spacing,
+                        affine: grid.affine,
+                        data: VoxelData::F32(unpack_i16(b, grid.dims[0].max(1), s)),
+                    }
                 }
-                _ => v.clone(),
+                _ => {
+                    return Err(StageError::msg(format!(
+                        "SDM of {name} is not stored as its metadata says"
+                    )))
+                }
             };
             maps.push(Some(v));
         }

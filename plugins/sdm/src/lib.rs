@@ -16,7 +16,7 @@ impl Plugin for SdmPlugin {
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<SdmParams> {
             name: "edt-sdm",
-            version: 1,
+            version: 2,
             summary: "Signed distance map per organ from an exact anisotropic Euclidean distance transform",
             help: HELP,
             params: &[
