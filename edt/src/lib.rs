@@ -28,6 +28,36 @@ pub fn line_sq(f: &mut [f32], s: f64) {
     }
 }
 
+/// The first pass on a binary line (0 at features, `INF` elsewhere): squared distance to the
+/// nearest feature by two sweeps, no parabolas needed. Lines without features stay `INF`.
+fn binary_line(row: &mut [f32], s: f64) {
+    let n = row.len();
+    let mut last: Option<usize> = None;
+    for q in 0..n {
+        if row[q] == 0.0 {
+            last = Some(q);
+        } else if let Some(l) = last {
+            let d = (q - l) as f64 * s;
+            row[q] = (d * d) as f32;
+        }
+    }
+    if last.is_none() {
+        return;
+    }
+    let mut next: Option<usize> = None;
+    for q in (0..n).rev() {
+        if row[q] == 0.0 {
+            next = Some(q);
+        } else if let Some(r) = next {
+            let d = (r - q) as f64 * s;
+            let d2 = (d * d) as f32;
+            if d2 < row[q] {
+                row[q] = d2;
+            }
+        }
+    }
+}
+
 /// Per-thread buffers for line transforms along one axis.
 struct Scratch {
     /// The line's input values (squared distances, INF where none).
@@ -232,25 +262,14 @@ fn sq_edt_passes(
         .with_min_len(min_len(slice))
         .enumerate()
         .for_each_init(
-            || {
-                (
-                    Scratch::new(nx, spacing[0]),
-                    Scratch::new(ny, spacing[1]),
-                    Vec::new(),
-                )
-            },
-            |(sx, sy, blk), (z, sl)| {
+            || (Scratch::new(ny, spacing[1]), Vec::new()),
+            |(sy, blk), (z, sl)| {
                 if z < bb.lo[2] || z > bb.hi[2] {
                     return;
                 }
+                // The input is binary (0 at features, INF elsewhere): two sweeps suffice.
                 for y in bb.lo[1]..=bb.hi[1] {
-                    let row = &mut sl[y * nx..(y + 1) * nx];
-                    sx.line.copy_from_slice(row);
-                    if sx.transform(nx) {
-                        for (o, &h) in row.iter_mut().zip(&sx.out) {
-                            *o = h as f32;
-                        }
-                    }
+                    binary_line(&mut sl[y * nx..(y + 1) * nx], spacing[0]);
                 }
                 if ny > 1 {
                     strided_pass(sl, ny, nx, sy, blk, false);
