@@ -98,7 +98,12 @@ fn window(centre: f64, size: usize, n: usize) -> (usize, usize) {
 /// superior axis and is centred in-plane on the body's centroid within that slab.
 pub fn head_box(ct: &Volume, threshold_hu: f32, size_mm: [f64; 3]) -> Result<CropBox, String> {
     let n = ct.len();
-    let body: Vec<bool> = (0..n).map(|i| ct.data.get_f32(i) > threshold_hu).collect();
+    let body: Vec<bool> = match &ct.data {
+        VoxelData::I16(d) => d.iter().map(|&v| v as f32 > threshold_hu).collect(),
+        VoxelData::U8(d) => d.iter().map(|&v| v as f32 > threshold_hu).collect(),
+        VoxelData::F32(d) => d.iter().map(|&v| v > threshold_hu).collect(),
+    };
+    debug_assert_eq!(body.len(), n);
     let body = largest_component(&body, ct.dims);
     let (sup, up) = superior_axis(ct);
     let dims = ct.dims;

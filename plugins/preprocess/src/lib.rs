@@ -167,7 +167,7 @@ struct HeadCrop(CropParams);
 
 /// Crops `case` to `b` (image and labels), recording the box and what it lost.
 pub fn crop_case(case: &CaseData, b: CropBox) -> CaseData {
-    let mut out = case.clone();
+    let mut out = meta_only(case);
     out.image = case.image.as_ref().map(|v| v.crop(b.start, b.size));
     out.labels = case.labels.as_ref().map(|v| v.crop(b.start, b.size));
     let lost = case
@@ -260,7 +260,7 @@ pub fn resample_case(
 ) -> Result<CaseData, String> {
     let grid = case.grid().ok_or("the case has neither image nor labels")?;
     let dst = grid_with_spacing(&grid, target);
-    let mut out = case.clone();
+    let mut out = meta_only(case);
     out.image = case
         .image
         .as_ref()
@@ -272,6 +272,18 @@ pub fn resample_case(
         .map(|v| resample_to_grid(v, &dst, image, labels, 0.0))
         .transpose()?;
     Ok(out)
+}
+
+/// `case` without its voxels (no copy of image or labels).
+fn meta_only(case: &CaseData) -> CaseData {
+    CaseData {
+        image: None,
+        labels: None,
+        organs: case.organs.clone(),
+        present: case.present.clone(),
+        original: case.original,
+        notes: case.notes.clone(),
+    }
 }
 
 /// The value outside the field of view: the image's minimum (air for CT).

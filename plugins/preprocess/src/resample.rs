@@ -146,13 +146,22 @@ pub fn resample_to_grid(
     let [sx, sy, sz] = vol.dims;
     let [nx, ny, nz] = dst.dims;
     let n = nx * ny * nz;
-    let coords = |i: usize| -> [f64; 3] {
-        let (x, y, z) = (
-            (i % nx) as f64,
-            ((i / nx) % ny) as f64,
-            (i / (nx * ny)) as f64,
-        );
-        std::array::from_fn(|r| m[r][0] * x + m[r][1] * y + m[r][2] * z + m[r][3])
+    // Source coordinates of a target voxel, computed per row: start + x * step.
+    let row_start = |y: usize, z: usize| -> [f64; 3] {
+        std::array::from_fn(|r| m[r][1] * y as f64 + m[r][2] * z as f64 + m[r][3])
+    };
+    let step: [f64; 3] = std::array::from_fn(|r| m[r][0]);
+    let for_each_voxel = |f: &(dyn Fn([f64; 3]) -> f32 + Sync)| -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(nx).enumerate().for_each(|(row, o)| {
+            let (y, z) = (row % ny, row / ny);
+            let s0 = row_start(y, z);
+            for (x, v) in o.iter_mut().enumerate() {
+                let xf = x as f64;
+                *v = f([s0[0] + step[0] * xf, s0[1] + step[1] * xf, s0[2] + step[2] * xf]);
+            }
+        });
+        out
     };
     let inside = |p: [f64; 3]| -> bool {
         // Half a voxel of tolerance: the source's field of view ends at its voxels' edges.
@@ -178,58 +187,58 @@ pub fn resample_to_grid(
     };
 
     if let VoxelData::U8(src) = &vol.data {
-        let out: Vec<u8> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let p = coords(i);
-                if !inside(p) {
-                    return fill as u8;
+        let label_at = |p: [f64; 3]| -> u8 {
+            if !inside(p) {
+                return fill as u8;
+            }
+            match labels {
+                LabelInterp::Nearest => {
+                    src[idx(
+                        clampi(p[0].round(), sx),
+                        clampi(p[1].round(), sy),
+                        clampi(p[2].round(), sz),
+                    )]
                 }
-                match labels {
-                    LabelInterp::Nearest => {
-                        src[idx(
-                            clampi(p[0].round(), sx),
-                            clampi(p[1].round(), sy),
-                            clampi(p[2].round(), sz),
-                        )]
-                    }
-                    LabelInterp::Linear => {
-                        let f: [f64; 3] = std::array::from_fn(|a| p[a].floor());
-                        let t: [f64; 3] = std::array::from_fn(|a| p[a] - f[a]);
-                        let mut best = [(0u8, 0f64); 8];
-                        let mut used = 0;
-                        for c in 0..8 {
-                            let o = [(c & 1) as f64, ((c >> 1) & 1) as f64, ((c >> 2) & 1) as f64];
-                            let w: f64 = (0..3)
-                                .map(|a| if o[a] == 1.0 { t[a] } else { 1.0 - t[a] })
-                                .product();
-                            if w == 0.0 {
-                                continue;
-                            }
-                            let l = src[idx(
-                                clampi(f[0] + o[0], sx),
-                                clampi(f[1] + o[1], sy),
-                                clampi(f[2] + o[2], sz),
-                            )];
-                            match best[..used].iter_mut().find(|(lab, _)| *lab == l) {
-                                Some(e) => e.1 += w,
-                                None => {
-                                    best[used] = (l, w);
-                                    used += 1;
-                                }
+                LabelInterp::Linear => {
+                    let f: [f64; 3] = std::array::from_fn(|a| p[a].floor());
+                    let t: [f64; 3] = std::array::from_fn(|a| p[a] - f[a]);
+                    let mut best = [(0u8, 0f64); 8];
+                    let mut used = 0;
+                    for c in 0..8 {
+                        let o = [(c & 1) as f64, ((c >> 1) & 1) as f64, ((c >> 2) & 1) as f64];
+                        let w: f64 = (0..3)
+                            .map(|a| if o[a] == 1.0 { t[a] } else { 1.0 - t[a] })
+                            .product();
+                        if w == 0.0 {
+                            continue;
+                        }
+                        let l = src[idx(
+                            clampi(f[0] + o[0], sx),
+                            clampi(f[1] + o[1], sy),
+                            clampi(f[2] + o[2], sz),
+                        )];
+                        match best[..used].iter_mut().find(|(lab, _)| *lab == l) {
+                            Some(e) => e.1 += w,
+                            None => {
+                                best[used] = (l, w);
+                                used += 1;
                             }
                         }
-                        // Ties go to the lower label: deterministic.
-                        let mut pick = (0u8, -1.0f64);
-                        for &(l, w) in &best[..used] {
-                            if w > pick.1 + 1e-12 || ((w - pick.1).abs() <= 1e-12 && l < pick.0) {
-                                pick = (l, w);
-                            }
-                        }
-                        pick.0
                     }
+                    // Ties go to the lower label: deterministic.
+                    let mut pick = (0u8, -1.0f64);
+                    for &(l, w) in &best[..used] {
+                        if w > pick.1 + 1e-12 || ((w - pick.1).abs() <= 1e-12 && l < pick.0) {
+                            pick = (l, w);
+                        }
+                    }
+                    pick.0
                 }
-            })
+            }
+        };
+        let out: Vec<u8> = for_each_voxel(&|p| label_at(p) as f32)
+            .into_iter()
+            .map(|v| v as u8)
             .collect();
         return Ok(out_vol(VoxelData::U8(out)));
     }
@@ -240,60 +249,56 @@ pub fn resample_to_grid(
             prefilter_axis(&mut src, vol.dims, a);
         }
     }
-    let vals: Vec<f32> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let p = coords(i);
-            if !inside(p) {
-                return fill;
+    let value_at = |p: [f64; 3]| -> f32 {
+        if !inside(p) {
+            return fill;
+        }
+        match image {
+            ImageInterp::Nearest => {
+                src[idx(
+                    clampi(p[0].round(), sx),
+                    clampi(p[1].round(), sy),
+                    clampi(p[2].round(), sz),
+                )]
             }
-            match image {
-                ImageInterp::Nearest => {
-                    src[idx(
-                        clampi(p[0].round(), sx),
-                        clampi(p[1].round(), sy),
-                        clampi(p[2].round(), sz),
-                    )]
+            ImageInterp::Linear => {
+                let f: [f64; 3] = std::array::from_fn(|a| p[a].floor());
+                let t: [f64; 3] = std::array::from_fn(|a| p[a] - f[a]);
+                let mut acc = 0.0;
+                for c in 0..8 {
+                    let o = [(c & 1) as f64, ((c >> 1) & 1) as f64, ((c >> 2) & 1) as f64];
+                    let w: f64 = (0..3)
+                        .map(|a| if o[a] == 1.0 { t[a] } else { 1.0 - t[a] })
+                        .product();
+                    if w != 0.0 {
+                        acc += w * src[idx(
+                            clampi(f[0] + o[0], sx),
+                            clampi(f[1] + o[1], sy),
+                            clampi(f[2] + o[2], sz),
+                        )] as f64;
+                    }
                 }
-                ImageInterp::Linear => {
-                    let f: [f64; 3] = std::array::from_fn(|a| p[a].floor());
-                    let t: [f64; 3] = std::array::from_fn(|a| p[a] - f[a]);
-                    let mut acc = 0.0;
-                    for c in 0..8 {
-                        let o = [(c & 1) as f64, ((c >> 1) & 1) as f64, ((c >> 2) & 1) as f64];
-                        let w: f64 = (0..3)
-                            .map(|a| if o[a] == 1.0 { t[a] } else { 1.0 - t[a] })
-                            .product();
-                        if w != 0.0 {
-                            acc += w * src[idx(
-                                clampi(f[0] + o[0], sx),
-                                clampi(f[1] + o[1], sy),
-                                clampi(f[2] + o[2], sz),
-                            )] as f64;
+                acc as f32
+            }
+            ImageInterp::Bspline => {
+                let f: [i64; 3] = std::array::from_fn(|a| p[a].floor() as i64);
+                let w: [[f64; 4]; 3] = std::array::from_fn(|a| bspline_weights(p[a] - f[a] as f64));
+                let mut acc = 0.0;
+                for (dz, wz) in w[2].iter().enumerate() {
+                    let z = mirror(f[2] - 1 + dz as i64, sz);
+                    for (dy, wy) in w[1].iter().enumerate() {
+                        let y = mirror(f[1] - 1 + dy as i64, sy);
+                        for (dx, wx) in w[0].iter().enumerate() {
+                            let x = mirror(f[0] - 1 + dx as i64, sx);
+                            acc += wx * wy * wz * src[idx(x, y, z)] as f64;
                         }
                     }
-                    acc as f32
                 }
-                ImageInterp::Bspline => {
-                    let f: [i64; 3] = std::array::from_fn(|a| p[a].floor() as i64);
-                    let w: [[f64; 4]; 3] =
-                        std::array::from_fn(|a| bspline_weights(p[a] - f[a] as f64));
-                    let mut acc = 0.0;
-                    for (dz, wz) in w[2].iter().enumerate() {
-                        let z = mirror(f[2] - 1 + dz as i64, sz);
-                        for (dy, wy) in w[1].iter().enumerate() {
-                            let y = mirror(f[1] - 1 + dy as i64, sy);
-                            for (dx, wx) in w[0].iter().enumerate() {
-                                let x = mirror(f[0] - 1 + dx as i64, sx);
-                                acc += wx * wy * wz * src[idx(x, y, z)] as f64;
-                            }
-                        }
-                    }
-                    acc as f32
-                }
+                acc as f32
             }
-        })
-        .collect();
+        }
+    };
+    let vals = for_each_voxel(&value_at);
     let data = match vol.data {
         VoxelData::I16(_) => VoxelData::I16(
             vals.iter()
