@@ -10,5 +10,6 @@ pub fn default_registry() -> Registry {
         .with(&shapeflow_io::IoPlugin)
         .with(&shapeflow_preprocess::PreprocessPlugin)
         .with(&shapeflow_sdm::SdmPlugin)
+        .with(&shapeflow_eval::EvalPlugin)
         .with(&shapeflow_exec::ExecPlugin)
 }

@@ -31,28 +31,27 @@ pub fn line_sq(f: &mut [f32], s: f64) {
 /// The first pass on a binary line (0 at features, `INF` elsewhere): squared distance to the
 /// nearest feature by two sweeps, no parabolas needed. Lines without features stay `INF`.
 fn binary_line(row: &mut [f32], s: f64) {
-    let n = row.len();
     let mut last: Option<usize> = None;
-    for q in 0..n {
-        if row[q] == 0.0 {
+    for (q, v) in row.iter_mut().enumerate() {
+        if *v == 0.0 {
             last = Some(q);
         } else if let Some(l) = last {
             let d = (q - l) as f64 * s;
-            row[q] = (d * d) as f32;
+            *v = (d * d) as f32;
         }
     }
     if last.is_none() {
         return;
     }
     let mut next: Option<usize> = None;
-    for q in (0..n).rev() {
-        if row[q] == 0.0 {
+    for (q, v) in row.iter_mut().enumerate().rev() {
+        if *v == 0.0 {
             next = Some(q);
         } else if let Some(r) = next {
             let d = (r - q) as f64 * s;
             let d2 = (d * d) as f32;
-            if d2 < row[q] {
-                row[q] = d2;
+            if d2 < *v {
+                *v = d2;
             }
         }
     }

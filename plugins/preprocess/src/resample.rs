@@ -158,7 +158,11 @@ pub fn resample_to_grid(
             let s0 = row_start(y, z);
             for (x, v) in o.iter_mut().enumerate() {
                 let xf = x as f64;
-                *v = f([s0[0] + step[0] * xf, s0[1] + step[1] * xf, s0[2] + step[2] * xf]);
+                *v = f([
+                    s0[0] + step[0] * xf,
+                    s0[1] + step[1] * xf,
+                    s0[2] + step[2] * xf,
+                ]);
             }
         });
         out

@@ -1,0 +1,421 @@
+//! The `eval` family: `evaluate` (per case) and `report` (per dataset).
+
+use serde::{Deserialize, Serialize};
+use shapeflow_core::{
+    CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
+    StageDef, StageError, VoxelData,
+};
+use shapeflow_metrics::{organ_metrics, Convention, OrganMetrics};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Registers `evaluate` and `report`.
+pub struct EvalPlugin;
+
+impl Plugin for EvalPlugin {
+    fn register(&self, registry: &mut Registry) {
+        registry.add(StageDef::<EvalParams> {
+            name: "evaluate",
+            version: 1,
+            summary: "Per case and organ: Dice, HD95, ASSD, surface Dice, volumes (mm)",
+            help: EVAL_HELP,
+            params: &[
+                (
+                    "reference",
+                    "stage id",
+                    "The input holding the reference labels (default: the first input).",
+                ),
+                (
+                    "prediction",
+                    "stage id",
+                    "The input holding the predicted labels (default: the second input).",
+                ),
+                (
+                    "convention",
+                    "monai | medpy",
+                    "How HD95 and ASSD combine the two directions (see help).",
+                ),
+                ("tolerance_mm", "number", "Surface Dice tolerance in mm."),
+                (
+                    "organs",
+                    "mapping",
+                    "Prediction organ name per reference organ, when they differ.",
+                ),
+            ],
+            build: |p, _| {
+                if !(p.tolerance_mm.is_finite() && p.tolerance_mm >= 0.0) {
+                    return Err(ParamError {
+                        path: vec!["tolerance_mm".into()],
+                        message: "must be a non-negative number of mm".into(),
+                    });
+                }
+                Ok(Arc::new(Evaluate(p)))
+            },
+        });
+        registry.add(StageDef::<ReportParams> {
+            name: "report",
+            version: 1,
+            summary:
+                "Per-case CSV and per-organ summary (mean, sd, median, IQR) in Markdown and JSON",
+            help: REPORT_HELP,
+            params: &[("title", "string", "Heading of report.md.")],
+            build: |p, _| Ok(Arc::new(Report(p))),
+        });
+    }
+}
+
+const EVAL_HELP: &str = r#"
+Compares a prediction with a reference, organ by organ, on the reference's grid.
+
+Surfaces are boundary voxels: voxels of a mask with a face neighbour outside it (outside the
+volume counts as outside), as MONAI and medpy define them. The distance of a surface voxel
+is the exact Euclidean distance (mm, anisotropic spacing) to the other mask's nearest
+surface voxel, from the project's EDT, not a point search.
+
+  dice          2|A and B| / (|A| + |B|)
+  hd95          convention monai (default): the larger of the two directed 95th percentiles;
+                convention medpy: the 95th percentile of both directions pooled
+  assd          monai: mean of both directions pooled; medpy: mean of the two directed means
+  hd            the largest distance
+  surface_dice  fraction of both surfaces within `tolerance_mm` of the other
+  volumes       reference and prediction in mm3, and their relative difference
+
+Defined results: both masks empty: dice 1, distances 0 ("both-empty"); one empty: dice 0,
+distances +inf ("empty-prediction" / "empty-reference"). An organ not annotated in the
+reference is "absent" and gets no metrics. Reports count these cases; they never vanish
+from a mean as NaN.
+"#;
+
+const REPORT_HELP: &str = r#"
+Gathers the `evaluate` results of every case and writes, under the run directory
+(runs/<time>-<name>/<stage id>/): metrics.csv (one row per case and organ), summary.json and
+summary.md (per organ and metric: n, mean, sd, median, IQR over compared cases, with counts
+of absent, empty and infinite results named beside them). Not cached: it rewrites its files
+on every run, from the cached per-case metrics.
+"#;
+
+/// Params of `evaluate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalParams {
+    pub reference: Option<String>,
+    pub prediction: Option<String>,
+    pub convention: Convention,
+    pub tolerance_mm: f64,
+    pub organs: BTreeMap<String, String>,
+}
+
+impl Default for EvalParams {
+    fn default() -> Self {
+        EvalParams {
+            reference: None,
+            prediction: None,
+            convention: Convention::Monai,
+            tolerance_mm: 1.0,
+            organs: BTreeMap::new(),
+        }
+    }
+}
+
+struct Evaluate(EvalParams);
+
+fn pick<'a>(
+    inputs: &'a Inputs,
+    name: &Option<String>,
+    index: usize,
+    what: &str,
+) -> Result<&'a Item, StageError> {
+    match name {
+        Some(n) => inputs.get(n).ok_or_else(|| {
+            StageError::msg(format!(
+                "`{what}: {n}` is not an input of this stage (list it under `after`)"
+            ))
+        }),
+        None => inputs.iter().nth(index).map(|(_, i)| i).ok_or_else(|| {
+            StageError::msg(format!(
+                "evaluate needs two inputs (reference, prediction); the {what} is missing"
+            ))
+        }),
+    }
+}
+
+fn mask(case: &CaseData, organ: &str) -> Option<Vec<bool>> {
+    let k = case.organs.iter().position(|o| o == organ)?;
+    if !case.present.get(k).copied().unwrap_or(false) {
+        return None;
+    }
+    let VoxelData::U8(l) = &case.labels.as_ref()?.data else {
+        return None;
+    };
+    let label = (k + 1) as u8;
+    Some(l.iter().map(|&v| v == label).collect())
+}
+
+/// Metrics of every reference organ of one case (JSON: organ -> metrics or "absent").
+pub fn evaluate_case(
+    reference: &CaseData,
+    prediction: &CaseData,
+    p: &EvalParams,
+) -> Result<serde_json::Value, StageError> {
+    let rl = reference
+        .labels
+        .as_ref()
+        .ok_or_else(|| StageError::msg("the reference has no labels"))?;
+    let pl = prediction
+        .labels
+        .as_ref()
+        .ok_or_else(|| StageError::msg("the prediction has no labels"))?;
+    if !rl.grid().same_as(&pl.grid(), 1e-3) {
+        return Err(StageError::msg(format!(
+            "reference and prediction are on different grids (dims {:?} vs {:?}); resample the prediction onto the reference first",
+            rl.dims, pl.dims
+        )));
+    }
+    let mut out = serde_json::Map::new();
+    for organ in &reference.organs {
+        let pred_name = p.organs.get(organ).unwrap_or(organ);
+        let Some(gt) = mask(reference, organ) else {
+            out.insert(organ.clone(), serde_json::json!({"outcome": "absent"}));
+            continue;
+        };
+        // An organ the prediction does not have (a second rater who did not annotate it)
+        // cannot be compared; a model's empty prediction is present and empty instead.
+        let Some(pr) = mask(prediction, pred_name) else {
+            out.insert(
+                organ.clone(),
+                serde_json::json!({"outcome": "absent-in-prediction"}),
+            );
+            continue;
+        };
+        let m: OrganMetrics =
+            organ_metrics(&gt, &pr, rl.dims, rl.spacing, p.tolerance_mm, p.convention);
+        out.insert(organ.clone(), serde_json::to_value(&m).unwrap_or_default());
+    }
+    Ok(serde_json::json!({"convention": p.convention, "surface": "boundary-voxels", "organs": out}))
+}
+
+impl Stage for Evaluate {
+    fn shape(&self) -> Shape {
+        Shape::PerCase
+    }
+
+    fn run_case(&self, _: &StageCtx, case: &CaseInfo, inputs: &Inputs) -> Result<Item, StageError> {
+        let r = CaseData::from_item(pick(inputs, &self.0.reference, 0, "reference")?)?;
+        let p = CaseData::from_item(pick(inputs, &self.0.prediction, 1, "prediction")?)?;
+        let v = evaluate_case(&r, &p, &self.0)
+            .map_err(|e| StageError::msg(format!("case {}: {e}", case.id)))?;
+        Ok(Item::Json(v))
+    }
+}
+
+/// Params of `report`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportParams {
+    pub title: Option<String>,
+}
+
+struct Report(ReportParams);
+
+const METRICS: [&str; 6] = [
+    "dice",
+    "hd95",
+    "assd",
+    "hd",
+    "surface_dice",
+    "volume_difference",
+];
+
+/// n, mean, sd (sample), median, q1, q3 of finite values.
+fn describe(v: &[f64]) -> serde_json::Value {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return serde_json::json!({"n": 0});
+    }
+    let mean = s.iter().sum::<f64>() / n as f64;
+    let sd = if n > 1 {
+        (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
+    let q = |p| shapeflow_metrics::percentile_sorted(&s, p);
+    serde_json::json!({"n": n, "mean": mean, "sd": sd, "median": q(50.0), "q1": q(25.0), "q3": q(75.0), "n_infinite": v.len() - n})
+}
+
+fn fmt_num(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.is_finite() => format!("{x:.4}"),
+        Some(x) => format!("{x}"),
+        None => v
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| "inf".into()),
+    }
+}
+
+impl Stage for Report {
+    fn shape(&self) -> Shape {
+        Shape::Gather
+    }
+
+    fn cached(&self) -> bool {
+        false
+    }
+
+    fn run_all(
+        &self,
+        ctx: &StageCtx,
+        cases: &[(CaseInfo, Inputs)],
+        _: &Inputs,
+    ) -> Result<Item, StageError> {
+        let dir = ctx.run_dir.join(ctx.stage_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StageError::msg(format!("cannot create {}: {e}", dir.display())))?;
+        let mut csv = String::from("case,organ,outcome,dice,hd95,assd,hd,surface_dice,reference_mm3,prediction_mm3,volume_difference\n");
+        let mut per_organ: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+        let mut outcomes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        let mut header = serde_json::Value::Null;
+        for (case, inputs) in cases {
+            let j = inputs
+                .first()?
+                .as_json()
+                .ok_or_else(|| StageError::msg("report reads the output of `evaluate`"))?;
+            header = serde_json::json!({"convention": j["convention"], "surface": j["surface"]});
+            let Some(organs) = j["organs"].as_object() else {
+                continue;
+            };
+            for (organ, m) in organs {
+                let outcome = m["outcome"].as_str().unwrap_or("?").to_string();
+                *outcomes
+                    .entry(organ.clone())
+                    .or_default()
+                    .entry(outcome.clone())
+                    .or_default() += 1;
+                let cell = |k: &str| fmt_num(&m[k]);
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{},{},{},{},{},{},{}",
+                    case.id,
+                    organ,
+                    outcome,
+                    cell("dice"),
+                    cell("hd95"),
+                    cell("assd"),
+                    cell("hd"),
+                    cell("surface_dice"),
+                    cell("reference_mm3"),
+                    cell("prediction_mm3"),
+                    cell("volume_difference")
+                );
+                if outcome.starts_with("absent") {
+                    continue;
+                }
+                for k in METRICS {
+                    let v = m[k].as_f64().unwrap_or(f64::INFINITY);
+                    per_organ
+                        .entry(organ.clone())
+                        .or_default()
+                        .entry(k)
+                        .or_default()
+                        .push(v);
+                }
+            }
+        }
+        let mut summary = serde_json::Map::new();
+        for (organ, metrics) in &per_organ {
+            let mut o = serde_json::Map::new();
+            for (k, v) in metrics {
+                o.insert(k.to_string(), describe(v));
+            }
+            o.insert(
+                "outcomes".into(),
+                serde_json::to_value(&outcomes[organ]).unwrap_or_default(),
+            );
+            summary.insert(organ.clone(), serde_json::Value::Object(o));
+        }
+        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary});
+        let title = self
+            .0
+            .title
+            .clone()
+            .unwrap_or_else(|| "Segmentation metrics".into());
+        let mut md = format!(
+            "# {title}\n\n{} cases. Surface: {}; HD95/ASSD convention: {}. Distances in mm. Mean ± sd and median [IQR] over compared cases; infinite distances (one mask empty) are counted, not averaged.\n\n| organ | n | Dice | HD95 | ASSD | surface Dice | outcomes |\n|---|---|---|---|---|---|---|\n",
+            cases.len(),
+            header["surface"].as_str().unwrap_or("?"),
+            header["convention"].as_str().unwrap_or("?")
+        );
+        for (organ, o) in &summary {
+            let cell = |k: &str| {
+                let d = &o[k];
+                if d["n"].as_u64().unwrap_or(0) == 0 {
+                    return "–".to_string();
+                }
+                let inf = d["n_infinite"].as_u64().unwrap_or(0);
+                format!(
+                    "{:.3} ± {:.3}, {:.3} [{:.3}–{:.3}]{}",
+                    d["mean"].as_f64().unwrap_or(f64::NAN),
+                    d["sd"].as_f64().unwrap_or(f64::NAN),
+                    d["median"].as_f64().unwrap_or(f64::NAN),
+                    d["q1"].as_f64().unwrap_or(f64::NAN),
+                    d["q3"].as_f64().unwrap_or(f64::NAN),
+                    if inf > 0 {
+                        format!(" ({inf} inf)")
+                    } else {
+                        String::new()
+                    }
+                )
+            };
+            let outs: Vec<String> = o["outcomes"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+                .unwrap_or_default();
+            let n = o["dice"]["n"].as_u64().unwrap_or(0);
+            let _ = writeln!(
+                md,
+                "| {organ} | {n} | {} | {} | {} | {} | {} |",
+                cell("dice"),
+                cell("hd95"),
+                cell("assd"),
+                cell("surface_dice"),
+                outs.join(", ")
+            );
+        }
+        for (name, bytes) in [
+            ("metrics.csv", csv.into_bytes()),
+            ("summary.md", md.into_bytes()),
+            (
+                "summary.json",
+                serde_json::to_vec_pretty(&doc).unwrap_or_default(),
+            ),
+        ] {
+            let p = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, bytes)
+                .and_then(|_| std::fs::rename(&tmp, &p))
+                .map_err(|e| StageError::msg(format!("cannot write {}: {e}", p.display())))?;
+        }
+        Ok(Item::Json(doc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_documented() {
+        Registry::new().with(&EvalPlugin).check_docs().unwrap();
+    }
+
+    #[test]
+    fn describe_counts_infinities_instead_of_averaging_them() {
+        let d = describe(&[1.0, 3.0, f64::INFINITY]);
+        assert_eq!(d["n"], 2);
+        assert_eq!(d["mean"], 2.0);
+        assert_eq!(d["n_infinite"], 1);
+    }
+}

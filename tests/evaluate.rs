@@ -1,0 +1,133 @@
+//! evaluate + report as pipeline stages, on the real inter-rater pair of PDDCA 0522c0057.
+
+mod common;
+
+use common::*;
+use shapeflow::cli::{run_pipeline, RunSettings};
+use shapeflow_core::Status;
+
+#[test]
+fn child_entry() {
+    maybe_run_child();
+}
+
+const DEEPMIND: [(&str, &str); 8] = [
+    ("BrainStem", "Brainstem"),
+    ("Mandible", "Mandible"),
+    ("OpticNerve_L", "Optic-Nerve-Lt"),
+    ("OpticNerve_R", "Optic-Nerve-Rt"),
+    ("Parotid_L", "Parotid-Lt"),
+    ("Parotid_R", "Parotid-Rt"),
+    ("Submandibular_L", "Submandibular-Lt"),
+    ("Submandibular_R", "Submandibular-Rt"),
+];
+
+#[test]
+fn inter_rater_pipeline_writes_reports() {
+    let d = tempfile::tempdir().unwrap();
+    // Two PDDCA-layout roots for one patient: the PDDCA annotation and the oncologist's.
+    for (root, src) in [
+        ("a", None),
+        ("b", Some(shared("deepmind-0522c0057-oncologist"))),
+    ] {
+        let s = d.path().join(root).join("0522c0057/structures");
+        std::fs::create_dir_all(&s).unwrap();
+        match &src {
+            None => {
+                for e in std::fs::read_dir(shared("pddca-masks/0522c0057/structures"))
+                    .unwrap()
+                    .flatten()
+                {
+                    std::os::unix::fs::symlink(e.path(), s.join(e.file_name())).unwrap();
+                }
+            }
+            Some(dm) => {
+                for (ours, theirs) in DEEPMIND {
+                    std::os::unix::fs::symlink(
+                        dm.join(format!("{theirs}.nrrd")),
+                        s.join(format!("{ours}.nrrd")),
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    }
+    let text = "name: raters
+stages:
+  pddca: {plugin: load, params: {format: pddca, root: a, require_image: false}}
+  oncologist: {plugin: load, params: {format: pddca, root: b, require_image: false}}
+  compare: {plugin: evaluate, after: [pddca, oncologist], params: {tolerance_mm: 2.0}}
+  summary: {plugin: report, after: [compare], params: {title: Inter-rater agreement}}
+";
+    write(d.path(), "p.yaml", text);
+    let settings = || RunSettings {
+        cache: Some(d.path().join("cache")),
+        runs: d.path().join("runs"),
+        ..Default::default()
+    };
+    let (r, manifest) =
+        run_pipeline(&d.path().join("p.yaml"), &[], &registry(), settings()).unwrap();
+    assert!(r.ok(), "{}", r.table());
+    let dir = manifest.parent().unwrap().join("summary");
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 9, "{csv}");
+    // The oncologist did not outline the chiasm: absent, not a zero.
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("0522c0057,Chiasm,absent-in-prediction")),
+        "{csv}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    let dice = summary["organs"]["Mandible"]["dice"]["mean"]
+        .as_f64()
+        .unwrap();
+    assert!((dice - 0.89).abs() < 0.01, "{dice}");
+    assert!(
+        summary["organs"].get("Chiasm").is_none(),
+        "an absent organ has no summary numbers"
+    );
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("# Inter-rater agreement") && md.contains("| Parotid_L | 1 |"),
+        "{md}"
+    );
+    // A second run computes nothing but still writes the report into the new run directory.
+    let (r, manifest2) =
+        run_pipeline(&d.path().join("p.yaml"), &[], &registry(), settings()).unwrap();
+    assert_eq!(r.node("compare", "default").unwrap().computed, 0);
+    assert!(manifest2
+        .parent()
+        .unwrap()
+        .join("summary/summary.md")
+        .is_file());
+}
+
+#[test]
+fn mismatched_grids_are_a_named_error() {
+    let d = tempfile::tempdir().unwrap();
+    let text = "stages:
+  a: {plugin: load, params: {format: phantom, phantom: mri, cases: 1}}
+  b: {plugin: load, params: {format: phantom, phantom: mri, cases: 1, dims: [30, 40, 30]}}
+  e: {plugin: evaluate, after: [a, b]}
+";
+    write(d.path(), "p.yaml", text);
+    let (r, _) = run_pipeline(
+        &d.path().join("p.yaml"),
+        &[],
+        &registry(),
+        RunSettings {
+            cache: Some(d.path().join("cache")),
+            runs: d.path().join("runs"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    match &r.node("e", "default").unwrap().status {
+        Status::Failed(m) => assert!(
+            m.contains("different grids") && m.contains("phantom000"),
+            "{m}"
+        ),
+        s => panic!("{s:?}"),
+    }
+}

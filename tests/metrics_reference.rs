@@ -1,0 +1,137 @@
+//! evaluate's metrics against medpy on a real inter-rater pair: PDDCA patient 0522c0057 as
+//! annotated in PDDCA and by an oncologist (DeepMind), on the same voxel grid.
+
+mod common;
+
+use common::*;
+use shapeflow_core::VoxelData;
+use shapeflow_io::{datasets, nrrd};
+use shapeflow_metrics::{organ_metrics, Convention, Outcome};
+
+const PAIRS: [(&str, &str); 8] = [
+    ("BrainStem", "Brainstem"),
+    ("Mandible", "Mandible"),
+    ("OpticNerve_L", "Optic-Nerve-Lt"),
+    ("OpticNerve_R", "Optic-Nerve-Rt"),
+    ("Parotid_L", "Parotid-Lt"),
+    ("Parotid_R", "Parotid-Rt"),
+    ("Submandibular_L", "Submandibular-Lt"),
+    ("Submandibular_R", "Submandibular-Rt"),
+];
+
+/// A mask with its dims, spacing and grid.
+type Mask = (Vec<bool>, [usize; 3], [f64; 3], shapeflow_core::Grid);
+
+fn read_mask(p: &std::path::Path) -> Option<Mask> {
+    if !p.is_file() {
+        return None;
+    }
+    let v = datasets::as_labels(nrrd::read(p).unwrap(), p).unwrap();
+    let VoxelData::U8(d) = &v.data else {
+        unreachable!()
+    };
+    Some((
+        d.iter().map(|&x| x != 0).collect(),
+        v.dims,
+        v.spacing,
+        v.grid(),
+    ))
+}
+
+/// Union bounding box of two masks grown by 2 voxels, clamped to the volume.
+fn bounds(a: &[bool], b: &[bool], dims: [usize; 3]) -> ([usize; 3], [usize; 3]) {
+    let mut lo = dims;
+    let mut hi = [0; 3];
+    for i in 0..a.len() {
+        if a[i] || b[i] {
+            let c = [
+                i % dims[0],
+                (i / dims[0]) % dims[1],
+                i / (dims[0] * dims[1]),
+            ];
+            for k in 0..3 {
+                lo[k] = lo[k].min(c[k]);
+                hi[k] = hi[k].max(c[k]);
+            }
+        }
+    }
+    (
+        std::array::from_fn(|k| lo[k].saturating_sub(2)),
+        std::array::from_fn(|k| (hi[k] + 2).min(dims[k] - 1)),
+    )
+}
+
+#[test]
+fn inter_rater_metrics_match_medpy_and_monai_definitions() {
+    let a = shared("pddca-masks/0522c0057/structures");
+    let b = shared("deepmind-0522c0057-oncologist");
+    let dir = tempfile::tempdir().unwrap();
+    let mut ours = Vec::new();
+    for (pa, pb) in PAIRS {
+        let (Some((ra, dims, spacing, ga)), Some((rb, _, _, gb))) = (
+            read_mask(&a.join(format!("{pa}.nrrd"))),
+            read_mask(&b.join(format!("{pb}.nrrd"))),
+        ) else {
+            continue;
+        };
+        assert!(
+            ga.same_as(&gb, 1e-3),
+            "{pa}: the two annotations are on one grid"
+        );
+        let monai = organ_metrics(&ra, &rb, dims, spacing, 1.0, Convention::Monai);
+        let medpy = organ_metrics(&ra, &rb, dims, spacing, 1.0, Convention::Medpy);
+        assert_eq!(monai.outcome, Outcome::Compared);
+        assert!(
+            monai.dice > 0.3 && monai.dice < 0.99,
+            "{pa}: Dice {}",
+            monai.dice
+        );
+        // The reference runs on a crop with a 2-voxel background margin (or the volume's
+        // edge): the same surfaces and distances, and far less time in Python.
+        let (lo, hi) = bounds(&ra, &rb, dims);
+        let sub: [usize; 3] = std::array::from_fn(|k| hi[k] - lo[k] + 1);
+        let crop = |m: &[bool]| -> Vec<u8> {
+            let mut out = Vec::with_capacity(sub.iter().product());
+            for z in lo[2]..=hi[2] {
+                for y in lo[1]..=hi[1] {
+                    for x in lo[0]..=hi[0] {
+                        out.push(m[x + dims[0] * (y + dims[1] * z)] as u8);
+                    }
+                }
+            }
+            out
+        };
+        std::fs::write(dir.path().join(format!("{pa}.ref.u8")), crop(&ra)).unwrap();
+        std::fs::write(dir.path().join(format!("{pa}.pred.u8")), crop(&rb)).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{pa}.json")),
+            serde_json::json!({"dims": sub, "spacing": spacing}).to_string(),
+        )
+        .unwrap();
+        ours.push((pa, monai, medpy));
+    }
+    assert!(ours.len() >= 7, "organs in common: {}", ours.len());
+    let Some(r) = python_json("medpy_metrics.py", &[dir.path().to_str().unwrap()]) else {
+        return;
+    };
+    for (organ, monai, medpy) in &ours {
+        let e = &r[*organ];
+        let close = |ours: f64, key: &str, tol: f64| {
+            let want = e[key].as_f64().unwrap();
+            assert!(
+                (ours - want).abs() <= tol,
+                "{organ} {key}: ours {ours}, reference {want}"
+            );
+        };
+        close(monai.dice, "dice", 1e-3);
+        close(monai.hd95, "monai_hd95", 0.05);
+        close(monai.assd, "monai_assd", 0.05);
+        close(medpy.hd95, "medpy_hd95", 0.05);
+        close(medpy.assd, "medpy_assd", 0.05);
+        close(monai.hd, "hd", 0.05);
+        eprintln!(
+            "{organ}: Dice {:.4}, HD95 {:.2} mm (monai) / {:.2} (medpy), ASSD {:.2} / {:.2} mm",
+            monai.dice, monai.hd95, medpy.hd95, monai.assd, medpy.assd
+        );
+    }
+}
