@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use shapeflow_core::VoxelData;
 use shapeflow_io::{datasets, nrrd};
-use shapeflow_metrics::{organ_metrics, Convention, Outcome};
+use shapeflow_metrics::{organ_metrics, organ_metrics_with, Convention, Outcome, Surface};
 
 const PAIRS: [(&str, &str); 8] = [
     ("BrainStem", "Brainstem"),
@@ -132,6 +132,77 @@ fn inter_rater_metrics_match_medpy_and_monai_definitions() {
         eprintln!(
             "{organ}: Dice {:.4}, HD95 {:.2} mm (monai) / {:.2} (medpy), ASSD {:.2} / {:.2} mm",
             monai.dice, monai.hd95, medpy.hd95, monai.assd, medpy.assd
+        );
+    }
+}
+
+#[test]
+fn surface_element_metrics_match_deepmind_surface_distance() {
+    let a = shared("pddca-masks/0522c0057/structures");
+    let b = shared("deepmind-0522c0057-oncologist");
+    let dir = tempfile::tempdir().unwrap();
+    let mut ours = Vec::new();
+    for (pa, pb) in PAIRS {
+        let (Some((ra, dims, spacing, _)), Some((rb, _, _, _))) = (
+            read_mask(&a.join(format!("{pa}.nrrd"))),
+            read_mask(&b.join(format!("{pb}.nrrd"))),
+        ) else {
+            continue;
+        };
+        let m = organ_metrics_with(
+            &ra,
+            &rb,
+            dims,
+            spacing,
+            2.0,
+            Convention::Monai,
+            Surface::SurfaceElements,
+        );
+        let (lo, hi) = bounds(&ra, &rb, dims);
+        let sub: [usize; 3] = std::array::from_fn(|k| hi[k] - lo[k] + 1);
+        let crop = |m: &[bool]| -> Vec<u8> {
+            let mut out = Vec::with_capacity(sub.iter().product());
+            for z in lo[2]..=hi[2] {
+                for y in lo[1]..=hi[1] {
+                    for x in lo[0]..=hi[0] {
+                        out.push(m[x + dims[0] * (y + dims[1] * z)] as u8);
+                    }
+                }
+            }
+            out
+        };
+        std::fs::write(dir.path().join(format!("{pa}.ref.u8")), crop(&ra)).unwrap();
+        std::fs::write(dir.path().join(format!("{pa}.pred.u8")), crop(&rb)).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{pa}.json")),
+            serde_json::json!({"dims": sub, "spacing": spacing}).to_string(),
+        )
+        .unwrap();
+        ours.push((pa, m));
+    }
+    assert!(ours.len() >= 7);
+    let Some(r) = python_json(
+        "deepmind_metrics.py",
+        &[dir.path().to_str().unwrap(), "2.0"],
+    ) else {
+        return;
+    };
+    for (organ, m) in &ours {
+        let e = &r[*organ];
+        let close = |ours: f64, key: &str, tol: f64| {
+            let want = e[key].as_f64().unwrap();
+            assert!(
+                (ours - want).abs() <= tol,
+                "{organ} {key}: ours {ours}, surface-distance {want}"
+            );
+        };
+        close(m.hd95, "hd95", 0.05);
+        close(m.assd, "assd", 0.05);
+        close(m.hd, "hd", 0.05);
+        close(m.surface_dice, "surface_dice", 1e-2);
+        eprintln!(
+            "{organ}: HD95 {:.3} vs {:.3}, ASSD {:.3} vs {:.3}, surface Dice {:.4} vs {:.4}",
+            m.hd95, e["hd95"], m.assd, e["assd"], m.surface_dice, e["surface_dice"]
         );
     }
 }

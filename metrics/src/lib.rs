@@ -25,6 +25,17 @@ pub enum Convention {
     Medpy,
 }
 
+/// Which surface the distances are measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Surface {
+    /// Boundary voxels (MONAI, medpy).
+    #[default]
+    BoundaryVoxels,
+    /// Area-weighted surface elements on the voxel-corner grid (DeepMind `surface-distance`).
+    SurfaceElements,
+}
+
 /// Whether an organ could be compared in a case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -157,6 +168,27 @@ pub fn organ_metrics(
     tolerance_mm: f64,
     convention: Convention,
 ) -> OrganMetrics {
+    organ_metrics_with(
+        gt,
+        pred,
+        dims,
+        spacing,
+        tolerance_mm,
+        convention,
+        Surface::BoundaryVoxels,
+    )
+}
+
+/// [`organ_metrics`] with a choice of surface definition.
+pub fn organ_metrics_with(
+    gt: &[bool],
+    pred: &[bool],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    tolerance_mm: f64,
+    convention: Convention,
+    surface_def: Surface,
+) -> OrganMetrics {
     assert_eq!(gt.len(), pred.len(), "masks differ in size");
     let voxel_mm3 = spacing.iter().product::<f64>();
     let n_gt = gt.iter().filter(|&&v| v).count();
@@ -193,6 +225,22 @@ pub fn organ_metrics(
     let b = bbox_union(gt, pred, dims).expect("non-empty");
     let (g, sub) = crop(gt, dims, b);
     let (p, _) = crop(pred, dims, b);
+    if surface_def == Surface::SurfaceElements {
+        let (hd95, assd, hd, surface_dice) =
+            surfels::distances(&g, &p, sub, spacing, tolerance_mm, convention);
+        return OrganMetrics {
+            outcome: Outcome::Compared,
+            dice,
+            hd95,
+            assd,
+            hd,
+            surface_dice,
+            tolerance_mm,
+            reference_mm3,
+            prediction_mm3,
+            volume_difference,
+        };
+    }
     // The crop's outer ring is background unless it is the volume's own edge; in both cases
     // treating outside-the-crop as outside matches `border_value=0` on the full volume.
     let (sg, sp) = (surface(&g, sub), surface(&p, sub));
@@ -238,6 +286,242 @@ pub fn organ_metrics(
         reference_mm3,
         prediction_mm3,
         volume_difference,
+    }
+}
+
+/// Surface elements ("surfels") on the voxel-corner grid, weighted by area, as DeepMind's
+/// `surface-distance` defines them: each corner of the grid looks at the 2 x 2 x 2 voxels
+/// around it; where they are neither all inside nor all outside, the marching-cubes surface
+/// crosses that cell, and its area there (edge-midpoint vertices, scaled by the spacing)
+/// weights the corner's distance to the other surface.
+pub mod surfels {
+    use super::{percentile_sorted, Convention};
+    use shapeflow_edt::{edt_in_place, INF};
+
+    /// Corner offsets of bit `b` of a neighbour code: (dx, dy, dz) in {0, 1}.
+    fn corner(b: usize) -> [usize; 3] {
+        [b & 1, (b >> 1) & 1, (b >> 2) & 1]
+    }
+
+    /// The 12 cube edges as pairs of corner bits.
+    const EDGES: [(usize, usize); 12] = [
+        (0, 1),
+        (2, 3),
+        (4, 5),
+        (6, 7),
+        (0, 2),
+        (1, 3),
+        (4, 6),
+        (5, 7),
+        (0, 4),
+        (1, 5),
+        (2, 6),
+        (3, 7),
+    ];
+
+    /// The 6 faces, each as its 4 corner bits in cyclic order.
+    const FACES: [[usize; 4]; 6] = [
+        [0, 1, 3, 2],
+        [4, 5, 7, 6],
+        [0, 1, 5, 4],
+        [2, 3, 7, 6],
+        [0, 2, 6, 4],
+        [1, 3, 7, 5],
+    ];
+
+    fn edge_index(a: usize, b: usize) -> usize {
+        EDGES
+            .iter()
+            .position(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a))
+            .unwrap_or(0)
+    }
+
+    /// Surface area inside one cell for each of the 256 neighbour codes, in mm^2.
+    ///
+    /// The surface is the marching-cubes one with vertices at the midpoints of the edges whose
+    /// corners differ. On each face, crossing edges are joined into segments (a face with
+    /// four crossings separates its inside corners); segments join into closed polygons,
+    /// each triangulated as a fan around its centroid after scaling by the spacing.
+    pub fn area_table(spacing: [f64; 3]) -> [f64; 256] {
+        let mut table = [0.0; 256];
+        for (code, area) in table.iter_mut().enumerate() {
+            let inside = |b: usize| code >> b & 1 == 1;
+            let mut links: Vec<(usize, usize)> = Vec::new();
+            for f in FACES {
+                let crossings: Vec<usize> = (0..4)
+                    .filter(|&i| inside(f[i]) != inside(f[(i + 1) % 4]))
+                    .map(|i| edge_index(f[i], f[(i + 1) % 4]))
+                    .collect();
+                match crossings.len() {
+                    2 => links.push((crossings[0], crossings[1])),
+                    4 => {
+                        // Ambiguous face (diagonal corners alike): cut off corners f[0] and
+                        // f[2], whichever side they are on, so that a mask and its complement
+                        // have one and the same surface. crossings[i] is edge (f[i], f[i+1]).
+                        links.push((crossings[3], crossings[0]));
+                        links.push((crossings[1], crossings[2]));
+                    }
+                    _ => {}
+                }
+            }
+            let mid = |e: usize| -> [f64; 3] {
+                let (a, b) = EDGES[e];
+                let (ca, cb) = (corner(a), corner(b));
+                std::array::from_fn(|k| (ca[k] + cb[k]) as f64 / 2.0 * spacing[k])
+            };
+            // Walk the links into loops.
+            let mut used = vec![false; links.len()];
+            for start in 0..links.len() {
+                if used[start] {
+                    continue;
+                }
+                used[start] = true;
+                let mut poly = vec![links[start].0];
+                let mut cur = links[start].1;
+                while cur != poly[0] {
+                    poly.push(cur);
+                    let Some(next) = (0..links.len())
+                        .find(|&j| !used[j] && (links[j].0 == cur || links[j].1 == cur))
+                    else {
+                        break;
+                    };
+                    used[next] = true;
+                    cur = if links[next].0 == cur {
+                        links[next].1
+                    } else {
+                        links[next].0
+                    };
+                }
+                let pts: Vec<[f64; 3]> = poly.iter().map(|&e| mid(e)).collect();
+                let c: [f64; 3] = std::array::from_fn(|k| {
+                    pts.iter().map(|p| p[k]).sum::<f64>() / pts.len() as f64
+                });
+                for i in 0..pts.len() {
+                    let (a, b) = (pts[i], pts[(i + 1) % pts.len()]);
+                    let u: [f64; 3] = std::array::from_fn(|k| a[k] - c[k]);
+                    let v: [f64; 3] = std::array::from_fn(|k| b[k] - c[k]);
+                    let x = [
+                        u[1] * v[2] - u[2] * v[1],
+                        u[2] * v[0] - u[0] * v[2],
+                        u[0] * v[1] - u[1] * v[0],
+                    ];
+                    *area += (x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).sqrt() / 2.0;
+                }
+            }
+        }
+        table
+    }
+
+    /// Neighbour codes on the corner grid of a mask (dims + 1 per axis; voxels outside the
+    /// mask's array are outside).
+    pub fn codes(m: &[bool], d: [usize; 3]) -> (Vec<u8>, [usize; 3]) {
+        let c = [d[0] + 1, d[1] + 1, d[2] + 1];
+        let at = |x: isize, y: isize, z: isize| -> bool {
+            x >= 0
+                && y >= 0
+                && z >= 0
+                && (x as usize) < d[0]
+                && (y as usize) < d[1]
+                && (z as usize) < d[2]
+                && m[x as usize + d[0] * (y as usize + d[1] * z as usize)]
+        };
+        let mut out = vec![0u8; c[0] * c[1] * c[2]];
+        for z in 0..c[2] {
+            for y in 0..c[1] {
+                for x in 0..c[0] {
+                    let mut code = 0u8;
+                    for b in 0..8 {
+                        let o = corner(b);
+                        if at(
+                            x as isize - 1 + o[0] as isize,
+                            y as isize - 1 + o[1] as isize,
+                            z as isize - 1 + o[2] as isize,
+                        ) {
+                            code |= 1 << b;
+                        }
+                    }
+                    out[x + c[0] * (y + c[1] * z)] = code;
+                }
+            }
+        }
+        (out, c)
+    }
+
+    /// Distances from `from`'s surfels to `to`'s surfels, with `from`'s surfel areas.
+    fn directed(
+        from: &[u8],
+        to: &[u8],
+        c: [usize; 3],
+        spacing: [f64; 3],
+        table: &[f64; 256],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut buf: Vec<f32> = to
+            .iter()
+            .map(|&k| if k != 0 && k != 255 { 0.0 } else { INF })
+            .collect();
+        edt_in_place(&mut buf, c, spacing, None);
+        let mut pairs: Vec<(f64, f64)> = from
+            .iter()
+            .zip(&buf)
+            .filter(|(&k, _)| k != 0 && k != 255)
+            .map(|(&k, &d)| (d as f64, table[k as usize]))
+            .collect();
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        pairs.into_iter().unzip()
+    }
+
+    /// `surface-distance`'s robust Hausdorff: the first distance whose cumulative area
+    /// fraction reaches `percent`.
+    fn area_percentile(d: &[f64], a: &[f64], percent: f64) -> f64 {
+        let total: f64 = a.iter().sum();
+        let mut cum = 0.0;
+        for (i, (&di, &ai)) in d.iter().zip(a).enumerate() {
+            cum += ai;
+            if cum / total >= percent / 100.0 || i + 1 == d.len() {
+                return di;
+            }
+        }
+        f64::NAN
+    }
+
+    /// (hd95, assd, hd, surface dice) with the surface-element definition. Both masks must be
+    /// non-empty (see `organ_metrics` for the empty cases). `convention` is ignored here:
+    /// HD95 is the larger directed value, ASSD the mean of the two directed area-weighted
+    /// means, as `surface-distance` reports them.
+    pub fn distances(
+        gt: &[bool],
+        pred: &[bool],
+        d: [usize; 3],
+        spacing: [f64; 3],
+        tolerance_mm: f64,
+        _convention: Convention,
+    ) -> (f64, f64, f64, f64) {
+        let table = area_table(spacing);
+        let (cg, c) = codes(gt, d);
+        let (cp, _) = codes(pred, d);
+        let (dg, ag) = directed(&cg, &cp, c, spacing, &table);
+        let (dp, ap) = directed(&cp, &cg, c, spacing, &table);
+        let hd95 = area_percentile(&dg, &ag, 95.0).max(area_percentile(&dp, &ap, 95.0));
+        let wmean = |d: &[f64], a: &[f64]| {
+            d.iter().zip(a).map(|(x, w)| x * w).sum::<f64>() / a.iter().sum::<f64>()
+        };
+        let assd = (wmean(&dg, &ag) + wmean(&dp, &ap)) / 2.0;
+        let hd = dg
+            .last()
+            .copied()
+            .unwrap_or(0.0)
+            .max(dp.last().copied().unwrap_or(0.0));
+        let within = |d: &[f64], a: &[f64]| {
+            d.iter()
+                .zip(a)
+                .filter(|(x, _)| **x <= tolerance_mm)
+                .map(|(_, w)| w)
+                .sum::<f64>()
+        };
+        let sd = (within(&dg, &ag) + within(&dp, &ap))
+            / (ag.iter().sum::<f64>() + ap.iter().sum::<f64>());
+        let _ = percentile_sorted;
+        (hd95, assd, hd, sd)
     }
 }
 
@@ -302,6 +586,52 @@ mod tests {
         let d = [3, 3, 3];
         let s = surface(&[true; 27], d);
         assert_eq!(s.iter().filter(|&&v| v).count(), 26);
+    }
+
+    #[test]
+    fn surfel_areas_of_simple_configurations() {
+        let t = surfels::area_table([1.0, 1.0, 1.0]);
+        assert_eq!(t[0], 0.0);
+        assert_eq!(t[255], 0.0);
+        // One corner: a triangle with legs 0.5 * sqrt(2): area sqrt(3) / 8.
+        assert!((t[1] - 3f64.sqrt() / 8.0).abs() < 1e-12);
+        // Half the cube (a face's four corners): a unit square.
+        assert!((t[0b0000_1111] - 1.0).abs() < 1e-12);
+        // Complements have the same surface.
+        for c in 0..256 {
+            assert!((t[c] - t[255 - c]).abs() < 1e-12, "code {c}");
+        }
+        // Spacing scales a flat cut by the product of the two in-plane spacings.
+        let ts = surfels::area_table([2.0, 3.0, 5.0]);
+        assert!((ts[0b0000_1111] - 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn surface_elements_on_a_shifted_cube() {
+        let d = [12, 8, 8];
+        let a = cube(d, [2, 2, 2], [5, 5, 5]);
+        let m = organ_metrics_with(
+            &a,
+            &a,
+            d,
+            [1.0; 3],
+            1.0,
+            Convention::Monai,
+            Surface::SurfaceElements,
+        );
+        assert_eq!((m.hd95, m.assd, m.surface_dice), (0.0, 0.0, 1.0));
+        let b = cube(d, [3, 2, 2], [6, 5, 5]);
+        let m = organ_metrics_with(
+            &a,
+            &b,
+            d,
+            [2.0, 1.0, 1.0],
+            1.0,
+            Convention::Monai,
+            Surface::SurfaceElements,
+        );
+        assert_eq!(m.hd, 2.0);
+        assert!(m.assd > 0.0 && m.assd < 2.0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
     StageDef, StageError, VoxelData,
 };
-use shapeflow_metrics::{organ_metrics, Convention, OrganMetrics};
+use shapeflow_metrics::{organ_metrics_with, Convention, OrganMetrics, Surface};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -68,10 +68,15 @@ impl Plugin for EvalPlugin {
 const EVAL_HELP: &str = r#"
 Compares a prediction with a reference, organ by organ, on the reference's grid.
 
-Surfaces are boundary voxels: voxels of a mask with a face neighbour outside it (outside the
-volume counts as outside), as MONAI and medpy define them. The distance of a surface voxel
-is the exact Euclidean distance (mm, anisotropic spacing) to the other mask's nearest
-surface voxel, from the project's EDT, not a point search.
+Two surface definitions (`surface`), named in the report header:
+  boundary-voxels (default)  voxels of a mask with a face neighbour outside it (outside the
+      volume counts as outside), as MONAI and medpy define them; each weighs the same.
+  surface-elements  DeepMind surface-distance's: on the voxel-corner grid, wherever the
+      2x2x2 voxels around a corner are mixed, the marching-cubes surface element there,
+      weighted by its area (mm2); HD95 is the area-weighted 95th percentile, ASSD the mean
+      of the two directed area-weighted means.
+Distances are exact Euclidean (mm, anisotropic spacing) from a surface point to the other
+surface, from the project's EDT, not a point search.
 
   dice          2|A and B| / (|A| + |B|)
   hd95          convention monai (default): the larger of the two directed 95th percentiles;
@@ -101,6 +106,7 @@ on every run, from the cached per-case metrics.
 pub struct EvalParams {
     pub reference: Option<String>,
     pub prediction: Option<String>,
+    pub surface: Surface,
     pub convention: Convention,
     pub tolerance_mm: f64,
     pub organs: BTreeMap<String, String>,
@@ -111,6 +117,7 @@ impl Default for EvalParams {
         EvalParams {
             reference: None,
             prediction: None,
+            surface: Surface::BoundaryVoxels,
             convention: Convention::Monai,
             tolerance_mm: 1.0,
             organs: BTreeMap::new(),
@@ -188,11 +195,22 @@ pub fn evaluate_case(
             );
             continue;
         };
-        let m: OrganMetrics =
-            organ_metrics(&gt, &pr, rl.dims, rl.spacing, p.tolerance_mm, p.convention);
+        let m: OrganMetrics = organ_metrics_with(
+            &gt,
+            &pr,
+            rl.dims,
+            rl.spacing,
+            p.tolerance_mm,
+            p.convention,
+            p.surface,
+        );
         out.insert(organ.clone(), serde_json::to_value(&m).unwrap_or_default());
     }
-    Ok(serde_json::json!({"convention": p.convention, "surface": "boundary-voxels", "organs": out}))
+    let convention = match p.surface {
+        Surface::BoundaryVoxels => serde_json::to_value(p.convention).unwrap_or_default(),
+        Surface::SurfaceElements => serde_json::json!("surface-distance"),
+    };
+    Ok(serde_json::json!({"convention": convention, "surface": p.surface, "organs": out}))
 }
 
 impl Stage for Evaluate {
