@@ -32,6 +32,11 @@ impl Plugin for EvalPlugin {
                     "The input holding the predicted labels (default: the second input).",
                 ),
                 (
+                    "surface",
+                    "boundary-voxels | surface-elements",
+                    "Surface definition: boundary voxels (MONAI, medpy) or area-weighted surface elements (DeepMind surface-distance).",
+                ),
+                (
                     "convention",
                     "monai | medpy",
                     "How HD95 and ASSD combine the two directions (see help).",
