@@ -1,5 +1,5 @@
 """Ratio table from a benchmark JSONL file: per case and thread count, each tool's median
-and how many times slower it is than shapeflow."""
+and how many times slower it is than ours (the `shapeflow` row, or the first `shapeflow-*`)."""
 import json, sys
 from collections import defaultdict
 
@@ -9,18 +9,24 @@ rows = [r for r in rows if r["tool"] != "shapeflow-cached"]
 by = defaultdict(dict)
 for r in rows:
     by[(r["case"], r["threads"])][r["tool"]] = r
-print(f"{'case':<26} {'threads':>7} {'tool':<10} {'median s':>10} {'runs':>5} {'x slower than ours':>18}")
+
+
+def secs(s):
+    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.3f} s"
+
+
+print(f"{'case':<24} {'threads':>7} {'tool':<28} {'median':>11} {'runs':>5} {'x slower than ours':>19}")
 for (case, threads), tools in sorted(by.items()):
-    ours = tools.get("shapeflow")
+    ours = tools.get("shapeflow") or next((r for t, r in tools.items() if t.startswith("shapeflow")), None)
     for tool, r in sorted(tools.items(), key=lambda kv: kv[1]["median_s"]):
         ratio = r["median_s"] / ours["median_s"] if ours else float("nan")
-        print(f"{case:<26} {threads:>7} {tool:<10} {r['median_s']:>10.3f} {r['runs']:>5} {ratio:>18.1f}")
+        print(f"{case:<24} {threads:>7} {tool:<28} {secs(r['median_s']):>11} {r['runs']:>5} {ratio:>19.1f}")
     if ours and "copy_bound_s" in ours:
-        print(f"{case:<26} {threads:>7} {'copy bound':<10} {ours['copy_bound_s']:>10.3f}")
+        print(f"{case:<24} {threads:>7} {'(copy bound)':<28} {secs(ours['copy_bound_s']):>11}")
 for r in cached:
     print(f"edt-sdm stage on {r['case']} ({r['threads']} threads, storage {r['storage']}): cold run {r['cold_run_s']:.2f} s "
-          f"(stage {r['cold_sdm_stage_s']:.2f} s), cached run {r['cached_run_median_s']:.3f} s, "
+          f"(stage {r['cold_sdm_stage_s']:.2f} s), cached run {r['cached_run_median_s'] * 1e3:.1f} ms, "
           f"cached SDM bytes {r['sdm_stored_bytes'] / 2**20:.1f} MiB of {r['sdm_raw_bytes'] / 2**20:.1f} MiB raw")
 for r in rows:
-    if "peak_rss_bytes" in r:
+    if "peak_rss_bytes" in r and r["output_bytes"] > 2**20:
         print(f"{r['case']}: output {r['output_bytes'] / 2**20:.0f} MiB, process peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB ({r['threads']} threads)")
