@@ -104,6 +104,69 @@ stages:
 }
 
 #[test]
+fn variants_get_an_ablation_table() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("a/0522c0057/structures");
+    std::fs::create_dir_all(&s).unwrap();
+    let s2 = d.path().join("b/0522c0057/structures");
+    std::fs::create_dir_all(&s2).unwrap();
+    for (ours, theirs) in DEEPMIND {
+        std::os::unix::fs::symlink(
+            shared(&format!("pddca-masks/0522c0057/structures/{ours}.nrrd")),
+            s.join(format!("{ours}.nrrd")),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            shared(&format!("deepmind-0522c0057-oncologist/{theirs}.nrrd")),
+            s2.join(format!("{ours}.nrrd")),
+        )
+        .unwrap();
+    }
+    let text = "name: ablation
+stages:
+  ref: {plugin: load, params: {format: pddca, root: a, require_image: false}}
+  other: {plugin: load, params: {format: pddca, root: b, require_image: false}}
+  compare: {plugin: evaluate, after: [ref, other]}
+  summary: {plugin: report, after: [compare]}
+variants:
+  tight: {compare.tolerance_mm: 0.5}
+  loose: {compare.tolerance_mm: 3.0}
+";
+    write(d.path(), "p.yaml", text);
+    let (r, manifest) = run_pipeline(
+        &d.path().join("p.yaml"),
+        &[],
+        &registry(),
+        RunSettings {
+            cache: Some(d.path().join("cache")),
+            runs: d.path().join("runs"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r.ok(), "{}", r.table());
+    let out = manifest.parent().unwrap().join("summary");
+    // One folder per variant for the per-variant reports, and the comparison beside them.
+    assert!(out.join("tight/summary.md").is_file() && out.join("loose/summary.md").is_file());
+    let md = std::fs::read_to_string(out.join("variants.md")).unwrap();
+    assert!(md.contains("| organ | metric | tight | loose |"), "{md}");
+    // A looser tolerance gives a higher surface Dice: `loose` is best on that row.
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| Mandible | surface_dice |"))
+        .unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert!(
+        cells[4].starts_with("**") && !cells[3].starts_with("**"),
+        "{row}"
+    );
+    assert!(row.contains("vs tight:"), "{row}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("variants.json")).unwrap()).unwrap();
+    assert_eq!(j["variants"], serde_json::json!(["tight", "loose"]));
+}
+
+#[test]
 fn mismatched_grids_are_a_named_error() {
     let d = tempfile::tempdir().unwrap();
     let text = "stages:

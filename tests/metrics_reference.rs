@@ -134,6 +134,24 @@ fn inter_rater_metrics_match_medpy_and_monai_definitions() {
             monai.dice, monai.hd95, medpy.hd95, monai.assd, medpy.assd
         );
     }
+    // And MONAI itself.
+    let Some(m) = python_json("monai_metrics.py", &[dir.path().to_str().unwrap()]) else {
+        return;
+    };
+    for (organ, monai, _) in &ours {
+        let e = &m[*organ];
+        for (ours, key, tol) in [
+            (monai.dice, "dice", 1e-3),
+            (monai.hd95, "hd95", 0.05),
+            (monai.assd, "assd", 0.05),
+        ] {
+            let want = e[key].as_f64().unwrap();
+            assert!(
+                (ours - want).abs() <= tol,
+                "{organ} {key}: ours {ours}, MONAI {want}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -127,6 +127,7 @@ pub fn make_plan(resolved: &Resolved, cancel: &CancelToken) -> Result<Plan, Stri
                     seed,
                     scratch: scratch.clone(),
                     run_dir: scratch.clone(),
+                    output_dir: scratch.clone(),
                     cancel,
                 };
                 let cases = node

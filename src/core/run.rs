@@ -186,6 +186,17 @@ impl Engine {
         })
     }
 
+    /// `<run_dir>/<stage id>[/<variants>]` for node `n`.
+    fn output_dir(&self, n: usize) -> PathBuf {
+        let node = &self.resolved.nodes[n];
+        let dir = self.run_dir.join(&node.id);
+        if node.variants.len() == self.resolved.file.variants.len() {
+            dir
+        } else {
+            dir.join(sanitize(&node.variants.join("+")))
+        }
+    }
+
     /// The item of node `n` for `case`: from memory, the cache, or computed now.
     fn load(&self, n: usize, case: &str) -> Result<Arc<Item>, StageError> {
         let i = self.item_index(n, case)?;
@@ -263,6 +274,7 @@ impl Engine {
             seed: self.resolved.file.seed,
             scratch: scratch.clone(),
             run_dir: self.run_dir.clone(),
+            output_dir: self.output_dir(n),
             cancel: &self.cancel,
         };
         let out = match node.shape {
@@ -441,6 +453,68 @@ fn blocked_by(engine: &Engine, n: usize) -> Option<Status> {
     None
 }
 
+/// Calls `combine_variants` for every gather stage id that ran, and finished, for several
+/// variants. Errors are logged: the run's own results are complete either way.
+fn combine_variants(engine: &Engine) {
+    let resolved = &engine.resolved;
+    if resolved.file.variants.len() < 2 || engine.cancel.is_cancelled() {
+        return;
+    }
+    let mut ids: Vec<&str> = resolved
+        .nodes
+        .iter()
+        .filter(|n| n.shape == Shape::Gather)
+        .map(|n| n.id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        let nodes: Vec<usize> = (0..resolved.nodes.len())
+            .filter(|&i| resolved.nodes[i].id == id)
+            .collect();
+        let done = nodes.iter().all(|&i| {
+            engine.states[i]
+                .lock()
+                .map(|s| s.status == Some(Status::Done))
+                .unwrap_or(false)
+        });
+        if !done {
+            continue;
+        }
+        let mut outputs = Vec::new();
+        for &i in &nodes {
+            match engine.load(i, ALL_CASES) {
+                Ok(item) => {
+                    for v in &resolved.nodes[i].variants {
+                        outputs.push((v.clone(), item.clone()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(stage = id, "cannot read a variant's result: {e}");
+                    outputs.clear();
+                    break;
+                }
+            }
+        }
+        if outputs.len() < 2 {
+            continue;
+        }
+        let first = nodes[0];
+        let ctx = StageCtx {
+            base_dir: resolved.file.base_dir(),
+            stage_id: id,
+            seed: resolved.file.seed,
+            scratch: engine.scratch_root.clone(),
+            run_dir: engine.run_dir.clone(),
+            output_dir: engine.run_dir.join(id),
+            cancel: &engine.cancel,
+        };
+        if let Err(e) = resolved.nodes[first].stage.combine_variants(&ctx, &outputs) {
+            tracing::error!(stage = id, "comparing variants failed: {e}");
+        }
+    }
+}
+
 /// Runs every node of `plan`. Never panics on stage errors: they become statuses.
 pub fn execute(
     resolved: Arc<Resolved>,
@@ -545,6 +619,7 @@ pub fn execute(
     if let Err(e) = dag_result {
         tracing::error!("executor: {e}");
     }
+    combine_variants(&engine);
     let _ = engine.cache.flush();
     let _ = std::fs::remove_dir_all(&scratch_root);
     let total = resolved.file.variants.len();

@@ -71,8 +71,12 @@ pub struct StageCtx<'a> {
     pub seed: u64,
     /// A private scratch directory for this stage and item, removed afterwards.
     pub scratch: PathBuf,
-    /// The run directory (`runs/<time>-<name>`), for stages that write reports.
+    /// The run directory (`runs/<time>-<name>`).
     pub run_dir: PathBuf,
+    /// Where this stage writes files for people: `<run_dir>/<stage id>`, plus
+    /// `/<variant>[+<variant>...]` when the pipeline has variants that this stage instance
+    /// does not all serve.
+    pub output_dir: PathBuf,
     pub cancel: &'a CancelToken,
 }
 
@@ -176,6 +180,17 @@ pub trait Stage: Send + Sync {
         _inputs: &Inputs,
     ) -> Result<Item, StageError> {
         Err(StageError::msg("this stage does not run per case"))
+    }
+
+    /// [`Shape::Gather`] only: called once after a run in which this stage id ran for several
+    /// variants and every one of them finished, with each variant's item, so that a stage
+    /// can compare variants (the ablation table). Default: nothing.
+    fn combine_variants(
+        &self,
+        _ctx: &StageCtx,
+        _outputs: &[(String, Arc<Item>)],
+    ) -> Result<(), StageError> {
+        Ok(())
     }
 
     /// [`Shape::Gather`]: one item from all cases. `global` holds whole-dataset inputs.

@@ -1,5 +1,7 @@
 //! The `eval` family: `evaluate` (per case) and `report` (per dataset).
 
+pub mod stats;
+
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
@@ -99,10 +101,13 @@ from a mean as NaN.
 
 const REPORT_HELP: &str = r#"
 Gathers the `evaluate` results of every case and writes, under the run directory
-(runs/<time>-<name>/<stage id>/): metrics.csv (one row per case and organ), summary.json and
+(runs/<time>-<name>/<stage id>/, one subfolder per variant when variants differ here): metrics.csv (one row per case and organ), summary.json and
 summary.md (per organ and metric: n, mean, sd, median, IQR over compared cases, with counts
-of absent, empty and infinite results named beside them). Not cached: it rewrites its files
-on every run, from the cached per-case metrics.
+of absent, empty and infinite results named beside them). With variants, also
+variants.md and variants.json in <stage id>/: the ablation table, one column per variant,
+the best per row marked, and a paired Wilcoxon signed-rank test of the best against each
+other variant. Not cached: it rewrites its files on every run, from the cached per-case
+metrics.
 "#;
 
 /// Params of `evaluate`.
@@ -279,9 +284,172 @@ fn fmt_num(v: &serde_json::Value) -> String {
     }
 }
 
+/// A p-value with three significant digits.
+fn fmt_p(p: f64) -> String {
+    if p >= 0.001 {
+        format!("{p:.3}")
+    } else {
+        format!("{p:.2e}")
+    }
+}
+
+/// Higher is better for these metrics; lower for the distances.
+fn higher_is_better(metric: &str) -> bool {
+    matches!(metric, "dice" | "surface_dice")
+}
+
+/// The ablation table: for each organ and metric, one column per variant (mean over the cases
+/// every variant could be compared on), the best marked, and the Wilcoxon signed-rank p-value
+/// of the best variant against each other variant, paired by case.
+pub fn compare_variants(outputs: &[(String, serde_json::Value)]) -> (String, serde_json::Value) {
+    let variants: Vec<&str> = outputs.iter().map(|(v, _)| v.as_str()).collect();
+    let mut organs: Vec<String> = Vec::new();
+    for (_, doc) in outputs {
+        if let Some(o) = doc["per_case"].as_object() {
+            for k in o.keys() {
+                if !organs.contains(k) {
+                    organs.push(k.clone());
+                }
+            }
+        }
+    }
+    let mut md = String::from("| organ | metric |");
+    for v in &variants {
+        let _ = write!(md, " {v} |");
+    }
+    md.push_str(" paired Wilcoxon p (best vs each) |\n|---|---|");
+    for _ in &variants {
+        md.push_str("---|");
+    }
+    md.push_str("---|\n");
+    let mut json_rows = Vec::new();
+    for organ in &organs {
+        for metric in ["dice", "hd95", "assd", "surface_dice"] {
+            let series: Vec<BTreeMap<String, f64>> = outputs
+                .iter()
+                .map(|(_, d)| {
+                    d["per_case"][organ][metric]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .filter_map(|(c, v)| v.as_f64().map(|x| (c.clone(), x)))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect();
+            // Cases every variant has a finite value for.
+            let common: Vec<String> = series[0]
+                .keys()
+                .filter(|c| series.iter().all(|s| s.contains_key(*c)))
+                .cloned()
+                .collect();
+            if common.is_empty() {
+                continue;
+            }
+            let means: Vec<f64> = series
+                .iter()
+                .map(|s| common.iter().map(|c| s[c]).sum::<f64>() / common.len() as f64)
+                .collect();
+            let sds: Vec<f64> = series
+                .iter()
+                .zip(&means)
+                .map(|(s, m)| {
+                    if common.len() < 2 {
+                        0.0
+                    } else {
+                        (common.iter().map(|c| (s[c] - m).powi(2)).sum::<f64>()
+                            / (common.len() - 1) as f64)
+                            .sqrt()
+                    }
+                })
+                .collect();
+            let best = (0..means.len())
+                .max_by(|&a, &b| {
+                    let o = means[a].total_cmp(&means[b]);
+                    if higher_is_better(metric) {
+                        o
+                    } else {
+                        o.reverse()
+                    }
+                })
+                .unwrap_or(0);
+            let _ = write!(md, "| {organ} | {metric} |");
+            for (i, (m, s)) in means.iter().zip(&sds).enumerate() {
+                if i == best {
+                    let _ = write!(md, " **{m:.3} ± {s:.3}** |");
+                } else {
+                    let _ = write!(md, " {m:.3} ± {s:.3} |");
+                }
+            }
+            let mut tests = serde_json::Map::new();
+            let mut cells = Vec::new();
+            for (i, v) in variants.iter().enumerate() {
+                if i == best {
+                    continue;
+                }
+                let x: Vec<f64> = common.iter().map(|c| series[best][c]).collect();
+                let y: Vec<f64> = common.iter().map(|c| series[i][c]).collect();
+                match stats::wilcoxon(&x, &y) {
+                    Some(w) => {
+                        cells.push(format!("vs {v}: {}", fmt_p(w.p_value)));
+                        tests.insert(v.to_string(), serde_json::to_value(w).unwrap_or_default());
+                    }
+                    None => cells.push(format!("vs {v}: identical")),
+                }
+            }
+            let _ = writeln!(md, " {} |", cells.join(", "));
+            json_rows.push(serde_json::json!({
+                "organ": organ, "metric": metric, "cases": common.len(),
+                "means": variants.iter().zip(&means).map(|(v, m)| (v.to_string(), serde_json::json!(m))).collect::<serde_json::Map<_, _>>(),
+                "best": variants[best], "wilcoxon_best_vs": tests,
+            }));
+        }
+    }
+    (
+        md,
+        serde_json::json!({"variants": variants, "rows": json_rows}),
+    )
+}
+
 impl Stage for Report {
     fn shape(&self) -> Shape {
         Shape::Gather
+    }
+
+    fn combine_variants(
+        &self,
+        ctx: &StageCtx,
+        outputs: &[(String, Arc<Item>)],
+    ) -> Result<(), StageError> {
+        let docs: Vec<(String, serde_json::Value)> = outputs
+            .iter()
+            .map(|(v, i)| (v.clone(), i.as_json().cloned().unwrap_or_default()))
+            .collect();
+        let (table, json) = compare_variants(&docs);
+        let title = self
+            .0
+            .title
+            .clone()
+            .unwrap_or_else(|| "Segmentation metrics".into());
+        let md = format!(
+            "# {title}: variants compared\n\nMean ± sd over the cases every variant could be compared on (finite values); best per row in bold (highest Dice and surface Dice, lowest distances). p: two-sided Wilcoxon signed-rank test, paired by case, best variant against each other.\n\n{table}"
+        );
+        let dir = ctx.output_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StageError::msg(format!("cannot create {}: {e}", dir.display())))?;
+        for (name, bytes) in [
+            ("variants.md", md.into_bytes()),
+            (
+                "variants.json",
+                serde_json::to_vec_pretty(&json).unwrap_or_default(),
+            ),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes)
+                .map_err(|e| StageError::msg(format!("cannot write {}: {e}", p.display())))?;
+        }
+        Ok(())
     }
 
     fn cached(&self) -> bool {
@@ -294,11 +462,13 @@ impl Stage for Report {
         cases: &[(CaseInfo, Inputs)],
         _: &Inputs,
     ) -> Result<Item, StageError> {
-        let dir = ctx.run_dir.join(ctx.stage_id);
+        let dir = ctx.output_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StageError::msg(format!("cannot create {}: {e}", dir.display())))?;
         let mut csv = String::from("case,organ,outcome,dice,hd95,assd,hd,surface_dice,reference_mm3,prediction_mm3,volume_difference\n");
         let mut per_organ: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+        // organ -> metric -> case -> value, for the paired tests between variants.
+        let mut per_case: BTreeMap<String, BTreeMap<&str, BTreeMap<String, f64>>> = BTreeMap::new();
         let mut outcomes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         let mut header = serde_json::Value::Null;
         for (case, inputs) in cases {
@@ -344,6 +514,14 @@ impl Stage for Report {
                         .entry(k)
                         .or_default()
                         .push(v);
+                    if v.is_finite() {
+                        per_case
+                            .entry(organ.clone())
+                            .or_default()
+                            .entry(k)
+                            .or_default()
+                            .insert(case.id.clone(), v);
+                    }
                 }
             }
         }
@@ -359,7 +537,7 @@ impl Stage for Report {
             );
             summary.insert(organ.clone(), serde_json::Value::Object(o));
         }
-        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary});
+        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary, "per_case": per_case});
         let title = self
             .0
             .title
