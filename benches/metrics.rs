@@ -1,29 +1,17 @@
 //! Metrics speed on a real 512 x 512 x N case (run through `bench/metrics.sh`, which runs
 //! MONAI, medpy and surface-distance on the same masks and prints ratios).
-//! Reference: the 9 PDDCA masks; prediction: each mask shifted by one voxel in x and y.
+//! Reference: the 9 PDDCA masks as one label map; prediction: the label map shifted by one
+//! voxel in x and y (the peers get the same masks, organ by organ).
 
 use shapeflow_core::VoxelData;
 use shapeflow_io::{datasets, phantom::HN_ORGANS};
-use shapeflow_metrics::{organ_metrics_with, Convention, Surface};
+use shapeflow_metrics::{label_metrics, Convention, Options, Surface};
 use std::path::PathBuf;
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-/// The shifted prediction used by both sides: voxel (x, y, z) takes (x - 1, y - 1, z).
-pub fn shifted(m: &[bool], d: [usize; 3]) -> Vec<bool> {
-    let mut out = vec![false; m.len()];
-    for z in 0..d[2] {
-        for y in 1..d[1] {
-            for x in 1..d[0] {
-                out[x + d[0] * (y + d[1] * z)] = m[(x - 1) + d[0] * ((y - 1) + d[1] * z)];
-            }
-        }
-    }
-    out
 }
 
 fn main() {
@@ -43,13 +31,20 @@ fn main() {
     let VoxelData::U8(l) = &labels.data else {
         unreachable!()
     };
-    let pairs: Vec<(String, Vec<bool>, Vec<bool>)> = (0..organs.len())
-        .filter(|&k| data.present[k])
-        .map(|k| {
-            let m: Vec<bool> = l.iter().map(|&v| v == (k + 1) as u8).collect();
-            let p = shifted(&m, labels.dims);
-            (organs[k].clone(), m, p)
-        })
+    // The prediction label map: every organ shifted by one voxel in x and y.
+    let d = labels.dims;
+    let mut pred = vec![0u8; l.len()];
+    for z in 0..d[2] {
+        for y in 1..d[1] {
+            for x in 1..d[0] {
+                pred[x + d[0] * (y + d[1] * z)] = l[(x - 1) + d[0] * ((y - 1) + d[1] * z)];
+            }
+        }
+    }
+    let present: Vec<usize> = (0..organs.len()).filter(|&k| data.present[k]).collect();
+    let pairs: Vec<(u8, u8)> = present
+        .iter()
+        .map(|&k| ((k + 1) as u8, (k + 1) as u8))
         .collect();
     for (surface, name) in [
         (Surface::BoundaryVoxels, "shapeflow-boundary-voxels"),
@@ -59,18 +54,15 @@ fn main() {
         let mut values = serde_json::Map::new();
         for _ in 0..5 {
             let t = Instant::now();
-            for (organ, m, p) in &pairs {
-                let r = organ_metrics_with(
-                    m,
-                    p,
-                    labels.dims,
-                    labels.spacing,
-                    1.0,
-                    Convention::Monai,
-                    surface,
-                );
+            let opts = Options {
+                tolerance_mm: 1.0,
+                convention: Convention::Monai,
+                surface,
+            };
+            let ms = label_metrics(l, &pred, labels.dims, labels.spacing, &pairs, opts);
+            for (&k, r) in present.iter().zip(&ms) {
                 values.insert(
-                    organ.clone(),
+                    organs[k].clone(),
                     serde_json::json!({"dice": r.dice, "hd95": r.hd95, "assd": r.assd}),
                 );
             }
@@ -78,7 +70,7 @@ fn main() {
         }
         println!(
             "{}",
-            serde_json::json!({"tool": name, "case": id, "threads": rayon::current_num_threads(), "organs": pairs.len(),
+            serde_json::json!({"tool": name, "case": id, "threads": rayon::current_num_threads(), "organs": present.len(),
                 "median_s": median(times.clone()), "runs": times.len(), "times_s": times, "values": values})
         );
     }

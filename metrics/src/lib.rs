@@ -289,6 +289,143 @@ pub fn organ_metrics_with(
     }
 }
 
+/// How [`label_metrics`] compares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    /// Surface Dice tolerance, mm.
+    pub tolerance_mm: f64,
+    pub convention: Convention,
+    pub surface: Surface,
+}
+
+/// Per-label statistics gathered in one pass over two label maps.
+struct LabelStats {
+    count: Vec<usize>,
+    lo: Vec<[usize; 3]>,
+    hi: Vec<[usize; 3]>,
+}
+
+impl LabelStats {
+    fn new() -> Self {
+        LabelStats {
+            count: vec![0; 256],
+            lo: vec![[usize::MAX; 3]; 256],
+            hi: vec![[0; 3]; 256],
+        }
+    }
+    fn bbox(&self, l: u8) -> Option<BBox> {
+        (self.count[l as usize] > 0).then(|| BBox {
+            lo: self.lo[l as usize],
+            hi: self.hi[l as usize],
+        })
+    }
+}
+
+fn label_stats(labels: &[u8], dims: [usize; 3]) -> LabelStats {
+    use rayon::prelude::*;
+    let [nx, ny, _] = dims;
+    let merge = |mut a: LabelStats, b: LabelStats| {
+        for k in 0..256 {
+            if b.count[k] > 0 {
+                a.count[k] += b.count[k];
+                for ax in 0..3 {
+                    a.lo[k][ax] = a.lo[k][ax].min(b.lo[k][ax]);
+                    a.hi[k][ax] = a.hi[k][ax].max(b.hi[k][ax]);
+                }
+            }
+        }
+        a
+    };
+    labels
+        .par_chunks(nx * ny)
+        .enumerate()
+        .fold(LabelStats::new, |mut s, (z, slice)| {
+            for (y, row) in slice.chunks(nx).enumerate() {
+                // Background rows are skipped at memory speed.
+                let Some(first) = row.iter().position(|&v| v != 0) else {
+                    continue;
+                };
+                for (x, &l) in row.iter().enumerate().skip(first) {
+                    if l == 0 {
+                        continue;
+                    }
+                    let k = l as usize;
+                    s.count[k] += 1;
+                    for (ax, c) in [x, y, z].into_iter().enumerate() {
+                        s.lo[k][ax] = s.lo[k][ax].min(c);
+                        s.hi[k][ax] = s.hi[k][ax].max(c);
+                    }
+                }
+            }
+            s
+        })
+        .reduce(LabelStats::new, merge)
+}
+
+/// Metrics for several organs at once, straight from two label maps on one grid: one pass
+/// over each map finds every label's voxel count and box, then each organ is compared on
+/// its own small box. `pairs` holds (reference label, prediction label) per organ.
+pub fn label_metrics(
+    reference: &[u8],
+    prediction: &[u8],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    pairs: &[(u8, u8)],
+    opts: Options,
+) -> Vec<OrganMetrics> {
+    let Options {
+        tolerance_mm,
+        convention,
+        surface: surface_def,
+    } = opts;
+    assert_eq!(
+        reference.len(),
+        prediction.len(),
+        "label maps differ in size"
+    );
+    let (sr, sp) = (label_stats(reference, dims), label_stats(prediction, dims));
+    pairs
+        .iter()
+        .map(|&(lr, lp)| {
+            let b = match (sr.bbox(lr), sp.bbox(lp)) {
+                (Some(a), Some(b)) => Some(BBox {
+                    lo: std::array::from_fn(|k| a.lo[k].min(b.lo[k])),
+                    hi: std::array::from_fn(|k| a.hi[k].max(b.hi[k])),
+                }),
+                (a, b) => a.or(b),
+            };
+            let Some(b) = b else {
+                // Neither map has the organ: compare two empty masks.
+                return organ_metrics_with(
+                    &[],
+                    &[],
+                    [0, 0, 0],
+                    spacing,
+                    tolerance_mm,
+                    convention,
+                    surface_def,
+                );
+            };
+            // Extract both organs on the union box grown by one voxel.
+            let lo: [usize; 3] = std::array::from_fn(|k| b.lo[k].saturating_sub(1));
+            let hi: [usize; 3] = std::array::from_fn(|k| (b.hi[k] + 1).min(dims[k] - 1));
+            let sub = [hi[0] - lo[0] + 1, hi[1] - lo[1] + 1, hi[2] - lo[2] + 1];
+            let n = sub[0] * sub[1] * sub[2];
+            let (mut g, mut p) = (Vec::with_capacity(n), Vec::with_capacity(n));
+            for z in lo[2]..=hi[2] {
+                for y in lo[1]..=hi[1] {
+                    let row = dims[0] * (y + dims[1] * z);
+                    for x in lo[0]..=hi[0] {
+                        g.push(reference[row + x] == lr);
+                        p.push(prediction[row + x] == lp);
+                    }
+                }
+            }
+            organ_metrics_with(&g, &p, sub, spacing, tolerance_mm, convention, surface_def)
+        })
+        .collect()
+}
+
 /// Surface elements ("surfels") on the voxel-corner grid, weighted by area, as DeepMind's
 /// `surface-distance` defines them: each corner of the grid looks at the 2 x 2 x 2 voxels
 /// around it; where they are neither all inside nor all outside, the marching-cubes surface
@@ -632,6 +769,47 @@ mod tests {
         );
         assert_eq!(m.hd, 2.0);
         assert!(m.assd > 0.0 && m.assd < 2.0);
+    }
+
+    #[test]
+    fn label_maps_give_the_same_metrics_as_masks() {
+        let d = [14, 12, 10];
+        let a = cube(d, [2, 2, 2], [6, 6, 5]);
+        let b = cube(d, [3, 2, 2], [7, 7, 5]);
+        let c = cube(d, [9, 1, 1], [12, 4, 8]);
+        let gt: Vec<u8> = (0..a.len())
+            .map(|i| {
+                if a[i] {
+                    1
+                } else if c[i] {
+                    2
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let pr: Vec<u8> = (0..a.len()).map(|i| if b[i] { 3 } else { 0 }).collect();
+        for surface in [Surface::BoundaryVoxels, Surface::SurfaceElements] {
+            let opts = Options {
+                tolerance_mm: 1.0,
+                convention: Convention::Monai,
+                surface,
+            };
+            let m = label_metrics(
+                &gt,
+                &pr,
+                d,
+                [0.9, 0.9, 2.5],
+                &[(1, 3), (2, 4), (5, 6)],
+                opts,
+            );
+            assert_eq!(
+                m[0],
+                organ_metrics_with(&a, &b, d, [0.9, 0.9, 2.5], 1.0, Convention::Monai, surface)
+            );
+            assert_eq!(m[1].outcome, Outcome::EmptyPrediction);
+            assert_eq!(m[2].outcome, Outcome::BothEmpty);
+        }
     }
 
     #[test]

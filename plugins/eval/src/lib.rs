@@ -7,7 +7,7 @@ use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
     StageDef, StageError, VoxelData,
 };
-use shapeflow_metrics::{organ_metrics_with, Convention, OrganMetrics, Surface};
+use shapeflow_metrics::{label_metrics, Convention, Options, Surface};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -157,16 +157,14 @@ fn pick<'a>(
     }
 }
 
-fn mask(case: &CaseData, organ: &str) -> Option<Vec<bool>> {
+/// The label value of `organ` in `case`, if the organ is in its table and annotated.
+fn label_of(case: &CaseData, organ: &str) -> Option<u8> {
     let k = case.organs.iter().position(|o| o == organ)?;
-    if !case.present.get(k).copied().unwrap_or(false) {
-        return None;
-    }
-    let VoxelData::U8(l) = &case.labels.as_ref()?.data else {
-        return None;
-    };
-    let label = (k + 1) as u8;
-    Some(l.iter().map(|&v| v == label).collect())
+    case.present
+        .get(k)
+        .copied()
+        .unwrap_or(false)
+        .then_some((k + 1) as u8)
 }
 
 /// Metrics of every reference organ of one case (JSON: organ -> metrics or "absent").
@@ -189,32 +187,40 @@ pub fn evaluate_case(
             rl.dims, pl.dims
         )));
     }
+    let (VoxelData::U8(rv), VoxelData::U8(pv)) = (&rl.data, &pl.data) else {
+        return Err(StageError::msg("label maps must be u8"));
+    };
     let mut out = serde_json::Map::new();
+    let mut pairs = Vec::new();
+    let mut names = Vec::new();
     for organ in &reference.organs {
         let pred_name = p.organs.get(organ).unwrap_or(organ);
-        let Some(gt) = mask(reference, organ) else {
+        let Some(lr) = label_of(reference, organ) else {
             out.insert(organ.clone(), serde_json::json!({"outcome": "absent"}));
             continue;
         };
         // An organ the prediction does not have (a second rater who did not annotate it)
         // cannot be compared; a model's empty prediction is present and empty instead.
-        let Some(pr) = mask(prediction, pred_name) else {
+        let Some(lp) = label_of(prediction, pred_name) else {
             out.insert(
                 organ.clone(),
                 serde_json::json!({"outcome": "absent-in-prediction"}),
             );
             continue;
         };
-        let m: OrganMetrics = organ_metrics_with(
-            &gt,
-            &pr,
-            rl.dims,
-            rl.spacing,
-            p.tolerance_mm,
-            p.convention,
-            p.surface,
-        );
-        out.insert(organ.clone(), serde_json::to_value(&m).unwrap_or_default());
+        pairs.push((lr, lp));
+        names.push(organ.clone());
+    }
+    let opts = Options {
+        tolerance_mm: p.tolerance_mm,
+        convention: p.convention,
+        surface: p.surface,
+    };
+    for (organ, m) in names
+        .into_iter()
+        .zip(label_metrics(rv, pv, rl.dims, rl.spacing, &pairs, opts))
+    {
+        out.insert(organ, serde_json::to_value(&m).unwrap_or_default());
     }
     let convention = match p.surface {
         Surface::BoundaryVoxels => serde_json::to_value(p.convention).unwrap_or_default(),

@@ -61,7 +61,7 @@ pub fn wilcoxon(x: &[f64], y: &[f64]) -> Option<Wilcoxon> {
         .map(|(a, b)| a - b)
         .filter(|v| v.is_finite())
         .collect();
-    let zeros = all.iter().any(|v| *v == 0.0);
+    let zeros = all.contains(&0.0);
     let mut d: Vec<f64> = all.into_iter().filter(|v| *v != 0.0).collect();
     let n = d.len();
     if n == 0 {
