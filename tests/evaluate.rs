@@ -57,7 +57,7 @@ stages:
   pddca: {plugin: load, params: {format: pddca, root: a, require_image: false}}
   oncologist: {plugin: load, params: {format: pddca, root: b, require_image: false}}
   compare: {plugin: evaluate, after: [pddca, oncologist], params: {tolerance_mm: 2.0}}
-  summary: {plugin: report, after: [compare], params: {title: Inter-rater agreement}}
+  summary: {plugin: report, after: [compare, pddca, oncologist], params: {title: Inter-rater agreement, reference: pddca, prediction: oncologist}}
 ";
     write(d.path(), "p.yaml", text);
     let settings = || RunSettings {

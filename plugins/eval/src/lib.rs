@@ -1,5 +1,6 @@
 //! The `eval` family: `evaluate` (per case) and `report` (per dataset).
 
+pub mod figures;
 pub mod stats;
 
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,24 @@ impl Plugin for EvalPlugin {
             summary:
                 "Per-case CSV and per-organ summary (mean, sd, median, IQR) in Markdown and JSON",
             help: REPORT_HELP,
-            params: &[("title", "string", "Heading of report.md.")],
+            params: &[
+                ("title", "string", "Heading of report.md."),
+                (
+                    "figures",
+                    "boolean",
+                    "Draw box plots (and overlays, with `reference` and `prediction`) as PNG.",
+                ),
+                (
+                    "reference",
+                    "stage id",
+                    "An input holding the reference case, for overlays.",
+                ),
+                (
+                    "prediction",
+                    "stage id",
+                    "An input holding the predicted case, for overlays.",
+                ),
+            ],
             build: |p, _| Ok(Arc::new(Report(p))),
         });
     }
@@ -101,7 +119,11 @@ from a mean as NaN.
 
 const REPORT_HELP: &str = r#"
 Gathers the `evaluate` results of every case and writes, under the run directory
-(runs/<time>-<name>/<stage id>/, one subfolder per variant when variants differ here): metrics.csv (one row per case and organ), summary.json and
+(runs/<time>-<name>/<stage id>/, one subfolder per variant when variants differ here):
+report.md (open this one: the summary table and the figures), boxplot_dice.png and
+boxplot_hd95.png (one box per organ), and, when `reference` and `prediction` name inputs
+holding the cases, overlay_<best|median|worst>_<case>_<organ>.png: axial, coronal and
+sagittal slices through the organ with reference (green) and prediction (red) contours; metrics.csv (one row per case and organ), summary.json and
 summary.md (per organ and metric: n, mean, sd, median, IQR over compared cases, with counts
 of absent, empty and infinite results named beside them). With variants, also
 variants.md and variants.json in <stage id>/: the ablation table, one column per variant,
@@ -244,10 +266,24 @@ impl Stage for Evaluate {
 }
 
 /// Params of `report`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportParams {
     pub title: Option<String>,
+    pub figures: bool,
+    pub reference: Option<String>,
+    pub prediction: Option<String>,
+}
+
+impl Default for ReportParams {
+    fn default() -> Self {
+        ReportParams {
+            title: None,
+            figures: true,
+            reference: None,
+            prediction: None,
+        }
+    }
 }
 
 struct Report(ReportParams);
@@ -287,6 +323,99 @@ fn fmt_num(v: &serde_json::Value) -> String {
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| "inf".into()),
+    }
+}
+
+impl Report {
+    /// Box plots of Dice and HD95 per organ, and overlays for the best, median and worst
+    /// case (by mean Dice) when the report has the reference and prediction as inputs.
+    /// Returns the Markdown that shows them.
+    fn figures(
+        &self,
+        dir: &std::path::Path,
+        cases: &[(CaseInfo, Inputs)],
+        per_organ: &BTreeMap<String, BTreeMap<&str, Vec<f64>>>,
+    ) -> Result<String, StageError> {
+        let fail = |e: String| StageError::msg(format!("cannot draw a figure: {e}"));
+        let organs: Vec<String> = per_organ.keys().cloned().collect();
+        let mut md = String::from("## Figures\n\n");
+        for (metric, label) in [("dice", "Dice"), ("hd95", "HD95 (mm)")] {
+            let values: Vec<Vec<f64>> = organs
+                .iter()
+                .map(|o| per_organ[o].get(metric).cloned().unwrap_or_default())
+                .collect();
+            let name = format!("boxplot_{metric}.png");
+            figures::box_plot(
+                &dir.join(&name),
+                &format!("{label} per organ"),
+                label,
+                &organs,
+                &[("cases".to_string(), values)],
+            )
+            .map_err(fail)?;
+            let _ = writeln!(md, "![{label} per organ]({name})\n");
+        }
+        let (Some(rid), Some(pid)) = (&self.0.reference, &self.0.prediction) else {
+            return Ok(md);
+        };
+        // Mean Dice per case over its compared organs.
+        let mut ranked: Vec<(f64, usize)> = cases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, inputs))| {
+                let j = inputs.iter().find_map(|(_, it)| it.as_json())?;
+                let d: Vec<f64> = j["organs"]
+                    .as_object()?
+                    .values()
+                    .filter_map(|m| m["dice"].as_f64())
+                    .collect();
+                (!d.is_empty()).then(|| (d.iter().sum::<f64>() / d.len() as f64, i))
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        if ranked.is_empty() {
+            return Ok(md);
+        }
+        let picks = [
+            ("best", 0),
+            ("median", ranked.len() / 2),
+            ("worst", ranked.len() - 1),
+        ];
+        let mut drawn = Vec::new();
+        for (what, r) in picks {
+            let (dice, i) = ranked[r];
+            if drawn.contains(&i) {
+                continue;
+            }
+            drawn.push(i);
+            let (case, inputs) = &cases[i];
+            let get = |id: &String| {
+                inputs
+                    .get(id)
+                    .ok_or_else(|| {
+                        StageError::msg(format!(
+                            "report: `{id}` is not an input (list it under `after`)"
+                        ))
+                    })
+                    .and_then(CaseData::from_item)
+            };
+            let (reference, prediction) = (get(rid)?, get(pid)?);
+            let _ = writeln!(md, "### {what} case: {} (mean Dice {dice:.3})\n", case.id);
+            for organ in &organs {
+                let name = format!("overlay_{what}_{}_{organ}.png", case.id);
+                let title = format!("{} {organ} ({what} case)", case.id);
+                match figures::overlay(&dir.join(&name), &title, &reference, &prediction, organ) {
+                    Ok(()) => {
+                        let _ = writeln!(md, "![{title}]({name})");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(md, "- {organ}: no overlay ({e})");
+                    }
+                }
+            }
+            md.push('\n');
+        }
+        Ok(md)
     }
 }
 
@@ -444,7 +573,52 @@ impl Stage for Report {
         let dir = ctx.output_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StageError::msg(format!("cannot create {}: {e}", dir.display())))?;
+        // Box plots with one box per organ and variant, and a report that ties them together.
+        let mut figs = String::new();
+        if self.0.figures {
+            let mut organs: Vec<String> = Vec::new();
+            for (_, d) in &docs {
+                for o in d["per_case"]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+                {
+                    if !organs.contains(&o) {
+                        organs.push(o);
+                    }
+                }
+            }
+            for (metric, label) in [("dice", "Dice"), ("hd95", "HD95 (mm)")] {
+                let series: Vec<(String, Vec<Vec<f64>>)> = docs
+                    .iter()
+                    .map(|(v, d)| {
+                        let per: Vec<Vec<f64>> = organs
+                            .iter()
+                            .map(|o| {
+                                d["per_case"][o][metric]
+                                    .as_object()
+                                    .map(|m| m.values().filter_map(|x| x.as_f64()).collect())
+                                    .unwrap_or_default()
+                            })
+                            .collect();
+                        (v.clone(), per)
+                    })
+                    .collect();
+                let name = format!("boxplot_{metric}_variants.png");
+                figures::box_plot(
+                    &dir.join(&name),
+                    &format!("{label} per organ and variant"),
+                    label,
+                    &organs,
+                    &series,
+                )
+                .map_err(|e| StageError::msg(format!("cannot draw a figure: {e}")))?;
+                let _ = writeln!(figs, "![{label} per organ and variant]({name})\n");
+            }
+        }
+        let report = format!("{md}\n{figs}\nEach variant's own report (figures, per-case metrics) is in a subfolder of this directory.\n");
         for (name, bytes) in [
+            ("report.md", report.into_bytes()),
             ("variants.md", md.into_bytes()),
             (
                 "variants.json",
@@ -479,9 +653,11 @@ impl Stage for Report {
         let mut header = serde_json::Value::Null;
         for (case, inputs) in cases {
             let j = inputs
-                .first()?
-                .as_json()
-                .ok_or_else(|| StageError::msg("report reads the output of `evaluate`"))?;
+                .iter()
+                .find_map(|(_, i)| i.as_json())
+                .ok_or_else(|| {
+                    StageError::msg("report reads the output of `evaluate`: list it under `after`")
+                })?;
             header = serde_json::json!({"convention": j["convention"], "surface": j["surface"]});
             let Some(organs) = j["organs"].as_object() else {
                 continue;
@@ -591,7 +767,16 @@ impl Stage for Report {
                 outs.join(", ")
             );
         }
+        let figures = if self.0.figures {
+            self.figures(&dir, cases, &per_organ)?
+        } else {
+            String::new()
+        };
+        let report = format!(
+            "{md}\n{figures}\nFiles: [metrics.csv](metrics.csv) (per case and organ), [summary.json](summary.json).\n"
+        );
         for (name, bytes) in [
+            ("report.md", report.into_bytes()),
             ("metrics.csv", csv.into_bytes()),
             ("summary.md", md.into_bytes()),
             (
