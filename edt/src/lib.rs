@@ -18,14 +18,7 @@ pub const INF: f32 = f32::INFINITY;
 /// elsewhere on entry (or a squared distance from an earlier pass); on exit the squared
 /// distance to the nearest feature along the line, with sample spacing `s`.
 pub fn line_sq(f: &mut [f32], s: f64) {
-    let mut sc = Scratch::new(f.len(), s);
-    sc.line[..f.len()].copy_from_slice(f);
-    if !sc.transform(f.len()) {
-        return;
-    }
-    for (o, &h) in f.iter_mut().zip(&sc.out) {
-        *o = h as f32;
-    }
+    Scratch::new(f.len(), s).transform_line(f, false);
 }
 
 /// The first pass on a binary line (0 at features, `INF` elsewhere): squared distance to the
@@ -59,9 +52,7 @@ fn binary_line(row: &mut [f32], s: f64) {
 
 /// Per-thread buffers for line transforms along one axis.
 struct Scratch {
-    /// The line's input values (squared distances, INF where none).
-    line: Vec<f32>,
-    /// Output squared distances.
+    /// The input value at each site (by position), kept while the line is overwritten.
     out: Vec<f64>,
     v: Vec<usize>,
     z: Vec<f64>,
@@ -76,7 +67,6 @@ impl Scratch {
     fn new(n: usize, s: f64) -> Self {
         let s2 = s * s;
         Scratch {
-            line: vec![0.0; n],
             out: vec![0.0; n],
             v: vec![0; n],
             z: vec![0.0; n + 1],
@@ -94,66 +84,66 @@ impl Scratch {
         }
     }
 
-    /// Felzenszwalb-Huttenlocher on `line[..n]` into `out[..n]`; false if the line has no
-    /// finite value (then `out` is untouched and the line stays INF).
-    fn transform(&mut self, n: usize) -> bool {
+    /// Felzenszwalb-Huttenlocher on `line`, in place (the site values it needs are kept in
+    /// scratch, so the output can overwrite the input); with `sqrt` the result is the
+    /// distance rather than its square. False, and `line` untouched, if no value is finite.
+    fn transform_line(&mut self, line: &mut [f32], sqrt: bool) -> bool {
+        let n = line.len();
+        debug_assert!(n <= self.v.len() && n < self.z.len() && n <= self.rinv.len().max(1));
         let s2 = self.s2;
-        let (f, v, z, a, rinv) = (
-            &self.line,
-            &mut self.v,
-            &mut self.z,
-            &mut self.a,
-            &self.rinv,
-        );
+        let v = self.v.as_mut_ptr();
+        let z = self.z.as_mut_ptr();
+        let a = self.a.as_mut_ptr();
+        let fv = self.out.as_mut_ptr(); // f at each site, by position
+        let rinv = self.rinv.as_ptr();
         let mut k: usize = 0;
         let mut any = false;
-        for q in 0..n {
-            let fq = f[q];
-            if fq == INF {
-                continue;
-            }
-            let qf = q as f64;
-            a[q] = fq as f64 + s2 * qf * qf;
-            if !any {
-                any = true;
-                v[0] = q;
-                z[0] = f64::NEG_INFINITY;
-                z[1] = f64::INFINITY;
-                continue;
-            }
-            loop {
-                let p = v[k];
-                let sct = (a[q] - a[p]) * rinv[q - p];
-                if sct <= z[k] && k > 0 {
-                    k -= 1;
+        // SAFETY: every index is below n (v, a, out, rinv have n elements, z has n + 1; the
+        // envelope holds at most n sites, so k + 1 <= n), as asserted above.
+        unsafe {
+            for (q, &fq) in line.iter().enumerate() {
+                if fq == INF {
                     continue;
                 }
-                if sct <= z[k] {
-                    // k == 0 and the new parabola is lower everywhere: it replaces it.
-                    v[0] = q;
-                    z[0] = f64::NEG_INFINITY;
-                    z[1] = f64::INFINITY;
+                let qf = q as f64;
+                let aq = fq as f64 + s2 * qf * qf;
+                *a.add(q) = aq;
+                *fv.add(q) = fq as f64;
+                if !any {
+                    any = true;
+                    *v = q;
+                    *z = f64::NEG_INFINITY;
+                    *z.add(1) = f64::INFINITY;
+                    continue;
+                }
+                loop {
+                    let p = *v.add(k);
+                    let sct = (aq - *a.add(p)) * *rinv.add(q - p);
+                    if sct <= *z.add(k) && k > 0 {
+                        k -= 1;
+                        continue;
+                    }
+                    k += 1;
+                    *v.add(k) = q;
+                    *z.add(k) = sct;
+                    *z.add(k + 1) = f64::INFINITY;
                     break;
                 }
-                k += 1;
-                v[k] = q;
-                z[k] = sct;
-                z[k + 1] = f64::INFINITY;
-                break;
             }
-        }
-        if !any {
-            return false;
-        }
-        let mut j = 0usize;
-        for q in 0..n {
-            let qf = q as f64;
-            while z[j + 1] < qf {
-                j += 1;
+            if !any {
+                return false;
             }
-            let p = v[j];
-            let d = qf - p as f64;
-            self.out[q] = s2 * d * d + f[p] as f64;
+            let mut j = 0usize;
+            for (q, out) in line.iter_mut().enumerate() {
+                let qf = q as f64;
+                while *z.add(j + 1) < qf {
+                    j += 1;
+                }
+                let p = *v.add(j);
+                let d = qf - p as f64;
+                let h = s2 * d * d + *fv.add(p);
+                *out = if sqrt { h.sqrt() as f32 } else { h as f32 };
+            }
         }
         true
     }
@@ -201,19 +191,9 @@ fn strided_pass(
         }
         for k in 0..w {
             let line = &mut blk[k * len..(k + 1) * len];
-            sc.line[..len].copy_from_slice(line);
-            let finite = len > 1 && sc.transform(len);
-            match (finite, take_sqrt) {
-                (true, true) => line
-                    .iter_mut()
-                    .zip(&sc.out)
-                    .for_each(|(o, &h)| *o = h.sqrt() as f32),
-                (true, false) => line
-                    .iter_mut()
-                    .zip(&sc.out)
-                    .for_each(|(o, &h)| *o = h as f32),
-                (false, true) => line.iter_mut().for_each(|o| *o = o.sqrt()),
-                (false, false) => {}
+            let finite = len > 1 && sc.transform_line(line, take_sqrt);
+            if !finite && take_sqrt {
+                line.iter_mut().for_each(|o| *o = o.sqrt());
             }
         }
         for i in 0..len {
