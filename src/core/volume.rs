@@ -409,6 +409,93 @@ mod tests {
     }
 
     #[test]
+    fn nifti_types_and_scaling_are_read() {
+        use nifti::writer::WriterOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let shape = ndarray::ShapeBuilder::f((3, 2, 2));
+        let header = nifti::NiftiHeader {
+            pixdim: [1.0, 0.5, 0.5, 2.0, 1.0, 1.0, 1.0, 1.0],
+            ..Default::default()
+        };
+        // u16, i32, f64 are read as f32 values.
+        let vals: Vec<f64> = (0..12).map(|i| i as f64 * 3.0).collect();
+        let p = dir.path().join("u16.nii");
+        let a = ndarray::Array3::from_shape_vec(shape, vals.iter().map(|&v| v as u16).collect())
+            .unwrap();
+        WriterOptions::new(&p)
+            .reference_header(&header)
+            .write_nifti(&a)
+            .unwrap();
+        assert_eq!(
+            Volume::read_nifti(&p).unwrap().to_f32(),
+            vals.iter().map(|&v| v as f32).collect::<Vec<_>>()
+        );
+        let p = dir.path().join("i32.nii.gz");
+        let a =
+            ndarray::Array3::from_shape_vec(shape, vals.iter().map(|&v| v as i32 - 20).collect())
+                .unwrap();
+        WriterOptions::new(&p)
+            .reference_header(&header)
+            .write_nifti(&a)
+            .unwrap();
+        assert_eq!(Volume::read_nifti(&p).unwrap().data.get_f32(0), -20.0);
+        let p = dir.path().join("f64.nii");
+        let a = ndarray::Array3::from_shape_vec(shape, vals.clone()).unwrap();
+        WriterOptions::new(&p)
+            .reference_header(&header)
+            .write_nifti(&a)
+            .unwrap();
+        let v = Volume::read_nifti(&p).unwrap();
+        assert_eq!(v.data.get_f32(11), 33.0);
+        assert_eq!(v.spacing, [0.5, 0.5, 2.0]);
+        // scl_slope / scl_inter: stored u8 4 with slope 1.5, intercept -1 reads as 5.0. (The
+        // nifti writer always stores slope 1, so set the two header fields, bytes 112..120.)
+        let p = dir.path().join("scaled.nii");
+        let a = ndarray::Array3::from_shape_vec(shape, vec![4u8; 12]).unwrap();
+        WriterOptions::new(&p)
+            .reference_header(&header)
+            .write_nifti(&a)
+            .unwrap();
+        let mut b = std::fs::read(&p).unwrap();
+        b[112..116].copy_from_slice(&1.5f32.to_le_bytes());
+        b[116..120].copy_from_slice(&(-1.0f32).to_le_bytes());
+        std::fs::write(&p, b).unwrap();
+        let v = Volume::read_nifti(&p).unwrap();
+        assert_eq!(v.data.dtype(), "f32");
+        assert_eq!(v.data.get_f32(5), 5.0);
+        // Non-positive spacing and NaN voxels are errors naming the file.
+        let bad = nifti::NiftiHeader {
+            pixdim: [1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+            ..header.clone()
+        };
+        let p = dir.path().join("zero_spacing.nii");
+        let a = ndarray::Array3::from_shape_vec(shape, vec![1u8; 12]).unwrap();
+        WriterOptions::new(&p)
+            .reference_header(&bad)
+            .write_nifti(&a)
+            .unwrap();
+        let e = Volume::read_nifti(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("zero_spacing.nii") && e.contains("spacing"),
+            "{e}"
+        );
+        let p = dir.path().join("nan.nii");
+        let a = ndarray::Array3::from_shape_vec(shape, vec![f32::NAN; 12]).unwrap();
+        WriterOptions::new(&p)
+            .reference_header(&header)
+            .write_nifti(&a)
+            .unwrap();
+        let e = Volume::read_nifti(&p).unwrap_err().to_string();
+        assert!(e.contains("nan.nii") && e.contains("NaN"), "{e}");
+        // A truncated file is an error, not a panic.
+        let full = std::fs::read(dir.path().join("f64.nii")).unwrap();
+        let p = dir.path().join("truncated.nii");
+        std::fs::write(&p, &full[..full.len() / 2]).unwrap();
+        let e = Volume::read_nifti(&p).unwrap_err().to_string();
+        assert!(e.contains("truncated.nii"), "{e}");
+    }
+
+    #[test]
     fn nifti_roundtrip_keeps_data_and_affine() {
         let dir = tempfile::tempdir().unwrap();
         let dims = [5, 4, 3];
