@@ -158,3 +158,39 @@ fn all_200_hippocampus_cases_load() {
     }
     assert!(total > 200 * 1000);
 }
+
+#[test]
+fn msd_with_mismatched_grids_is_a_named_error() {
+    use shapeflow_core::Volume;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("imagesTr")).unwrap();
+    std::fs::create_dir_all(d.path().join("labelsTr")).unwrap();
+    let img = Volume::new([4, 4, 3], [1.0; 3], VoxelData::F32(vec![0.5; 48])).unwrap();
+    let lab = Volume::new([4, 4, 2], [1.0; 3], VoxelData::U8(vec![1; 32])).unwrap();
+    img.write_nifti(&d.path().join("imagesTr/x_001.nii.gz"))
+        .unwrap();
+    lab.write_nifti(&d.path().join("labelsTr/x_001.nii.gz"))
+        .unwrap();
+    std::fs::write(
+        d.path().join("dataset.json"),
+        r#"{"labels": {"0": "background", "1": "organ"}, "training": [{"image": "./imagesTr/x_001.nii.gz", "label": "./labelsTr/x_001.nii.gz"}]}"#,
+    )
+    .unwrap();
+    let ds = datasets::msd_dataset(d.path()).unwrap();
+    let e = datasets::load_msd(&ds.cases[0], &[("organ".into(), vec![1])]).unwrap_err();
+    assert!(
+        e.contains("imagesTr/x_001.nii.gz")
+            && e.contains("labelsTr/x_001.nii.gz")
+            && e.contains("different voxel grids"),
+        "{e}"
+    );
+    // A label map with a non-integer value is refused too.
+    let frac = Volume::new([4, 4, 3], [1.0; 3], VoxelData::F32(vec![0.5; 48])).unwrap();
+    frac.write_nifti(&d.path().join("labelsTr/x_001.nii.gz"))
+        .unwrap();
+    let e = datasets::load_msd(&ds.cases[0], &[("organ".into(), vec![1])]).unwrap_err();
+    assert!(
+        e.contains("labelsTr/x_001.nii.gz") && e.contains("whole number"),
+        "{e}"
+    );
+}
