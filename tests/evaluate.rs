@@ -11,17 +11,6 @@ fn child_entry() {
     maybe_run_child();
 }
 
-const DEEPMIND: [(&str, &str); 8] = [
-    ("BrainStem", "Brainstem"),
-    ("Mandible", "Mandible"),
-    ("OpticNerve_L", "Optic-Nerve-Lt"),
-    ("OpticNerve_R", "Optic-Nerve-Rt"),
-    ("Parotid_L", "Parotid-Lt"),
-    ("Parotid_R", "Parotid-Rt"),
-    ("Submandibular_L", "Submandibular-Lt"),
-    ("Submandibular_R", "Submandibular-Rt"),
-];
-
 #[test]
 fn inter_rater_pipeline_writes_reports() {
     let d = tempfile::tempdir().unwrap();
@@ -42,7 +31,7 @@ fn inter_rater_pipeline_writes_reports() {
                 }
             }
             Some(dm) => {
-                for (ours, theirs) in DEEPMIND {
+                for (ours, theirs) in RATER_PAIRS {
                     std::os::unix::fs::symlink(
                         dm.join(format!("{theirs}.nrrd")),
                         s.join(format!("{ours}.nrrd")),
@@ -110,7 +99,7 @@ fn variants_get_an_ablation_table() {
     std::fs::create_dir_all(&s).unwrap();
     let s2 = d.path().join("b/0522c0057/structures");
     std::fs::create_dir_all(&s2).unwrap();
-    for (ours, theirs) in DEEPMIND {
+    for (ours, theirs) in RATER_PAIRS {
         std::os::unix::fs::symlink(
             shared(&format!("pddca-masks/0522c0057/structures/{ours}.nrrd")),
             s.join(format!("{ours}.nrrd")),

@@ -8,17 +8,6 @@ use shapeflow_core::VoxelData;
 use shapeflow_io::{datasets, nrrd};
 use shapeflow_metrics::{organ_metrics, organ_metrics_with, Convention, Outcome, Surface};
 
-const PAIRS: [(&str, &str); 8] = [
-    ("BrainStem", "Brainstem"),
-    ("Mandible", "Mandible"),
-    ("OpticNerve_L", "Optic-Nerve-Lt"),
-    ("OpticNerve_R", "Optic-Nerve-Rt"),
-    ("Parotid_L", "Parotid-Lt"),
-    ("Parotid_R", "Parotid-Rt"),
-    ("Submandibular_L", "Submandibular-Lt"),
-    ("Submandibular_R", "Submandibular-Rt"),
-];
-
 /// A mask with its dims, spacing and grid.
 type Mask = (Vec<bool>, [usize; 3], [f64; 3], shapeflow_core::Grid);
 
@@ -38,36 +27,13 @@ fn read_mask(p: &std::path::Path) -> Option<Mask> {
     ))
 }
 
-/// Union bounding box of two masks grown by 2 voxels, clamped to the volume.
-fn bounds(a: &[bool], b: &[bool], dims: [usize; 3]) -> ([usize; 3], [usize; 3]) {
-    let mut lo = dims;
-    let mut hi = [0; 3];
-    for i in 0..a.len() {
-        if a[i] || b[i] {
-            let c = [
-                i % dims[0],
-                (i / dims[0]) % dims[1],
-                i / (dims[0] * dims[1]),
-            ];
-            for k in 0..3 {
-                lo[k] = lo[k].min(c[k]);
-                hi[k] = hi[k].max(c[k]);
-            }
-        }
-    }
-    (
-        std::array::from_fn(|k| lo[k].saturating_sub(2)),
-        std::array::from_fn(|k| (hi[k] + 2).min(dims[k] - 1)),
-    )
-}
-
 #[test]
 fn inter_rater_metrics_match_medpy_and_monai_definitions() {
     let a = shared("pddca-masks/0522c0057/structures");
     let b = shared("deepmind-0522c0057-oncologist");
     let dir = tempfile::tempdir().unwrap();
     let mut ours = Vec::new();
-    for (pa, pb) in PAIRS {
+    for (pa, pb) in RATER_PAIRS {
         let (Some((ra, dims, spacing, ga)), Some((rb, _, _, gb))) = (
             read_mask(&a.join(format!("{pa}.nrrd"))),
             read_mask(&b.join(format!("{pb}.nrrd"))),
@@ -86,28 +52,7 @@ fn inter_rater_metrics_match_medpy_and_monai_definitions() {
             "{pa}: Dice {}",
             monai.dice
         );
-        // The reference runs on a crop with a 2-voxel background margin (or the volume's
-        // edge): the same surfaces and distances, and far less time in Python.
-        let (lo, hi) = bounds(&ra, &rb, dims);
-        let sub: [usize; 3] = std::array::from_fn(|k| hi[k] - lo[k] + 1);
-        let crop = |m: &[bool]| -> Vec<u8> {
-            let mut out = Vec::with_capacity(sub.iter().product());
-            for z in lo[2]..=hi[2] {
-                for y in lo[1]..=hi[1] {
-                    for x in lo[0]..=hi[0] {
-                        out.push(m[x + dims[0] * (y + dims[1] * z)] as u8);
-                    }
-                }
-            }
-            out
-        };
-        std::fs::write(dir.path().join(format!("{pa}.ref.u8")), crop(&ra)).unwrap();
-        std::fs::write(dir.path().join(format!("{pa}.pred.u8")), crop(&rb)).unwrap();
-        std::fs::write(
-            dir.path().join(format!("{pa}.json")),
-            serde_json::json!({"dims": sub, "spacing": spacing}).to_string(),
-        )
-        .unwrap();
+        write_mask_pair(dir.path(), pa, &ra, &rb, dims, spacing);
         ours.push((pa, monai, medpy));
     }
     assert!(ours.len() >= 7, "organs in common: {}", ours.len());
@@ -160,7 +105,7 @@ fn surface_element_metrics_match_deepmind_surface_distance() {
     let b = shared("deepmind-0522c0057-oncologist");
     let dir = tempfile::tempdir().unwrap();
     let mut ours = Vec::new();
-    for (pa, pb) in PAIRS {
+    for (pa, pb) in RATER_PAIRS {
         let (Some((ra, dims, spacing, _)), Some((rb, _, _, _))) = (
             read_mask(&a.join(format!("{pa}.nrrd"))),
             read_mask(&b.join(format!("{pb}.nrrd"))),
@@ -176,26 +121,7 @@ fn surface_element_metrics_match_deepmind_surface_distance() {
             Convention::Monai,
             Surface::SurfaceElements,
         );
-        let (lo, hi) = bounds(&ra, &rb, dims);
-        let sub: [usize; 3] = std::array::from_fn(|k| hi[k] - lo[k] + 1);
-        let crop = |m: &[bool]| -> Vec<u8> {
-            let mut out = Vec::with_capacity(sub.iter().product());
-            for z in lo[2]..=hi[2] {
-                for y in lo[1]..=hi[1] {
-                    for x in lo[0]..=hi[0] {
-                        out.push(m[x + dims[0] * (y + dims[1] * z)] as u8);
-                    }
-                }
-            }
-            out
-        };
-        std::fs::write(dir.path().join(format!("{pa}.ref.u8")), crop(&ra)).unwrap();
-        std::fs::write(dir.path().join(format!("{pa}.pred.u8")), crop(&rb)).unwrap();
-        std::fs::write(
-            dir.path().join(format!("{pa}.json")),
-            serde_json::json!({"dims": sub, "spacing": spacing}).to_string(),
-        )
-        .unwrap();
+        write_mask_pair(dir.path(), pa, &ra, &rb, dims, spacing);
         ours.push((pa, m));
     }
     assert!(ours.len() >= 7);

@@ -225,22 +225,37 @@ pub fn organ_metrics_with(
     let b = bbox_union(gt, pred, dims).expect("non-empty");
     let (g, sub) = crop(gt, dims, b);
     let (p, _) = crop(pred, dims, b);
-    if surface_def == Surface::SurfaceElements {
-        let (hd95, assd, hd, surface_dice) =
-            surfels::distances(&g, &p, sub, spacing, tolerance_mm, convention);
-        return OrganMetrics {
-            outcome: Outcome::Compared,
-            dice,
-            hd95,
-            assd,
-            hd,
-            surface_dice,
-            tolerance_mm,
-            reference_mm3,
-            prediction_mm3,
-            volume_difference,
-        };
+    let (hd95, assd, hd, surface_dice) = match surface_def {
+        Surface::SurfaceElements => {
+            surfels::distances(&g, &p, sub, spacing, tolerance_mm, convention)
+        }
+        Surface::BoundaryVoxels => {
+            boundary_distances(&g, &p, sub, spacing, tolerance_mm, convention)
+        }
+    };
+    OrganMetrics {
+        outcome: Outcome::Compared,
+        dice,
+        hd95,
+        assd,
+        hd,
+        surface_dice,
+        tolerance_mm,
+        reference_mm3,
+        prediction_mm3,
+        volume_difference,
     }
+}
+
+/// (hd95, assd, hd, surface dice) with boundary voxels as the surface, on a crop `sub`.
+fn boundary_distances(
+    g: &[bool],
+    p: &[bool],
+    sub: [usize; 3],
+    spacing: [f64; 3],
+    tolerance_mm: f64,
+    convention: Convention,
+) -> (f64, f64, f64, f64) {
     // The crop's outer ring is background unless it is the volume's own edge; in both cases
     // treating outside-the-crop as outside matches `border_value=0` on the full volume.
     let (sg, sp) = (surface(&g, sub), surface(&p, sub));
@@ -275,18 +290,7 @@ pub fn organ_metrics_with(
             )
         }
     };
-    OrganMetrics {
-        outcome: Outcome::Compared,
-        dice,
-        hd95,
-        assd,
-        hd,
-        surface_dice,
-        tolerance_mm,
-        reference_mm3,
-        prediction_mm3,
-        volume_difference,
-    }
+    (hd95, assd, hd, surface_dice)
 }
 
 /// How [`label_metrics`] compares.

@@ -320,3 +320,64 @@ pub fn shared(rel: &str) -> PathBuf {
         .join("../shared/data")
         .join(rel)
 }
+
+/// PDDCA organ names and the names the oncologist's annotation of 0522c0057 uses for them.
+pub const RATER_PAIRS: [(&str, &str); 8] = [
+    ("BrainStem", "Brainstem"),
+    ("Mandible", "Mandible"),
+    ("OpticNerve_L", "Optic-Nerve-Lt"),
+    ("OpticNerve_R", "Optic-Nerve-Rt"),
+    ("Parotid_L", "Parotid-Lt"),
+    ("Parotid_R", "Parotid-Rt"),
+    ("Submandibular_L", "Submandibular-Lt"),
+    ("Submandibular_R", "Submandibular-Rt"),
+];
+
+/// Writes `NAME.ref.u8`, `NAME.pred.u8` and `NAME.json` for the Python reference scripts,
+/// cropped to both masks' box grown by 2 voxels (or to the volume's edge): the same
+/// surfaces and distances as the full volume, and far less time in Python.
+pub fn write_mask_pair(
+    dir: &Path,
+    name: &str,
+    a: &[bool],
+    b: &[bool],
+    dims: [usize; 3],
+    spacing: [f64; 3],
+) {
+    let mut lo = dims;
+    let mut hi = [0; 3];
+    for i in 0..a.len() {
+        if a[i] || b[i] {
+            let c = [
+                i % dims[0],
+                (i / dims[0]) % dims[1],
+                i / (dims[0] * dims[1]),
+            ];
+            for k in 0..3 {
+                lo[k] = lo[k].min(c[k]);
+                hi[k] = hi[k].max(c[k]);
+            }
+        }
+    }
+    let lo: [usize; 3] = std::array::from_fn(|k| lo[k].saturating_sub(2));
+    let hi: [usize; 3] = std::array::from_fn(|k| (hi[k] + 2).min(dims[k] - 1));
+    let sub: [usize; 3] = std::array::from_fn(|k| hi[k] - lo[k] + 1);
+    let crop = |m: &[bool]| -> Vec<u8> {
+        let mut out = Vec::with_capacity(sub.iter().product());
+        for z in lo[2]..=hi[2] {
+            for y in lo[1]..=hi[1] {
+                for x in lo[0]..=hi[0] {
+                    out.push(m[x + dims[0] * (y + dims[1] * z)] as u8);
+                }
+            }
+        }
+        out
+    };
+    std::fs::write(dir.join(format!("{name}.ref.u8")), crop(a)).unwrap();
+    std::fs::write(dir.join(format!("{name}.pred.u8")), crop(b)).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::json!({"dims": sub, "spacing": spacing}).to_string(),
+    )
+    .unwrap();
+}

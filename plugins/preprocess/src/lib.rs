@@ -288,9 +288,12 @@ fn meta_only(case: &CaseData) -> CaseData {
 
 /// The value outside the field of view: the image's minimum (air for CT).
 fn background_of(v: &shapeflow_core::Volume) -> f32 {
-    (0..v.len())
-        .map(|i| v.data.get_f32(i))
-        .fold(f32::INFINITY, f32::min)
+    use shapeflow_core::VoxelData;
+    match &v.data {
+        VoxelData::U8(d) => d.iter().copied().min().unwrap_or(0) as f32,
+        VoxelData::I16(d) => d.iter().copied().min().unwrap_or(0) as f32,
+        VoxelData::F32(d) => d.iter().copied().fold(f32::INFINITY, f32::min),
+    }
 }
 
 impl Stage for Resample {
