@@ -258,7 +258,7 @@ fn boundary_distances(
 ) -> (f64, f64, f64, f64) {
     // The crop's outer ring is background unless it is the volume's own edge; in both cases
     // treating outside-the-crop as outside matches `border_value=0` on the full volume.
-    let (sg, sp) = (surface(&g, sub), surface(&p, sub));
+    let (sg, sp) = (surface(g, sub), surface(p, sub));
     let mut d_pg = directed(&sp, &sg, sub, spacing);
     let mut d_gp = directed(&sg, &sp, sub, spacing);
     let within = d_pg
