@@ -407,8 +407,8 @@ fn exclusive_resource_is_never_shared() {
     let d = tempfile::tempdir().unwrap();
     let text = "stages:
   src: {plugin: numbers, params: {n: 3}}
-  g1: {plugin: add, after: [src], params: {resource: gpu, sleep_ms: 60}}
-  g2: {plugin: add, after: [src], params: {resource: gpu, sleep_ms: 60, add: 1}}
+  g1: {plugin: add, after: [src], params: {resource: probe-gpu, sleep_ms: 60}}
+  g2: {plugin: add, after: [src], params: {resource: probe-gpu, sleep_ms: 60, add: 1}}
 ";
     write(d.path(), "p.yaml", text);
     common::MAX_ACTIVE.store(0, std::sync::atomic::Ordering::SeqCst);
