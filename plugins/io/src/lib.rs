@@ -152,6 +152,9 @@ fn build_load(p: LoadParams, ctx: &BuildCtx) -> Result<Arc<dyn Stage>, ParamErro
             "val_fraction + test_fraction must be in [0, 1)",
         ));
     }
+    if p.organs.len() > 255 || p.merge.len() > 255 {
+        return Err(bad("organs", "at most 255 organs fit in one label map"));
+    }
     if let Some(s) = p.spacing {
         if s.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
             return Err(bad(
