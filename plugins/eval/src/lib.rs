@@ -65,7 +65,7 @@ impl Plugin for EvalPlugin {
             name: "report",
             version: 1,
             summary:
-                "Per-case CSV and per-organ summary (mean, sd, median, IQR) in Markdown and JSON",
+                "report.md with per-organ summary (mean, sd, median, IQR), CSV, JSON, box plots, overlays; ablation table across variants",
             help: REPORT_HELP,
             params: &[
                 ("title", "string", "Heading of report.md."),

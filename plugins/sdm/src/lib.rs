@@ -21,7 +21,7 @@ impl Plugin for SdmPlugin {
             help: HELP,
             params: &[
                 ("normalize", "boolean", "Scale to [-1, 1] (inside by its largest distance, outside by its largest); false: millimetres."),
-                ("storage", "i16 | f32", "Cache storage: i16 with a per-map scale (4x smaller before zstd; error below 1/32766 of the largest distance), or f32."),
+                ("storage", "i16 | f32", "Cache storage: i16 with a per-map scale, delta-coded in byte planes (error below 1/32766 of the largest distance; about 10x smaller than f32 after zstd), or f32."),
             ],
             build: |p, _| Ok(Arc::new(EdtSdm(p))),
         });
