@@ -601,3 +601,47 @@ fn manifest_records_config_keys_and_statuses() {
     assert_eq!(b["keys"].as_object().unwrap().len(), 6);
     assert_eq!(b["report"]["status"]["status"], "done");
 }
+
+#[test]
+fn cache_commands_report_and_maintain() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", CHAIN);
+    run_in(d.path(), "p.yaml", &[]);
+    let out = run_child(d.path(), &["cache", "--cache", "cache", "stats"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    for stage in ["src", "a", "b", "total", "side"] {
+        assert!(
+            t.lines().any(|l| l.starts_with(stage)),
+            "{stage} missing from:\n{t}"
+        );
+    }
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("total") && l.contains(" 25 ")),
+        "{t}"
+    );
+    // Lose the index: repair adopts every object again, and nothing is recomputed.
+    std::fs::remove_dir_all(d.path().join("cache/index")).unwrap();
+    let out = run_child(d.path(), &["cache", "--cache", "cache", "repair"]);
+    assert!(
+        text(&out).contains("adopted 25 orphan objects"),
+        "{}",
+        text(&out)
+    );
+    let r = run_in(d.path(), "p.yaml", &[]);
+    assert_eq!(r.computed(), 0, "{}", r.table());
+    // gc down to nothing evicts everything; the next run recomputes, and says why.
+    let out = run_child(
+        d.path(),
+        &["cache", "--cache", "cache", "gc", "--max-size", "0"],
+    );
+    assert!(text(&out).contains("removed 25 entries"), "{}", text(&out));
+    let out = run_child(d.path(), &["plan", "p.yaml", "--cache", "cache"]);
+    assert!(text(&out).contains("not in cache (6)"), "{}", text(&out));
+    let out = run_child(
+        d.path(),
+        &["cache", "--cache", "cache", "gc", "--max-size", "lots"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
