@@ -1,0 +1,451 @@
+//! Training patches with augmentation, streamed by worker threads.
+//!
+//! A sample is a patch of a case: image, label map and one signed distance map per organ,
+//! all warped by the same random spatial transform (rotation, scaling, optional elastic
+//! displacement, left-right flip with left/right organs swapped), then intensity
+//! augmentation on the image. The SDMs are interpolated linearly and multiplied by the
+//! scale factor (distances grow with the zoom), so the cached SDMs are never recomputed per
+//! batch. Every sample draws from its own random stream, derived from (seed, epoch, index):
+//! batches are identical whatever the number of worker threads.
+
+use crossbeam_channel::{bounded, Receiver};
+use rayon::prelude::*;
+use shapeflow_core::{CaseData, SdmSet, Volume, VoxelData};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A small deterministic generator (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    /// The stream of sample `index` of `epoch`.
+    pub fn for_sample(seed: u64, epoch: u64, index: u64) -> Self {
+        let mut r = Rng::new(seed);
+        let a = r.next_u64() ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mut r = Rng::new(a);
+        Rng::new(r.next_u64() ^ index.wrapping_mul(0x8CB9_2BA7_2F3D_8DD7))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.uniform()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n.max(1)
+    }
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// What to sample and how to augment.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Patch size in voxels of the (already resampled) training grid.
+    pub patch: [usize; 3],
+    pub batch: usize,
+    /// Probability that a patch is centred on a voxel of a randomly chosen present organ
+    /// (each organ equally likely, so small organs such as the chiasm appear often).
+    pub foreground: f64,
+    /// Largest rotation about each axis, degrees.
+    pub rotation_deg: [f64; 3],
+    /// Isotropic scale range.
+    pub scale: [f64; 2],
+    /// Elastic displacement: standard deviation (mm) of a smooth random field, 0 = off.
+    pub elastic_mm: f64,
+    /// Control-point spacing of the elastic field, mm.
+    pub elastic_grid_mm: f64,
+    /// Probability of a left-right flip (with left/right organs swapped).
+    pub flip: f64,
+    /// Intensity scaling range, additive shift range (in image units), gamma range.
+    pub intensity_scale: [f64; 2],
+    pub intensity_shift: [f64; 2],
+    pub gamma: [f64; 2],
+    /// Standard deviation of Gaussian noise, image units.
+    pub noise: f64,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            patch: [64, 64, 32],
+            batch: 2,
+            foreground: 0.67,
+            rotation_deg: [10.0, 10.0, 15.0],
+            scale: [0.85, 1.15],
+            elastic_mm: 0.0,
+            elastic_grid_mm: 32.0,
+            flip: 0.5,
+            intensity_scale: [0.9, 1.1],
+            intensity_shift: [-0.1, 0.1],
+            gamma: [0.8, 1.25],
+            noise: 0.02,
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// No augmentation at all: patches are plain crops (for validation and tests).
+    pub fn none(patch: [usize; 3]) -> Self {
+        AugmentConfig {
+            patch,
+            batch: 1,
+            foreground: 0.0,
+            rotation_deg: [0.0; 3],
+            scale: [1.0, 1.0],
+            elastic_mm: 0.0,
+            elastic_grid_mm: 32.0,
+            flip: 0.0,
+            intensity_scale: [1.0, 1.0],
+            intensity_shift: [0.0, 0.0],
+            gamma: [1.0, 1.0],
+            noise: 0.0,
+        }
+    }
+}
+
+/// A training case: normalised image, labels, SDMs (f32, same grid) and organ table.
+pub struct TrainCase {
+    pub id: String,
+    pub image: Volume,
+    pub labels: Volume,
+    pub sdms: Vec<Option<Vec<f32>>>,
+    pub organs: Vec<String>,
+    pub present: Vec<bool>,
+    /// Voxel indices of each organ, for foreground sampling.
+    organ_voxels: Vec<Vec<u32>>,
+    /// The image as f32, converted once.
+    image_f32: Vec<f32>,
+}
+
+impl TrainCase {
+    /// From a case and its SDMs (same grid). The image is used as is: normalise it first.
+    pub fn new(id: &str, case: &CaseData, sdms: &SdmSet) -> Result<TrainCase, String> {
+        let image = case
+            .image
+            .clone()
+            .ok_or_else(|| format!("case {id} has no image"))?;
+        let labels = case
+            .labels
+            .clone()
+            .ok_or_else(|| format!("case {id} has no labels"))?;
+        if !image.grid().same_as(&labels.grid(), 1e-3) {
+            return Err(format!("case {id}: image and labels differ in grid"));
+        }
+        let VoxelData::U8(l) = &labels.data else {
+            return Err(format!("case {id}: labels must be u8"));
+        };
+        let mut organ_voxels = vec![Vec::new(); case.organs.len()];
+        for (i, &v) in l.iter().enumerate() {
+            if v > 0 && (v as usize) <= organ_voxels.len() {
+                organ_voxels[v as usize - 1].push(i as u32);
+            }
+        }
+        let maps = sdms
+            .maps
+            .iter()
+            .map(|m| {
+                m.as_ref()
+                    .map(|v| {
+                        if v.dims != image.dims {
+                            Err(format!("case {id}: SDM grid differs from the image"))
+                        } else {
+                            Ok(v.to_f32())
+                        }
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrainCase {
+            id: id.to_string(),
+            image_f32: image.to_f32(),
+            image,
+            labels,
+            sdms: maps,
+            organs: case.organs.clone(),
+            present: case.present.clone(),
+            organ_voxels,
+        })
+    }
+
+    /// Organ index pairs (left, right) found by name: `X_L`/`X_R`, `X-Lt`/`X-Rt`.
+    pub fn left_right_pairs(&self) -> Vec<(usize, usize)> {
+        let mut pairs = Vec::new();
+        for (i, a) in self.organs.iter().enumerate() {
+            for (suffix_l, suffix_r) in [("_L", "_R"), ("-Lt", "-Rt")] {
+                if let Some(stem) = a.strip_suffix(suffix_l) {
+                    if let Some(j) = self
+                        .organs
+                        .iter()
+                        .position(|b| b == &format!("{stem}{suffix_r}"))
+                    {
+                        pairs.push((i, j));
+                    }
+                }
+            }
+        }
+        pairs
+    }
+}
+
+/// One augmented patch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub case: String,
+    /// Patch voxels, x fastest.
+    pub image: Vec<f32>,
+    pub labels: Vec<u8>,
+    /// One map per organ (patch-sized), zeros where the organ is absent.
+    pub sdms: Vec<Vec<f32>>,
+    /// Whether each organ is annotated in this case (absent organs are masked from losses).
+    pub present: Vec<bool>,
+    pub flipped: bool,
+    pub scale: f64,
+}
+
+fn rotation(ax: f64, ay: f64, az: f64) -> [[f64; 3]; 3] {
+    let (sx, cx) = ax.sin_cos();
+    let (sy, cy) = ay.sin_cos();
+    let (sz, cz) = az.sin_cos();
+    // R = Rz * Ry * Rx
+    [
+        [cz * cy, cz * sy * sx - sz * cx, cz * sy * cx + sz * sx],
+        [sz * cy, sz * sy * sx + cz * cx, sz * sy * cx - cz * sx],
+        [-sy, cy * sx, cy * cx],
+    ]
+}
+
+/// Trilinear interpolation of `data` (dims `d`) at continuous voxel coordinates `p`,
+/// clamped to the volume.
+fn trilinear(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f32 {
+    let f: [f64; 3] = std::array::from_fn(|a| p[a].clamp(0.0, (d[a] - 1) as f64));
+    let i0: [usize; 3] = std::array::from_fn(|a| f[a].floor() as usize);
+    let t: [f64; 3] = std::array::from_fn(|a| f[a] - i0[a] as f64);
+    let mut acc = 0.0;
+    for c in 0..8 {
+        let o = [c & 1, (c >> 1) & 1, (c >> 2) & 1];
+        let idx: [usize; 3] = std::array::from_fn(|a| (i0[a] + o[a]).min(d[a] - 1));
+        let w: f64 = (0..3)
+            .map(|a| if o[a] == 1 { t[a] } else { 1.0 - t[a] })
+            .product();
+        if w != 0.0 {
+            acc += w * data[idx[0] + d[0] * (idx[1] + d[1] * idx[2])] as f64;
+        }
+    }
+    acc as f32
+}
+
+/// Draws sample `index` of `epoch` from `cases`. Deterministic in (seed, epoch, index).
+pub fn sample(
+    cases: &[TrainCase],
+    cfg: &AugmentConfig,
+    seed: u64,
+    epoch: u64,
+    index: u64,
+) -> Sample {
+    let mut rng = Rng::for_sample(seed, epoch, index);
+    let case = &cases[rng.below(cases.len())];
+    let d = case.image.dims;
+    let sp = case.image.spacing;
+    // Patch centre: an organ voxel (organ chosen uniformly among present, non-empty ones) or
+    // a uniform voxel.
+    let candidates: Vec<usize> = (0..case.organs.len())
+        .filter(|&k| {
+            case.present.get(k).copied().unwrap_or(false) && !case.organ_voxels[k].is_empty()
+        })
+        .collect();
+    let centre: [f64; 3] = if !candidates.is_empty() && rng.uniform() < cfg.foreground {
+        let k = candidates[rng.below(candidates.len())];
+        let v = case.organ_voxels[k][rng.below(case.organ_voxels[k].len())] as usize;
+        [
+            (v % d[0]) as f64,
+            ((v / d[0]) % d[1]) as f64,
+            (v / (d[0] * d[1])) as f64,
+        ]
+    } else {
+        std::array::from_fn(|a| rng.range(0.0, d[a] as f64 - 1.0).max(0.0))
+    };
+    let deg = std::f64::consts::PI / 180.0;
+    let ang: [f64; 3] =
+        std::array::from_fn(|a| rng.range(-cfg.rotation_deg[a], cfg.rotation_deg[a]) * deg);
+    let rot = rotation(ang[0], ang[1], ang[2]);
+    let scale = rng.range(cfg.scale[0], cfg.scale[1]);
+    let flipped = rng.uniform() < cfg.flip;
+    // Elastic: Gaussian displacements on a coarse control grid, trilinear in between.
+    let ps = cfg.patch;
+    let half: [f64; 3] = std::array::from_fn(|a| (ps[a] as f64 - 1.0) / 2.0);
+    let grid_n: [usize; 3] = std::array::from_fn(|a| {
+        ((ps[a] as f64 * sp[a] / cfg.elastic_grid_mm.max(1.0)).ceil() as usize + 1).max(2)
+    });
+    let field: Vec<Vec<f32>> = (0..3)
+        .map(|_| {
+            (0..grid_n.iter().product::<usize>())
+                .map(|_| {
+                    if cfg.elastic_mm > 0.0 {
+                        (rng.normal() * cfg.elastic_mm) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let i_scale = rng.range(cfg.intensity_scale[0], cfg.intensity_scale[1]) as f32;
+    let i_shift = rng.range(cfg.intensity_shift[0], cfg.intensity_shift[1]) as f32;
+    let gamma = rng.range(cfg.gamma[0], cfg.gamma[1]) as f32;
+    let noise_seed = rng.next_u64();
+
+    let n = ps[0] * ps[1] * ps[2];
+    let VoxelData::U8(labels) = &case.labels.data else {
+        unreachable!("checked in TrainCase::new")
+    };
+    let img = &case.image_f32;
+    let swap: BTreeMap<usize, usize> = if flipped {
+        case.left_right_pairs()
+            .into_iter()
+            .flat_map(|(l, r)| [(l, r), (r, l)])
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    let k = case.organs.len();
+    let mut out = Sample {
+        case: case.id.clone(),
+        image: vec![0.0; n],
+        labels: vec![0; n],
+        sdms: vec![vec![0.0; n]; k],
+        present: (0..k)
+            .map(|o| {
+                case.present
+                    .get(*swap.get(&o).unwrap_or(&o))
+                    .copied()
+                    .unwrap_or(false)
+            })
+            .collect(),
+        flipped,
+        scale,
+    };
+    let mut noise = Rng::new(noise_seed);
+    for z in 0..ps[2] {
+        for y in 0..ps[1] {
+            for x in 0..ps[0] {
+                let o = x + ps[0] * (y + ps[1] * z);
+                // Patch offset in mm (flip mirrors x), rotated and divided by the scale.
+                let mut q = [
+                    (x as f64 - half[0]) * sp[0],
+                    (y as f64 - half[1]) * sp[1],
+                    (z as f64 - half[2]) * sp[2],
+                ];
+                if flipped {
+                    q[0] = -q[0];
+                }
+                let pos = [x, y, z];
+                let g: [f64; 3] = std::array::from_fn(|a| {
+                    pos[a] as f64 / (ps[a].max(2) - 1) as f64 * (grid_n[a] - 1) as f64
+                });
+                let disp: [f64; 3] =
+                    std::array::from_fn(|a| trilinear(&field[a], grid_n, g) as f64);
+                let r: [f64; 3] = std::array::from_fn(|i| {
+                    (rot[0][i] * q[0] + rot[1][i] * q[1] + rot[2][i] * q[2]) / scale + disp[i]
+                });
+                let src: [f64; 3] = std::array::from_fn(|a| centre[a] + r[a] / sp[a]);
+                let inside = (0..3).all(|a| src[a] >= -0.5 && src[a] <= d[a] as f64 - 0.5);
+                let v = if inside { trilinear(img, d, src) } else { 0.0 };
+                let lab = if inside {
+                    let idx: [usize; 3] =
+                        std::array::from_fn(|a| (src[a].round().max(0.0) as usize).min(d[a] - 1));
+                    labels[idx[0] + d[0] * (idx[1] + d[1] * idx[2])]
+                } else {
+                    0
+                };
+                out.labels[o] = if lab > 0 {
+                    (*swap.get(&(lab as usize - 1)).unwrap_or(&(lab as usize - 1)) + 1) as u8
+                } else {
+                    0
+                };
+                for (c, dst) in out.sdms.iter_mut().enumerate() {
+                    let srcc = *swap.get(&c).unwrap_or(&c);
+                    if let Some(m) = case.sdms.get(srcc).and_then(|m| m.as_ref()) {
+                        dst[o] = trilinear(m, d, src) * scale as f32;
+                    }
+                }
+                // Intensity: scale, shift, gamma (sign-preserving: images are normalised to
+                // zero mean), noise.
+                let mut vi = v * i_scale + i_shift;
+                if gamma != 1.0 {
+                    vi = vi.signum() * vi.abs().powf(gamma);
+                }
+                if cfg.noise > 0.0 {
+                    vi += (noise.normal() * cfg.noise) as f32;
+                }
+                out.image[o] = vi;
+            }
+        }
+    }
+    out
+}
+
+/// Streams `batches` batches of epoch `epoch`: worker threads (a rayon pool of `workers`)
+/// build them ahead into a bounded channel of `prefetch` batches, delivered in order.
+pub fn loader(
+    cases: Arc<Vec<TrainCase>>,
+    cfg: AugmentConfig,
+    seed: u64,
+    epoch: u64,
+    batches: usize,
+    workers: usize,
+    prefetch: usize,
+) -> Receiver<Vec<Sample>> {
+    let (tx, rx) = bounded(prefetch.max(1));
+    std::thread::spawn(move || {
+        let pool = match rayon::ThreadPoolBuilder::new()
+            .num_threads(workers.max(1))
+            .build()
+        {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        // Build a few batches at a time in parallel, send them in order.
+        let chunk = workers.max(1);
+        let mut b = 0;
+        while b < batches {
+            let upto = (b + chunk).min(batches);
+            let built: Vec<Vec<Sample>> = pool.install(|| {
+                (b..upto)
+                    .into_par_iter()
+                    .map(|bi| {
+                        (0..cfg.batch)
+                            .map(|j| sample(&cases, &cfg, seed, epoch, (bi * cfg.batch + j) as u64))
+                            .collect()
+                    })
+                    .collect()
+            });
+            for batch in built {
+                if tx.send(batch).is_err() {
+                    return; // the consumer hung up
+                }
+            }
+            b = upto;
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests;

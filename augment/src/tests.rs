@@ -1,0 +1,178 @@
+use super::*;
+use shapeflow_io::phantom;
+
+fn cases(n: u64) -> Vec<TrainCase> {
+    (0..n)
+        .map(|i| {
+            let c = phantom::head_neck(
+                5,
+                i,
+                phantom::HnSpec {
+                    dims: [48, 48, 40],
+                    spacing: [4.5, 4.5, 6.0],
+                    noise_hu: 10.0,
+                },
+            );
+            let s = shapeflow_sdm::case_sdms(&c, true).unwrap();
+            TrainCase::new(&format!("p{i}"), &c, &s).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn batches_do_not_depend_on_the_number_of_workers() {
+    let c = Arc::new(cases(2));
+    let cfg = AugmentConfig {
+        patch: [16, 16, 8],
+        batch: 3,
+        elastic_mm: 2.0,
+        ..Default::default()
+    };
+    let one: Vec<Vec<Sample>> = loader(c.clone(), cfg.clone(), 7, 1, 5, 1, 2)
+        .iter()
+        .collect();
+    let four: Vec<Vec<Sample>> = loader(c.clone(), cfg.clone(), 7, 1, 5, 4, 2)
+        .iter()
+        .collect();
+    assert_eq!(one.len(), 5);
+    assert_eq!(one, four);
+    let other_epoch: Vec<Vec<Sample>> = loader(c, cfg, 7, 2, 5, 2, 2).iter().collect();
+    assert_ne!(one, other_epoch);
+}
+
+#[test]
+fn identity_patch_is_a_plain_crop() {
+    let c = cases(1);
+    let cfg = AugmentConfig {
+        foreground: 1.0,
+        ..AugmentConfig::none([9, 7, 5])
+    };
+    let s = sample(&c, &cfg, 1, 0, 3);
+    // Find where the crop came from: the patch's labels and image equal the volume's at an
+    // integer offset, since with no rotation or scale the source points are voxel centres.
+    let case = &c[0];
+    let d = case.image.dims;
+    let VoxelData::U8(l) = &case.labels.data else {
+        panic!()
+    };
+    let img = case.image.to_f32();
+    let mut found = false;
+    'search: for oz in 0..=d[2] - 5 {
+        for oy in 0..=d[1] - 7 {
+            for ox in 0..=d[0] - 9 {
+                let ok = (0..5).all(|z| {
+                    (0..7).all(|y| {
+                        (0..9).all(|x| {
+                            let i = (ox + x) + d[0] * ((oy + y) + d[1] * (oz + z));
+                            let o = x + 9 * (y + 7 * z);
+                            s.image[o] == img[i] && s.labels[o] == l[i]
+                        })
+                    })
+                });
+                if ok {
+                    found = true;
+                    break 'search;
+                }
+            }
+        }
+    }
+    assert!(found, "an unaugmented patch is a crop of the case");
+    assert!(
+        s.labels.iter().any(|&v| v > 0),
+        "foreground 1.0 centres the patch on an organ"
+    );
+}
+
+#[test]
+fn foreground_bias_finds_small_organs() {
+    let c = cases(2);
+    let chiasm = 2u8;
+    let count = |fg: f64| {
+        let cfg = AugmentConfig {
+            foreground: fg,
+            ..AugmentConfig::none([8, 8, 4])
+        };
+        (0..200)
+            .filter(|&i| sample(&c, &cfg, 3, 0, i).labels.contains(&chiasm))
+            .count()
+    };
+    let (biased, uniform) = (count(0.9), count(0.0));
+    assert!(
+        biased > 3 * uniform.max(1),
+        "biased {biased} vs uniform {uniform}"
+    );
+}
+
+#[test]
+fn flips_mirror_the_patch_and_swap_left_and_right_organs() {
+    let c = cases(1);
+    assert_eq!(c[0].left_right_pairs(), vec![(3, 4), (5, 6), (7, 8)]);
+    let p = [21, 17, 11];
+    let plain = AugmentConfig {
+        foreground: 1.0,
+        ..AugmentConfig::none(p)
+    };
+    let flip = AugmentConfig {
+        flip: 1.0,
+        ..plain.clone()
+    };
+    // The same random stream: same case, same centre, one mirrored.
+    for index in 0..20 {
+        let a = sample(&c, &plain, 4, 0, index);
+        let b = sample(&c, &flip, 4, 0, index);
+        assert!(b.flipped && !a.flipped);
+        let swap = |l: u8| match l {
+            4 => 5,
+            5 => 4,
+            6 => 7,
+            7 => 6,
+            8 => 9,
+            9 => 8,
+            v => v,
+        };
+        for z in 0..p[2] {
+            for y in 0..p[1] {
+                for x in 0..p[0] {
+                    let o = x + p[0] * (y + p[1] * z);
+                    let m = (p[0] - 1 - x) + p[0] * (y + p[1] * z);
+                    assert_eq!(b.labels[o], swap(a.labels[m]));
+                    assert_eq!(b.image[o], a.image[m]);
+                    // Channel Parotid_L of the flipped patch is Parotid_R's, mirrored.
+                    assert_eq!(b.sdms[5][o], a.sdms[6][m]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sdm_values_scale_with_the_zoom() {
+    let c = cases(1);
+    let p = [13, 13, 9];
+    let base = AugmentConfig {
+        foreground: 1.0,
+        ..AugmentConfig::none(p)
+    };
+    let zoom = AugmentConfig {
+        scale: [2.0, 2.0],
+        ..base.clone()
+    };
+    let centre = 6 + 13 * (6 + 13 * 4);
+    let mut checked = 0;
+    for index in 0..10 {
+        let (s1, s2) = (
+            sample(&c, &base, 9, 0, index),
+            sample(&c, &zoom, 9, 0, index),
+        );
+        assert_eq!(s2.scale, 2.0);
+        // The patch centre maps to the same source point at any zoom: its SDM doubles.
+        for k in 0..9 {
+            let (a, b) = (s1.sdms[k][centre] as f64, s2.sdms[k][centre] as f64);
+            assert!((b - 2.0 * a).abs() < 1e-5, "organ {k}: {a} -> {b}");
+            checked += (a != 0.0) as usize;
+        }
+        // Away from the centre the zoomed patch looks at points twice as close.
+        assert_eq!(s1.labels[centre], s2.labels[centre]);
+    }
+    assert!(checked > 20);
+}
