@@ -11,6 +11,7 @@ pub mod dag;
 pub mod item;
 pub mod manifest;
 pub mod plan;
+pub mod resample;
 pub mod resolve;
 pub mod run;
 pub mod stage;

@@ -15,68 +15,6 @@ impl CropBox {
     }
 }
 
-/// The largest 6-connected component of `mask` (flood fill, O(voxels)); empty if none.
-pub fn largest_component(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
-    let [nx, ny, nz] = dims;
-    let n = mask.len();
-    let mut seen = vec![false; n];
-    let mut stack: Vec<usize> = Vec::new();
-    let mut best = (0usize, usize::MAX);
-    let mut fill = |seed: usize, seen: &mut Vec<bool>, mark: Option<&mut Vec<bool>>| -> usize {
-        let mut count = 0;
-        stack.clear();
-        stack.push(seed);
-        seen[seed] = true;
-        let mut mark = mark;
-        while let Some(i) = stack.pop() {
-            count += 1;
-            if let Some(m) = mark.as_deref_mut() {
-                m[i] = true;
-            }
-            let (x, y, z) = (i % nx, (i / nx) % ny, i / (nx * ny));
-            let mut push = |j: usize| {
-                if mask[j] && !seen[j] {
-                    seen[j] = true;
-                    stack.push(j);
-                }
-            };
-            if x > 0 {
-                push(i - 1);
-            }
-            if x + 1 < nx {
-                push(i + 1);
-            }
-            if y > 0 {
-                push(i - nx);
-            }
-            if y + 1 < ny {
-                push(i + nx);
-            }
-            if z > 0 {
-                push(i - nx * ny);
-            }
-            if z + 1 < nz {
-                push(i + nx * ny);
-            }
-        }
-        count
-    };
-    for i in 0..n {
-        if mask[i] && !seen[i] {
-            let c = fill(i, &mut seen, None);
-            if c > best.0 {
-                best = (c, i);
-            }
-        }
-    }
-    let mut out = vec![false; n];
-    if best.1 != usize::MAX {
-        let mut seen2 = vec![false; n];
-        fill(best.1, &mut seen2, Some(&mut out));
-    }
-    out
-}
-
 /// The voxel axis that points most along world z (superior), and whether index increases
 /// towards superior.
 pub fn superior_axis(v: &Volume) -> (usize, bool) {
@@ -104,7 +42,7 @@ pub fn head_box(ct: &Volume, threshold_hu: f32, size_mm: [f64; 3]) -> Result<Cro
         VoxelData::F32(d) => d.iter().map(|&v| v > threshold_hu).collect(),
     };
     debug_assert_eq!(body.len(), n);
-    let body = largest_component(&body, ct.dims);
+    let body = shapeflow_core::volume::largest_component(&body, ct.dims);
     let (sup, up) = superior_axis(ct);
     let dims = ct.dims;
     let coord = |i: usize| {

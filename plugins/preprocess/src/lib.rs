@@ -1,7 +1,8 @@
 //! The `preprocess` family: `head-crop` and `resample`.
 
 pub mod crop;
-pub mod resample;
+/// Resampling lives in the core (the `infer` stage maps predictions back with it).
+pub use shapeflow_core::resample;
 
 use crop::CropBox;
 use resample::{grid_with_spacing, resample_to_grid, ImageInterp, LabelInterp};

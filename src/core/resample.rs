@@ -4,8 +4,8 @@
 //! spacing) and inverse (a prediction back onto the patient's original grid, undoing crop and
 //! resample at once), because every volume carries its exact voxel-to-world affine.
 
+use crate::volume::{Grid, Volume, VoxelData};
 use rayon::prelude::*;
-use shapeflow_core::{Grid, Volume, VoxelData};
 
 /// How intensities are interpolated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]

@@ -1,0 +1,338 @@
+//! Sliding-window inference over whole volumes, and turning predicted maps into organs.
+//!
+//! The model is any function from a batch of image patches to per-channel output patches,
+//! so this crate does not depend on the deep-learning runtime: the `infer` stage wraps its
+//! network in such a function. Patches tile the volume with a configured overlap; each
+//! patch's output is weighted by a Gaussian centred on the patch (the centre of a patch is
+//! predicted with more context than its border), and overlapping outputs are blended by
+//! the weighted mean.
+
+use shapeflow_core::volume::largest_component;
+
+/// How the volume is tiled.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Patch size in voxels (the network's input size).
+    pub patch: [usize; 3],
+    /// Fraction of a patch shared with its neighbour, in [0, 1).
+    pub overlap: f64,
+    /// Standard deviation of the Gaussian weight, as a fraction of the patch size
+    /// (nnU-Net uses 1/8).
+    pub sigma: f64,
+    /// Patches per model call.
+    pub batch: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            patch: [64, 64, 32],
+            overlap: 0.5,
+            sigma: 0.125,
+            batch: 2,
+        }
+    }
+}
+
+/// Start positions along one axis so that patches of `patch` voxels with the given overlap
+/// cover `0..n` (the last patch ends exactly at `n`; one patch if `n <= patch`).
+pub fn starts(n: usize, patch: usize, overlap: f64) -> Vec<usize> {
+    if n <= patch {
+        return vec![0];
+    }
+    let step = ((patch as f64 * (1.0 - overlap.clamp(0.0, 0.95))).floor() as usize).max(1);
+    let last = n - patch;
+    let count = last.div_ceil(step) + 1;
+    // Spread the starts evenly between 0 and `last` (as nnU-Net does).
+    (0..count)
+        .map(|i| ((i as f64 * last as f64 / (count - 1).max(1) as f64).round()) as usize)
+        .collect()
+}
+
+/// Gaussian importance weights of a patch, largest 1 at the centre, never below 1e-3 (so
+/// the border still counts where only one patch covers a voxel).
+pub fn gaussian(patch: [usize; 3], sigma: f64) -> Vec<f32> {
+    let c: [f64; 3] = std::array::from_fn(|a| (patch[a] as f64 - 1.0) / 2.0);
+    let s: [f64; 3] = std::array::from_fn(|a| (patch[a] as f64 * sigma).max(1e-6));
+    let mut w = Vec::with_capacity(patch.iter().product());
+    for z in 0..patch[2] {
+        for y in 0..patch[1] {
+            for x in 0..patch[0] {
+                let p = [x as f64, y as f64, z as f64];
+                let e: f64 = (0..3).map(|a| ((p[a] - c[a]) / s[a]).powi(2)).sum::<f64>() / 2.0;
+                w.push(((-e).exp() as f32).max(1e-3));
+            }
+        }
+    }
+    w
+}
+
+/// Runs `model` over `image` (dims `dims`, x fastest) and returns `channels` maps of the
+/// volume's size. Parts of a patch that fall outside a volume smaller than the patch are
+/// filled with `pad`. `model` gets up to `cfg.batch` patches and must return, per patch,
+/// `channels` vectors of patch size.
+pub fn sliding_window<E>(
+    image: &[f32],
+    dims: [usize; 3],
+    channels: usize,
+    cfg: &WindowConfig,
+    pad: f32,
+    model: &mut dyn FnMut(&[Vec<f32>]) -> Result<Vec<Vec<Vec<f32>>>, E>,
+) -> Result<Vec<Vec<f32>>, WindowError<E>> {
+    let p = cfg.patch;
+    let pn: usize = p.iter().product();
+    let n: usize = dims.iter().product();
+    if image.len() != n {
+        return Err(WindowError::Shape(format!(
+            "image has {} voxels, dims {dims:?} need {n}",
+            image.len()
+        )));
+    }
+    let w = gaussian(p, cfg.sigma);
+    let mut acc = vec![vec![0f32; n]; channels];
+    let mut norm = vec![0f32; n];
+    let positions: Vec<[usize; 3]> = {
+        let (sx, sy, sz) = (
+            starts(dims[0], p[0], cfg.overlap),
+            starts(dims[1], p[1], cfg.overlap),
+            starts(dims[2], p[2], cfg.overlap),
+        );
+        let mut v = Vec::new();
+        for &z in &sz {
+            for &y in &sy {
+                for &x in &sx {
+                    v.push([x, y, z]);
+                }
+            }
+        }
+        v
+    };
+    let extract = |s: [usize; 3]| -> Vec<f32> {
+        let mut out = Vec::with_capacity(pn);
+        for z in 0..p[2] {
+            for y in 0..p[1] {
+                for x in 0..p[0] {
+                    let g = [s[0] + x, s[1] + y, s[2] + z];
+                    out.push(if g[0] < dims[0] && g[1] < dims[1] && g[2] < dims[2] {
+                        image[g[0] + dims[0] * (g[1] + dims[1] * g[2])]
+                    } else {
+                        pad
+                    });
+                }
+            }
+        }
+        out
+    };
+    for chunk in positions.chunks(cfg.batch.max(1)) {
+        let patches: Vec<Vec<f32>> = chunk.iter().map(|&s| extract(s)).collect();
+        let outs = model(&patches).map_err(WindowError::Model)?;
+        if outs.len() != chunk.len()
+            || outs
+                .iter()
+                .any(|o| o.len() != channels || o.iter().any(|c| c.len() != pn))
+        {
+            return Err(WindowError::Shape(format!(
+                "the model must return {channels} channels of {pn} voxels per patch"
+            )));
+        }
+        for (s, out) in chunk.iter().zip(&outs) {
+            for z in 0..p[2] {
+                for y in 0..p[1] {
+                    for x in 0..p[0] {
+                        let g = [s[0] + x, s[1] + y, s[2] + z];
+                        if g[0] >= dims[0] || g[1] >= dims[1] || g[2] >= dims[2] {
+                            continue;
+                        }
+                        let gi = g[0] + dims[0] * (g[1] + dims[1] * g[2]);
+                        let pi = x + p[0] * (y + p[1] * z);
+                        norm[gi] += w[pi];
+                        for (c, ch) in out.iter().enumerate() {
+                            acc[c][gi] += w[pi] * ch[pi];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for ch in acc.iter_mut() {
+        for (v, &nv) in ch.iter_mut().zip(&norm) {
+            *v /= nv;
+        }
+    }
+    Ok(acc)
+}
+
+/// Errors of [`sliding_window`].
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError<E> {
+    #[error("{0}")]
+    Shape(String),
+    #[error("the model failed: {0}")]
+    Model(E),
+}
+
+/// Organs from signed distance maps: organ `k` where its map is negative (the exact
+/// Heaviside); where several organs claim a voxel, the smallest (most inside) map wins.
+/// Returns a label map: 0 background, k + 1 for organ k.
+pub fn labels_from_sdms(sdms: &[Vec<f32>]) -> Vec<u8> {
+    let n = sdms.first().map(Vec::len).unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let mut best = (0u8, 0f32);
+            for (k, m) in sdms.iter().enumerate() {
+                if m[i] < best.1 {
+                    best = ((k + 1) as u8, m[i]);
+                }
+            }
+            best.0
+        })
+        .collect()
+}
+
+/// Organs from probabilities: organ `k` where its probability exceeds `threshold`, the most
+/// probable organ winning where several do.
+pub fn labels_from_probabilities(probs: &[Vec<f32>], threshold: f32) -> Vec<u8> {
+    let n = probs.first().map(Vec::len).unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let mut best = (0u8, threshold);
+            for (k, m) in probs.iter().enumerate() {
+                if m[i] > best.1 {
+                    best = ((k + 1) as u8, m[i]);
+                }
+            }
+            best.0
+        })
+        .collect()
+}
+
+/// Keeps only the largest 6-connected component of each organ in `labels`.
+pub fn keep_largest_components(labels: &mut [u8], dims: [usize; 3], organs: usize) {
+    for k in 1..=organs as u8 {
+        let mask: Vec<bool> = labels.iter().map(|&v| v == k).collect();
+        if !mask.iter().any(|&m| m) {
+            continue;
+        }
+        let keep = largest_component(&mask, dims);
+        for (l, (&m, &kp)) in labels.iter_mut().zip(mask.iter().zip(&keep)) {
+            if m && !kp {
+                *l = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_cover_the_axis_evenly() {
+        assert_eq!(starts(10, 16, 0.5), vec![0]);
+        assert_eq!(starts(16, 16, 0.5), vec![0]);
+        let s = starts(100, 32, 0.5);
+        assert_eq!((s[0], *s.last().unwrap()), (0, 68));
+        for w in s.windows(2) {
+            assert!(w[1] > w[0] && w[1] - w[0] <= 16, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn gaussian_peaks_at_the_centre() {
+        let g = gaussian([5, 5, 3], 0.125);
+        assert_eq!(g[2 + 5 * (2 + 5)], 1.0);
+        assert!(g.iter().all(|&v| (1e-3..=1.0).contains(&v)));
+    }
+
+    #[test]
+    fn an_exact_model_is_reconstructed_exactly() {
+        // The "model" returns, for each patch, the patch itself and its negation: blending
+        // identical overlapping values must give the volume back, whatever the weights.
+        let dims = [23, 17, 9];
+        let image: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let cfg = WindowConfig {
+            patch: [8, 8, 4],
+            overlap: 0.5,
+            sigma: 0.125,
+            batch: 3,
+        };
+        let mut calls = 0;
+        let out = sliding_window(
+            &image,
+            dims,
+            2,
+            &cfg,
+            0.0,
+            &mut |batch: &[Vec<f32>]| -> Result<Vec<Vec<Vec<f32>>>, String> {
+                calls += 1;
+                assert!(batch.len() <= 3);
+                Ok(batch
+                    .iter()
+                    .map(|p| vec![p.clone(), p.iter().map(|v| -v).collect()])
+                    .collect())
+            },
+        )
+        .unwrap();
+        for (i, &v) in image.iter().enumerate() {
+            assert!((out[0][i] - v).abs() < 1e-5 && (out[1][i] + v).abs() < 1e-5);
+        }
+        assert!(calls > 1);
+    }
+
+    #[test]
+    fn a_volume_smaller_than_the_patch_is_padded() {
+        let dims = [3, 3, 2];
+        let image = vec![1.0; 18];
+        let cfg = WindowConfig {
+            patch: [4, 4, 4],
+            ..Default::default()
+        };
+        let out = sliding_window(
+            &image,
+            dims,
+            1,
+            &cfg,
+            -5.0,
+            &mut |b: &[Vec<f32>]| -> Result<_, String> {
+                assert!(b[0].contains(&-5.0), "padding reaches the model");
+                Ok(b.iter().map(|p| vec![p.clone()]).collect())
+            },
+        )
+        .unwrap();
+        assert!(out[0].iter().all(|&v| v == 1.0));
+        // A model that returns the wrong shape is a named error, not a panic.
+        let e = sliding_window(
+            &image,
+            dims,
+            2,
+            &cfg,
+            0.0,
+            &mut |b: &[Vec<f32>]| -> Result<_, String> {
+                Ok(b.iter().map(|p| vec![p.clone()]).collect())
+            },
+        );
+        assert!(matches!(e, Err(WindowError::Shape(_))));
+    }
+
+    #[test]
+    fn smallest_sdm_wins_and_heaviside_is_exact() {
+        let a = vec![-0.5, -0.1, 0.0, 0.3];
+        let b = vec![-0.2, -0.4, 0.2, -0.0001];
+        assert_eq!(labels_from_sdms(&[a, b]), vec![1, 2, 0, 2]);
+        assert_eq!(
+            labels_from_probabilities(&[vec![0.9, 0.2], vec![0.6, 0.4]], 0.5),
+            vec![1, 0]
+        );
+    }
+
+    #[test]
+    fn largest_component_per_organ() {
+        let dims = [6, 1, 1];
+        let mut l = vec![1, 1, 0, 1, 2, 0];
+        keep_largest_components(&mut l, dims, 2);
+        assert_eq!(l, vec![1, 1, 0, 0, 2, 0]);
+    }
+}
