@@ -68,6 +68,12 @@ pub fn gaussian(patch: [usize; 3], sigma: f64) -> Vec<f32> {
     w
 }
 
+/// Per patch, per channel, the output voxels.
+pub type PatchOutputs = Vec<Vec<Vec<f32>>>;
+
+/// A network as [`sliding_window`] sees it: a batch of patches in, outputs per patch out.
+pub type Model<'a, E> = dyn FnMut(&[Vec<f32>]) -> Result<PatchOutputs, E> + 'a;
+
 /// Runs `model` over `image` (dims `dims`, x fastest) and returns `channels` maps of the
 /// volume's size. Parts of a patch that fall outside a volume smaller than the patch are
 /// filled with `pad`. `model` gets up to `cfg.batch` patches and must return, per patch,
@@ -78,7 +84,7 @@ pub fn sliding_window<E>(
     channels: usize,
     cfg: &WindowConfig,
     pad: f32,
-    model: &mut dyn FnMut(&[Vec<f32>]) -> Result<Vec<Vec<Vec<f32>>>, E>,
+    model: &mut Model<'_, E>,
 ) -> Result<Vec<Vec<f32>>, WindowError<E>> {
     let p = cfg.patch;
     let pn: usize = p.iter().product();
