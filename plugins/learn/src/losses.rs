@@ -1,0 +1,169 @@
+//! The losses of Xue et al. (AAAI 2020). Tensors are [batch, organs, z, y, x];
+//! `present` is [batch, organs] with 1 where the organ is annotated in that case and 0 where
+//! it is absent: absent organs contribute to no term (they are not "empty").
+
+use tch::{Kind, Tensor};
+
+const EPS: f64 = 1e-6;
+
+/// Per-(case, organ) weights broadcast over the voxels, and their count.
+fn mask(present: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
+    let m = present
+        .to_kind(like.kind())
+        .view([present.size()[0], present.size()[1], 1, 1, 1]);
+    let n = present.to_kind(like.kind()).sum(like.kind()).clamp_min(1.0);
+    (m, n)
+}
+
+/// Soft Dice loss: 1 - (2 sum(p y) + eps) / (sum p + sum y + eps) per case and organ,
+/// averaged over the present ones.
+pub fn dice_loss(prob: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
+    let dims: &[i64] = &[2, 3, 4];
+    let inter = (prob * target).sum_dim_intlist(dims, false, prob.kind());
+    let total = prob.sum_dim_intlist(dims, false, prob.kind())
+        + target.sum_dim_intlist(dims, false, prob.kind());
+    let dice = (inter * 2.0 + EPS) / (total + EPS);
+    let p = present.to_kind(prob.kind());
+    ((-dice + 1.0) * &p).sum(prob.kind()) / p.sum(prob.kind()).clamp_min(1.0)
+}
+
+/// Mean absolute error of the SDM over the voxels of present organs.
+pub fn l1_loss(pred: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
+    let (m, n) = mask(present, pred);
+    let voxels = (pred.size()[2] * pred.size()[3] * pred.size()[4]) as f64;
+    ((pred - target).abs() * m).sum(pred.kind()) / (n * voxels)
+}
+
+/// The product loss, -(y p) / (y p + p^2 + y^2), averaged over the voxels of present organs
+/// (the paper sums; the mean keeps the weight lambda independent of the patch size). It is
+/// negative where prediction and target agree in sign, pushing the signs to agree, and its
+/// magnitude is largest near the surface where both are small.
+pub fn product_loss(pred: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
+    let (m, n) = mask(present, pred);
+    let voxels = (pred.size()[2] * pred.size()[3] * pred.size()[4]) as f64;
+    let yp = pred * target;
+    let term = -(&yp) / (&yp + pred.square() + target.square() + EPS);
+    (term * m).sum(pred.kind()) / (n * voxels)
+}
+
+/// The joint loss: Dice of the smooth Heaviside sigmoid(-k p) against the segmentation,
+/// plus lambda (L1 + product) on the SDM. The paper: k = 1500, lambda = 10.
+pub fn joint_loss(
+    sdm_pred: &Tensor,
+    sdm_target: &Tensor,
+    seg_target: &Tensor,
+    present: &Tensor,
+    k: f64,
+    lambda: f64,
+) -> Tensor {
+    let seg = (sdm_pred * -k).sigmoid();
+    dice_loss(&seg, seg_target, present)
+        + (l1_loss(sdm_pred, sdm_target, present) + product_loss(sdm_pred, sdm_target, present))
+            * lambda
+}
+
+/// The SDM-only loss of the ablation: L1 + product.
+pub fn sdm_loss(sdm_pred: &Tensor, sdm_target: &Tensor, present: &Tensor) -> Tensor {
+    l1_loss(sdm_pred, sdm_target, present) + product_loss(sdm_pred, sdm_target, present)
+}
+
+/// A scalar loss as f64.
+pub fn value(t: &Tensor) -> f64 {
+    t.to_kind(Kind::Double).double_value(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn t(v: &[f64], shape: &[i64]) -> Tensor {
+        Tensor::from_slice(v).view(shape).to_kind(Kind::Double)
+    }
+
+    #[test]
+    fn dice_by_hand() {
+        // One case, one organ, 4 voxels: p = (1, 0.5, 0, 0), y = (1, 1, 0, 0):
+        // 2 * 1.5 / (1.5 + 2) = 6/7.
+        let p = t(&[1.0, 0.5, 0.0, 0.0], &[1, 1, 1, 2, 2]);
+        let y = t(&[1.0, 1.0, 0.0, 0.0], &[1, 1, 1, 2, 2]);
+        let present = t(&[1.0], &[1, 1]);
+        assert!((value(&dice_loss(&p, &y, &present)) - (1.0 - 6.0 / 7.0)).abs() < 1e-5);
+        // An absent organ contributes nothing, even if its prediction is wrong.
+        let p2 = Tensor::cat(
+            &[
+                p.shallow_clone(),
+                t(&[1.0, 1.0, 1.0, 1.0], &[1, 1, 1, 2, 2]),
+            ],
+            1,
+        );
+        let y2 = Tensor::cat(&[y.shallow_clone(), t(&[0.0; 4], &[1, 1, 1, 2, 2])], 1);
+        let present2 = t(&[1.0, 0.0], &[1, 2]);
+        assert!((value(&dice_loss(&p2, &y2, &present2)) - (1.0 - 6.0 / 7.0)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn l1_and_product_by_hand() {
+        let p = t(&[0.5, -0.5, 0.2, 0.0], &[1, 1, 1, 2, 2]);
+        let y = t(&[0.5, 0.5, -0.2, 0.1], &[1, 1, 1, 2, 2]);
+        let present = t(&[1.0], &[1, 1]);
+        assert!((value(&l1_loss(&p, &y, &present)) - (0.0 + 1.0 + 0.4 + 0.1) / 4.0).abs() < 1e-9);
+        // Terms: yp/(yp + p^2 + y^2): 0.25/0.75, -0.25/0.25, -0.04/0.04, 0/0.01.
+        let want = -(1.0 / 3.0 - 1.0 - 1.0 + 0.0) / 4.0;
+        assert!(
+            (value(&product_loss(&p, &y, &present)) - want).abs() < 1e-5,
+            "{}",
+            value(&product_loss(&p, &y, &present))
+        );
+    }
+
+    #[test]
+    fn joint_is_dice_of_the_smooth_heaviside_plus_weighted_sdm_terms() {
+        let p = t(&[-0.01, 0.02, -0.003, 0.5], &[1, 1, 1, 2, 2]);
+        let y = t(&[-0.02, 0.01, -0.001, 0.4], &[1, 1, 1, 2, 2]);
+        let seg = t(&[1.0, 0.0, 1.0, 0.0], &[1, 1, 1, 2, 2]);
+        let present = t(&[1.0], &[1, 1]);
+        let j = value(&joint_loss(&p, &y, &seg, &present, 1500.0, 10.0));
+        let h = (&p * -1500.0).sigmoid();
+        let want =
+            value(&dice_loss(&h, &seg, &present)) + 10.0 * value(&sdm_loss(&p, &y, &present));
+        assert!((j - want).abs() < 1e-9);
+    }
+
+    /// Autograd against central differences, element by element.
+    fn check_gradient(f: &dyn Fn(&Tensor) -> Tensor, x: &Tensor) {
+        let xv = x.detach().set_requires_grad(true);
+        let loss = f(&xv);
+        loss.backward();
+        let g = xv.grad();
+        let h = 1e-6;
+        for i in 0..x.numel() as i64 {
+            let plus = x.detach().copy();
+            let minus = x.detach().copy();
+            let _ = plus.view([-1]).get(i).f_add_scalar_(h);
+            let _ = minus.view([-1]).get(i).f_add_scalar_(-h);
+            let numeric = (value(&f(&plus)) - value(&f(&minus))) / (2.0 * h);
+            let analytic = g.view([-1]).double_value(&[i]);
+            assert!(
+                (numeric - analytic).abs() < 1e-5 * (1.0 + numeric.abs()),
+                "element {i}: autograd {analytic}, numeric {numeric}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        tch::manual_seed(3);
+        let shape = [2, 2, 2, 2, 3];
+        let y = Tensor::randn(shape, (Kind::Double, Device::Cpu)) * 0.3;
+        let seg = y.lt(0.0).to_kind(Kind::Double);
+        let present = t(&[1.0, 1.0, 1.0, 0.0], &[2, 2]);
+        let x = Tensor::randn(shape, (Kind::Double, Device::Cpu)) * 0.3;
+        let prob = x.sigmoid();
+        check_gradient(&|p| dice_loss(p, &seg, &present), &prob);
+        check_gradient(&|p| l1_loss(p, &y, &present), &x);
+        check_gradient(&|p| product_loss(p, &y, &present), &x);
+        // k small enough for finite differences to resolve the sigmoid.
+        check_gradient(&|p| joint_loss(p, &y, &seg, &present, 5.0, 10.0), &x);
+    }
+}

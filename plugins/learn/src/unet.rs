@@ -1,0 +1,200 @@
+//! The 3D UNet of Xue et al. (AAAI 2020): `depth` downsamplings, each level two 3x3x3
+//! convolutions with GroupNorm and LeakyReLU, max-pooling down, trilinear upsampling followed
+//! by a convolution up (instead of transposed convolutions), skip connections at every
+//! scale, and a 1x1x1 head with one output channel per organ.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+/// Shape of the network.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UNetConfig {
+    pub in_channels: i64,
+    /// One per organ.
+    pub out_channels: i64,
+    /// Number of downsamplings (the paper: 6). Patch sizes must be divisible by 2^depth.
+    pub depth: usize,
+    /// Channels at the first level; doubled at each level down.
+    pub base_channels: i64,
+    /// GroupNorm groups (channels per level must be divisible by it).
+    pub groups: i64,
+    /// LeakyReLU negative slope.
+    pub slope: f64,
+    /// Cap on the channels of deep levels.
+    pub max_channels: i64,
+}
+
+impl Default for UNetConfig {
+    fn default() -> Self {
+        UNetConfig {
+            in_channels: 1,
+            out_channels: 9,
+            depth: 6,
+            base_channels: 16,
+            groups: 8,
+            slope: 0.01,
+            max_channels: 320,
+        }
+    }
+}
+
+/// Conv 3x3x3 -> GroupNorm -> LeakyReLU, twice.
+#[derive(Debug)]
+struct Block {
+    c1: nn::Conv3D,
+    n1: nn::GroupNorm,
+    c2: nn::Conv3D,
+    n2: nn::GroupNorm,
+    slope: f64,
+}
+
+fn leaky(x: &Tensor, slope: f64) -> Tensor {
+    x.maximum(&(x * slope))
+}
+
+impl Block {
+    fn new(p: nn::Path, cin: i64, cout: i64, groups: i64, slope: f64) -> Block {
+        let cfg = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let g = groups.min(cout).max(1);
+        Block {
+            c1: nn::conv3d(&p / "conv1", cin, cout, 3, cfg),
+            n1: nn::group_norm(&p / "norm1", g, cout, Default::default()),
+            c2: nn::conv3d(&p / "conv2", cout, cout, 3, cfg),
+            n2: nn::group_norm(&p / "norm2", g, cout, Default::default()),
+            slope,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let x = leaky(&self.n1.forward(&self.c1.forward(x)), self.slope);
+        leaky(&self.n2.forward(&self.c2.forward(&x)), self.slope)
+    }
+}
+
+/// The network. `forward` takes [batch, in_channels, z, y, x] and returns
+/// [batch, out_channels, z, y, x] (raw outputs: the heads apply tanh or sigmoid).
+#[derive(Debug)]
+pub struct UNet {
+    pub config: UNetConfig,
+    down: Vec<Block>,
+    /// Per level: the conv after trilinear upsampling, then the block after concatenation.
+    up: Vec<(nn::Conv3D, Block)>,
+    head: nn::Conv3D,
+}
+
+impl UNet {
+    pub fn new(p: &nn::Path, cfg: UNetConfig) -> UNet {
+        let ch = |level: usize| (cfg.base_channels << level).min(cfg.max_channels);
+        let mut down = Vec::new();
+        let mut cin = cfg.in_channels;
+        for level in 0..=cfg.depth {
+            down.push(Block::new(
+                p / format!("down{level}"),
+                cin,
+                ch(level),
+                cfg.groups,
+                cfg.slope,
+            ));
+            cin = ch(level);
+        }
+        let mut up = Vec::new();
+        for level in (0..cfg.depth).rev() {
+            let upconv = nn::conv3d(
+                p / format!("upconv{level}"),
+                ch(level + 1),
+                ch(level),
+                3,
+                nn::ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+            );
+            let block = Block::new(
+                p / format!("up{level}"),
+                2 * ch(level),
+                ch(level),
+                cfg.groups,
+                cfg.slope,
+            );
+            up.push((upconv, block));
+        }
+        let head = nn::conv3d(p / "head", ch(0), cfg.out_channels, 1, Default::default());
+        UNet {
+            config: cfg,
+            down,
+            up,
+            head,
+        }
+    }
+
+    /// The input's spatial sizes must be divisible by 2^depth.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut skips = Vec::with_capacity(self.down.len());
+        let mut h = x.shallow_clone();
+        for (i, block) in self.down.iter().enumerate() {
+            if i > 0 {
+                h = h.max_pool3d([2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 1, 1], false);
+            }
+            h = block.forward(&h);
+            skips.push(h.shallow_clone());
+        }
+        skips.pop();
+        for (upconv, block) in &self.up {
+            let skip = skips.pop().expect("one skip per level");
+            let size = skip.size();
+            let upsampled =
+                h.upsample_trilinear3d([size[2], size[3], size[4]], false, None, None, None);
+            h = leaky(&upconv.forward(&upsampled), self.config.slope);
+            h = block.forward(&Tensor::cat(&[skip, h], 1));
+        }
+        self.head.forward(&h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn shapes_and_depth() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = UNetConfig {
+            out_channels: 3,
+            depth: 2,
+            base_channels: 4,
+            groups: 2,
+            ..Default::default()
+        };
+        let net = UNet::new(&vs.root(), cfg);
+        let x = Tensor::randn([2, 1, 8, 12, 16], (Kind::Float, Device::Cpu));
+        let y = net.forward(&x);
+        assert_eq!(y.size(), vec![2, 3, 8, 12, 16]);
+        // Three levels of blocks down, two up, upconvs and a head: parameters exist and train.
+        assert!(vs.trainable_variables().len() > 20);
+        let loss = y.square().mean(Kind::Float);
+        loss.backward();
+        let grads_ok = vs.trainable_variables().iter().all(|v| v.grad().defined());
+        assert!(grads_ok, "every parameter receives a gradient");
+    }
+
+    #[test]
+    fn the_papers_depth_of_six() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = UNetConfig {
+            out_channels: 9,
+            depth: 6,
+            base_channels: 4,
+            groups: 2,
+            max_channels: 32,
+            ..Default::default()
+        };
+        let net = UNet::new(&vs.root(), cfg);
+        let x = Tensor::zeros([1, 1, 64, 64, 64], (Kind::Float, Device::Cpu));
+        assert_eq!(net.forward(&x).size(), vec![1, 9, 64, 64, 64]);
+    }
+}
