@@ -271,6 +271,9 @@ pub fn overlay(
             }
         }
     }
+    if n == 0.0 {
+        return Err(format!("{organ} is empty in the reference"));
+    }
     // Zoom: the organ (both outlines) with 30 mm around it, at least 100 mm wide.
     for a in 0..3 {
         let centre = (lo[a] + hi[a]) as f64 / 2.0;
@@ -278,9 +281,6 @@ pub fn overlay(
             ((hi[a] - lo[a]) as f64 / 2.0 + 30.0 / img.spacing[a]).max(50.0 / img.spacing[a]);
         lo[a] = (centre - half).max(0.0) as usize;
         hi[a] = ((centre + half) as usize).min(d[a] - 1);
-    }
-    if n == 0.0 {
-        return Err(format!("{organ} is empty in the reference"));
     }
     let c: [usize; 3] = std::array::from_fn(|a| (sum[a] / n).round() as usize);
     // 0.25 mm pixels: a 100 mm view is 400 pixels wide.
@@ -325,4 +325,59 @@ fn draw_text(
 ) -> Result<(), String> {
     root.draw(&Text::new(s.to_string(), at, (FONT, size).into_font()))
         .map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(labels: Vec<u8>) -> CaseData {
+        let v = Volume::new([6, 5, 4], [1.0, 1.0, 2.0], VoxelData::U8(labels)).unwrap();
+        CaseData {
+            image: None,
+            labels: Some(v),
+            organs: vec!["a".into(), "b".into()],
+            present: vec![true, true],
+            original: None,
+            notes: Default::default(),
+        }
+    }
+
+    #[test]
+    fn overlays_and_box_plots_are_pngs_and_empty_organs_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let mut l = vec![0u8; 120];
+        for i in [37, 38, 43, 44, 67, 68] {
+            l[i] = 1;
+        }
+        let (r, p) = (case(l.clone()), case(l));
+        overlay(&d.path().join("o.png"), "t", &r, &p, "a").unwrap();
+        assert_eq!(
+            &std::fs::read(d.path().join("o.png")).unwrap()[..4],
+            b"\x89PNG"
+        );
+        // Organ b has no voxel anywhere: a named error, not a panic.
+        let e = overlay(&d.path().join("b.png"), "t", &r, &p, "b").unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let organs = vec!["a".to_string(), "b".to_string()];
+        box_plot(
+            &d.path().join("bp.png"),
+            "Dice",
+            "Dice",
+            &organs,
+            &[("x".into(), vec![vec![0.8, 0.9], vec![]])],
+        )
+        .unwrap();
+        assert!(d.path().join("bp.png").is_file());
+        // Nothing finite: no figure, no error.
+        box_plot(
+            &d.path().join("none.png"),
+            "Dice",
+            "Dice",
+            &organs,
+            &[("x".into(), vec![vec![f64::INFINITY], vec![]])],
+        )
+        .unwrap();
+        assert!(!d.path().join("none.png").exists());
+    }
 }
