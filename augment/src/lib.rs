@@ -14,43 +14,14 @@ use shapeflow_core::{CaseData, SdmSet, Volume, VoxelData};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A small deterministic generator (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub use shapeflow_core::rng::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    /// The stream of sample `index` of `epoch`.
-    pub fn for_sample(seed: u64, epoch: u64, index: u64) -> Self {
-        let mut r = Rng::new(seed);
-        let a = r.next_u64() ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let mut r = Rng::new(a);
-        Rng::new(r.next_u64() ^ index.wrapping_mul(0x8CB9_2BA7_2F3D_8DD7))
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.uniform() * n as f64) as usize % n.max(1)
-    }
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
+/// The random stream of sample `index` of `epoch`.
+pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> Rng {
+    let mut r = Rng::new(seed);
+    let a = r.next_u64() ^ epoch.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut r = Rng::new(a);
+    Rng::new(r.next_u64() ^ index.wrapping_mul(0x8CB9_2BA7_2F3D_8DD7))
 }
 
 /// What to sample and how to augment.
@@ -259,7 +230,7 @@ pub fn sample(
     epoch: u64,
     index: u64,
 ) -> Sample {
-    let mut rng = Rng::for_sample(seed, epoch, index);
+    let mut rng = sample_rng(seed, epoch, index);
     let case = &cases[rng.below(cases.len())];
     let d = case.image.dims;
     let sp = case.image.spacing;

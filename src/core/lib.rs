@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod plan;
 pub mod resample;
 pub mod resolve;
+pub mod rng;
 pub mod run;
 pub mod stage;
 pub mod volume;
