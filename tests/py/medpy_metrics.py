@@ -5,24 +5,16 @@ For every NAME.ref.u8 / NAME.pred.u8 (with NAME.json: dims [x, y, z], spacing [x
   two directed means); from medpy's directed surface distances, the MONAI definitions:
   hd95 = max of the directed 95th percentiles, assd = mean of both directions pooled.
 Usage: medpy_metrics.py DIR -> JSON {NAME: {...}}."""
-import json, os, sys
+import json, sys
 
 import numpy as np
 from medpy.metric import binary
 
+from pairs import read_pairs
+
 surface_distances = getattr(binary, "__surface_distances")
-d = sys.argv[1]
 out = {}
-for f in sorted(os.listdir(d)):
-    if not f.endswith(".ref.u8"):
-        continue
-    name = f[: -len(".ref.u8")]
-    meta = json.load(open(os.path.join(d, name + ".json")))
-    nx, ny, nz = meta["dims"]
-    sx, sy, sz = meta["spacing"]
-    ref = np.fromfile(os.path.join(d, name + ".ref.u8"), dtype=np.uint8).reshape(nz, ny, nx).astype(bool)
-    pred = np.fromfile(os.path.join(d, name + ".pred.u8"), dtype=np.uint8).reshape(nz, ny, nx).astype(bool)
-    sp = (sz, sy, sx)
+for name, ref, pred, sp in read_pairs(sys.argv[1]):
     d_pr = surface_distances(pred, ref, sp, 1)
     d_rp = surface_distances(ref, pred, sp, 1)
     out[name] = {

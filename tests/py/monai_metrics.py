@@ -1,26 +1,18 @@
 """Reference metrics with MONAI 1.6 (boundary voxels; HD95 = larger directed 95th
 percentile, ASSD = mean of both directions pooled) for the pairs written by the Rust test.
 Usage: monai_metrics.py DIR -> JSON {NAME: {dice, hd95, assd}}."""
-import json, os, sys
+import json, sys
 
 import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice, compute_hausdorff_distance
 
-d = sys.argv[1]
+from pairs import read_pairs
+
 out = {}
-for f in sorted(os.listdir(d)):
-    if not f.endswith(".ref.u8"):
-        continue
-    name = f[: -len(".ref.u8")]
-    meta = json.load(open(os.path.join(d, name + ".json")))
-    nx, ny, nz = meta["dims"]
-    sx, sy, sz = meta["spacing"]
-    ref = np.fromfile(os.path.join(d, name + ".ref.u8"), dtype=np.uint8).reshape(nz, ny, nx)
-    pred = np.fromfile(os.path.join(d, name + ".pred.u8"), dtype=np.uint8).reshape(nz, ny, nx)
+for name, ref, pred, sp in read_pairs(sys.argv[1]):
     r = torch.from_numpy(ref[None, None].astype(np.float32))
     p = torch.from_numpy(pred[None, None].astype(np.float32))
-    sp = (sz, sy, sx)
     out[name] = {
         "dice": float(compute_dice(p, r, include_background=True)),
         "hd95": float(compute_hausdorff_distance(p, r, include_background=True, percentile=95, spacing=sp)),
