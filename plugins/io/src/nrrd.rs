@@ -287,16 +287,17 @@ pub fn read(path: &Path) -> Result<Volume, String> {
         ));
     }
     let d = &data_bytes[..want];
-    let rd = |c: &[u8]| -> [u8; 8] {
+    // Each element's bytes in little-endian order, whatever the file's endianness.
+    let le = |c: &[u8]| -> [u8; 8] {
         let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
         if big_endian {
-            for (i, x) in c.iter().rev().enumerate() {
-                b[i] = *x;
-            }
-        } else {
-            b[..c.len()].copy_from_slice(c);
+            b[..c.len()].reverse();
         }
         b
+    };
+    let floats = |size: usize, f: fn([u8; 8]) -> f32| -> Vec<f32> {
+        d.chunks_exact(size).map(|c| f(le(c))).collect()
     };
     let data = match ty {
         Ty::U8 => VoxelData::U8(d.to_vec()),
@@ -304,48 +305,20 @@ pub fn read(path: &Path) -> Result<Volume, String> {
         Ty::I16 => VoxelData::I16(
             d.chunks_exact(2)
                 .map(|c| {
-                    let b = rd(c);
+                    let b = le(c);
                     i16::from_le_bytes([b[0], b[1]])
                 })
                 .collect(),
         ),
-        Ty::U16 => VoxelData::F32(
-            d.chunks_exact(2)
-                .map(|c| {
-                    let b = rd(c);
-                    u16::from_le_bytes([b[0], b[1]]) as f32
-                })
-                .collect(),
-        ),
-        Ty::I32 => VoxelData::F32(
-            d.chunks_exact(4)
-                .map(|c| {
-                    let b = rd(c);
-                    i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
-                })
-                .collect(),
-        ),
-        Ty::U32 => VoxelData::F32(
-            d.chunks_exact(4)
-                .map(|c| {
-                    let b = rd(c);
-                    u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
-                })
-                .collect(),
-        ),
-        Ty::F32 => VoxelData::F32(
-            d.chunks_exact(4)
-                .map(|c| {
-                    let b = rd(c);
-                    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-                })
-                .collect(),
-        ),
-        Ty::F64 => VoxelData::F32(
-            d.chunks_exact(8)
-                .map(|c| f64::from_le_bytes(rd(c)) as f32)
-                .collect(),
-        ),
+        Ty::U16 => VoxelData::F32(floats(2, |b| u16::from_le_bytes([b[0], b[1]]) as f32)),
+        Ty::I32 => VoxelData::F32(floats(4, |b| {
+            i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
+        })),
+        Ty::U32 => VoxelData::F32(floats(4, |b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
+        })),
+        Ty::F32 => VoxelData::F32(floats(4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        Ty::F64 => VoxelData::F32(floats(8, |b| f64::from_le_bytes(b) as f32)),
     };
     if let VoxelData::F32(v) = &data {
         if v.iter().any(|x| x.is_nan()) {
