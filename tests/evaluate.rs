@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use shapeflow::cli::{run_pipeline, RunSettings};
 use shapeflow_core::Status;
 
 #[test]
@@ -49,13 +48,7 @@ stages:
   summary: {plugin: report, after: [compare, pddca, oncologist], params: {title: Inter-rater agreement, reference: pddca, prediction: oncologist}}
 ";
     write(d.path(), "p.yaml", text);
-    let settings = || RunSettings {
-        cache: Some(d.path().join("cache")),
-        runs: d.path().join("runs"),
-        ..Default::default()
-    };
-    let (r, manifest) =
-        run_pipeline(&d.path().join("p.yaml"), &[], &registry(), settings()).unwrap();
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
     assert!(r.ok(), "{}", r.table());
     let dir = manifest.parent().unwrap().join("summary");
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
@@ -82,8 +75,7 @@ stages:
         "{md}"
     );
     // A second run computes nothing but still writes the report into the new run directory.
-    let (r, manifest2) =
-        run_pipeline(&d.path().join("p.yaml"), &[], &registry(), settings()).unwrap();
+    let (r, manifest2) = run_with_manifest(d.path(), "p.yaml", &[]);
     assert_eq!(r.node("compare", "default").unwrap().computed, 0);
     assert!(manifest2
         .parent()
@@ -122,17 +114,7 @@ variants:
   loose: {compare.tolerance_mm: 3.0}
 ";
     write(d.path(), "p.yaml", text);
-    let (r, manifest) = run_pipeline(
-        &d.path().join("p.yaml"),
-        &[],
-        &registry(),
-        RunSettings {
-            cache: Some(d.path().join("cache")),
-            runs: d.path().join("runs"),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
     assert!(r.ok(), "{}", r.table());
     let out = manifest.parent().unwrap().join("summary");
     // One folder per variant for the per-variant reports, and the comparison beside them.
@@ -164,17 +146,7 @@ fn mismatched_grids_are_a_named_error() {
   e: {plugin: evaluate, after: [a, b]}
 ";
     write(d.path(), "p.yaml", text);
-    let (r, _) = run_pipeline(
-        &d.path().join("p.yaml"),
-        &[],
-        &registry(),
-        RunSettings {
-            cache: Some(d.path().join("cache")),
-            runs: d.path().join("runs"),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (r, _) = run_with_manifest(d.path(), "p.yaml", &[]);
     match &r.node("e", "default").unwrap().status {
         Status::Failed(m) => assert!(
             m.contains("different grids") && m.contains("phantom000"),

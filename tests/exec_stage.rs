@@ -3,29 +3,11 @@
 mod common;
 
 use common::*;
-use shapeflow::cli::{run_pipeline, RunSettings};
-use shapeflow_core::{RunReport, Status};
-use std::path::Path;
+use shapeflow_core::Status;
 
 #[test]
 fn child_entry() {
     maybe_run_child();
-}
-
-fn run_in(dir: &Path, sets: &[&str]) -> RunReport {
-    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    run_pipeline(
-        &dir.join("p.yaml"),
-        &sets,
-        &registry(),
-        RunSettings {
-            cache: Some(dir.join("cache")),
-            runs: dir.join("runs"),
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .0
 }
 
 const PIPE: &str = r#"name: exec-test
@@ -55,7 +37,7 @@ fn exec_runs_a_python_step_per_case_and_caches_it() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "p.yaml", PIPE);
     write(d.path(), "double.py", SCRIPT);
-    let r = run_in(d.path(), &[]);
+    let r = run_in(d.path(), "p.yaml", &[]);
     assert!(r.ok(), "{}", r.table());
     assert_eq!(r.node("double", "default").unwrap().computed, 4);
     // Values: numbers gives 0..3, doubled and summed = 12. Check through an exec that
@@ -64,7 +46,7 @@ fn exec_runs_a_python_step_per_case_and_caches_it() {
         "{PIPE}  show:\n    plugin: exec\n    after: [src, total]\n    params:\n      command: [python3, -c, \"import json,sys; t=json.load(open(sys.argv[1]))['value']; json.dump({{'value': t}}, open(sys.argv[2],'w')); assert t == 12, t\", \"{{input:total}}\", \"{{output}}\"]\n      output: json\n"
     );
     write(d.path(), "p.yaml", &check);
-    let r = run_in(d.path(), &[]);
+    let r = run_in(d.path(), "p.yaml", &[]);
     assert!(r.ok(), "{}", r.table());
     assert_eq!(r.node("show", "default").unwrap().computed, 4);
     assert_eq!(r.node("double", "default").unwrap().computed, 0);
@@ -75,9 +57,9 @@ fn editing_the_script_or_command_recomputes() {
     let d = tempfile::tempdir().unwrap();
     write(d.path(), "p.yaml", PIPE);
     write(d.path(), "double.py", SCRIPT);
-    run_in(d.path(), &[]);
+    run_in(d.path(), "p.yaml", &[]);
     write(d.path(), "double.py", &format!("{SCRIPT}\n# edited\n"));
-    let r = run_in(d.path(), &[]);
+    let r = run_in(d.path(), "p.yaml", &[]);
     assert_eq!(
         r.node("double", "default").unwrap().computed,
         4,
@@ -85,7 +67,7 @@ fn editing_the_script_or_command_recomputes() {
         r.table()
     );
     assert_eq!(r.node("src", "default").unwrap().computed, 0);
-    let r = run_in(d.path(), &["double.env={X: '1'}"]);
+    let r = run_in(d.path(), "p.yaml", &["double.env={X: '1'}"]);
     assert_eq!(
         r.node("double", "default").unwrap().computed,
         4,
@@ -103,7 +85,7 @@ fn nonzero_exit_is_a_named_error_with_stderr() {
         &PIPE.replace("\"{case}\"]", "\"{case}\", strict]"),
     );
     write(d.path(), "double.py", SCRIPT);
-    let r = run_in(d.path(), &[]);
+    let r = run_in(d.path(), "p.yaml", &[]);
     let n = r.node("double", "default").unwrap();
     match &n.status {
         Status::Failed(m) => {
@@ -125,7 +107,7 @@ fn missing_output_is_a_named_error() {
     let d = tempfile::tempdir().unwrap();
     let text = "stages:\n  src: {plugin: numbers, params: {n: 1}}\n  x: {plugin: exec, after: [src], params: {command: [\"true\"], output: json}}\n";
     write(d.path(), "p.yaml", text);
-    let r = run_in(d.path(), &[]);
+    let r = run_in(d.path(), "p.yaml", &[]);
     match &r.node("x", "default").unwrap().status {
         Status::Failed(m) => assert!(
             m.contains("wrote no JSON") && m.contains("output.json"),
@@ -134,7 +116,7 @@ fn missing_output_is_a_named_error() {
         s => panic!("{s:?}"),
     }
     // Nothing was cached for the failed item.
-    let r = run_in(d.path(), &[]);
+    let r = run_in(d.path(), "p.yaml", &[]);
     assert_eq!(r.node("x", "default").unwrap().computed, 0);
     assert!(matches!(
         r.node("x", "default").unwrap().status,

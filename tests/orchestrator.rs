@@ -16,23 +16,6 @@ fn child_entry() {
     maybe_run_child();
 }
 
-fn run_in(dir: &Path, file: &str, sets: &[&str]) -> RunReport {
-    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    let (report, manifest) = run_pipeline(
-        &dir.join(file),
-        &sets,
-        &registry(),
-        RunSettings {
-            cache: Some(dir.join("cache")),
-            runs: dir.join("runs"),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert!(manifest.is_file());
-    report
-}
-
 fn counts(r: &RunReport, stage: &str, variant: &str) -> (usize, usize) {
     let n = r
         .node(stage, variant)

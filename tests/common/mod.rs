@@ -391,3 +391,31 @@ pub fn write_mask_pair(
     )
     .unwrap();
 }
+
+/// Runs pipeline file `file` in `dir` with the test stages, the cache in `dir/cache` and run
+/// directories in `dir/runs`; returns the report and the manifest path.
+pub fn run_with_manifest(
+    dir: &Path,
+    file: &str,
+    sets: &[&str],
+) -> (shapeflow_core::RunReport, PathBuf) {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let (report, manifest) = shapeflow::cli::run_pipeline(
+        &dir.join(file),
+        &sets,
+        &registry(),
+        shapeflow::cli::RunSettings {
+            cache: Some(dir.join("cache")),
+            runs: dir.join("runs"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(manifest.is_file());
+    (report, manifest)
+}
+
+/// [`run_with_manifest`] without the manifest path.
+pub fn run_in(dir: &Path, file: &str, sets: &[&str]) -> shapeflow_core::RunReport {
+    run_with_manifest(dir, file, sets).0
+}
