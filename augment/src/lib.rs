@@ -28,8 +28,11 @@ pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> Rng {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
-    /// Patch size in voxels of the (already resampled) training grid.
+    /// Patch size in voxels of the (already resampled) training grid. Set by the `train`
+    /// stage from its own `patch` and `batch` params, hence not part of this mapping.
+    #[serde(skip)]
     pub patch: [usize; 3],
+    #[serde(skip)]
     pub batch: usize,
     /// Probability that a patch is centred on a voxel of a randomly chosen present organ
     /// (each organ equally likely, so small organs such as the chiasm appear often).

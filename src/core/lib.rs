@@ -21,13 +21,14 @@ pub mod yaml;
 
 pub use case::{CaseData, SdmSet, SdmStorage, SdmUnits};
 pub use config::{ConfigError, ConfigErrors, ErrorKind, Override, PipelineFile};
+pub use indicatif;
 pub use item::Item;
 pub use plan::{Plan, Reason};
 pub use resolve::Resolved;
 pub use run::{RunOptions, RunReport, Status};
 pub use shapeflow_cache as cache;
 pub use stage::{
-    BuildCtx, Built, CancelToken, CaseInfo, Inputs, ParamDoc, ParamError, Plugin, Registry, Shape,
-    Stage, StageCtx, StageDef, StageError, StageFactory,
+    BuildCtx, Built, CancelToken, CaseInfo, Inputs, ParamDoc, ParamError, Plugin, Progress,
+    Registry, Shape, Stage, StageCtx, StageDef, StageError, StageFactory,
 };
 pub use volume::{Grid, Spacing, Volume, VoxelData};

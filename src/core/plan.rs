@@ -128,7 +128,9 @@ pub fn make_plan(resolved: &Resolved, cancel: &CancelToken) -> Result<Plan, Stri
                     scratch: scratch.clone(),
                     run_dir: scratch.clone(),
                     output_dir: scratch.clone(),
+                    work_dir: scratch.clone(),
                     cancel,
+                    progress: Default::default(),
                 };
                 let cases = node
                     .stage

@@ -197,6 +197,11 @@ impl Engine {
         }
     }
 
+    /// `<cache>/work/<key>`: resumable state of item `key` (see [`StageCtx::work_dir`]).
+    fn work_dir(&self, key: &CacheKey) -> PathBuf {
+        self.cache.root().join("work").join(key.to_hex())
+    }
+
     /// The item of node `n` for `case`: from memory, the cache, or computed now.
     fn load(&self, n: usize, case: &str) -> Result<Arc<Item>, StageError> {
         let i = self.item_index(n, case)?;
@@ -275,7 +280,9 @@ impl Engine {
             scratch: scratch.clone(),
             run_dir: self.run_dir.clone(),
             output_dir: self.output_dir(n),
+            work_dir: self.work_dir(&item.key),
             cancel: &self.cancel,
+            progress: crate::stage::Progress::new(self.bars.clone()),
         };
         let out = match node.shape {
             Shape::Source => node.stage.run_case(&ctx, &item.case, &Inputs::default()),
@@ -317,6 +324,7 @@ impl Engine {
                 .insert(planned.key, item.clone());
         }
         plan::record(&self.resolved, n, planned, &self.cache);
+        let _ = std::fs::remove_dir_all(self.work_dir(&planned.key));
         Ok(())
     }
 
@@ -507,7 +515,9 @@ fn combine_variants(engine: &Engine) {
             scratch: engine.scratch_root.clone(),
             run_dir: engine.run_dir.clone(),
             output_dir: engine.run_dir.join(id),
+            work_dir: engine.scratch_root.clone(),
             cancel: &engine.cancel,
+            progress: Default::default(),
         };
         if let Err(e) = resolved.nodes[first].stage.combine_variants(&ctx, &outputs) {
             tracing::error!(stage = id, "comparing variants failed: {e}");

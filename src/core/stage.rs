@@ -47,6 +47,33 @@ impl CancelToken {
     }
 }
 
+/// Progress bars a long stage may add under its own (hidden when stderr is no terminal).
+#[derive(Clone, Default)]
+pub struct Progress(Option<indicatif::MultiProgress>);
+
+impl Progress {
+    pub fn new(bars: indicatif::MultiProgress) -> Self {
+        Progress(Some(bars))
+    }
+
+    /// A bar of `len` steps labelled `prefix`, showing its message (e.g. loss and lr).
+    pub fn bar(&self, len: u64, prefix: &str) -> indicatif::ProgressBar {
+        let Some(m) = &self.0 else {
+            return indicatif::ProgressBar::hidden();
+        };
+        let bar = m.add(indicatif::ProgressBar::new(len));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>24.bold} [{bar:30}] {pos}/{len} {elapsed}<{eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix.to_string());
+        bar
+    }
+}
+
 /// What a stage may know while it is built from its params.
 #[derive(Debug, Clone)]
 pub struct BuildCtx {
@@ -77,7 +104,13 @@ pub struct StageCtx<'a> {
     /// `/<variant>[+<variant>...]` when the pipeline has variants that this stage instance
     /// does not all serve.
     pub output_dir: PathBuf,
+    /// A directory that survives an interrupted run of this very item (same cache key):
+    /// `<cache>/work/<key>`. Long stages keep resumable state here (training checkpoints);
+    /// the engine removes it once the item is stored.
+    pub work_dir: PathBuf,
     pub cancel: &'a CancelToken,
+    /// Extra progress bars (training epochs).
+    pub progress: Progress,
 }
 
 /// A stage's inputs for one case: one item per dependency, in `after` order.

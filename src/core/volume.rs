@@ -176,6 +176,13 @@ impl Volume {
         })
     }
 
+    /// A volume on `grid` (spacing from its affine).
+    pub fn from_grid(grid: &Grid, data: VoxelData) -> Result<Self, VolumeError> {
+        let mut v = Volume::new(grid.dims, grid.spacing(), data)?;
+        v.affine = grid.affine;
+        Ok(v)
+    }
+
     /// Number of voxels.
     pub fn len(&self) -> usize {
         self.dims[0] * self.dims[1] * self.dims[2]

@@ -105,7 +105,7 @@ mod tests {
         tch::manual_seed(0);
         tch::set_num_threads(2);
         let c = shapeflow_io::phantom::mri(1, 0, [32, 32, 32], [1.0; 3], 0.02);
-        let s = shapeflow_sdm_for_tests(&c);
+        let s = crate::testutil::sdms(&c);
         let cases = vec![TrainCase::new("m0", &c, &s).unwrap()];
         let patch = [16, 16, 16];
         let cfg = AugmentConfig {
@@ -140,30 +140,5 @@ mod tests {
             after < before * 0.7,
             "SDM loss on held-out patches: {before} -> {after}"
         );
-    }
-
-    fn shapeflow_sdm_for_tests(c: &shapeflow_core::CaseData) -> shapeflow_core::SdmSet {
-        // The same maps edt-sdm computes (normalised), without depending on that plugin.
-        let l = c.labels.as_ref().unwrap();
-        let shapeflow_core::VoxelData::U8(lab) = &l.data else {
-            unreachable!()
-        };
-        let maps = (0..c.organs.len())
-            .map(|k| {
-                shapeflow_edt::signed_map(
-                    lab,
-                    l.dims,
-                    l.spacing,
-                    (k + 1) as u8,
-                    shapeflow_edt::Scale::Normalized,
-                )
-                .map(|m| l.with_data(shapeflow_core::VoxelData::F32(m)).unwrap())
-            })
-            .collect();
-        shapeflow_core::SdmSet {
-            organs: c.organs.clone(),
-            maps,
-            units: shapeflow_core::SdmUnits::Normalized,
-        }
     }
 }

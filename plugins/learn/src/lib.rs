@@ -1,8 +1,18 @@
-//! The `learn` family's building blocks on libtorch (tch): the paper's 3D UNet and its
-//! losses. (The `train` and `infer` stages that use them come next.)
+//! The `learn` family on libtorch (tch): the paper's 3D UNet and its losses, the training
+//! loop, and the `train` and `infer` stages.
 
+pub mod adam;
+pub mod amp;
 pub mod fit;
 pub mod losses;
+pub mod model;
+mod plot;
+pub mod stages;
+pub mod train;
 pub mod unet;
 
+#[cfg(test)]
+mod testutil;
+
+pub use stages::LearnPlugin;
 pub use tch;

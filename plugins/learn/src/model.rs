@@ -1,0 +1,275 @@
+//! A trained model as stages exchange it: the UNet's weights (safetensors bytes) and the
+//! config needed to use it (organs, head, intensity normalisation, grid spacing, patch).
+
+use crate::fit::Mode;
+use crate::unet::{UNet, UNetConfig};
+use serde::{Deserialize, Serialize};
+use shapeflow_core::{CaseData, Item, StageError, Volume, VoxelData};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// How image intensities are mapped before the network sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Intensity {
+    /// CT (i16 images in HU): `ct`; anything else: `zscore`.
+    #[default]
+    Auto,
+    /// Clip to the window, then map it linearly to [-1, 1].
+    Ct,
+    /// Per case: subtract the mean, divide by the standard deviation (MRI).
+    Zscore,
+    /// As stored.
+    None,
+}
+
+/// The normalisation a model was trained with, resolved (never `Auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Norm {
+    Ct { lo: f32, hi: f32 },
+    Zscore,
+    None,
+}
+
+impl Norm {
+    /// Resolves `Auto` from the image's voxel type.
+    pub fn resolve(i: Intensity, window: [f64; 2], image: &Volume) -> Norm {
+        let ct = Norm::Ct {
+            lo: window[0] as f32,
+            hi: window[1] as f32,
+        };
+        match i {
+            Intensity::Ct => ct,
+            Intensity::Zscore => Norm::Zscore,
+            Intensity::None => Norm::None,
+            Intensity::Auto => match image.data {
+                VoxelData::I16(_) => ct,
+                _ => Norm::Zscore,
+            },
+        }
+    }
+
+    /// The image's voxels, normalised.
+    pub fn apply(&self, image: &Volume) -> Vec<f32> {
+        let mut v = image.to_f32();
+        match *self {
+            Norm::Ct { lo, hi } => {
+                let (c, h) = ((lo + hi) / 2.0, ((hi - lo) / 2.0).max(1e-6));
+                for x in &mut v {
+                    *x = (x.clamp(lo, hi) - c) / h;
+                }
+            }
+            Norm::Zscore => {
+                let n = v.len().max(1) as f64;
+                let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+                let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+                let sd = var.sqrt().max(1e-6);
+                for x in &mut v {
+                    *x = ((*x as f64 - mean) / sd) as f32;
+                }
+            }
+            Norm::None => {}
+        }
+        v
+    }
+
+    /// `case` with its image replaced by the normalised f32 image.
+    pub fn apply_case(&self, case: &CaseData) -> Result<CaseData, StageError> {
+        let mut c = case.clone();
+        if let Some(img) = &case.image {
+            c.image = Some(
+                img.with_data(VoxelData::F32(self.apply(img)))
+                    .map_err(|e| StageError::msg(e.to_string()))?,
+            );
+        }
+        Ok(c)
+    }
+}
+
+/// Everything needed to use trained weights, saved beside them as `model.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// `shapeflow-unet/1`.
+    pub format: String,
+    pub unet: UNetConfig,
+    /// Output channel `k` is `organs[k]`.
+    pub organs: Vec<String>,
+    pub mode: Mode,
+    /// Sharpness of the smooth Heaviside `sigmoid(-k sdm)` (joint mode).
+    pub k: f64,
+    pub norm: Norm,
+    /// Patch size (x, y, z voxels) the model was trained on.
+    pub patch: [usize; 3],
+    /// Spacing (mm) of the training grid.
+    pub spacing: [f64; 3],
+    /// Training summary: epochs, steps, final loss, validation Dice.
+    #[serde(default)]
+    pub trained: serde_json::Value,
+}
+
+pub const FORMAT: &str = "shapeflow-unet/1";
+
+/// A model: config plus weights (safetensors bytes).
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Vec<u8>,
+}
+
+impl Model {
+    pub fn to_item(&self) -> Item {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "config".into(),
+            Item::Json(serde_json::to_value(&self.config).unwrap_or_default()),
+        );
+        m.insert("weights".into(), Item::Bytes(self.weights.clone()));
+        Item::Bundle(m)
+    }
+
+    pub fn from_item(item: &Item) -> Result<Model, StageError> {
+        let bad = || {
+            StageError::msg(format!(
+                "expected a model (from `train`), got a {} item",
+                item.kind()
+            ))
+        };
+        let config = item
+            .part("config")
+            .and_then(Item::as_json)
+            .ok_or_else(bad)?;
+        let config: ModelConfig = serde_json::from_value(config.clone())
+            .map_err(|e| StageError::msg(format!("model config: {e}")))?;
+        if config.format != FORMAT {
+            return Err(StageError::msg(format!(
+                "model format {} is not {FORMAT}",
+                config.format
+            )));
+        }
+        let Some(Item::Bytes(weights)) = item.part("weights") else {
+            return Err(bad());
+        };
+        Ok(Model {
+            config,
+            weights: weights.clone(),
+        })
+    }
+
+    /// Builds the network on `device` with these weights (`scratch` holds a temporary file).
+    pub fn load(&self, device: Device, scratch: &Path) -> Result<(nn::VarStore, UNet), StageError> {
+        let mut vs = nn::VarStore::new(device);
+        let net = UNet::new(&vs.root(), self.config.unet);
+        let f = scratch.join("weights.safetensors");
+        std::fs::write(&f, &self.weights)
+            .map_err(|e| StageError::msg(format!("{}: {e}", f.display())))?;
+        tch::no_grad(|| vs.read_safetensors(&f))
+            .map_err(|e| StageError::msg(format!("model weights: {e}")))?;
+        let _ = std::fs::remove_file(&f);
+        vs.freeze();
+        Ok((vs, net))
+    }
+
+    /// The head's output for a batch of patches: SDMs (tanh) or probabilities (sigmoid),
+    /// `[patch][channel][voxel]`.
+    pub fn predict(
+        &self,
+        net: &UNet,
+        patches: &[Vec<f32>],
+        patch: [usize; 3],
+        device: Device,
+        bf16: bool,
+    ) -> Result<Vec<Vec<Vec<f32>>>, tch::TchError> {
+        let b = patches.len() as i64;
+        let flat: Vec<f32> = patches.iter().flatten().copied().collect();
+        let x = Tensor::from_slice(&flat)
+            .view([b, 1, patch[2] as i64, patch[1] as i64, patch[0] as i64])
+            .to_device(device);
+        let out = tch::no_grad(|| {
+            tch::autocast(bf16 && device.is_cuda(), || {
+                let o = net.forward(&x);
+                match self.config.mode {
+                    Mode::Dice => o.sigmoid(),
+                    Mode::Sdm | Mode::Joint => o.tanh(),
+                }
+            })
+        })
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous();
+        let k = self.config.organs.len();
+        let pn: usize = patch.iter().product();
+        let all = Vec::<f32>::try_from(out.view([-1]))?;
+        Ok((0..patches.len())
+            .map(|i| {
+                (0..k)
+                    .map(|c| all[(i * k + c) * pn..(i * k + c + 1) * pn].to_vec())
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// Saves the store's variables as safetensors bytes (via a file in `scratch`).
+pub fn weights_bytes(vs: &nn::VarStore, scratch: &Path) -> Result<Vec<u8>, StageError> {
+    let f = scratch.join("weights-out.safetensors");
+    save_cpu(vs, &f)?;
+    let b = std::fs::read(&f).map_err(|e| StageError::msg(format!("{}: {e}", f.display())))?;
+    let _ = std::fs::remove_file(&f);
+    Ok(b)
+}
+
+/// Writes the store's variables (moved to the CPU, f32) as safetensors.
+pub fn save_cpu(vs: &nn::VarStore, path: &Path) -> Result<(), StageError> {
+    let named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu).to_kind(Kind::Float)))
+        .collect();
+    Tensor::write_safetensors(&named, path)
+        .map_err(|e| StageError::msg(format!("{}: {e}", path.display())))
+}
+
+/// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("`{s}` is not a device: use auto, cpu, cuda or cuda:N")),
+    }
+}
+
+/// Checks a device is usable now (CUDA present, index in range).
+pub fn check_device(d: Device) -> Result<(), StageError> {
+    if let Device::Cuda(i) = d {
+        let n = tch::Cuda::device_count() as usize;
+        if n == 0 {
+            return Err(StageError::msg(
+                "device cuda requested but libtorch sees no CUDA device (use device: auto or cpu)",
+            ));
+        }
+        if i >= n {
+            return Err(StageError::msg(format!(
+                "device cuda:{i} requested but there are {n} CUDA devices"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A label map from the head's outputs: SDM heads, organ where the map is negative (the
+/// smallest map wins a contested voxel); Dice heads, probability above 0.5 (the largest
+/// wins).
+pub fn labels_from_outputs(mode: Mode, out: &[Vec<f32>]) -> Vec<u8> {
+    match mode {
+        Mode::Dice => shapeflow_window::labels_from_probabilities(out, 0.5),
+        Mode::Sdm | Mode::Joint => shapeflow_window::labels_from_sdms(out),
+    }
+}

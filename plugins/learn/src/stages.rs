@@ -1,0 +1,523 @@
+//! The `train` and `infer` stages.
+
+use crate::model::{self, Model, Norm};
+use crate::train::{self, Session, TrainConfig, ValCase};
+use serde::{Deserialize, Serialize};
+use shapeflow_augment::TrainCase;
+use shapeflow_core::{
+    resample::{resample_to_grid, ImageInterp, LabelInterp},
+    CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, SdmSet, SdmUnits, Shape, Stage,
+    StageCtx, StageDef, StageError, Volume, VoxelData,
+};
+use shapeflow_window::{keep_largest_components, sliding_window, WindowConfig};
+use std::sync::{Arc, Mutex};
+use tch::Device;
+
+/// Registers `train` and `infer`.
+pub struct LearnPlugin;
+
+const TRAIN_HELP: &str = r#"
+Trains the paper's 3D UNet (Xue et al., AAAI 2020) on the training cases and returns the
+model. Inputs, per case: the case (image + labels on the training grid, e.g. from
+`resample`) and its SDMs (from `edt-sdm`, normalised); cases in the `val` split are used
+for validation only, cases in the `test` split are never read (editing them does not
+retrain).
+
+Heads by `mode`: dice (sigmoid per organ, Dice loss), sdm (tanh per organ, L1 + product
+loss on the SDM), joint (the paper: tanh SDM, Dice of sigmoid(-k sdm) + lambda (L1 +
+product)). Organs absent from a case are masked out of every loss term.
+
+Each epoch draws `iterations` batches of `batch` patches (foreground-biased, augmented, see
+`augment`), deterministic for the pipeline seed. Adam (PyTorch's), lr `lr` times
+`lr_decay` every `lr_every` epochs. bfloat16 autocast on CUDA (`bf16`). Validation Dice
+(sliding window over whole validation cases) every `val_every` epochs.
+
+Resumable: a checkpoint (weights, optimiser state, history) is written every
+`checkpoint_every` epochs under the cache (work/<key>/); re-running the pipeline after a
+crash or Ctrl-C continues from it, not from zero. Holds the `gpu` resource.
+
+Writes to runs/<time>-<name>/<stage>/: model.safetensors (loadable with
+safetensors.torch.load_file; python/shapeflow_unet.py builds the matching module),
+model.json (architecture, organs, head, normalisation, patch, spacing), metrics.jsonl (one
+line per epoch: loss, lr, seconds, validation Dice) and loss.png.
+"#;
+
+const INFER_HELP: &str = r#"
+Segments each case with a trained model (the `train` stage, a whole-dataset input):
+sliding-window inference over the whole volume on the training grid (patch from the model
+unless `patch` is set, `overlap`, Gaussian weighting of patch centres with sd `sigma` x
+patch, `batch` patches per call), on CUDA or CPU.
+
+The outputs (SDMs, or probabilities for dice heads) are resampled linearly onto the case's
+original grid (undoing crop and resample at once), then: SDM heads, organ = sdm < 0 (the
+exact Heaviside), the smallest SDM winning where organs compete; dice heads, probability >
+0.5, the largest winning. `largest_component` keeps each organ's largest connected
+component.
+
+Output: a case with the predicted label map on the original grid (same shape and affine as
+the loaded image), and <stage>/<case>.nii.gz (u8 labels 1..K in the model's organ order,
+see labels.json) plus, with `write_maps`, <case>_<organ>.nii.gz of each organ's SDM (or
+probability), for 3D Slicer or ITK-SNAP over the original image.
+"#;
+
+impl Plugin for LearnPlugin {
+    fn register(&self, registry: &mut Registry) {
+        registry.add(StageDef::<TrainParams> {
+            name: "train",
+            version: 1,
+            summary: "Train the shape-aware 3D UNet (dice | sdm | joint) on libtorch, resumable",
+            help: TRAIN_HELP,
+            params: &[
+                ("cases", "stage id", "Input holding the cases (default: the first input)."),
+                ("sdms", "stage id", "Input holding the SDMs (default: the second input)."),
+                ("mode", "dice | sdm | joint", "Head and loss (the paper's ablation)."),
+                ("epochs", "integer", "Training epochs (the paper: 200 hippocampus, 600 head and neck)."),
+                ("iterations", "integer", "Batches per epoch."),
+                ("batch", "integer", "Patches per batch."),
+                ("patch", "[x, y, z]", "Patch size in voxels; each a multiple of 2^depth."),
+                ("lr", "number", "Adam learning rate (the paper: 5e-4)."),
+                ("lr_decay", "number", "Factor applied every `lr_every` epochs (the paper: 0.8)."),
+                ("lr_every", "integer", "Epochs between decays (the paper: 25)."),
+                ("k", "number", "Smooth Heaviside sharpness in sigmoid(-k sdm) (the paper: 1500)."),
+                ("lambda", "number", "Weight of L1 + product loss in joint mode (the paper: 10)."),
+                ("net", "mapping", "UNet: depth (downsamplings, the paper: 6), base_channels, max_channels, groups (GroupNorm), slope (LeakyReLU)."),
+                ("augment", "mapping", "foreground, rotation_deg, scale, elastic_mm, elastic_grid_mm, flip, intensity_scale, intensity_shift, gamma, noise (see `augment` in the README)."),
+                ("intensity", "auto | ct | zscore | none", "Image normalisation: ct clips to `window` and maps it to [-1, 1]; zscore per case; auto: ct for CT (i16), else zscore."),
+                ("window", "[low, high]", "CT window in HU."),
+                ("val_every", "integer", "Validate every N epochs (0: never)."),
+                ("checkpoint_every", "integer", "Checkpoint every N epochs."),
+                ("device", "auto | cpu | cuda | cuda:N", "Where to train; auto: CUDA when present."),
+                ("threads", "integer", "libtorch threads (0: one per core)."),
+                ("workers", "integer", "Batch-loader threads."),
+                ("bf16", "boolean", "bfloat16 autocast on CUDA."),
+            ],
+            build: |p, _| {
+                p.check().map_err(|(field, message)| ParamError {
+                    path: vec![field],
+                    message,
+                })?;
+                Ok(Arc::new(Train(p)))
+            },
+        });
+        registry.add(StageDef::<InferParams> {
+            name: "infer",
+            version: 1,
+            summary: "Sliding-window inference, back onto the original grid, NIfTI out",
+            help: INFER_HELP,
+            params: &[
+                ("cases", "stage id", "Input holding the cases on the training grid (default: the first per-case input)."),
+                ("model", "stage id", "The `train` stage (default: the whole-dataset input)."),
+                ("split", "test | val | train | all", "Which cases to segment."),
+                ("patch", "[x, y, z] or null", "Window size (default: the model's patch)."),
+                ("overlap", "number", "Fraction of a window shared with its neighbour."),
+                ("sigma", "number", "Gaussian weight sd, as a fraction of the window."),
+                ("batch", "integer", "Windows per network call."),
+                ("largest_component", "boolean", "Keep each organ's largest connected component."),
+                ("original_grid", "boolean", "Write predictions on the case's original grid (else the training grid)."),
+                ("write_maps", "boolean", "Also write each organ's SDM (or probability) as NIfTI."),
+                ("device", "auto | cpu | cuda | cuda:N", "Where to run; auto: CUDA when present."),
+                ("threads", "integer", "libtorch threads (0: one per core)."),
+                ("bf16", "boolean", "bfloat16 autocast on CUDA."),
+            ],
+            build: |p, _| {
+                if let Err(e) = model::parse_device(&p.device) {
+                    return Err(ParamError {
+                        path: vec!["device".into()],
+                        message: e,
+                    });
+                }
+                if !(0.0..0.95).contains(&p.overlap) {
+                    return Err(ParamError {
+                        path: vec!["overlap".into()],
+                        message: "must be in [0, 0.95)".into(),
+                    });
+                }
+                if !["test", "val", "train", "all"].contains(&p.split.as_str()) {
+                    return Err(ParamError {
+                        path: vec!["split".into()],
+                        message: "must be test, val, train or all".into(),
+                    });
+                }
+                Ok(Arc::new(Infer {
+                    p,
+                    net: Mutex::new(None),
+                }))
+            },
+        });
+    }
+}
+
+/// Params of `train`: the training config.
+pub type TrainParams = TrainConfig;
+
+fn pick<'a>(
+    inputs: &'a Inputs,
+    name: &Option<String>,
+    index: usize,
+    what: &str,
+) -> Result<&'a Item, StageError> {
+    match name {
+        Some(n) => inputs.get(n).ok_or_else(|| {
+            StageError::msg(format!(
+                "`{what}: {n}` is not an input of this stage (list it under `after`)"
+            ))
+        }),
+        None => inputs.iter().nth(index).map(|(_, i)| i).ok_or_else(|| {
+            StageError::msg(format!(
+                "this stage needs the {what} as input {}",
+                index + 1
+            ))
+        }),
+    }
+}
+
+struct Train(TrainParams);
+
+impl Stage for Train {
+    fn shape(&self) -> Shape {
+        Shape::Gather
+    }
+    fn resource(&self) -> Option<String> {
+        Some("gpu".into())
+    }
+    fn uses_seed(&self) -> bool {
+        true
+    }
+    fn accepts(&self, case: &CaseInfo) -> bool {
+        case.split.as_deref() != Some("test")
+    }
+
+    fn run_all(
+        &self,
+        ctx: &StageCtx,
+        cases: &[(CaseInfo, Inputs)],
+        _global: &Inputs,
+    ) -> Result<Item, StageError> {
+        let cfg = &self.0;
+        let mut train_cases = Vec::new();
+        let mut val = Vec::new();
+        let mut organs: Option<Vec<String>> = None;
+        let mut norm: Option<Norm> = None;
+        let mut spacing = [1.0; 3];
+        for (info, inputs) in cases {
+            let at = |e: StageError| StageError::msg(format!("case `{}`: {e}", info.id));
+            let case = CaseData::from_item(pick(inputs, &self.0.cases, 0, "cases")?).map_err(at)?;
+            let image = case
+                .image
+                .as_ref()
+                .ok_or_else(|| at(StageError::msg("the case has no image")))?;
+            match &organs {
+                None => organs = Some(case.organs.clone()),
+                Some(o) if *o != case.organs => {
+                    return Err(at(StageError::msg(format!(
+                        "its organs {:?} differ from the first case's {:?}",
+                        case.organs, o
+                    ))))
+                }
+                _ => {}
+            }
+            let n = *norm.get_or_insert_with(|| {
+                spacing = image.spacing;
+                Norm::resolve(cfg.intensity, cfg.window, image)
+            });
+            let case = n.apply_case(&case).map_err(at)?;
+            if info.split.as_deref() == Some("val") {
+                let img = case.image.as_ref().map(|v| v.to_f32()).unwrap_or_default();
+                let Some(VoxelData::U8(labels)) = case.labels.as_ref().map(|l| l.data.clone())
+                else {
+                    return Err(at(StageError::msg("the case has no u8 label map")));
+                };
+                val.push(ValCase {
+                    id: info.id.clone(),
+                    image: img,
+                    dims: image.dims,
+                    labels,
+                    present: case.present.clone(),
+                });
+                continue;
+            }
+            let sdms = SdmSet::from_item(pick(inputs, &self.0.sdms, 1, "SDMs")?).map_err(at)?;
+            if cfg.mode != crate::fit::Mode::Dice && sdms.units != SdmUnits::Normalized {
+                return Err(at(StageError::msg(
+                    "SDM heads need normalised SDMs (edt-sdm `normalize: true`)",
+                )));
+            }
+            train_cases.push(TrainCase::new(&info.id, &case, &sdms).map_err(StageError::msg)?);
+        }
+        let norm = norm.ok_or_else(|| StageError::msg("no cases to train on"))?;
+        tracing::info!(
+            train = train_cases.len(),
+            val = val.len(),
+            "training {:?} on {} cases",
+            cfg.mode,
+            train_cases.len()
+        );
+        let session = Session {
+            seed: ctx.seed,
+            work_dir: &ctx.work_dir,
+            output_dir: Some(&ctx.output_dir),
+            scratch: &ctx.scratch,
+            cancel: ctx.cancel,
+            bar: ctx
+                .progress
+                .bar(cfg.epochs as u64, &format!("{} epochs", ctx.stage_id)),
+            on_epoch: None,
+        };
+        let trained = train::train(cfg, train_cases, val, norm, spacing, &session)?;
+        session.bar.finish_and_clear();
+        Ok(trained.model.to_item())
+    }
+}
+
+/// Params of `infer`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferParams {
+    pub cases: Option<String>,
+    pub model: Option<String>,
+    pub split: String,
+    pub patch: Option<[usize; 3]>,
+    pub overlap: f64,
+    pub sigma: f64,
+    pub batch: usize,
+    pub largest_component: bool,
+    pub original_grid: bool,
+    pub write_maps: bool,
+    pub device: String,
+    pub threads: usize,
+    pub bf16: bool,
+}
+
+impl Default for InferParams {
+    fn default() -> Self {
+        InferParams {
+            cases: None,
+            model: None,
+            split: "test".into(),
+            patch: None,
+            overlap: 0.5,
+            sigma: 0.125,
+            batch: 2,
+            largest_component: false,
+            original_grid: true,
+            write_maps: false,
+            device: "auto".into(),
+            threads: 0,
+            bf16: true,
+        }
+    }
+}
+
+/// A network built from a model's weights, kept while the same model is used.
+struct Loaded {
+    weights: blake3::Hash,
+    _vs: tch::nn::VarStore,
+    net: crate::unet::UNet,
+    device: Device,
+}
+
+struct Infer {
+    p: InferParams,
+    net: Mutex<Option<Loaded>>,
+}
+
+impl Infer {
+    fn model_item<'a>(&self, inputs: &'a Inputs) -> Result<&'a Item, StageError> {
+        if let Some(n) = &self.p.model {
+            return inputs.get(n).ok_or_else(|| {
+                StageError::msg(format!(
+                    "`model: {n}` is not an input of this stage (list it under `after`)"
+                ))
+            });
+        }
+        inputs
+            .iter()
+            .map(|(_, i)| i)
+            .find(|i| i.part("weights").is_some() && i.part("config").is_some())
+            .ok_or_else(|| {
+                StageError::msg("infer needs a model: list the `train` stage under `after`")
+            })
+    }
+
+    fn case_item<'a>(&self, inputs: &'a Inputs) -> Result<&'a Item, StageError> {
+        if let Some(n) = &self.p.cases {
+            return pick(inputs, &Some(n.clone()), 0, "cases");
+        }
+        inputs
+            .iter()
+            .map(|(_, i)| i)
+            .find(|i| i.part("meta").is_some())
+            .ok_or_else(|| StageError::msg("infer needs the cases as an input"))
+    }
+}
+
+impl Stage for Infer {
+    fn shape(&self) -> Shape {
+        Shape::PerCase
+    }
+    fn resource(&self) -> Option<String> {
+        Some("gpu".into())
+    }
+    fn accepts(&self, case: &CaseInfo) -> bool {
+        self.p.split == "all" || case.split.as_deref().unwrap_or("train") == self.p.split
+    }
+
+    fn run_case(
+        &self,
+        ctx: &StageCtx,
+        info: &CaseInfo,
+        inputs: &Inputs,
+    ) -> Result<Item, StageError> {
+        let model = Model::from_item(self.model_item(inputs)?)?;
+        let case = CaseData::from_item(self.case_item(inputs)?)?;
+        let image = case
+            .image
+            .as_ref()
+            .ok_or_else(|| StageError::msg("the case has no image"))?;
+        let sp = model.config.spacing;
+        if (0..3).any(|a| (image.spacing[a] - sp[a]).abs() > 0.01 * sp[a]) {
+            tracing::warn!(
+                case = %info.id,
+                "spacing {:?} differs from the model's training spacing {:?}",
+                image.spacing,
+                sp
+            );
+        }
+        let device = model::parse_device(&self.p.device).map_err(StageError::msg)?;
+        model::check_device(device)?;
+        if self.p.threads > 0 {
+            tch::set_num_threads(self.p.threads as i32);
+        }
+        let mut guard = self
+            .net
+            .lock()
+            .map_err(|_| StageError::msg("a previous inference panicked"))?;
+        let hash = blake3::hash(&model.weights);
+        if guard.as_ref().map(|l| (l.weights, l.device)) != Some((hash, device)) {
+            let (vs, net) = model.load(device, &ctx.scratch)?;
+            *guard = Some(Loaded {
+                weights: hash,
+                _vs: vs,
+                net,
+                device,
+            });
+        }
+        let loaded = guard
+            .as_ref()
+            .ok_or_else(|| StageError::msg("model not loaded"))?;
+        let k = model.config.organs.len();
+        let patch = self.p.patch.unwrap_or(model.config.patch);
+        let mult = 1usize << model.config.unet.depth;
+        if patch.iter().any(|&p| p == 0 || p % mult != 0) {
+            return Err(StageError::msg(format!(
+                "`patch` {patch:?}: every size must be a multiple of {mult} for this model"
+            )));
+        }
+        let x = model.config.norm.apply(image);
+        let pad = x.iter().copied().fold(f32::INFINITY, f32::min);
+        let wcfg = WindowConfig {
+            patch,
+            overlap: self.p.overlap,
+            sigma: self.p.sigma,
+            batch: self.p.batch.max(1),
+        };
+        let mut maps = sliding_window(&x, image.dims, k, &wcfg, pad, &mut |p| {
+            if ctx.cancel.is_cancelled() {
+                return Err(tch::TchError::Kind("cancelled".into()));
+            }
+            model.predict(&loaded.net, p, patch, device, self.p.bf16)
+        })
+        .map_err(|e| {
+            if ctx.cancel.is_cancelled() {
+                StageError::Cancelled
+            } else {
+                StageError::msg(format!("inference: {e}"))
+            }
+        })?;
+        drop(guard);
+        // Onto the original grid: resample the continuous maps, then decide organs there.
+        let mut grid = image.grid();
+        let is_sdm = model.config.mode != crate::fit::Mode::Dice;
+        if let (true, Some(orig)) = (self.p.original_grid, case.original) {
+            if !orig.same_as(&grid, 1e-6) {
+                let fill = if is_sdm { 1.0 } else { 0.0 };
+                maps = maps
+                    .into_iter()
+                    .map(|m| {
+                        let v = image
+                            .with_data(VoxelData::F32(m))
+                            .map_err(|e| StageError::msg(e.to_string()))?;
+                        resample_to_grid(&v, &orig, ImageInterp::Linear, LabelInterp::Linear, fill)
+                            .map(|r| r.to_f32())
+                            .map_err(StageError::msg)
+                    })
+                    .collect::<Result<_, _>>()?;
+                grid = orig;
+            }
+        }
+        let mut labels = model::labels_from_outputs(model.config.mode, &maps);
+        if self.p.largest_component {
+            keep_largest_components(&mut labels, grid.dims, k);
+        }
+        let on_grid = |data: VoxelData| -> Result<Volume, StageError> {
+            Volume::from_grid(&grid, data).map_err(|e| StageError::msg(e.to_string()))
+        };
+        let label_vol = on_grid(VoxelData::U8(labels))?;
+        // Files for people.
+        let out = &ctx.output_dir;
+        std::fs::create_dir_all(out)
+            .map_err(|e| StageError::msg(format!("{}: {e}", out.display())))?;
+        write_nifti_atomic(&label_vol, &out.join(format!("{}.nii.gz", info.id)))?;
+        let names: serde_json::Map<String, serde_json::Value> = model
+            .config
+            .organs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| ((i + 1).to_string(), serde_json::json!(o)))
+            .collect();
+        let labels_json = out.join("labels.json");
+        if !labels_json.exists() {
+            let _ = std::fs::write(
+                &labels_json,
+                serde_json::to_vec_pretty(&names).unwrap_or_default(),
+            );
+        }
+        if self.p.write_maps {
+            for (o, m) in model.config.organs.iter().zip(maps) {
+                let v = on_grid(VoxelData::F32(m))?;
+                write_nifti_atomic(&v, &out.join(format!("{}_{o}.nii.gz", info.id)))?;
+            }
+        }
+        let mut notes = serde_json::Map::new();
+        notes.insert(
+            "prediction".into(),
+            serde_json::json!({"mode": model.config.mode, "patch": patch, "overlap": self.p.overlap,
+                "largest_component": self.p.largest_component}),
+        );
+        Ok(CaseData {
+            image: None,
+            labels: Some(label_vol),
+            organs: model.config.organs.clone(),
+            present: vec![true; k],
+            original: case.original,
+            notes,
+        }
+        .to_item())
+    }
+}
+
+/// Writes a NIfTI file through a hidden file beside it and a rename: never a half-written
+/// file under the final name.
+fn write_nifti_atomic(v: &Volume, path: &std::path::Path) -> Result<(), StageError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".part-{}-{name}", std::process::id()));
+    v.write_nifti(&tmp)
+        .map_err(|e| StageError::msg(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        StageError::msg(format!("{}: {e}", path.display()))
+    })
+}
