@@ -12,4 +12,5 @@ pub fn default_registry() -> Registry {
         .with(&shapeflow_sdm::SdmPlugin)
         .with(&shapeflow_eval::EvalPlugin)
         .with(&shapeflow_exec::ExecPlugin)
+        .with(&shapeflow_learn::LearnPlugin)
 }

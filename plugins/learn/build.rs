@@ -1,6 +1,6 @@
-//! Links libtorch so that binaries run with no exported variables: an rpath to the wheel's
-//! `torch/lib` in the project's .venv (and to the GPU machine's /opt/torch/.venv), and
-//! `--no-as-needed -ltorch`, without which libtorch_cuda is dropped and CUDA is never seen.
+// Links libtorch so that binaries run with no exported variables: an rpath to the wheel's
+// `torch/lib` in the project's .venv (and to the GPU machine's /opt/torch/.venv), and
+// `--no-as-needed -ltorch`, without which libtorch_cuda is dropped and CUDA is never seen.
 use std::path::PathBuf;
 
 fn main() {

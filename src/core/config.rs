@@ -145,6 +145,11 @@ impl Errs<'_> {
 const TOP_FIELDS: &[&str] = &["name", "description", "seed", "cache", "stages", "variants"];
 const STAGE_FIELDS: &[&str] = &["plugin", "params", "after", "description"];
 
+/// Whether `s` is exactly one `${...}` reference.
+fn is_single_reference(s: &str) -> bool {
+    s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1 && s.matches('}').count() == 1
+}
+
 /// Substitutes `${VAR}` and `${VAR:-default}` using `env`; `$${` is a literal `${`.
 pub fn substitute_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
@@ -226,12 +231,16 @@ impl PipelineFile {
             }
         };
         let mut env_errs = Vec::new();
-        let _ = root.map_strings(&mut |s: &str, pos| -> Result<String, ()> {
+        let _ = root.map_strings(&mut |s: &str, pos| -> Result<Value, ()> {
             match substitute_env(s, env) {
-                Ok(v) => Ok(v),
+                // A scalar that is one whole `${...}` takes the type of what it expands to
+                // (`epochs: ${EPOCHS:-200}` is a number); text around a reference keeps it
+                // a string.
+                Ok(v) if is_single_reference(s) => Ok(crate::yaml::typed_scalar(&v)),
+                Ok(v) => Ok(Value::Str(v)),
                 Err(m) => {
                     env_errs.push((pos, m));
-                    Ok(s.to_string())
+                    Ok(Value::Str(s.to_string()))
                 }
             }
         });
@@ -679,6 +688,14 @@ mod tests {
         assert_eq!(substitute_env("${ROOT}/x", &env).unwrap(), "/data/x");
         assert_eq!(substitute_env("${NOPE:-/d}/x", &env).unwrap(), "/d/x");
         assert_eq!(substitute_env("$${ROOT}", &env).unwrap(), "${ROOT}");
+        assert!(is_single_reference("${EPOCHS:-200}"));
+        assert!(!is_single_reference("${A}/${B}"));
+        assert!(!is_single_reference("x${A}"));
+        assert!(matches!(crate::yaml::typed_scalar("200"), Value::Int(200)));
+        assert!(matches!(crate::yaml::typed_scalar("5e-4"), Value::Float(f) if f == 5e-4));
+        assert!(matches!(crate::yaml::typed_scalar("true"), Value::Bool(true)));
+        assert!(matches!(crate::yaml::typed_scalar("inf"), Value::Str(_)));
+        assert!(matches!(crate::yaml::typed_scalar("../data"), Value::Str(_)));
         assert_eq!(substitute_env("cost $5", &env).unwrap(), "cost $5");
         assert!(substitute_env("${NOPE}", &env)
             .unwrap_err()

@@ -139,10 +139,13 @@ impl Node {
     /// Applies `f` to every string scalar, in place.
     pub fn map_strings<E>(
         &mut self,
-        f: &mut dyn FnMut(&str, Pos) -> Result<String, E>,
+        f: &mut dyn FnMut(&str, Pos) -> Result<Value, E>,
     ) -> Result<(), E> {
         match &mut self.value {
-            Value::Str(s) => *s = f(s, self.pos)?,
+            Value::Str(s) => {
+                let v = f(s, self.pos)?;
+                self.value = v;
+            }
             Value::Seq(v) => {
                 for n in v {
                     n.map_strings(f)?;
@@ -156,6 +159,27 @@ impl Node {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// A plain scalar typed by the YAML 1.2 core schema: `true`/`false`, integers, floats;
+/// anything else stays a string.
+pub fn typed_scalar(s: &str) -> Value {
+    match s {
+        "true" => return Value::Bool(true),
+        "false" => return Value::Bool(false),
+        _ => {}
+    }
+    if let Ok(i) = s.parse::<i64>() {
+        return Value::Int(i);
+    }
+    let numeric = s
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+        && s.chars().any(|c| c.is_ascii_digit());
+    match s.parse::<f64>() {
+        Ok(f) if numeric => Value::Float(f),
+        _ => Value::Str(s.to_string()),
     }
 }
 

@@ -29,7 +29,7 @@ impl Plugin for IoPlugin {
                 ("organs", "list of strings", "pddca: organ names (file stems under structures/); default the 9 MICCAI 2015 organs."),
                 ("aliases", "mapping", "pddca: other file stems per organ, e.g. {BrainStem: [Brainstem]}."),
                 ("merge", "mapping", "msd: organ name -> source label values, e.g. {hippocampus: [1, 2]}; default one organ per label."),
-                ("split", "official | holdout | none", "How cases get train/val/test: the MICCAI 2015 split (pddca), a hash-based holdout, or all train."),
+                ("split", "official | holdout | none", "How cases get train/val/test: the MICCAI 2015 split (pddca), a holdout (cases ordered by a hash of their id, exact fractions), or all train."),
                 ("val_fraction", "number", "holdout: fraction of cases for validation."),
                 ("test_fraction", "number", "holdout: fraction of cases for test."),
                 ("require_image", "boolean", "pddca: fail a case without img.nrrd (false: load masks alone)."),
@@ -202,21 +202,36 @@ impl Load {
         match (self.p.split, self.p.format) {
             (Split::None, _) => Some("train".into()),
             (Split::Official, Format::Pddca) => Some(datasets::miccai2015_split(id).into()),
-            _ => {
-                let h = blake3::hash(id.as_bytes());
-                let u = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8])) as f64
-                    / u64::MAX as f64;
-                Some(
-                    if u < self.p.test_fraction {
-                        "test"
-                    } else if u < self.p.test_fraction + self.p.val_fraction {
-                        "val"
-                    } else {
-                        "train"
-                    }
-                    .into(),
-                )
-            }
+            // Holdout splits need every case: see `holdout`.
+            _ => None,
+        }
+    }
+
+    /// The holdout split: cases ordered by a hash of their id; the first
+    /// round(n x test_fraction) are `test`, the next round(n x val_fraction) `val`, the rest
+    /// `train`. Exact fractions, independent of the order files are listed in, and the same
+    /// split on every machine.
+    fn holdout(&self, cases: &mut [CaseInfo]) {
+        let n = cases.len();
+        let n_test = (n as f64 * self.p.test_fraction).round() as usize;
+        let n_val = (n as f64 * self.p.val_fraction).round() as usize;
+        let mut order: Vec<(blake3::Hash, usize)> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (blake3::hash(c.id.as_bytes()), i))
+            .collect();
+        order.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (rank, (_, i)) in order.into_iter().enumerate() {
+            cases[i].split = Some(
+                if rank < n_test {
+                    "test"
+                } else if rank < n_test + n_val {
+                    "val"
+                } else {
+                    "train"
+                }
+                .into(),
+            );
         }
     }
 
@@ -311,6 +326,14 @@ impl Stage for Load {
         };
         if self.p.limit > 0 {
             cases.truncate(self.p.limit);
+        }
+        let holdout = match self.p.split {
+            Split::Holdout => true,
+            Split::Official => self.p.format != Format::Pddca,
+            Split::None => false,
+        };
+        if holdout {
+            self.holdout(&mut cases);
         }
         Ok(cases)
     }
