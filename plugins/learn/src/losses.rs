@@ -15,16 +15,25 @@ fn mask(present: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
     (m, n)
 }
 
-/// Soft Dice loss: 1 - (2 sum(p y) + eps) / (sum p + sum y + eps) per case and organ,
-/// averaged over the present ones.
+/// Soft Dice loss over the batch ("batch Dice", as nnU-Net): per organ,
+/// 1 - (2 sum(p y) + eps) / (sum p + sum y + eps), the sums running over every voxel of every
+/// case where the organ is present; averaged over the organs present somewhere in the batch.
+/// Summing over the batch keeps a patch that misses a small organ from asking for an exactly
+/// empty prediction (per-patch Dice of an empty target is 1 unless p is 0 everywhere).
 pub fn dice_loss(prob: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
-    let dims: &[i64] = &[2, 3, 4];
-    let inter = (prob * target).sum_dim_intlist(dims, false, prob.kind());
-    let total = prob.sum_dim_intlist(dims, false, prob.kind())
-        + target.sum_dim_intlist(dims, false, prob.kind());
+    let (m, _) = mask(present, prob);
+    let dims: &[i64] = &[0, 2, 3, 4];
+    let pm = prob * &m;
+    let inter = (&pm * target).sum_dim_intlist(dims, false, prob.kind());
+    let total = pm.sum_dim_intlist(dims, false, prob.kind())
+        + (target * &m).sum_dim_intlist(dims, false, prob.kind());
     let dice = (inter * 2.0 + EPS) / (total + EPS);
-    let p = present.to_kind(prob.kind());
-    ((-dice + 1.0) * &p).sum(prob.kind()) / p.sum(prob.kind()).clamp_min(1.0)
+    let organ_present = present
+        .to_kind(prob.kind())
+        .sum_dim_intlist([0i64].as_slice(), false, prob.kind())
+        .clamp_max(1.0);
+    ((-dice + 1.0) * &organ_present).sum(prob.kind())
+        / organ_present.sum(prob.kind()).clamp_min(1.0)
 }
 
 /// Mean absolute error of the SDM over the voxels of present organs.
@@ -100,6 +109,15 @@ mod tests {
         let y2 = Tensor::cat(&[y.shallow_clone(), t(&[0.0; 4], &[1, 1, 1, 2, 2])], 1);
         let present2 = t(&[1.0, 0.0], &[1, 2]);
         assert!((value(&dice_loss(&p2, &y2, &present2)) - (1.0 - 6.0 / 7.0)).abs() < 1e-5);
+        // Batch Dice: two cases, the second's patch misses the organ and predicts 0.5 in one
+        // voxel: sums over both, 2 * 1.5 / (1.5 + 0.5 + 2) = 3/4.
+        let p3 = Tensor::cat(&[p.shallow_clone(), t(&[0.5, 0.0, 0.0, 0.0], &[1, 1, 1, 2, 2])], 0);
+        let y3 = Tensor::cat(&[y.shallow_clone(), t(&[0.0; 4], &[1, 1, 1, 2, 2])], 0);
+        let present3 = t(&[1.0, 1.0], &[2, 1]);
+        assert!((value(&dice_loss(&p3, &y3, &present3)) - 0.25).abs() < 1e-5);
+        // ... and where the organ is absent in the second case, its voxels do not count.
+        let present4 = t(&[1.0, 0.0], &[2, 1]);
+        assert!((value(&dice_loss(&p3, &y3, &present4)) - (1.0 - 6.0 / 7.0)).abs() < 1e-5);
     }
 
     #[test]

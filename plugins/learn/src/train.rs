@@ -751,3 +751,77 @@ mod tests {
         assert!((TrainConfig::default().lr_at(50) - 3.2e-4).abs() < 1e-12);
     }
 }
+
+#[cfg(test)]
+mod experiment {
+    use super::*;
+    use shapeflow_core::VoxelData;
+
+    #[test]
+    #[ignore]
+    fn head_neck_one_case() {
+        let c = shapeflow_io::phantom::head_neck(
+            2015,
+            0,
+            shapeflow_io::phantom::HnSpec {
+                dims: [96, 96, 80],
+                spacing: [2.5, 2.5, 3.0],
+                noise_hu: 15.0,
+            },
+        );
+        let norm = Norm::Ct { lo: -160.0, hi: 240.0 };
+        let c = norm.apply_case(&c).unwrap();
+        let s = crate::testutil::sdms(&c);
+        let img = c.image.as_ref().unwrap();
+        let VoxelData::U8(labels) = c.labels.as_ref().unwrap().data.clone() else {
+            unreachable!()
+        };
+        let counts: Vec<usize> = (1..=9).map(|k| labels.iter().filter(|&&l| l == k).count()).collect();
+        eprintln!("organ voxels {counts:?}");
+        let val = ValCase {
+            id: "c".into(),
+            image: img.to_f32(),
+            dims: img.dims,
+            labels,
+            present: c.present.clone(),
+        };
+        let mode = match std::env::var("XMODE").as_deref() {
+            Ok("sdm") => Mode::Sdm,
+            Ok("dice") => Mode::Dice,
+            _ => Mode::Joint,
+        };
+        let cfg = TrainConfig {
+            mode,
+            epochs: 12,
+            iterations: 20,
+            batch: 2,
+            patch: [48, 48, 32],
+            lr: 2e-3,
+            lr_every: 10,
+            net: NetParams {
+                depth: 3,
+                base_channels: 8,
+                max_channels: 64,
+                groups: 4,
+                slope: 0.01,
+            },
+            val_every: 3,
+            device: "cpu".into(),
+            workers: 1,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancelToken::default();
+        let s2 = Session {
+            seed: 5,
+            work_dir: &dir.path().join("work"),
+            output_dir: None,
+            scratch: dir.path(),
+            cancel: &cancel,
+            bar: shapeflow_core::indicatif::ProgressBar::hidden(),
+            on_epoch: Some(&|r: &EpochRecord| eprintln!("{}", serde_json::to_string(r).unwrap())),
+        };
+        let tc = TrainCase::new("c", &c, &s).unwrap();
+        train(&cfg, vec![tc], vec![val], norm, img.spacing, &s2).unwrap();
+    }
+}

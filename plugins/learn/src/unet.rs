@@ -49,8 +49,14 @@ struct Block {
     slope: f64,
 }
 
+/// LeakyReLU. libtorch's fused kernel (one op forward and backward) takes only its
+/// default slope of 0.01 through tch; other slopes use max(x, slope x).
 fn leaky(x: &Tensor, slope: f64) -> Tensor {
-    x.maximum(&(x * slope))
+    if slope == 0.01 {
+        x.leaky_relu()
+    } else {
+        x.maximum(&(x * slope))
+    }
 }
 
 impl Block {
