@@ -2,7 +2,7 @@
 batch the Rust bench wrote, the same joint loss (Dice of sigmoid(-k sdm) + lambda (L1 +
 product), means as plugins/learn/src/losses.rs), torch.optim.Adam. Prints one JSON line.
 
-usage: step_peer.py IO.safetensors THREADS REPS"""
+usage: step_peer.py IO.safetensors THREADS REPS [cpu|cuda] [bf16]"""
 import json
 import os
 import sys
@@ -13,12 +13,15 @@ import torch  # noqa: E402
 from shapeflow_unet import UNet, read_safetensors  # noqa: E402
 
 io, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
+bf16 = len(sys.argv) > 5 and sys.argv[5] == "bf16" and device == "cuda"
 torch.set_num_threads(threads)
 t = read_safetensors(io)
-data = {k[5:]: v for k, v in t.items() if k.startswith("data.")}
+data = {k[5:]: v.to(device) for k, v in t.items() if k.startswith("data.")}
 net = UNet(in_channels=1, out_channels=1, depth=4, base_channels=16, groups=8, slope=0.01,
            max_channels=256)
 net.load_state_dict({k: v for k, v in t.items() if not k.startswith("data.")})
+net.to(device)
 opt = torch.optim.Adam(net.parameters(), lr=5e-4)
 EPS = 1e-6
 
@@ -37,7 +40,8 @@ def joint(p, y, seg, k=1500.0, lam=10.0):
 times, losses = [], []
 for i in range(reps + 2):
     t0 = time.perf_counter()
-    loss = joint(torch.tanh(net(data["image"])), data["sdm"], data["seg"])
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        loss = joint(torch.tanh(net(data["image"])), data["sdm"], data["seg"])
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -47,6 +51,7 @@ for i in range(reps + 2):
     losses.append(l)
 d = data["image"].shape
 print(json.dumps({
-    "tool": f"pytorch-{torch.__version__}", "case": f"unet d4 c16 b{d[0]} {d[4]}x{d[3]}x{d[2]}",
+    "tool": f"pytorch-{torch.__version__}" + ("-bf16" if bf16 else ""), "device": device,
+    "peak_gpu_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None, "case": f"unet d4 c16 b{d[0]} {d[4]}x{d[3]}x{d[2]}",
     "threads": threads, "median_s": sorted(times)[len(times) // 2], "runs": len(times),
     "times_s": times, "losses": losses}))

@@ -59,7 +59,12 @@ fn demo_runs_end_to_end_and_reruns_from_cache() {
     let tests = r.node("infer", "joint").unwrap().computed;
     assert_eq!(tests, 3, "10 cases, test_fraction 0.3");
     for v in ["dice", "sdm", "joint"] {
-        for f in ["model.safetensors", "model.json", "metrics.jsonl", "loss.png"] {
+        for f in [
+            "model.safetensors",
+            "model.json",
+            "metrics.jsonl",
+            "loss.png",
+        ] {
             let p = run_dir.join("train").join(v).join(f);
             assert!(p.is_file(), "{}", p.display());
         }
@@ -110,5 +115,154 @@ fn hippocampus_pipeline_plans_200_cases() {
         t.lines()
             .any(|l| l.starts_with("load ") && l.contains(" 200 ")),
         "{t}"
+    );
+}
+
+/// Through the stages, on the real CT: load -> head-crop -> resample -> train (a token
+/// network) -> infer writes its label map on the CT's original grid: same shape, same affine.
+#[test]
+fn infer_writes_predictions_on_the_real_ct_original_grid() {
+    let d = tempfile::tempdir().unwrap();
+    let root = shared("");
+    let yaml = format!(
+        r#"
+name: real-ct
+stages:
+  load:
+    plugin: load
+    params:
+      format: pddca
+      root: "{}"
+      organs: [BrainStem, Mandible, Parotid_L, Parotid_R]
+      split: none
+  crop: {{plugin: head-crop, after: [load], params: {{size_mm: [180, 180, 180]}}}}
+  resample: {{plugin: resample, after: [crop], params: {{spacing: [4.0, 4.0, 4.0]}}}}
+  sdm: {{plugin: edt-sdm, after: [resample]}}
+  train:
+    plugin: train
+    after: [resample, sdm]
+    params:
+      epochs: 1
+      iterations: 1
+      patch: [16, 16, 16]
+      net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}
+      device: cpu
+  infer: {{plugin: infer, after: [resample, train], params: {{split: all, write_maps: true}}}}
+"#,
+        root.display()
+    );
+    write(d.path(), "p.yaml", &yaml);
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let infer_dir = manifest.parent().unwrap().join("infer");
+    let pred = shapeflow_core::Volume::read_nifti(&infer_dir.join("hn-ct-frm2.nii.gz")).unwrap();
+    let organs: Vec<String> = ["BrainStem", "Mandible", "Parotid_L", "Parotid_R"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let cases = shapeflow_io::datasets::pddca_cases(&root, &organs, &Default::default()).unwrap();
+    let c = cases.iter().find(|c| c.id == "hn-ct-frm2").unwrap();
+    let ct = shapeflow_io::datasets::load_pddca(c, &organs, true).unwrap();
+    let img = ct.image.as_ref().unwrap();
+    assert_eq!(pred.dims, img.dims);
+    for r in 0..3 {
+        for c in 0..4 {
+            assert!(
+                (pred.affine[r][c] - img.affine[r][c]).abs() < 1e-3,
+                "affine {:?} vs {:?}",
+                pred.affine,
+                img.affine
+            );
+        }
+    }
+    // The per-organ maps are there too, on the same grid.
+    let map =
+        shapeflow_core::Volume::read_nifti(&infer_dir.join("hn-ct-frm2_Mandible.nii.gz")).unwrap();
+    assert_eq!(map.dims, img.dims);
+    assert!(infer_dir.join("labels.json").is_file());
+}
+
+const TRAIN_SLOW: &str = r#"
+name: resume
+seed: 3
+stages:
+  load: {plugin: load, params: {format: phantom, phantom: mri, cases: 3, split: none, dims: [32, 32, 32]}}
+  sdm: {plugin: edt-sdm, after: [load]}
+  train:
+    plugin: train
+    after: [load, sdm]
+    params:
+      epochs: 30
+      iterations: 3
+      patch: [16, 16, 16]
+      net: {depth: 2, base_channels: 4, max_channels: 8, groups: 2}
+      device: cpu
+      threads: 1
+      workers: 1
+"#;
+
+/// `pipeline run`, Ctrl-C in the middle of training, `pipeline run` again: training resumes
+/// from the last checkpoint (not from zero), finishes all epochs, and its resumable state is
+/// removed once the model is cached.
+#[test]
+fn ctrl_c_during_training_then_rerun_resumes_from_the_checkpoint() {
+    use std::time::{Duration, Instant};
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", TRAIN_SLOW);
+    let work = d.path().join("cache/work");
+    let checkpoint_epochs = || -> usize {
+        std::fs::read_dir(&work)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("checkpoint.json")).ok())
+            .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .filter_map(|v| v["epochs_done"].as_u64())
+            .max()
+            .unwrap_or(0) as usize
+    };
+    let c = spawn_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
+    let t0 = Instant::now();
+    while checkpoint_epochs() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe {
+        libc::kill(c.id() as i32, libc::SIGINT);
+    }
+    let out = c.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let done = checkpoint_epochs();
+    assert!((3..30).contains(&done), "checkpoint at epoch {done}");
+    let out = run_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("resuming training from checkpoint") && t.contains(&format!("epoch={done}")),
+        "{t}"
+    );
+    // The full history: 30 epochs, steps continuing where the first run stopped.
+    let runs: Vec<_> = std::fs::read_dir(d.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let last = runs.iter().max().unwrap();
+    let jsonl = std::fs::read_to_string(last.join("train/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = jsonl
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, (1..=30).map(|e| 3 * e).collect::<Vec<u64>>());
+    assert_eq!(
+        checkpoint_epochs(),
+        0,
+        "work dir removed once the model is cached"
     );
 }

@@ -147,7 +147,10 @@ const STAGE_FIELDS: &[&str] = &["plugin", "params", "after", "description"];
 
 /// Whether `s` is exactly one `${...}` reference.
 fn is_single_reference(s: &str) -> bool {
-    s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1 && s.matches('}').count() == 1
+    s.starts_with("${")
+        && s.ends_with('}')
+        && s.matches("${").count() == 1
+        && s.matches('}').count() == 1
 }
 
 /// Substitutes `${VAR}` and `${VAR:-default}` using `env`; `$${` is a literal `${`.
@@ -693,9 +696,15 @@ mod tests {
         assert!(!is_single_reference("x${A}"));
         assert!(matches!(crate::yaml::typed_scalar("200"), Value::Int(200)));
         assert!(matches!(crate::yaml::typed_scalar("5e-4"), Value::Float(f) if f == 5e-4));
-        assert!(matches!(crate::yaml::typed_scalar("true"), Value::Bool(true)));
+        assert!(matches!(
+            crate::yaml::typed_scalar("true"),
+            Value::Bool(true)
+        ));
         assert!(matches!(crate::yaml::typed_scalar("inf"), Value::Str(_)));
-        assert!(matches!(crate::yaml::typed_scalar("../data"), Value::Str(_)));
+        assert!(matches!(
+            crate::yaml::typed_scalar("../data"),
+            Value::Str(_)
+        ));
         assert_eq!(substitute_env("cost $5", &env).unwrap(), "cost $5");
         assert!(substitute_env("${NOPE}", &env)
             .unwrap_err()

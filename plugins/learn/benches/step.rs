@@ -2,7 +2,7 @@
 //! same step in PyTorch from Python runs in bench/step_peer.py on the same input (written
 //! here as safetensors), the same wheel and the same thread count. Driver: bench/step.sh.
 //!
-//! usage: step [--threads N] [--reps R] [--io PATH]
+//! usage: step [--threads N] [--reps R] [--io PATH] [--device cpu|cuda] [--bf16]
 //! Prints one JSON line: median and all step times.
 
 use shapeflow_learn::adam::Adam;
@@ -34,6 +34,11 @@ fn arg(name: &str) -> Option<String> {
 fn main() {
     let threads: i32 = arg("--threads").and_then(|s| s.parse().ok()).unwrap_or(1);
     let reps: usize = arg("--reps").and_then(|s| s.parse().ok()).unwrap_or(7);
+    let device = match arg("--device").as_deref() {
+        Some("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    };
+    let bf16 = std::env::args().any(|a| a == "--bf16");
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let shape = [BATCH, 1, PATCH[0], PATCH[1], PATCH[2]];
@@ -63,17 +68,21 @@ fn main() {
         Tensor::write_safetensors(&named, &io).expect("write inputs");
     }
     let t = BatchTensors {
-        image,
-        sdm,
-        seg,
-        present,
+        image: image.to_device(device),
+        sdm: sdm.to_device(device),
+        seg: seg.to_device(device),
+        present: present.to_device(device),
     };
+    let mut vs = vs;
+    vs.set_device(device);
     let mut adam = Adam::new(&vs, 5e-4);
     let mut times = Vec::new();
     let mut losses = Vec::new();
     for i in 0..reps + 2 {
         let t0 = Instant::now();
-        let loss = fit::loss(&net, &t, Mode::Joint, 1500.0, 10.0);
+        let loss = shapeflow_learn::amp::autocast_bf16(bf16, || {
+            fit::loss(&net, &t, Mode::Joint, 1500.0, 10.0)
+        });
         adam.zero_grad();
         loss.backward();
         adam.step();
@@ -88,7 +97,9 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "tool": "shapeflow-tch",
+            "tool": if bf16 && device.is_cuda() { "shapeflow-tch-bf16" } else { "shapeflow-tch" },
+            "device": format!("{device:?}"),
+            "voxels_per_s": (BATCH * PATCH[0] * PATCH[1] * PATCH[2]) as f64 / sorted[sorted.len() / 2],
             "case": format!("unet d{} c{} b{} {}x{}x{}", CONFIG.depth, CONFIG.base_channels, BATCH, PATCH[2], PATCH[1], PATCH[0]),
             "threads": threads,
             "median_s": sorted[sorted.len() / 2],

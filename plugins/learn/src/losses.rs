@@ -111,7 +111,13 @@ mod tests {
         assert!((value(&dice_loss(&p2, &y2, &present2)) - (1.0 - 6.0 / 7.0)).abs() < 1e-5);
         // Batch Dice: two cases, the second's patch misses the organ and predicts 0.5 in one
         // voxel: sums over both, 2 * 1.5 / (1.5 + 0.5 + 2) = 3/4.
-        let p3 = Tensor::cat(&[p.shallow_clone(), t(&[0.5, 0.0, 0.0, 0.0], &[1, 1, 1, 2, 2])], 0);
+        let p3 = Tensor::cat(
+            &[
+                p.shallow_clone(),
+                t(&[0.5, 0.0, 0.0, 0.0], &[1, 1, 1, 2, 2]),
+            ],
+            0,
+        );
         let y3 = Tensor::cat(&[y.shallow_clone(), t(&[0.0; 4], &[1, 1, 1, 2, 2])], 0);
         let present3 = t(&[1.0, 1.0], &[2, 1]);
         assert!((value(&dice_loss(&p3, &y3, &present3)) - 0.25).abs() < 1e-5);

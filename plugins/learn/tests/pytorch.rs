@@ -65,8 +65,7 @@ fn saved_model_loads_in_pytorch_with_the_same_outputs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
-            .unwrap();
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(r["shape"], serde_json::json!([2, 3, 8, 12, 16]));
     let diff = r["max_abs_diff"].as_f64().unwrap();
     assert!(r["max_abs"].as_f64().unwrap() > 0.01);
