@@ -521,3 +521,51 @@ fn write_nifti_atomic(v: &Volume, path: &std::path::Path) -> Result<(), StageErr
         StageError::msg(format!("{}: {e}", path.display()))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shapeflow_core::BuildCtx;
+
+    fn build(name: &str, params: serde_json::Value) -> Result<(), ParamError> {
+        let r = Registry::new().with(&LearnPlugin);
+        let ctx = BuildCtx {
+            base_dir: ".".into(),
+        };
+        r.get(name).unwrap().build(&params, &ctx).map(|_| ())
+    }
+
+    #[test]
+    fn params_are_documented() {
+        Registry::new().with(&LearnPlugin).check_docs().unwrap();
+    }
+
+    #[test]
+    fn bad_params_name_their_field() {
+        let e = build("train", serde_json::json!({"patch": [48, 40, 32]})).unwrap_err();
+        assert_eq!(e.path, vec!["patch"]);
+        assert!(e.message.contains("2^depth"), "{}", e.message);
+        let e = build("train", serde_json::json!({"mode": "dicee"})).unwrap_err();
+        assert_eq!(e.path, vec!["mode"]);
+        let e = build("train", serde_json::json!({"net": {"depht": 3}})).unwrap_err();
+        assert_eq!(e.path, vec!["net", "depht"]);
+        let e = build(
+            "train",
+            serde_json::json!({"augment": {"patch": [1, 1, 1]}}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.path[0], "augment",
+            "patch is a train param, not augment's"
+        );
+        let e = build("infer", serde_json::json!({"device": "gpu"})).unwrap_err();
+        assert_eq!(e.path, vec!["device"]);
+        let e = build("infer", serde_json::json!({"split": "tests"})).unwrap_err();
+        assert_eq!(e.path, vec!["split"]);
+        build(
+            "train",
+            serde_json::json!({"mode": "sdm", "patch": [32, 48, 32], "net": {"depth": 4}}),
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The hippocampus ablation study of docs/results/hippocampus/: pipelines/hippocampus.yaml on
+# the 200 MSD Task04 cases (../shared/data/hippocampus unless MSD_HIPPOCAMPUS is set), the
+# three variants, then the report copied into docs/results/hippocampus/<run>/.
+#
+#   scripts/study-hippocampus.sh                    # the CPU-sized run (40 epochs)
+#   EPOCHS=200 scripts/study-hippocampus.sh         # the paper's budget (a GPU)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EPOCHS=${EPOCHS:-40}
+./scripts/setup-torch.sh > /dev/null
+cargo build --release
+./target/release/pipeline run pipelines/hippocampus.yaml \
+  --set train.epochs="$EPOCHS" --set train.val_every=5 --set train.workers=1 \
+  --cache .pipeline/cache --runs runs --no-progress
+run=$(ls -td runs/*-hippocampus | head -1)
+dest=docs/results/hippocampus/$(basename "$run")
+mkdir -p "$dest"
+cp -r "$run/report/." "$dest/"
+for v in dice sdm joint; do
+  mkdir -p "$dest/train-$v"
+  cp "$run/train/$v/metrics.jsonl" "$run/train/$v/loss.png" "$run/train/$v/model.json" "$dest/train-$v/"
+done
+echo "report copied to $dest"
