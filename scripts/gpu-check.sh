@@ -7,7 +7,7 @@
 # Reports, into $OUT (or .gpu/out): the training step on CUDA (fp32 and bf16) in tch and in
 # PyTorch (median step time, voxels/s, peak GPU memory from PyTorch's allocator and from
 # nvidia-smi sampling), and a short demo run on CUDA (train holds the GPU; loader batches/s
-# vs GPU batches/s from the train stage's metrics.jsonl).
+# vs GPU batches/s: metrics.jsonl records per epoch the seconds spent waiting for the loader).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.gpu/out}
@@ -27,3 +27,5 @@ kill $SMI 2>/dev/null
 echo "peak nvidia-smi MiB: $(sort -n "$OUT/mem-samples.txt" | tail -1)" | tee "$OUT/summary.txt"
 cat "$OUT/step.jsonl" | tee -a "$OUT/summary.txt"
 tail -25 "$OUT/demo.log" | tee -a "$OUT/summary.txt"
+echo "last epochs of each variant (seconds vs loader_wait_s):" | tee -a "$OUT/summary.txt"
+for f in "$OUT"/runs/*/train/*/metrics.jsonl; do tail -n 1 "$f"; done | tee -a "$OUT/summary.txt"

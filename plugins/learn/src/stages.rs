@@ -50,7 +50,8 @@ patch, `batch` patches per call), on CUDA or CPU.
 
 The outputs (SDMs, or probabilities for dice heads) are resampled linearly onto the case's
 original grid (undoing crop and resample at once), then: SDM heads, organ = sdm < 0 (the
-exact Heaviside), the smallest SDM winning where organs compete; dice heads, probability >
+exact Heaviside; `sdm_threshold` moves the level), the smallest SDM winning where organs
+compete; dice heads, probability >
 0.5, the largest winning. `largest_component` keeps each organ's largest connected
 component.
 
@@ -113,6 +114,7 @@ impl Plugin for LearnPlugin {
                 ("sigma", "number", "Gaussian weight sd, as a fraction of the window."),
                 ("batch", "integer", "Windows per network call."),
                 ("largest_component", "boolean", "Keep each organ's largest connected component."),
+                ("sdm_threshold", "number", "SDM heads: organ where sdm < this (0: the exact Heaviside of the paper). The reference SDM is 0 on the organ's boundary voxels, so 0 drops that layer; half the first outside step (e.g. 0.02 for normalised maps of ~25 mm reach) keeps it."),
                 ("original_grid", "boolean", "Write predictions on the case's original grid (else the training grid)."),
                 ("write_maps", "boolean", "Also write each organ's SDM (or probability) as NIfTI."),
                 ("device", "auto | cpu | cuda | cuda:N", "Where to run; auto: CUDA when present."),
@@ -130,6 +132,12 @@ impl Plugin for LearnPlugin {
                     return Err(ParamError {
                         path: vec!["overlap".into()],
                         message: "must be in [0, 0.95)".into(),
+                    });
+                }
+                if !(p.sdm_threshold.is_finite() && p.sdm_threshold.abs() < 1.0) {
+                    return Err(ParamError {
+                        path: vec!["sdm_threshold".into()],
+                        message: "must be a number in (-1, 1)".into(),
                     });
                 }
                 if !["test", "val", "train", "all"].contains(&p.split.as_str()) {
@@ -281,6 +289,7 @@ pub struct InferParams {
     pub sigma: f64,
     pub batch: usize,
     pub largest_component: bool,
+    pub sdm_threshold: f32,
     pub original_grid: bool,
     pub write_maps: bool,
     pub device: String,
@@ -299,6 +308,7 @@ impl Default for InferParams {
             sigma: 0.125,
             batch: 2,
             largest_component: false,
+            sdm_threshold: 0.0,
             original_grid: true,
             write_maps: false,
             device: "auto".into(),
@@ -455,7 +465,21 @@ impl Stage for Infer {
                 grid = orig;
             }
         }
+        if is_sdm && self.p.sdm_threshold != 0.0 {
+            for m in &mut maps {
+                for v in m.iter_mut() {
+                    *v -= self.p.sdm_threshold;
+                }
+            }
+        }
         let mut labels = model::labels_from_outputs(model.config.mode, &maps);
+        if is_sdm && self.p.sdm_threshold != 0.0 {
+            for m in &mut maps {
+                for v in m.iter_mut() {
+                    *v += self.p.sdm_threshold;
+                }
+            }
+        }
         if self.p.largest_component {
             keep_largest_components(&mut labels, grid.dims, k);
         }
@@ -492,7 +516,7 @@ impl Stage for Infer {
         notes.insert(
             "prediction".into(),
             serde_json::json!({"mode": model.config.mode, "patch": patch, "overlap": self.p.overlap,
-                "largest_component": self.p.largest_component}),
+                "largest_component": self.p.largest_component, "sdm_threshold": self.p.sdm_threshold}),
         );
         Ok(CaseData {
             image: None,

@@ -184,6 +184,10 @@ pub struct EpochRecord {
     /// Mean training loss over the epoch's batches.
     pub loss: f64,
     pub seconds: f64,
+    /// Of `seconds`, the time the loop waited for the batch loader (0 when the loader keeps
+    /// ahead of the device).
+    #[serde(default)]
+    pub loader_wait_s: f64,
     /// Mean Dice over validation cases and present organs, when validated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_dice: Option<f64>,
@@ -382,7 +386,11 @@ pub fn train(
             cfg.workers.max(1) * 2,
         );
         let (mut sum, mut n) = (0.0, 0usize);
-        for batch in rx {
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            let tw = Instant::now();
+            let Ok(batch) = rx.recv() else { break };
+            waited += tw.elapsed();
             if s.cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
@@ -428,6 +436,7 @@ pub fn train(
             lr: adam.lr,
             loss: sum / n as f64,
             seconds: t0.elapsed().as_secs_f64(),
+            loader_wait_s: waited.as_secs_f64(),
             val_dice: per_organ.as_ref().and_then(|v| {
                 let d: Vec<f64> = v.iter().flatten().copied().collect();
                 (!d.is_empty()).then(|| d.iter().sum::<f64>() / d.len() as f64)
