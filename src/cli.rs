@@ -155,8 +155,10 @@ fn init_logging(cli: &Cli) {
         }
     };
     let filter = EnvFilter::try_from_env("PIPELINE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only on a terminal: logs redirected to a file stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Pretty => builder.with_target(false).try_init(),

@@ -494,10 +494,19 @@ fn ctrl_c_stops_cleanly_and_rerun_continues() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
+/// Slow enough (about 5 s at -j 2) that the refused and the waiting runs start while the
+/// first still holds the cache, even on a loaded machine.
+const SLOWER: &str = "name: slow
+stages:
+  src:  {plugin: numbers, params: {n: 40}}
+  work: {plugin: add, after: [src], params: {add: 1, sleep_ms: 250}}
+  total: {plugin: sum, after: [work]}
+";
+
 #[test]
 fn two_runs_on_one_cache_wait_or_refuse_with_a_clear_message() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "p.yaml", SLOW);
+    write(d.path(), "p.yaml", SLOWER);
     let first = spawn_child(d.path(), &["run", "p.yaml", "--cache", "cache", "-j", "2"]);
     let owner = d.path().join("cache/LOCK.owner");
     let t0 = Instant::now();

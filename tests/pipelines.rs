@@ -238,7 +238,7 @@ fn ctrl_c_during_training_then_rerun_resumes_from_the_checkpoint() {
     let done = checkpoint_epochs();
     assert!((3..30).contains(&done), "checkpoint at epoch {done}");
     let out = run_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
-    let t = text(&out);
+    let t = strip_ansi(&text(&out));
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(
         t.contains("resuming training from checkpoint") && t.contains(&format!("epoch={done}")),
@@ -265,4 +265,22 @@ fn ctrl_c_during_training_then_rerun_resumes_from_the_checkpoint() {
         0,
         "work dir removed once the model is cached"
     );
+}
+
+/// `s` without terminal colour codes (ESC [ ... m).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -106,6 +106,9 @@ pub struct TrainCase {
     organ_voxels: Vec<Vec<u32>>,
     /// The image as f32, converted once.
     image_f32: Vec<f32>,
+    /// What lies outside the volume: the image's minimum (air in a CT, background in an
+    /// MRI), not 0, which in a windowed CT is soft tissue.
+    pad: f32,
 }
 
 impl TrainCase {
@@ -148,6 +151,13 @@ impl TrainCase {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TrainCase {
             id: id.to_string(),
+            pad: image
+                .to_f32()
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(f32::INFINITY, f32::min)
+                .min(0.0),
             image_f32: image.to_f32(),
             image,
             labels,
@@ -340,7 +350,11 @@ pub fn sample(
                 });
                 let src: [f64; 3] = std::array::from_fn(|a| centre[a] + r[a] / sp[a]);
                 let inside = (0..3).all(|a| src[a] >= -0.5 && src[a] <= d[a] as f64 - 0.5);
-                let v = if inside { trilinear(img, d, src) } else { 0.0 };
+                let v = if inside {
+                    trilinear(img, d, src)
+                } else {
+                    case.pad
+                };
                 let lab = if inside {
                     let idx: [usize; 3] =
                         std::array::from_fn(|a| (src[a].round().max(0.0) as usize).min(d[a] - 1));
