@@ -132,6 +132,29 @@ impl Inputs {
             .map(|(_, i)| i.as_ref())
     }
 
+    /// The input a param names (`name`: a stage id, which must be listed under `after`), or
+    /// else the `index`-th input; `what` names the role in errors (`reference`, `cases`).
+    pub fn named_or_nth(
+        &self,
+        name: Option<&str>,
+        index: usize,
+        what: &str,
+    ) -> Result<&Item, StageError> {
+        match name {
+            Some(n) => self.get(n).ok_or_else(|| {
+                StageError::msg(format!(
+                    "`{what}: {n}` is not an input of this stage (list it under `after`)"
+                ))
+            }),
+            None => self.iter().nth(index).map(|(_, i)| i).ok_or_else(|| {
+                StageError::msg(format!(
+                    "this stage needs the {what} as input {} (list it under `after`)",
+                    index + 1
+                ))
+            }),
+        }
+    }
+
     /// The first input, or an error naming what is missing.
     pub fn first(&self) -> Result<&Item, StageError> {
         self.items

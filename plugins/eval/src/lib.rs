@@ -159,26 +159,6 @@ impl Default for EvalParams {
 
 struct Evaluate(EvalParams);
 
-fn pick<'a>(
-    inputs: &'a Inputs,
-    name: &Option<String>,
-    index: usize,
-    what: &str,
-) -> Result<&'a Item, StageError> {
-    match name {
-        Some(n) => inputs.get(n).ok_or_else(|| {
-            StageError::msg(format!(
-                "`{what}: {n}` is not an input of this stage (list it under `after`)"
-            ))
-        }),
-        None => inputs.iter().nth(index).map(|(_, i)| i).ok_or_else(|| {
-            StageError::msg(format!(
-                "evaluate needs two inputs (reference, prediction); the {what} is missing"
-            ))
-        }),
-    }
-}
-
 /// The label value of `organ` in `case`, if the organ is in its table and annotated.
 fn label_of(case: &CaseData, organ: &str) -> Option<u8> {
     let k = case.organs.iter().position(|o| o == organ)?;
@@ -257,8 +237,16 @@ impl Stage for Evaluate {
     }
 
     fn run_case(&self, _: &StageCtx, case: &CaseInfo, inputs: &Inputs) -> Result<Item, StageError> {
-        let r = CaseData::from_item(pick(inputs, &self.0.reference, 0, "reference")?)?;
-        let p = CaseData::from_item(pick(inputs, &self.0.prediction, 1, "prediction")?)?;
+        let r = CaseData::from_item(inputs.named_or_nth(
+            self.0.reference.as_deref(),
+            0,
+            "reference",
+        )?)?;
+        let p = CaseData::from_item(inputs.named_or_nth(
+            self.0.prediction.as_deref(),
+            1,
+            "prediction",
+        )?)?;
         let v = evaluate_case(&r, &p, &self.0)
             .map_err(|e| StageError::msg(format!("case {}: {e}", case.id)))?;
         Ok(Item::Json(v))

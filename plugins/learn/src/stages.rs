@@ -158,27 +158,6 @@ impl Plugin for LearnPlugin {
 /// Params of `train`: the training config.
 pub type TrainParams = TrainConfig;
 
-fn pick<'a>(
-    inputs: &'a Inputs,
-    name: &Option<String>,
-    index: usize,
-    what: &str,
-) -> Result<&'a Item, StageError> {
-    match name {
-        Some(n) => inputs.get(n).ok_or_else(|| {
-            StageError::msg(format!(
-                "`{what}: {n}` is not an input of this stage (list it under `after`)"
-            ))
-        }),
-        None => inputs.iter().nth(index).map(|(_, i)| i).ok_or_else(|| {
-            StageError::msg(format!(
-                "this stage needs the {what} as input {}",
-                index + 1
-            ))
-        }),
-    }
-}
-
 struct Train(TrainParams);
 
 impl Stage for Train {
@@ -209,7 +188,9 @@ impl Stage for Train {
         let mut spacing = [1.0; 3];
         for (info, inputs) in cases {
             let at = |e: StageError| StageError::msg(format!("case `{}`: {e}", info.id));
-            let case = CaseData::from_item(pick(inputs, &self.0.cases, 0, "cases")?).map_err(at)?;
+            let case =
+                CaseData::from_item(inputs.named_or_nth(self.0.cases.as_deref(), 0, "cases")?)
+                    .map_err(at)?;
             let image = case
                 .image
                 .as_ref()
@@ -244,7 +225,8 @@ impl Stage for Train {
                 });
                 continue;
             }
-            let sdms = SdmSet::from_item(pick(inputs, &self.0.sdms, 1, "SDMs")?).map_err(at)?;
+            let sdms = SdmSet::from_item(inputs.named_or_nth(self.0.sdms.as_deref(), 1, "SDMs")?)
+                .map_err(at)?;
             if cfg.mode != crate::fit::Mode::Dice && sdms.units != SdmUnits::Normalized {
                 return Err(at(StageError::msg(
                     "SDM heads need normalised SDMs (edt-sdm `normalize: true`)",
@@ -351,7 +333,7 @@ impl Infer {
 
     fn case_item<'a>(&self, inputs: &'a Inputs) -> Result<&'a Item, StageError> {
         if let Some(n) = &self.p.cases {
-            return pick(inputs, &Some(n.clone()), 0, "cases");
+            return inputs.named_or_nth(Some(n), 0, "cases");
         }
         inputs
             .iter()
