@@ -497,9 +497,11 @@ pub fn compare_variants(outputs: &[(String, serde_json::Value)]) -> (String, ser
                     }
                 })
                 .unwrap_or(0);
+            // When every variant scores the same, no variant is best.
+            let tie = means.iter().all(|m| *m == means[best]);
             let _ = write!(md, "| {organ} | {metric} |");
             for (i, (m, s)) in means.iter().zip(&sds).enumerate() {
-                if i == best {
+                if i == best && !tie {
                     let _ = write!(md, " **{m:.3} ± {s:.3}** |");
                 } else {
                     let _ = write!(md, " {m:.3} ± {s:.3} |");
@@ -507,8 +509,11 @@ pub fn compare_variants(outputs: &[(String, serde_json::Value)]) -> (String, ser
             }
             let mut tests = serde_json::Map::new();
             let mut cells = Vec::new();
+            if tie {
+                cells.push("all variants equal".to_string());
+            }
             for (i, v) in variants.iter().enumerate() {
-                if i == best {
+                if i == best || tie {
                     continue;
                 }
                 let x: Vec<f64> = common.iter().map(|c| series[best][c]).collect();
@@ -525,7 +530,8 @@ pub fn compare_variants(outputs: &[(String, serde_json::Value)]) -> (String, ser
             json_rows.push(serde_json::json!({
                 "organ": organ, "metric": metric, "cases": common.len(),
                 "means": variants.iter().zip(&means).map(|(v, m)| (v.to_string(), serde_json::json!(m))).collect::<serde_json::Map<_, _>>(),
-                "best": variants[best], "wilcoxon_best_vs": tests,
+                "best": if tie { serde_json::Value::Null } else { serde_json::json!(variants[best]) },
+                "wilcoxon_best_vs": tests,
             }));
         }
     }
@@ -797,5 +803,30 @@ mod tests {
         assert_eq!(d["n"], 2);
         assert_eq!(d["mean"], 2.0);
         assert_eq!(d["n_infinite"], 1);
+    }
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::compare_variants;
+
+    #[test]
+    fn a_tie_marks_no_variant_best() {
+        let doc = |v: f64| serde_json::json!({"per_case": {"organ": {"dice": {"c1": v, "c2": v, "c3": v}}}});
+        let (md, json) = compare_variants(&[("a".into(), doc(0.0)), ("b".into(), doc(0.0))]);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| organ | dice"))
+            .unwrap();
+        assert!(!row.contains("**"), "{row}");
+        assert!(row.contains("all variants equal"), "{row}");
+        assert!(json["rows"][0]["best"].is_null());
+        let (md, json) = compare_variants(&[("a".into(), doc(0.5)), ("b".into(), doc(0.7))]);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| organ | dice"))
+            .unwrap();
+        assert!(row.contains("**0.700"), "{row}");
+        assert_eq!(json["rows"][0]["best"], "b");
     }
 }
