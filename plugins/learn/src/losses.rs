@@ -5,6 +5,10 @@
 use tch::{Kind, Tensor};
 
 const EPS: f64 = 1e-6;
+/// Dice smoothing, in voxels: with a target absent from the whole batch, Dice is
+/// 1 / (sum p + 1), so false positives are still penalised (with a vanishing smoothing term
+/// they cost nothing there, and a small organ's channel is free to fire anywhere).
+const SMOOTH: f64 = 1.0;
 
 /// Per-(case, organ) weights broadcast over the voxels, and their count.
 fn mask(present: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
@@ -16,7 +20,7 @@ fn mask(present: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
 }
 
 /// Soft Dice loss over the batch ("batch Dice", as nnU-Net): per organ,
-/// 1 - (2 sum(p y) + eps) / (sum p + sum y + eps), the sums running over every voxel of every
+/// 1 - (2 sum(p y) + 1) / (sum p + sum y + 1), the sums running over every voxel of every
 /// case where the organ is present; averaged over the organs present somewhere in the batch.
 /// Summing over the batch keeps a patch that misses a small organ from asking for an exactly
 /// empty prediction (per-patch Dice of an empty target is 1 unless p is 0 everywhere).
@@ -27,7 +31,7 @@ pub fn dice_loss(prob: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
     let inter = (&pm * target).sum_dim_intlist(dims, false, prob.kind());
     let total = pm.sum_dim_intlist(dims, false, prob.kind())
         + (target * &m).sum_dim_intlist(dims, false, prob.kind());
-    let dice = (inter * 2.0 + EPS) / (total + EPS);
+    let dice = (inter * 2.0 + SMOOTH) / (total + SMOOTH);
     let organ_present = present
         .to_kind(prob.kind())
         .sum_dim_intlist([0i64].as_slice(), false, prob.kind())
@@ -93,11 +97,11 @@ mod tests {
     #[test]
     fn dice_by_hand() {
         // One case, one organ, 4 voxels: p = (1, 0.5, 0, 0), y = (1, 1, 0, 0):
-        // 2 * 1.5 / (1.5 + 2) = 6/7.
+        // (2 * 1.5 + 1) / (1.5 + 2 + 1) = 8/9.
         let p = t(&[1.0, 0.5, 0.0, 0.0], &[1, 1, 1, 2, 2]);
         let y = t(&[1.0, 1.0, 0.0, 0.0], &[1, 1, 1, 2, 2]);
         let present = t(&[1.0], &[1, 1]);
-        assert!((value(&dice_loss(&p, &y, &present)) - (1.0 - 6.0 / 7.0)).abs() < 1e-5);
+        assert!((value(&dice_loss(&p, &y, &present)) - (1.0 - 8.0 / 9.0)).abs() < 1e-5);
         // An absent organ contributes nothing, even if its prediction is wrong.
         let p2 = Tensor::cat(
             &[
@@ -108,9 +112,9 @@ mod tests {
         );
         let y2 = Tensor::cat(&[y.shallow_clone(), t(&[0.0; 4], &[1, 1, 1, 2, 2])], 1);
         let present2 = t(&[1.0, 0.0], &[1, 2]);
-        assert!((value(&dice_loss(&p2, &y2, &present2)) - (1.0 - 6.0 / 7.0)).abs() < 1e-5);
+        assert!((value(&dice_loss(&p2, &y2, &present2)) - (1.0 - 8.0 / 9.0)).abs() < 1e-5);
         // Batch Dice: two cases, the second's patch misses the organ and predicts 0.5 in one
-        // voxel: sums over both, 2 * 1.5 / (1.5 + 0.5 + 2) = 3/4.
+        // voxel: sums over both, (2 * 1.5 + 1) / (1.5 + 0.5 + 2 + 1) = 4/5.
         let p3 = Tensor::cat(
             &[
                 p.shallow_clone(),
@@ -120,10 +124,16 @@ mod tests {
         );
         let y3 = Tensor::cat(&[y.shallow_clone(), t(&[0.0; 4], &[1, 1, 1, 2, 2])], 0);
         let present3 = t(&[1.0, 1.0], &[2, 1]);
-        assert!((value(&dice_loss(&p3, &y3, &present3)) - 0.25).abs() < 1e-5);
+        assert!((value(&dice_loss(&p3, &y3, &present3)) - 0.2).abs() < 1e-5);
         // ... and where the organ is absent in the second case, its voxels do not count.
         let present4 = t(&[1.0, 0.0], &[2, 1]);
-        assert!((value(&dice_loss(&p3, &y3, &present4)) - (1.0 - 6.0 / 7.0)).abs() < 1e-5);
+        assert!((value(&dice_loss(&p3, &y3, &present4)) - (1.0 - 8.0 / 9.0)).abs() < 1e-5);
+        // An organ annotated but absent from the whole batch: false positives cost,
+        // 1 - 1 / (3 + 1); predicting nothing costs nothing.
+        let zero = t(&[0.0; 4], &[1, 1, 1, 2, 2]);
+        let fp = t(&[1.0, 1.0, 1.0, 0.0], &[1, 1, 1, 2, 2]);
+        assert!((value(&dice_loss(&fp, &zero, &present)) - 0.75).abs() < 1e-6);
+        assert!(value(&dice_loss(&zero, &zero, &present)).abs() < 1e-9);
     }
 
     #[test]
