@@ -5,6 +5,7 @@
 //! [`resolve`] (params via the [`stage::Registry`], variants merged) -> [`plan`] (cases and
 //! keys) -> [`run`] (execution through [`dag`]) -> [`manifest`] (the run record).
 
+pub mod atomic;
 pub mod case;
 pub mod config;
 pub mod dag;

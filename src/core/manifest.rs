@@ -136,8 +136,6 @@ pub fn write(run_dir: &Path, m: &ManifestInput) -> io::Result<PathBuf> {
         "nodes": nodes,
     });
     let path = run_dir.join("manifest.json");
-    let tmp = run_dir.join(".manifest.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
-    std::fs::rename(&tmp, &path)?;
+    crate::atomic::write(&path, &serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
     Ok(path)
 }

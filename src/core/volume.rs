@@ -310,6 +310,16 @@ impl Volume {
         res.map_err(|m| file_err(path, format!("cannot write NIfTI: {m}")))
     }
 
+    /// [`Volume::write_nifti`] through a temporary file and a rename: the file appears whole
+    /// or not at all.
+    pub fn write_nifti_atomic(&self, path: &Path) -> Result<(), VolumeError> {
+        crate::atomic::write_with(
+            path,
+            |tmp| self.write_nifti(tmp),
+            |e| file_err(path, format!("cannot write NIfTI: {e}")),
+        )
+    }
+
     /// Reads a 3D NIfTI-1 file. u8 and i16 stay integer; other types become f32 with
     /// `scl_slope`/`scl_inter` applied. Geometry from sform, else qform, else pixdim.
     pub fn read_nifti(path: &Path) -> Result<Volume, VolumeError> {

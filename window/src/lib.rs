@@ -178,14 +178,14 @@ pub enum WindowError<E> {
     Model(E),
 }
 
-/// Organs from signed distance maps: organ `k` where its map is negative (the exact
+/// Organs from signed distance maps: organ `k` where its map is below `level` (0: the exact
 /// Heaviside); where several organs claim a voxel, the smallest (most inside) map wins.
 /// Returns a label map: 0 background, k + 1 for organ k.
-pub fn labels_from_sdms(sdms: &[Vec<f32>]) -> Vec<u8> {
+pub fn labels_from_sdms(sdms: &[Vec<f32>], level: f32) -> Vec<u8> {
     let n = sdms.first().map(Vec::len).unwrap_or(0);
     (0..n)
         .map(|i| {
-            let mut best = (0u8, 0f32);
+            let mut best = (0u8, level);
             for (k, m) in sdms.iter().enumerate() {
                 if m[i] < best.1 {
                     best = ((k + 1) as u8, m[i]);
@@ -327,7 +327,12 @@ mod tests {
     fn smallest_sdm_wins_and_heaviside_is_exact() {
         let a = vec![-0.5, -0.1, 0.0, 0.3];
         let b = vec![-0.2, -0.4, 0.2, -0.0001];
-        assert_eq!(labels_from_sdms(&[a, b]), vec![1, 2, 0, 2]);
+        assert_eq!(
+            labels_from_sdms(&[a.clone(), b.clone()], 0.0),
+            vec![1, 2, 0, 2]
+        );
+        // A level above 0 keeps the voxels where a map is exactly 0 (the boundary layer).
+        assert_eq!(labels_from_sdms(&[a, b], 0.02), vec![1, 2, 1, 2]);
         assert_eq!(
             labels_from_probabilities(&[vec![0.9, 0.2], vec![0.6, 0.4]], 0.5),
             vec![1, 0]

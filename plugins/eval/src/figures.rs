@@ -5,24 +5,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use shapeflow_core::{CaseData, Volume, VoxelData};
 use std::path::Path;
-use std::sync::Once;
 
-const FONT: &str = "sans-serif";
-
-fn ensure_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font(
-            FONT,
-            FontStyle::Normal,
-            epaint_default_fonts::UBUNTU_LIGHT,
-        );
-    });
-}
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
+use shapeflow_plot::{ensure_font, err, FONT};
 
 const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),

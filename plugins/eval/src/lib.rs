@@ -779,9 +779,7 @@ impl Stage for Report {
             ),
         ] {
             let p = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, bytes)
-                .and_then(|_| std::fs::rename(&tmp, &p))
+            shapeflow_core::atomic::write(&p, &bytes)
                 .map_err(|e| StageError::msg(format!("cannot write {}: {e}", p.display())))?;
         }
         Ok(Item::Json(doc))

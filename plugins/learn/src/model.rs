@@ -264,12 +264,12 @@ pub fn check_device(d: Device) -> Result<(), StageError> {
     Ok(())
 }
 
-/// A label map from the head's outputs: SDM heads, organ where the map is negative (the
-/// smallest map wins a contested voxel); Dice heads, probability above 0.5 (the largest
-/// wins).
-pub fn labels_from_outputs(mode: Mode, out: &[Vec<f32>]) -> Vec<u8> {
+/// A label map from the head's outputs: SDM heads, organ where the map is below
+/// `sdm_level` (0: the exact Heaviside; the smallest map wins a contested voxel); Dice
+/// heads, probability above 0.5 (the largest wins).
+pub fn labels_from_outputs(mode: Mode, out: &[Vec<f32>], sdm_level: f32) -> Vec<u8> {
     match mode {
         Mode::Dice => shapeflow_window::labels_from_probabilities(out, 0.5),
-        Mode::Sdm | Mode::Joint => shapeflow_window::labels_from_sdms(out),
+        Mode::Sdm | Mode::Joint => shapeflow_window::labels_from_sdms(out, sdm_level),
     }
 }

@@ -3,23 +3,43 @@
 use crate::train::EpochRecord;
 use plotters::prelude::*;
 use std::path::Path;
-use std::sync::Once;
 
-const FONT: &str = "sans-serif";
+use shapeflow_plot::{ensure_font, err, FONT};
 
-fn ensure_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font(
-            FONT,
-            FontStyle::Normal,
-            epaint_default_fonts::UBUNTU_LIGHT,
-        );
-    });
-}
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// One panel: a line of `points` (epoch, value) over epochs 1..=`last`, with markers when
+/// `markers` (sparse series such as validation).
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    last: f64,
+    y: std::ops::Range<f64>,
+    points: &[(f64, f64)],
+    colour: RGBColor,
+    markers: bool,
+) -> Result<(), String> {
+    let mut c = ChartBuilder::on(area)
+        .caption(caption, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(1f64..last, y)
+        .map_err(err)?;
+    c.configure_mesh()
+        .x_desc("epoch")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(err)?;
+    c.draw_series(LineSeries::new(
+        points.iter().copied(),
+        colour.stroke_width(2),
+    ))
+    .map_err(err)?;
+    if markers {
+        c.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Two panels: mean training loss per epoch (left), validation Dice (right).
@@ -43,48 +63,27 @@ pub fn training_curves(path: &Path, history: &[EpochRecord]) -> Result<(), Strin
             (a.min(p.1), b.max(p.1))
         });
     let pad = ((hi - lo) * 0.05).max(1e-6);
-    let mut c = ChartBuilder::on(&left)
-        .caption("training loss", (FONT, 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(1f64..last, (lo - pad)..(hi + pad))
-        .map_err(err)?;
-    c.configure_mesh()
-        .x_desc("epoch")
-        .label_style((FONT, 13))
-        .draw()
-        .map_err(err)?;
-    c.draw_series(LineSeries::new(
-        losses,
-        RGBColor(31, 119, 180).stroke_width(2),
-    ))
-    .map_err(err)?;
+    panel(
+        &left,
+        "training loss",
+        last,
+        (lo - pad)..(hi + pad),
+        &losses,
+        RGBColor(31, 119, 180),
+        false,
+    )?;
     let dice: Vec<(f64, f64)> = history
         .iter()
         .filter_map(|r| r.val_dice.map(|d| (r.epoch as f64, d)))
         .collect();
-    let mut c = ChartBuilder::on(&right)
-        .caption("validation Dice (mean over organs)", (FONT, 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(1f64..last, 0f64..1f64)
-        .map_err(err)?;
-    c.configure_mesh()
-        .x_desc("epoch")
-        .label_style((FONT, 13))
-        .draw()
-        .map_err(err)?;
-    c.draw_series(LineSeries::new(
-        dice.iter().copied(),
-        RGBColor(255, 127, 14).stroke_width(2),
-    ))
-    .map_err(err)?;
-    c.draw_series(
-        dice.iter()
-            .map(|&p| Circle::new(p, 3, RGBColor(255, 127, 14).filled())),
-    )
-    .map_err(err)?;
+    panel(
+        &right,
+        "validation Dice (mean over organs)",
+        last,
+        0f64..1f64,
+        &dice,
+        RGBColor(255, 127, 14),
+        true,
+    )?;
     root.present().map_err(err)
 }

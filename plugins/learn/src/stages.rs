@@ -447,21 +447,7 @@ impl Stage for Infer {
                 grid = orig;
             }
         }
-        if is_sdm && self.p.sdm_threshold != 0.0 {
-            for m in &mut maps {
-                for v in m.iter_mut() {
-                    *v -= self.p.sdm_threshold;
-                }
-            }
-        }
-        let mut labels = model::labels_from_outputs(model.config.mode, &maps);
-        if is_sdm && self.p.sdm_threshold != 0.0 {
-            for m in &mut maps {
-                for v in m.iter_mut() {
-                    *v += self.p.sdm_threshold;
-                }
-            }
-        }
+        let mut labels = model::labels_from_outputs(model.config.mode, &maps, self.p.sdm_threshold);
         if self.p.largest_component {
             keep_largest_components(&mut labels, grid.dims, k);
         }
@@ -473,7 +459,9 @@ impl Stage for Infer {
         let out = &ctx.output_dir;
         std::fs::create_dir_all(out)
             .map_err(|e| StageError::msg(format!("{}: {e}", out.display())))?;
-        write_nifti_atomic(&label_vol, &out.join(format!("{}.nii.gz", info.id)))?;
+        label_vol
+            .write_nifti_atomic(&out.join(format!("{}.nii.gz", info.id)))
+            .map_err(|e| StageError::msg(e.to_string()))?;
         let names: serde_json::Map<String, serde_json::Value> = model
             .config
             .organs
@@ -491,7 +479,8 @@ impl Stage for Infer {
         if self.p.write_maps {
             for (o, m) in model.config.organs.iter().zip(maps) {
                 let v = on_grid(VoxelData::F32(m))?;
-                write_nifti_atomic(&v, &out.join(format!("{}_{o}.nii.gz", info.id)))?;
+                v.write_nifti_atomic(&out.join(format!("{}_{o}.nii.gz", info.id)))
+                    .map_err(|e| StageError::msg(e.to_string()))?;
             }
         }
         let mut notes = serde_json::Map::new();
@@ -510,22 +499,6 @@ impl Stage for Infer {
         }
         .to_item())
     }
-}
-
-/// Writes a NIfTI file through a hidden file beside it and a rename: never a half-written
-/// file under the final name.
-fn write_nifti_atomic(v: &Volume, path: &std::path::Path) -> Result<(), StageError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".part-{}-{name}", std::process::id()));
-    v.write_nifti(&tmp)
-        .map_err(|e| StageError::msg(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        StageError::msg(format!("{}: {e}", path.display()))
-    })
 }
 
 #[cfg(test)]

@@ -234,9 +234,7 @@ fn io_err(p: &Path, e: impl std::fmt::Display) -> StageError {
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    shapeflow_core::atomic::write(path, bytes).map_err(|e| io_err(path, e))
 }
 
 fn tch_err(what: &str) -> impl Fn(tch::TchError) -> StageError + '_ {
@@ -268,7 +266,7 @@ pub fn validate(
             m.predict(net, p, cfg.patch, device, bf16)
         })
         .map_err(|e| StageError::msg(format!("validation on {}: {e}", c.id)))?;
-        let labels = model::labels_from_outputs(cfg.mode, &out);
+        let labels = model::labels_from_outputs(cfg.mode, &out, 0.0);
         for (o, s) in sums.iter_mut().enumerate() {
             if !c.present.get(o).copied().unwrap_or(false) {
                 continue;
