@@ -1,10 +1,17 @@
 //! Adam, exactly as `torch.optim.Adam` (no weight decay, no AMSGrad), with its state
 //! (step, first and second moments) saved in checkpoints so that a resumed run continues
 //! where it stopped. (tch's optimiser cannot export its state.)
+//!
+//! The moments of all parameters live in two flat buffers, and the gradients are gathered
+//! into a third, so that an update is a dozen whole-buffer operations plus one add per
+//! parameter instead of about ten small operations per parameter: on a GPU each operation
+//! is a kernel launch, and a 3D UNet has about a hundred parameter tensors. (PyTorch's own
+//! Adam gets the same effect from its multi-tensor `foreach` kernels, which tch does not
+//! expose.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use tch::{nn::VarStore, TchError, Tensor};
+use tch::{nn::VarStore, Kind, TchError, Tensor};
 
 /// The optimiser over every trainable variable of a store, by name.
 pub struct Adam {
@@ -14,57 +21,97 @@ pub struct Adam {
     pub eps: f64,
     /// Updates done so far.
     pub step: i64,
-    params: Vec<(String, Tensor)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// Each parameter with its offset and length in the flat buffers.
+    params: Vec<Param>,
+    /// First and second moments, all parameters end to end.
+    m: Tensor,
+    v: Tensor,
+}
+
+struct Param {
+    name: String,
+    tensor: Tensor,
+    offset: i64,
+    numel: i64,
+}
+
+impl Param {
+    /// This parameter's slice of a flat buffer, shaped like the parameter (a view).
+    fn slice_of(&self, flat: &Tensor) -> Tensor {
+        flat.narrow(0, self.offset, self.numel)
+            .view(self.tensor.size().as_slice())
+    }
 }
 
 impl Adam {
     /// PyTorch's defaults: betas (0.9, 0.999), eps 1e-8.
     pub fn new(vs: &VarStore, lr: f64) -> Adam {
-        let params: Vec<(String, Tensor)> = vs
+        let mut offset = 0;
+        let params: Vec<Param> = vs
             .variables()
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .collect::<BTreeMap<_, _>>()
             .into_iter()
+            .map(|(name, tensor)| {
+                let numel = tensor.numel() as i64;
+                offset += numel;
+                Param {
+                    name,
+                    tensor,
+                    offset: offset - numel,
+                    numel,
+                }
+            })
             .collect();
-        let zeros = |p: &[(String, Tensor)]| p.iter().map(|(_, t)| t.zeros_like()).collect();
+        let zeros = || Tensor::zeros([offset], (Kind::Float, vs.device()));
         Adam {
             lr,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             step: 0,
-            m: zeros(&params),
-            v: zeros(&params),
+            m: zeros(),
+            v: zeros(),
             params,
         }
     }
 
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
+        for p in &mut self.params {
+            p.tensor.zero_grad();
         }
     }
 
-    /// One update from the gradients `backward` left on the parameters.
+    /// One update from the gradients `backward` left on the parameters. A parameter that
+    /// got no gradient counts as a zero gradient (PyTorch would skip it); every parameter
+    /// of the UNet gets one at every step.
     pub fn step(&mut self) {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
         let step_size = self.lr / bc1;
         tch::no_grad(|| {
-            for (((_, p), m), v) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = m.lerp_(&g, 1.0 - self.beta1);
-                let _ = v.g_mul_scalar_(self.beta2);
-                let _ = v.addcmul_(&g, &(&g * (1.0 - self.beta2)));
-                let denom = v.sqrt() / bc2.sqrt() + self.eps;
-                let _ = p.addcdiv_(&(&*m * -step_size), &denom);
+            let grads: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| {
+                    let g = p.tensor.grad();
+                    if g.defined() {
+                        g.reshape([-1])
+                    } else {
+                        Tensor::zeros([p.numel], (Kind::Float, self.m.device()))
+                    }
+                })
+                .collect();
+            let g = Tensor::cat(&grads, 0);
+            let _ = self.m.lerp_(&g, 1.0 - self.beta1);
+            let _ = self.v.g_mul_scalar_(self.beta2);
+            let _ = self.v.addcmul_(&g, &(&g * (1.0 - self.beta2)));
+            let denom = self.v.sqrt() / bc2.sqrt() + self.eps;
+            let update = (&self.m / denom) * -step_size;
+            for p in &mut self.params {
+                let _ = p.tensor.g_add_(&p.slice_of(&update));
             }
         });
     }
@@ -73,9 +120,15 @@ impl Adam {
     /// caller beside it.
     pub fn save(&self, path: &Path) -> Result<(), TchError> {
         let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len());
-        for (((name, _), m), v) in self.params.iter().zip(&self.m).zip(&self.v) {
-            named.push((format!("m.{name}"), m.to_device(tch::Device::Cpu)));
-            named.push((format!("v.{name}"), v.to_device(tch::Device::Cpu)));
+        for p in &self.params {
+            named.push((
+                format!("m.{}", p.name),
+                p.slice_of(&self.m).to_device(tch::Device::Cpu),
+            ));
+            named.push((
+                format!("v.{}", p.name),
+                p.slice_of(&self.v).to_device(tch::Device::Cpu),
+            ));
         }
         Tensor::write_safetensors(&named, path)
     }
@@ -84,13 +137,13 @@ impl Adam {
     pub fn load(&mut self, path: &Path, step: i64) -> Result<(), TchError> {
         let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
         tch::no_grad(|| -> Result<(), TchError> {
-            for (((name, _), m), v) in self.params.iter().zip(&mut self.m).zip(&mut self.v) {
-                for (prefix, dst) in [("m", m), ("v", v)] {
-                    let key = format!("{prefix}.{name}");
+            for p in &self.params {
+                for (prefix, flat) in [("m", &self.m), ("v", &self.v)] {
+                    let key = format!("{prefix}.{}", p.name);
                     let src = saved.get(&key).ok_or_else(|| {
                         TchError::TensorNameNotFound(key.clone(), path.display().to_string())
                     })?;
-                    dst.f_copy_(src)?;
+                    p.slice_of(flat).f_copy_(src)?;
                 }
             }
             Ok(())
@@ -162,12 +215,8 @@ mod tests {
         let mut b = Adam::new(&vs, 0.01);
         b.load(&p, a.step).unwrap();
         assert_eq!(b.step, 1);
-        for (x, y) in a.m.iter().chain(&a.v).zip(b.m.iter().chain(&b.v)) {
-            assert!(x.allclose(y, 0.0, 0.0, false));
-        }
-        assert!(a
-            .m
-            .iter()
-            .any(|m| m.abs().sum(Kind::Float).double_value(&[]) > 0.0));
+        assert!(a.m.allclose(&b.m, 0.0, 0.0, false));
+        assert!(a.v.allclose(&b.v, 0.0, 0.0, false));
+        assert!(a.m.abs().sum(Kind::Float).double_value(&[]) > 0.0);
     }
 }
