@@ -94,6 +94,20 @@ struct RunArgs {
     /// No progress bars.
     #[arg(long)]
     no_progress: bool,
+    /// Let N stages share a resource, e.g. `--slots gpu=3` trains three small models on
+    /// one GPU at once (repeatable; default one stage per resource).
+    #[arg(long = "slots", value_name = "RESOURCE=N", value_parser = parse_slots)]
+    slots: Vec<(String, usize)>,
+}
+
+fn parse_slots(s: &str) -> Result<(String, usize), String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected RESOURCE=N, e.g. gpu=2"))?;
+    match n.trim().parse::<usize>() {
+        Ok(n) if n >= 1 && !name.trim().is_empty() => Ok((name.trim().to_string(), n)),
+        _ => Err(format!("`{s}`: N must be a whole number of at least 1")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -288,6 +302,8 @@ pub struct RunSettings {
     pub runs: PathBuf,
     pub progress: bool,
     pub cancel: CancelToken,
+    /// Stages allowed to share each resource (see `run --slots`).
+    pub slots: Vec<(String, usize)>,
 }
 
 impl Default for RunSettings {
@@ -298,6 +314,7 @@ impl Default for RunSettings {
             runs: PathBuf::from("runs"),
             progress: false,
             cancel: CancelToken::default(),
+            slots: Vec::new(),
         }
     }
 }
@@ -337,6 +354,7 @@ pub fn run_pipeline(
             run_dir: run_dir.clone(),
             cancel: settings.cancel,
             progress: settings.progress,
+            slots: settings.slots.into_iter().collect(),
         },
     );
     let m = manifest::write(
@@ -370,6 +388,7 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<u8> {
             runs: a.runs.clone(),
             progress: !a.no_progress,
             cancel: CancelToken::default(),
+            slots: a.slots.clone(),
         },
     )?;
     print!("{}", report.table());

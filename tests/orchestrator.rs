@@ -404,6 +404,30 @@ fn exclusive_resource_is_never_shared() {
 }
 
 #[test]
+fn a_resource_with_two_slots_runs_two_stages_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let text = "stages:
+  src: {plugin: numbers, params: {n: 1}}
+  g1: {plugin: add, after: [src], params: {resource: shared-gpu, meet: slots, meet_count: 2}}
+  g2: {plugin: add, after: [src], params: {resource: shared-gpu, meet: slots, meet_count: 2, add: 1}}
+";
+    write(d.path(), "p.yaml", text);
+    let (r, _) = shapeflow::cli::run_pipeline(
+        &d.path().join("p.yaml"),
+        &[],
+        &common::registry(),
+        shapeflow::cli::RunSettings {
+            cache: Some(d.path().join("cache")),
+            runs: d.path().join("runs"),
+            slots: vec![("shared-gpu".into(), 2)],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(r.ok(), "both holders must run together:\n{}", r.table());
+}
+
+#[test]
 fn gather_inputs_and_case_selection() {
     let d = tempfile::tempdir().unwrap();
     let text = "stages:

@@ -6,8 +6,8 @@
 //!   cancelled item leaves nothing behind.
 //! - A node whose dependency failed or was skipped is skipped, naming the failed stage;
 //!   other branches run to the end.
-//! - A stage that declares a resource (the GPU) holds it exclusively for its whole run,
-//!   and its cases run one at a time.
+//! - A stage that declares a resource (the GPU) holds one of its slots for its whole run
+//!   (one slot unless `RunOptions::slots` says more), and its cases run one at a time.
 //! - A cached input that turns out corrupt or missing when read is recomputed on the spot.
 
 use crate::dag;
@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How a node ended.
@@ -146,6 +146,44 @@ pub struct RunOptions {
     pub cancel: CancelToken,
     /// Draw progress bars (only where stderr is a terminal).
     pub progress: bool,
+    /// How many stages may hold each resource at once (`gpu` -> 3 lets three small
+    /// trainings share one GPU); a resource not named here has one slot.
+    pub slots: HashMap<String, usize>,
+}
+
+/// A counting semaphore: the slots of one resource.
+struct Slots {
+    free: Mutex<usize>,
+    released: Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n.max(1)),
+            released: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; the guard gives it back when dropped.
+    fn acquire(self: &Arc<Self>) -> SlotGuard {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.released.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        SlotGuard(self.clone())
+    }
+}
+
+struct SlotGuard(Arc<Slots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut free = self.0.free.lock().unwrap_or_else(|e| e.into_inner());
+        *free += 1;
+        self.0.released.notify_one();
+    }
 }
 
 struct NodeState {
@@ -166,7 +204,8 @@ struct Engine {
     /// node -> case id -> item index.
     index: Vec<HashMap<String, usize>>,
     states: Vec<Mutex<NodeState>>,
-    resources: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    resources: Mutex<HashMap<String, Arc<Slots>>>,
+    slots: HashMap<String, usize>,
     bars: MultiProgress,
     scratch_root: PathBuf,
 }
@@ -351,19 +390,20 @@ impl Engine {
         let items = &self.plan.nodes[n].items;
         let label = node.label(self.resolved.file.variants.len());
         let _held = node.stage.resource().map(|r| {
-            let m = self
+            let slots = self
                 .resources
                 .lock()
                 .map(|mut map| {
                     map.entry(r.clone())
-                        .or_insert_with(|| Arc::new(Mutex::new(())))
+                        .or_insert_with(|| {
+                            Arc::new(Slots::new(self.slots.get(&r).copied().unwrap_or(1)))
+                        })
                         .clone()
                 })
-                .unwrap_or_else(|_| Arc::new(Mutex::new(())));
-            tracing::debug!(stage = %label, resource = %r, "waiting for exclusive resource");
-            m
+                .unwrap_or_else(|_| Arc::new(Slots::new(1)));
+            tracing::debug!(stage = %label, resource = %r, "waiting for the resource");
+            slots.acquire()
         });
-        let _guard = _held.as_ref().map(|m| m.lock());
         let bar = self.bars.add(ProgressBar::new(items.len() as u64));
         bar.set_style(
             ProgressStyle::with_template(
@@ -575,6 +615,7 @@ pub fn execute(
             })
             .collect(),
         resources: Mutex::new(HashMap::new()),
+        slots: opts.slots.clone(),
         bars: MultiProgress::with_draw_target(draw),
         scratch_root: scratch_root.clone(),
     });
