@@ -69,9 +69,11 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
     }
 }
 
-/// The loss of `net` on a batch, by mode (k and lambda as in the paper for `Joint`).
+/// The loss of `net` on a batch, by mode (k and lambda as in the paper for `Joint`). The
+/// network's output is taken to float32 first, so that under bfloat16 autocast the loss (its
+/// sums over a whole patch, its ratios) is still computed in float32.
 pub fn loss(net: &UNet, t: &BatchTensors, mode: Mode, k: f64, lambda: f64) -> Tensor {
-    let out = net.forward(&t.image);
+    let out = net.forward(&t.image).to_kind(Kind::Float);
     match mode {
         Mode::Dice => losses::dice_loss(&out.sigmoid(), &t.seg, &t.present),
         Mode::Sdm => losses::sdm_loss(&out.tanh(), &t.sdm, &t.present),

@@ -186,7 +186,7 @@ impl Model {
             .view([b, 1, patch[2] as i64, patch[1] as i64, patch[0] as i64])
             .to_device(device);
         let out = tch::no_grad(|| {
-            tch::autocast(bf16 && device.is_cuda(), || {
+            crate::amp::autocast_bf16(bf16 && device.is_cuda(), || {
                 let o = net.forward(&x);
                 match self.config.mode {
                     Mode::Dice => o.sigmoid(),
