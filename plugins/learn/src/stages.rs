@@ -91,6 +91,7 @@ impl Plugin for LearnPlugin {
                 ("threads", "integer", "libtorch threads (0: one per core)."),
                 ("workers", "integer", "Batch-loader threads."),
                 ("bf16", "boolean", "bfloat16 autocast on CUDA."),
+                ("head_prior", "number", "Dice head: every organ's probability before training (default 0.01; the output bias is its logit), so that no channel starts out firing everywhere."),
             ],
             build: |p, _| {
                 p.check().map_err(|(field, message)| ParamError {

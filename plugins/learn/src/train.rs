@@ -83,6 +83,16 @@ pub struct TrainConfig {
     pub workers: usize,
     /// bfloat16 autocast on CUDA.
     pub bf16: bool,
+    /// Dice head: every organ's probability before training (the output bias is its
+    /// logit). Starting at 0.5 everywhere, a small organ's channel can settle on firing
+    /// everywhere, where the Dice loss's gradient vanishes; a small prior starts from
+    /// "nowhere" (RetinaNet's prior initialisation).
+    pub head_prior: f64,
+}
+
+/// log(p / (1 - p)).
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
 }
 
 impl Default for TrainConfig {
@@ -110,6 +120,7 @@ impl Default for TrainConfig {
             threads: 0,
             workers: 2,
             bf16: true,
+            head_prior: 0.01,
         }
     }
 }
@@ -154,6 +165,12 @@ impl TrainConfig {
         }
         if self.window[0] >= self.window[1] {
             return f("window", "must be [low, high] with low < high".into());
+        }
+        if !(self.head_prior > 0.0 && self.head_prior < 1.0) {
+            return f(
+                "head_prior",
+                "must be a probability strictly between 0 and 1".into(),
+            );
         }
         model::parse_device(&self.device).map_err(|e| ("device".to_string(), e))?;
         Ok(())
@@ -294,6 +311,27 @@ pub fn validate(
         .collect())
 }
 
+/// The initial network of a training: seeded weights, and for a Dice head the output bias
+/// at the logit of `head_prior`.
+pub fn init_net(
+    cfg: &TrainConfig,
+    unet: UNetConfig,
+    seed: u64,
+    device: Device,
+) -> (nn::VarStore, UNet) {
+    // libtorch's generator is global: trainings sharing a GPU (`run --slots gpu=N`) take
+    // turns to seed it and draw their initial weights, so each gets the same weights as alone.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed as i64);
+    let vs = nn::VarStore::new(device);
+    let mut net = UNet::new(&vs.root(), unet);
+    if cfg.mode == Mode::Dice {
+        net.set_head_bias(logit(cfg.head_prior));
+    }
+    (vs, net)
+}
+
 /// Trains a UNet on `cases` (normalised with `norm`), validating on `val`.
 pub fn train(
     cfg: &TrainConfig,
@@ -332,9 +370,7 @@ pub fn train(
         spacing,
         trained: serde_json::Value::Null,
     };
-    tch::manual_seed(s.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let net = UNet::new(&vs.root(), unet);
+    let (vs, net) = init_net(cfg, unet, s.seed, device);
     let mut adam = Adam::new(&vs, cfg.lr);
 
     // Resume from the last checkpoint of this very item, if any.
@@ -674,6 +710,52 @@ mod tests {
             (again[0].unwrap() - last).abs() < 1e-9,
             "reloaded model gives the same Dice"
         );
+    }
+
+    /// An untrained Dice head predicts "nowhere" (about `head_prior`); other heads keep
+    /// their default initialisation.
+    #[test]
+    fn the_dice_head_starts_at_its_prior() {
+        let unet = UNetConfig {
+            in_channels: 1,
+            out_channels: 3,
+            depth: 2,
+            base_channels: 8,
+            groups: 4,
+            slope: 0.01,
+            max_channels: 32,
+        };
+        let x = tch::Tensor::randn([2, 1, 16, 16, 16], (tch::Kind::Float, Device::Cpu));
+        // Mean probability and the fraction of voxels above 0.5, per head and prior.
+        let stats = |mode: Mode, prior: f64| {
+            let cfg = TrainConfig {
+                mode,
+                head_prior: prior,
+                ..config(1)
+            };
+            let (_vs, net) = init_net(&cfg, unet, 3, Device::Cpu);
+            let p = tch::no_grad(|| net.forward(&x).sigmoid());
+            (
+                p.mean(tch::Kind::Float).double_value(&[]),
+                p.gt(0.5)
+                    .to_kind(tch::Kind::Float)
+                    .mean(tch::Kind::Float)
+                    .double_value(&[]),
+            )
+        };
+        // The bias is the prior's logit; the random weights spread the logits around it.
+        let (p, above) = stats(Mode::Dice, 0.01);
+        assert!(p < 0.05 && above < 0.01, "mean p {p}, {above} above 0.5");
+        let (p, above) = stats(Mode::Joint, 0.01);
+        assert!(
+            above > 0.2,
+            "joint head untouched: mean {p}, {above} above 0.5"
+        );
+        let bad = TrainConfig {
+            head_prior: 1.0,
+            ..config(1)
+        };
+        assert_eq!(bad.check().unwrap_err().0, "head_prior");
     }
 
     /// Interrupted after epoch 2 of 4, the next run resumes from the checkpoint's step.

@@ -137,6 +137,16 @@ impl UNet {
         }
     }
 
+    /// Sets every output channel's bias to `value` (the raw output before tanh or sigmoid),
+    /// so that training starts from a chosen prediction rather than from 0.
+    pub fn set_head_bias(&mut self, value: f64) {
+        if let Some(b) = self.head.bs.as_mut() {
+            tch::no_grad(|| {
+                let _ = b.fill_(value);
+            });
+        }
+    }
+
     /// The input's spatial sizes must be divisible by 2^depth.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let mut skips = Vec::with_capacity(self.down.len());
