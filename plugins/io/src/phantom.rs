@@ -3,7 +3,11 @@
 //! - `head-neck`: a CT-like head and neck (HU) with the 9 MICCAI 2015 organs at plausible
 //!   positions and sizes: skull and mandible as bone, brain, brainstem, a thin chiasm and optic
 //!   nerves running to the eyes, parotids and submandibular glands on both sides, a neck and
-//!   shoulders below (so that head-crop has work), per-patient variation and noise.
+//!   shoulders below (so that head-crop has work), per-patient variation and noise. As in a
+//!   real CT, the soft-tissue organs differ little from their neighbours in HU and are seen
+//!   by what surrounds them: cerebrospinal fluid around the brainstem (the cisterns) and the
+//!   chiasm (the suprasellar cistern), orbital fat around the optic nerves, fat planes around
+//!   the submandibular glands, fatty parotids against muscle.
 //! - `mri`: an MRI-like volume (f32, arbitrary units) with one curved, hippocampus-like organ.
 //!
 //! World coordinates are RAS+ millimetres with the origin at voxel 0: +x is the patient's
@@ -39,7 +43,20 @@ struct Ellipsoid {
     r: [f64; 3],
 }
 
+/// Thickness of the fluid around the brainstem and the chiasm, mm.
+const CSF_MM: f64 = 3.0;
+/// Thickness of the fat around the optic nerves and the submandibular glands, mm.
+const FAT_MM: f64 = 3.0;
+
 impl Ellipsoid {
+    /// The same ellipsoid with every radius `mm` longer.
+    fn grown(&self, mm: f64) -> Ellipsoid {
+        Ellipsoid {
+            c: self.c,
+            r: self.r.map(|r| r + mm),
+        }
+    }
+
     fn value(&self, p: [f64; 3]) -> f64 {
         (0..3)
             .map(|a| ((p[a] - self.c[a]) / self.r[a]).powi(2))
@@ -204,6 +221,17 @@ pub fn head_neck(seed: u64, index: u64, spec: HnSpec) -> CaseData {
                             hu = 12.0;
                         }
                     }
+                    // What makes the soft-tissue organs visible (before them, so they win).
+                    if brainstem.grown(CSF_MM).contains(p) || chiasm.grown(CSF_MM).contains(p) {
+                        hu = 8.0; // cerebrospinal fluid
+                    }
+                    if seg_dist(p, nerve_l.0, nerve_l.1) <= nerve_radius + FAT_MM
+                        || seg_dist(p, nerve_r.0, nerve_r.1) <= nerve_radius + FAT_MM
+                        || subm_l.grown(FAT_MM).contains(p)
+                        || subm_r.grown(FAT_MM).contains(p)
+                    {
+                        hu = -90.0; // fat
+                    }
                     let mut label = 0u8;
                     // Larger organs first: smaller ones take priority where they touch.
                     let near_mandible = (0..3).all(|a| p[a] >= mand_lo[a] && p[a] <= mand_hi[a]);
@@ -217,11 +245,11 @@ pub fn head_neck(seed: u64, index: u64, spec: HnSpec) -> CaseData {
                         label = 3;
                     }
                     if parotid_l.contains(p) {
-                        hu = 15.0;
+                        hu = -10.0;
                         label = 6;
                     }
                     if parotid_r.contains(p) {
-                        hu = 15.0;
+                        hu = -10.0;
                         label = 7;
                     }
                     if subm_l.contains(p) {
@@ -396,6 +424,51 @@ mod tests {
             v.iter().sum::<f32>() / v.len() as f32
         };
         assert!(mean(3) > 700.0 && mean(6) < 100.0);
+    }
+
+    /// Every organ differs by at least 20 HU from the voxels just outside it (so that it can
+    /// be seen and learned), at the demo's resolution without noise.
+    #[test]
+    fn every_organ_stands_out_from_its_surroundings() {
+        let spec = HnSpec {
+            dims: [110, 120, 100],
+            spacing: [2.0, 2.0, 2.5],
+            noise_hu: 0.0,
+        };
+        let a = head_neck(7, 0, spec);
+        let img = a.image.as_ref().unwrap();
+        let VoxelData::U8(lab) = &a.labels.as_ref().unwrap().data else {
+            unreachable!()
+        };
+        let [nx, ny, nz] = spec.dims;
+        for k in 1..=9u8 {
+            let (mut inside, mut ni, mut ring, mut nr) = (0.0, 0.0, 0.0, 0.0);
+            for z in 1..nz - 1 {
+                for y in 1..ny - 1 {
+                    for x in 1..nx - 1 {
+                        let i = x + nx * (y + ny * z);
+                        if lab[i] == k {
+                            inside += img.data.get_f32(i) as f64;
+                            ni += 1.0;
+                            continue;
+                        }
+                        let next = [1, nx, nx * ny];
+                        let touches = next.iter().any(|&d| lab[i - d] == k || lab[i + d] == k);
+                        if lab[i] == 0 && touches {
+                            ring += img.data.get_f32(i) as f64;
+                            nr += 1.0;
+                        }
+                    }
+                }
+            }
+            assert!(ni > 0.0 && nr > 0.0, "{}", HN_ORGANS[k as usize - 1]);
+            let (inside, ring) = (inside / ni, ring / nr);
+            assert!(
+                (inside - ring).abs() >= 20.0,
+                "{}: {inside:.1} HU inside vs {ring:.1} HU around",
+                HN_ORGANS[k as usize - 1]
+            );
+        }
     }
 
     #[test]
