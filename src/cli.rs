@@ -104,8 +104,11 @@ fn parse_slots(s: &str) -> Result<(String, usize), String> {
     let (name, n) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}`: expected RESOURCE=N, e.g. gpu=2"))?;
+    if name.trim().is_empty() {
+        return Err(format!("`{s}`: name the resource, e.g. gpu=2"));
+    }
     match n.trim().parse::<usize>() {
-        Ok(n) if n >= 1 && !name.trim().is_empty() => Ok((name.trim().to_string(), n)),
+        Ok(n) if n >= 1 => Ok((name.trim().to_string(), n)),
         _ => Err(format!("`{s}`: N must be a whole number of at least 1")),
     }
 }

@@ -580,6 +580,20 @@ fn cli_validate_reports_file_line_column() {
 }
 
 #[test]
+fn cli_rejects_bad_slots() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "good.yaml", CHAIN);
+    for bad in ["gpu=0", "gpu", "gpu=two", "=2"] {
+        let out = run_child(d.path(), &["run", "good.yaml", "--slots", bad]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {t}");
+        assert!(t.contains("--slots") && t.contains(bad), "{bad}: {t}");
+    }
+    let out = run_child(d.path(), &["run", "good.yaml", "--slots", "gpu=2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
 fn manifest_records_config_keys_and_statuses() {
     let d = tempfile::tempdir().unwrap();
     write(
