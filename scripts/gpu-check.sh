@@ -65,4 +65,4 @@ if [ -n "$run" ]; then
   (cd "$run" && tar czf "$OUT/study.tgz" --exclude='*.safetensors' --exclude='*.nii.gz' .)
 fi
 kill $SMI 2>/dev/null
-say "peak nvidia-smi MiB, util%: $(sort -t, -k1 -n "$OUT/smi-samples.txt" | tail -1)"
+say "nvidia-smi: peak memory $(cut -d, -f1 "$OUT/smi-samples.txt" | sort -n | tail -1) MiB, median utilisation $(cut -d, -f2 "$OUT/smi-samples.txt" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')%"
