@@ -16,4 +16,5 @@ for t in 1 "$ALL"; do
   OMP_NUM_THREADS=$t "$PY" bench/edt_peers.py "$t" "$REPS" "${CASES[@]}" >> "$OUT"
 done
 RAYON_NUM_THREADS=$ALL cargo bench --bench edt -- cached "${CASES[0]}" | grep '^{' >> "$OUT"
+RAYON_NUM_THREADS=1 cargo bench --bench edt -- crossover | grep '^{' >> "$OUT"
 "$PY" bench/table.py "$OUT"

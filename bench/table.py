@@ -5,7 +5,8 @@ from collections import defaultdict
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 cached = [r for r in rows if r["tool"] == "shapeflow-cached"]
-rows = [r for r in rows if r["tool"] != "shapeflow-cached"]
+cross = [r for r in rows if r["tool"] == "crossover"]
+rows = [r for r in rows if r["tool"] not in ("shapeflow-cached", "crossover")]
 by = defaultdict(dict)
 for r in rows:
     by[(r["case"], r["threads"])][r["tool"]] = r
@@ -30,3 +31,10 @@ for r in cached:
 for r in rows:
     if "peak_rss_bytes" in r and r["output_bytes"] > 2**20:
         print(f"{r['case']}: output {r['output_bytes'] / 2**20:.0f} MiB, process peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB ({r['threads']} threads)")
+if cross:
+    print(f"\nFH or direct minimisation ({cross[0]['threads']} thread, {cross[0]['dims']} volume, "
+          f"feature box of N rows along y and z; this CPU's threshold: {cross[0]['auto_brute_max']} rows)")
+    print(f"{'simd':<9} {'rows y/z':>9} {'FH':>10} {'direct':>10} {'FH / direct':>12}")
+    for r in cross:
+        print(f"{r['simd']:<9} {str(r['rows_y']) + '/' + str(r['rows_z']):>9} {secs(r['fh_median_s']):>10} "
+              f"{secs(r['direct_median_s']):>10} {r['fh_median_s'] / r['direct_median_s']:>12.2f}")

@@ -124,10 +124,69 @@ fn cached(case_dir: &Path) {
     }
 }
 
+/// Where direct minimisation stops paying against Felzenszwalb-Huttenlocher: the distance
+/// transform of a synthetic 256 x 256 x 120 volume (0.98 x 0.98 x 2.5 mm) whose features (10%
+/// of the voxels, seeded) fill a box of `rows` rows along y and z, each way, at each vector
+/// width this CPU has. `Method::auto` picks its threshold from these.
+fn crossover() {
+    use shapeflow_edt::{edt_passes, BBox, Method, Simd, INF};
+    let dims = [256usize, 256, 120];
+    let n = dims[0] * dims[1] * dims[2];
+    for rows in [16usize, 32, 48, 64, 96, 128, 192] {
+        let rz = rows.min(110);
+        let bb = BBox {
+            lo: [30, 30, 5],
+            hi: [30 + rows / 2, 30 + rows - 1, 5 + rz - 1],
+        };
+        let mut base = vec![INF; n];
+        let mut s = 12345u64;
+        for z in bb.lo[2]..=bb.hi[2] {
+            for y in bb.lo[1]..=bb.hi[1] {
+                for x in bb.lo[0]..=bb.hi[0] {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    if s.is_multiple_of(10) {
+                        base[x + dims[0] * (y + dims[1] * z)] = 0.0;
+                    }
+                }
+            }
+        }
+        let mut work = base.clone();
+        for simd in Simd::available() {
+            let mut med = Vec::new();
+            for brute_max in [0, usize::MAX] {
+                let method = Method { simd, brute_max };
+                let mut times = Vec::new();
+                for _ in 0..5 {
+                    work.copy_from_slice(&base);
+                    let t = Instant::now();
+                    edt_passes(&mut work, dims, [0.98, 0.98, 2.5], Some(bb), true, method);
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                med.push(median(times));
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "tool": "crossover", "threads": rayon::current_num_threads(),
+                    "simd": format!("{simd:?}"), "rows_y": rows, "rows_z": rz, "dims": dims,
+                    "fh_median_s": med[0], "direct_median_s": med[1], "runs": 5,
+                    "auto_brute_max": Method::auto().brute_max,
+                })
+            );
+        }
+    }
+}
+
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.first().map(String::as_str) == Some("cached") {
         cached(Path::new(&raw[1]));
+        return;
+    }
+    if raw.first().map(String::as_str) == Some("crossover") {
+        crossover();
         return;
     }
     let args: Vec<String> = raw.into_iter().filter(|a| !a.starts_with("--")).collect();
