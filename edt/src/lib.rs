@@ -313,8 +313,8 @@ fn envelope_rows_impl<'a>(
     width: usize,
 ) {
     const Q: usize = 4;
-    /// `Q` output rows from `q0` (their candidates' costs in `costs`, `count` per row),
-    /// lanes `x0..x0 + CH`.
+    /// Lanes `x0..x0 + CH` of `Q` output rows; `costs[i][j]` is the cost from candidate row
+    /// `first + i` to output row `j`.
     #[inline(always)]
     fn block<'a, const CH: usize>(
         row: &impl Fn(usize) -> &'a [f32],
