@@ -1,6 +1,7 @@
 //! Dataset layouts on disk: PDDCA (MICCAI 2015) and the Medical Segmentation Decathlon.
 
 use crate::nrrd;
+use rayon::prelude::*;
 use shapeflow_core::{CaseData, Volume, VoxelData};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -175,23 +176,33 @@ pub fn load_pddca(
     organs: &[String],
     require_image: bool,
 ) -> Result<CaseData, String> {
-    let image = match &case.image {
-        Some(p) => Some((read_volume(p)?, p.clone())),
-        None if require_image => {
-            return Err(format!(
-                "case {}: no img.nrrd (set `require_image: false` to load masks alone)",
-                case.id
-            ))
-        }
-        None => None,
-    };
-    let mut masks: Vec<Option<(Volume, PathBuf)>> = Vec::with_capacity(organs.len());
-    for m in &case.masks {
-        masks.push(match m {
-            Some(p) => Some((as_labels(read_volume(p)?, p)?, p.clone())),
-            None => None,
-        });
+    if case.image.is_none() && require_image {
+        return Err(format!(
+            "case {}: no img.nrrd (set `require_image: false` to load masks alone)",
+            case.id
+        ));
     }
+    // The image and the masks are read and decoded in parallel; errors are reported in file
+    // order (image first), so the message does not depend on timing.
+    let (image, masks) = rayon::join(
+        || {
+            case.image
+                .as_ref()
+                .map(|p| Ok::<_, String>((read_volume(p)?, p.clone())))
+        },
+        || {
+            case.masks
+                .par_iter()
+                .map(|m| {
+                    m.as_ref()
+                        .map(|p| Ok::<_, String>((as_labels(read_volume(p)?, p)?, p.clone())))
+                        .transpose()
+                })
+                .collect::<Vec<Result<Option<(Volume, PathBuf)>, String>>>()
+        },
+    );
+    let image = image.transpose()?;
+    let masks = masks.into_iter().collect::<Result<Vec<_>, String>>()?;
     let reference = image
         .as_ref()
         .map(|(v, p)| (v.clone(), p.clone()))
