@@ -404,28 +404,24 @@ fn envelope_rows<'a>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f")]
-        fn avx512<'a>(
-            row: impl Fn(usize) -> &'a [f32],
-            first: usize,
-            count: usize,
-            cost: &[f32],
-            dst: &mut [f32],
-            width: usize,
-        ) {
-            envelope_rows_impl(row, first, count, cost, dst, width)
+        /// `envelope_rows_impl` compiled with a target feature enabled.
+        macro_rules! compiled_with {
+            ($name:ident, $feature:literal) => {
+                #[target_feature(enable = $feature)]
+                fn $name<'a>(
+                    row: impl Fn(usize) -> &'a [f32],
+                    first: usize,
+                    count: usize,
+                    cost: &[f32],
+                    dst: &mut [f32],
+                    width: usize,
+                ) {
+                    envelope_rows_impl(row, first, count, cost, dst, width)
+                }
+            };
         }
-        #[target_feature(enable = "avx2")]
-        fn avx2<'a>(
-            row: impl Fn(usize) -> &'a [f32],
-            first: usize,
-            count: usize,
-            cost: &[f32],
-            dst: &mut [f32],
-            width: usize,
-        ) {
-            envelope_rows_impl(row, first, count, cost, dst, width)
-        }
+        compiled_with!(avx512, "avx512f");
+        compiled_with!(avx2, "avx2");
         assert!(simd <= Simd::detect(), "{simd:?} is not available");
         match simd {
             // SAFETY: the CPU has the feature (asserted above).

@@ -13,6 +13,17 @@ impl XorShift {
     }
 }
 
+/// Dims of 1 to `max` per axis and an anisotropic spacing (z the coarsest, as in CT).
+fn random_grid(rng: &mut XorShift, max: [u64; 3]) -> ([usize; 3], [f64; 3]) {
+    let d = max.map(|m| 1 + (rng.next() % m) as usize);
+    let s = [
+        0.3 + 2.7 * rng.unit(),
+        0.3 + 2.7 * rng.unit(),
+        0.5 + 4.5 * rng.unit(),
+    ];
+    (d, s)
+}
+
 fn coords(i: usize, d: [usize; 3]) -> [f64; 3] {
     [
         (i % d[0]) as f64,
@@ -69,16 +80,7 @@ fn matches_brute_force_on_random_anisotropic_volumes() {
     let mut rng = XorShift(0x1234_5678_9abc_def1);
     let mut checked = 0;
     for case in 0..300 {
-        let d = [
-            1 + (rng.next() % 9) as usize,
-            1 + (rng.next() % 9) as usize,
-            1 + (rng.next() % 7) as usize,
-        ];
-        let s = [
-            0.3 + 2.7 * rng.unit(),
-            0.3 + 2.7 * rng.unit(),
-            0.5 + 4.5 * rng.unit(),
-        ];
+        let (d, s) = random_grid(&mut rng, [9, 9, 7]);
         let n = d[0] * d[1] * d[2];
         let density = rng.unit();
         // Labels 0..3 with blobs: several organs in one map, like the real data.
@@ -187,16 +189,7 @@ fn unsigned_edt_of_a_point_is_the_distance() {
 fn passes_match_brute_force_at_every_width() {
     let mut rng = XorShift(0x0dd_ba11_cafe_f00d);
     for case in 0..60 {
-        let d = [
-            1 + (rng.next() % 40) as usize,
-            1 + (rng.next() % 11) as usize,
-            1 + (rng.next() % 9) as usize,
-        ];
-        let s = [
-            0.3 + 2.7 * rng.unit(),
-            0.3 + 2.7 * rng.unit(),
-            0.5 + 4.5 * rng.unit(),
-        ];
+        let (d, s) = random_grid(&mut rng, [40, 11, 9]);
         let n = d[0] * d[1] * d[2];
         let density = 0.002 + 0.1 * rng.unit();
         let features: Vec<usize> = (0..n).filter(|_| rng.unit() < density).collect();

@@ -162,42 +162,47 @@ fn tap(p: f64, n: usize) -> Tap {
     }
 }
 
-/// `f` of every target voxel's taps (`nx * ny` voxels per slice, `n` in all), one row of x at
-/// a time in parallel: from the per-axis `tables` when the map is axis-aligned, else computed
-/// per voxel from `row_start(y, z) + x * step` on source axes of length `src_dims`.
-#[allow(clippy::too_many_arguments)]
-fn each_voxel<T: Send + Copy + Default>(
-    n: usize,
-    nx: usize,
-    ny: usize,
-    tables: Option<&[Vec<Tap>; 3]>,
-    row_start: &(impl Fn(usize, usize) -> [f64; 3] + Sync),
-    step: [f64; 3],
+/// Where every target voxel looks in the source.
+struct Sampler<'g, R> {
+    /// Target dims.
+    dims: [usize; 3],
+    /// Source dims.
     src_dims: [usize; 3],
-    f: impl Fn([&Tap; 3]) -> T + Sync,
-) -> Vec<T> {
-    let mut out = vec![T::default(); n];
-    out.par_chunks_mut(nx).enumerate().for_each(|(row, o)| {
-        let (y, z) = (row % ny, row / ny);
-        match tables {
-            Some(t) => {
-                let (ty, tz) = (&t[1][y], &t[2][z]);
-                for (v, tx) in o.iter_mut().zip(&t[0]) {
-                    *v = f([tx, ty, tz]);
+    /// Per-axis taps, when the index map is axis-aligned.
+    tables: Option<[Vec<Tap>; 3]>,
+    /// Otherwise: source coordinates of voxel (0, y, z), and their change per step in x.
+    row_start: &'g R,
+    step: [f64; 3],
+}
+
+impl<R: Fn(usize, usize) -> [f64; 3] + Sync> Sampler<'_, R> {
+    /// `f` of every target voxel's taps, one row of x at a time in parallel.
+    fn each<T: Send + Copy + Default>(&self, f: impl Fn([&Tap; 3]) -> T + Sync) -> Vec<T> {
+        let [nx, ny, nz] = self.dims;
+        let mut out = vec![T::default(); nx * ny * nz];
+        out.par_chunks_mut(nx).enumerate().for_each(|(row, o)| {
+            let (y, z) = (row % ny, row / ny);
+            match &self.tables {
+                Some(t) => {
+                    let (ty, tz) = (&t[1][y], &t[2][z]);
+                    for (v, tx) in o.iter_mut().zip(&t[0]) {
+                        *v = f([tx, ty, tz]);
+                    }
+                }
+                None => {
+                    let s0 = (self.row_start)(y, z);
+                    for (x, v) in o.iter_mut().enumerate() {
+                        let xf = x as f64;
+                        let t: [Tap; 3] = std::array::from_fn(|a| {
+                            tap(s0[a] + self.step[a] * xf, self.src_dims[a])
+                        });
+                        *v = f([&t[0], &t[1], &t[2]]);
+                    }
                 }
             }
-            None => {
-                let s0 = row_start(y, z);
-                for (x, v) in o.iter_mut().enumerate() {
-                    let xf = x as f64;
-                    let t: [Tap; 3] =
-                        std::array::from_fn(|a| tap(s0[a] + step[a] * xf, src_dims[a]));
-                    *v = f([&t[0], &t[1], &t[2]]);
-                }
-            }
-        }
-    });
-    out
+        });
+        out
+    }
 }
 
 /// Resamples `vol` onto `dst`. Outside the source's field of view: `fill`. Labels (u8
@@ -224,8 +229,6 @@ fn resample_impl(
 ) -> Result<Volume, String> {
     let m = index_map(&vol.grid(), dst).ok_or("the source volume's affine is singular")?;
     let [sx, sy, sz] = vol.dims;
-    let [nx, ny, nz] = dst.dims;
-    let n = nx * ny * nz;
     // Source coordinates of a target voxel, computed per row: start + x * step.
     let row_start = |y: usize, z: usize| -> [f64; 3] {
         std::array::from_fn(|r| m[r][1] * y as f64 + m[r][2] * z as f64 + m[r][3])
@@ -235,13 +238,19 @@ fn resample_impl(
     // terms (the usual case: a new spacing, same orientation). Then each coordinate comes from
     // a table per axis, equal bit for bit to the general formula (the zero terms add nothing).
     let axis_aligned = per_axis && (0..3).all(|r| (0..3).all(|c| r == c || m[r][c] == 0.0));
-    let tables: Option<[Vec<Tap>; 3]> = axis_aligned.then(|| {
-        std::array::from_fn(|a| {
-            (0..dst.dims[a])
-                .map(|i| tap(m[a][a] * i as f64 + m[a][3], vol.dims[a]))
-                .collect()
-        })
-    });
+    let sampler = Sampler {
+        dims: dst.dims,
+        src_dims: vol.dims,
+        tables: axis_aligned.then(|| {
+            std::array::from_fn(|a| {
+                (0..dst.dims[a])
+                    .map(|i| tap(m[a][a] * i as f64 + m[a][3], vol.dims[a]))
+                    .collect()
+            })
+        }),
+        row_start: &row_start,
+        step,
+    };
     let idx = |x: usize, y: usize, z: usize| x + sx * (y + sy * z);
     let spacing = Grid {
         dims: dst.dims,
@@ -291,16 +300,7 @@ fn resample_impl(
                 }
             }
         };
-        let out = each_voxel(
-            n,
-            nx,
-            ny,
-            tables.as_ref(),
-            &row_start,
-            step,
-            vol.dims,
-            label_at,
-        );
+        let out = sampler.each(label_at);
         return Ok(out_vol(VoxelData::U8(out)));
     }
 
@@ -346,16 +346,7 @@ fn resample_impl(
             }
         }
     };
-    let vals = each_voxel(
-        n,
-        nx,
-        ny,
-        tables.as_ref(),
-        &row_start,
-        step,
-        vol.dims,
-        value_at,
-    );
+    let vals = sampler.each(value_at);
     let data = match vol.data {
         VoxelData::I16(_) => VoxelData::I16(
             vals.iter()
