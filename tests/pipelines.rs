@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use shapeflow::cli::{run_pipeline, RunSettings};
+use shapeflow_formats::NiftiIo;
 use std::path::Path;
 
 #[test]

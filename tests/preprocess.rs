@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use shapeflow_core::{CaseData, VoxelData};
+use shapeflow_formats::NiftiIo;
 use shapeflow_io::{datasets, phantom};
 use shapeflow_preprocess::resample::{resample_to_grid, ImageInterp, LabelInterp};
 use shapeflow_preprocess::{crop, crop_case, resample_case};

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use shapeflow_core::{CaseData, VoxelData};
+use shapeflow_formats::NiftiIo;
 use shapeflow_io::{datasets, nrrd, phantom::HN_ORGANS};
 use std::collections::BTreeMap;
 

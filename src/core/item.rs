@@ -1,7 +1,8 @@
 //! Items: what stages exchange and the cache stores, with a compact binary encoding.
 
-use crate::volume::{Volume, VoxelData};
+use shapeflow_volume::{Volume, VoxelData};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One output of a stage for one case (or for the whole dataset).
 #[derive(Debug, Clone, PartialEq)]
@@ -10,8 +11,9 @@ pub enum Item {
     Json(serde_json::Value),
     /// Opaque bytes: model weights, archives.
     Bytes(Vec<u8>),
-    /// A 3D volume with geometry: image, label map, one SDM.
-    Volume(Volume),
+    /// A 3D volume with geometry: image, label map, one SDM. Shared: stages that read it
+    /// copy no voxels; one that changes it makes its own.
+    Volume(Arc<Volume>),
     /// Named parts, e.g. `image` + `labels` + `organs`.
     Bundle(BTreeMap<String, Item>),
 }
@@ -38,6 +40,14 @@ impl Item {
     pub fn as_volume(&self) -> Option<&Volume> {
         match self {
             Item::Volume(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The volume, shared (no voxel is copied).
+    pub fn as_shared_volume(&self) -> Option<Arc<Volume>> {
+        match self {
+            Item::Volume(v) => Some(Arc::clone(v)),
             _ => None,
         }
     }
@@ -224,12 +234,12 @@ impl<'a> Reader<'a> {
                     ),
                     t => return Err(DecodeError(format!("unknown voxel type {t}"))),
                 };
-                Ok(Item::Volume(Volume {
+                Ok(Item::Volume(Arc::new(Volume {
                     dims,
                     spacing,
                     affine,
                     data,
-                }))
+                })))
             }
             TAG_BUNDLE => {
                 let n = self.len()?;
@@ -272,9 +282,9 @@ mod tests {
         )
         .unwrap();
         let mut m = BTreeMap::new();
-        m.insert("image".to_string(), Item::Volume(vol));
-        m.insert("labels".to_string(), Item::Volume(lab));
-        m.insert("hu".to_string(), Item::Volume(hu));
+        m.insert("image".to_string(), Item::Volume(Arc::new(vol)));
+        m.insert("labels".to_string(), Item::Volume(Arc::new(lab)));
+        m.insert("hu".to_string(), Item::Volume(Arc::new(hu)));
         m.insert(
             "meta".to_string(),
             Item::Json(serde_json::json!({"organs": ["a", "b"]})),

@@ -228,7 +228,7 @@ pub fn overlay(
             data: VoxelData::U8(pl),
             ..
         }),
-    ) = (&reference.labels, &prediction.labels)
+    ) = (reference.labels.as_deref(), prediction.labels.as_deref())
     else {
         return Err("labels must be u8".into());
     };
@@ -319,7 +319,7 @@ mod tests {
         let v = Volume::new([6, 5, 4], [1.0, 1.0, 2.0], VoxelData::U8(labels)).unwrap();
         CaseData {
             image: None,
-            labels: Some(v),
+            labels: Some(std::sync::Arc::new(v)),
             organs: vec!["a".into(), "b".into()],
             present: vec![true, true],
             original: None,

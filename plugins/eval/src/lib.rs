@@ -4,6 +4,7 @@ pub mod figures;
 pub mod stats;
 
 use serde::{Deserialize, Serialize};
+use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
     StageDef, StageError, VoxelData,

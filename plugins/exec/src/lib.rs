@@ -5,6 +5,7 @@ use shapeflow_core::{
     CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx, StageDef,
     StageError, Volume,
 };
+use shapeflow_formats::NiftiIo;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -240,7 +241,7 @@ impl Stage for Exec {
         }
         match self.p.output {
             OutputKind::Volume => Volume::read_nifti(&output)
-                .map(Item::Volume)
+                .map(|v| Item::Volume(std::sync::Arc::new(v)))
                 .map_err(|e| StageError::msg(format!("`{shown}` wrote an unreadable volume: {e}"))),
             OutputKind::Json => {
                 let bytes = std::fs::read(&output).map_err(|e| io_err("read", &output, e))?;

@@ -3,8 +3,10 @@
 use crate::nrrd;
 use rayon::prelude::*;
 use shapeflow_core::{CaseData, Volume, VoxelData};
+use shapeflow_formats::NiftiIo;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The official MICCAI 2015 split: the 10 "offsite test" cases (0522c0555 to 0522c0746) are
 /// the test set; the training and additional training cases (0522c0001 to 0522c0479) and the
@@ -243,8 +245,8 @@ pub fn load_pddca(
     notes.insert("overlapping_voxels".into(), serde_json::json!(overlaps));
     Ok(CaseData {
         original: Some(labels.grid()),
-        image: image.map(|(v, _)| v),
-        labels: Some(labels),
+        image: image.map(|(v, _)| Arc::new(v)),
+        labels: Some(Arc::new(labels)),
         organs: organs.to_vec(),
         present: masks.iter().map(Option::is_some).collect(),
         notes,
@@ -337,8 +339,8 @@ pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData
     );
     Ok(CaseData {
         original: Some(image.grid()),
-        image: Some(image),
-        labels: Some(labels),
+        image: Some(Arc::new(image)),
+        labels: Some(Arc::new(labels)),
         organs: organs.iter().map(|(n, _)| n.clone()).collect(),
         present: vec![true; organs.len()],
         notes,

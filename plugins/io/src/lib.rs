@@ -1,10 +1,11 @@
 //! The `io` family: the `load` stage, our NRRD reader, dataset layouts and phantoms.
 
 pub mod datasets;
-pub mod nrrd;
+pub use shapeflow_formats::nrrd;
 pub mod phantom;
 
 use serde::{Deserialize, Serialize};
+use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{
     BuildCtx, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
     StageDef, StageError,

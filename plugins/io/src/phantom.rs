@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 use shapeflow_core::{CaseData, Volume, VoxelData};
+use std::sync::Arc;
 
 /// The 9 organs of the MICCAI 2015 challenge, in label order.
 pub const HN_ORGANS: [&str; 9] = [
@@ -296,8 +297,8 @@ pub fn head_neck(seed: u64, index: u64, spec: HnSpec) -> CaseData {
     );
     CaseData {
         original: Some(image.grid()),
-        image: Some(image),
-        labels: Some(labels),
+        image: Some(Arc::new(image)),
+        labels: Some(Arc::new(labels)),
         organs: HN_ORGANS.iter().map(|s| s.to_string()).collect(),
         present: vec![true; 9],
         notes,
@@ -366,8 +367,8 @@ pub fn mri(seed: u64, index: u64, dims: [usize; 3], spacing: [f64; 3], noise: f6
     );
     CaseData {
         original: Some(image.grid()),
-        image: Some(image),
-        labels: Some(labels),
+        image: Some(Arc::new(image)),
+        labels: Some(Arc::new(labels)),
         organs: vec!["hippocampus".into()],
         present: vec![true],
         notes,

@@ -2,9 +2,9 @@
 //! updates the UNet. (The epoch loop, schedules, validation and checkpoints of the `train`
 //! stage build on this.)
 
+use crate::augment::Sample;
 use crate::losses;
 use crate::unet::UNet;
-use shapeflow_augment::Sample;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Which head and loss (the paper's ablation).
@@ -98,8 +98,8 @@ pub fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::augment::{sample, AugmentConfig, TrainCase};
     use crate::unet::UNetConfig;
-    use shapeflow_augment::{sample, AugmentConfig, TrainCase};
     use tch::nn::OptimizerConfig;
 
     #[test]

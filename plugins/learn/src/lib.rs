@@ -3,6 +3,7 @@
 
 pub mod adam;
 pub mod amp;
+pub mod augment;
 pub mod fit;
 pub mod losses;
 pub mod model;
@@ -10,6 +11,7 @@ mod plot;
 pub mod stages;
 pub mod train;
 pub mod unet;
+pub mod window;
 
 #[cfg(test)]
 mod testutil;

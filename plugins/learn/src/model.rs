@@ -79,10 +79,10 @@ impl Norm {
     pub fn apply_case(&self, case: &CaseData) -> Result<CaseData, StageError> {
         let mut c = case.clone();
         if let Some(img) = &case.image {
-            c.image = Some(
+            c.image = Some(std::sync::Arc::new(
                 img.with_data(VoxelData::F32(self.apply(img)))
                     .map_err(|e| StageError::msg(e.to_string()))?,
-            );
+            ));
         }
         Ok(c)
     }
@@ -269,7 +269,7 @@ pub fn check_device(d: Device) -> Result<(), StageError> {
 /// heads, probability above 0.5 (the largest wins).
 pub fn labels_from_outputs(mode: Mode, out: &[Vec<f32>], sdm_level: f32) -> Vec<u8> {
     match mode {
-        Mode::Dice => shapeflow_window::labels_from_probabilities(out, 0.5),
-        Mode::Sdm | Mode::Joint => shapeflow_window::labels_from_sdms(out, sdm_level),
+        Mode::Dice => crate::window::labels_from_probabilities(out, 0.5),
+        Mode::Sdm | Mode::Joint => crate::window::labels_from_sdms(out, sdm_level),
     }
 }

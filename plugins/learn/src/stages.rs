@@ -1,15 +1,17 @@
 //! The `train` and `infer` stages.
 
+use crate::augment::TrainCase;
 use crate::model::{self, Model, Norm};
 use crate::train::{self, Session, TrainConfig, ValCase};
+use crate::window::{keep_largest_components, sliding_window, WindowConfig};
 use serde::{Deserialize, Serialize};
-use shapeflow_augment::TrainCase;
 use shapeflow_core::{
     resample::{resample_to_grid, ImageInterp, LabelInterp},
     CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, SdmSet, SdmUnits, Shape, Stage,
     StageCtx, StageDef, StageError, Volume, VoxelData,
 };
-use shapeflow_window::{keep_largest_components, sliding_window, WindowConfig};
+use shapeflow_core::{CaseDataItem as _, SdmSetItem as _};
+use shapeflow_formats::NiftiIo;
 use std::sync::{Arc, Mutex};
 use tch::Device;
 
@@ -492,7 +494,7 @@ impl Stage for Infer {
         );
         Ok(CaseData {
             image: None,
-            labels: Some(label_vol),
+            labels: Some(Arc::new(label_vol)),
             organs: model.config.organs.clone(),
             present: vec![true; k],
             original: case.original,

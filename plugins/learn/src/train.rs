@@ -3,14 +3,14 @@
 
 use crate::adam::Adam;
 use crate::amp;
+use crate::augment::{loader, AugmentConfig, TrainCase};
 use crate::fit::{self, Mode};
 use crate::model::{self, Model, ModelConfig, Norm};
 use crate::plot;
 use crate::unet::{UNet, UNetConfig};
+use crate::window::{sliding_window, WindowConfig};
 use serde::{Deserialize, Serialize};
-use shapeflow_augment::{loader, AugmentConfig, TrainCase};
 use shapeflow_core::{CancelToken, StageError};
-use shapeflow_window::{sliding_window, WindowConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;

@@ -7,6 +7,7 @@ pub use shapeflow_core::resample;
 use crop::CropBox;
 use resample::{grid_with_spacing, resample_to_grid, ImageInterp, LabelInterp};
 use serde::{Deserialize, Serialize};
+use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
     StageDef, StageError,
@@ -169,8 +170,14 @@ struct HeadCrop(CropParams);
 /// Crops `case` to `b` (image and labels), recording the box and what it lost.
 pub fn crop_case(case: &CaseData, b: CropBox) -> CaseData {
     let mut out = meta_only(case);
-    out.image = case.image.as_ref().map(|v| v.crop(b.start, b.size));
-    out.labels = case.labels.as_ref().map(|v| v.crop(b.start, b.size));
+    out.image = case
+        .image
+        .as_ref()
+        .map(|v| Arc::new(v.crop(b.start, b.size)));
+    out.labels = case
+        .labels
+        .as_ref()
+        .map(|v| Arc::new(v.crop(b.start, b.size)));
     let lost = case
         .labels
         .as_ref()
@@ -265,12 +272,12 @@ pub fn resample_case(
     out.image = case
         .image
         .as_ref()
-        .map(|v| resample_to_grid(v, &dst, image, labels, background_of(v)))
+        .map(|v| resample_to_grid(v, &dst, image, labels, background_of(v)).map(Arc::new))
         .transpose()?;
     out.labels = case
         .labels
         .as_ref()
-        .map(|v| resample_to_grid(v, &dst, image, labels, 0.0))
+        .map(|v| resample_to_grid(v, &dst, image, labels, 0.0).map(Arc::new))
         .transpose()?;
     Ok(out)
 }

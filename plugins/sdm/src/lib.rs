@@ -6,6 +6,7 @@ use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, Plugin, Registry, SdmSet, SdmStorage, SdmUnits, Shape, Stage,
     StageCtx, StageDef, StageError, VoxelData,
 };
+use shapeflow_core::{CaseDataItem as _, SdmSetItem as _};
 use shapeflow_edt::{signed_map, Scale};
 use std::sync::Arc;
 
@@ -150,7 +151,7 @@ mod tests {
         let labels = Volume::new(dims, [0.8, 0.8, 2.0], VoxelData::U8(l)).unwrap();
         CaseData {
             image: None,
-            labels: Some(labels),
+            labels: Some(std::sync::Arc::new(labels)),
             organs: vec!["a".into(), "b".into(), "c".into()],
             present: vec![true, true, false],
             original: None,

@@ -1,28 +1,64 @@
-//! A case as stages exchange it: image, organ label map, organ table, original grid.
+//! How the data model's types travel between stages: as [`Item`]s, and which [`Kind`] of
+//! data a stage produces or takes, so that `validate` can check a pipeline's wiring before
+//! anything runs.
 //!
-//! Stored as an [`Item::Bundle`] with parts `image`, `labels` (each optional) and `meta`.
+//! A case is an [`Item::Bundle`] with parts `image`, `labels` (each optional, shared
+//! `Arc<Volume>`s: decoding copies no voxels) and `meta`; SDMs a bundle of per-organ maps
+//! (quantised to i16 by default) and `sdm-meta`.
 
 use crate::item::Item;
 use crate::stage::StageError;
-use crate::volume::{Grid, Volume, VoxelData};
+use shapeflow_volume::{CaseData, Grid, SdmSet, SdmStorage, SdmUnits, Volume, VoxelData};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// One case's image and organs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CaseData {
-    /// The image (CT in HU as i16, MRI as f32), if the dataset has one.
-    pub image: Option<Volume>,
-    /// One u8 label map: 0 background, `k` = `organs[k - 1]`. Same grid as the image.
-    pub labels: Option<Volume>,
-    /// Organ names, in label order.
-    pub organs: Vec<String>,
-    /// Whether each organ was annotated in this case. An absent organ is never an empty
-    /// mask by accident: stages must treat it as unknown, not as "no organ here".
-    pub present: Vec<bool>,
-    /// The grid the case was loaded on, so predictions can be written back onto it.
-    pub original: Option<Grid>,
-    /// Provenance and per-stage notes (source files, crop box, overlaps), free-form.
-    pub notes: serde_json::Map<String, serde_json::Value>,
+/// What kind of data an item holds. Stages declare the kind they produce and the kinds
+/// their input ports take; `validate` checks every `after:` against them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A case: image and/or organ labels with the organ table ([`CaseData`]).
+    Case,
+    /// A case's per-organ signed distance maps ([`SdmSet`]).
+    Sdms,
+    /// Per-case data a training sampler needs (organ locations, intensity statistics).
+    SamplerData,
+    /// A trained model.
+    Model,
+    /// Predicted organs of a case (a [`CaseData`] whose labels are predictions).
+    Predictions,
+    /// Per-case metrics.
+    Metrics,
+    /// A report (files for people; nothing reads it).
+    Report,
+    /// Anything else, e.g. an `exec` stage's outputs: checked by the stage at run time.
+    Any,
+}
+
+impl Kind {
+    /// How a user reads it in messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Case => "cases (image + labels)",
+            Kind::Sdms => "signed distance maps",
+            Kind::SamplerData => "sampler data (from `augment`)",
+            Kind::Model => "a trained model",
+            Kind::Predictions => "predictions",
+            Kind::Metrics => "metrics",
+            Kind::Report => "a report",
+            Kind::Any => "any item",
+        }
+    }
+
+    /// Whether a port of kind `self` takes an item of kind `given`. Predictions are cases
+    /// too (a case port reads them, e.g. `evaluate`'s reference side cannot tell), but a
+    /// predictions port takes only predictions.
+    pub fn takes(self, given: Kind) -> bool {
+        self == Kind::Any
+            || given == Kind::Any
+            || self == given
+            || (self == Kind::Case && given == Kind::Predictions)
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -34,48 +70,20 @@ struct Meta {
     notes: serde_json::Map<String, serde_json::Value>,
 }
 
-impl CaseData {
-    /// The grid of the image, else of the labels.
-    pub fn grid(&self) -> Option<Grid> {
-        self.image
-            .as_ref()
-            .or(self.labels.as_ref())
-            .map(Volume::grid)
-    }
+/// [`CaseData`] to and from its item.
+pub trait CaseDataItem: Sized {
+    fn to_item(&self) -> Item;
+    fn from_item(item: &Item) -> Result<Self, StageError>;
+}
 
-    /// The binary mask of organ `k` (0-based) as u8 {0,1}, if labels exist.
-    pub fn organ_mask(&self, k: usize) -> Option<Vec<u8>> {
-        let VoxelData::U8(l) = &self.labels.as_ref()?.data else {
-            return None;
-        };
-        let label = (k + 1) as u8;
-        Some(l.iter().map(|&v| (v == label) as u8).collect())
-    }
-
-    /// Voxel count of each organ's label.
-    pub fn organ_voxels(&self) -> Vec<usize> {
-        let mut counts = vec![0usize; self.organs.len()];
-        if let Some(Volume {
-            data: VoxelData::U8(l),
-            ..
-        }) = &self.labels
-        {
-            for &v in l {
-                if v > 0 && (v as usize) <= counts.len() {
-                    counts[v as usize - 1] += 1;
-                }
-            }
-        }
-        counts
-    }
-
-    pub fn to_item(&self) -> Item {
+impl CaseDataItem for CaseData {
+    fn to_item(&self) -> Item {
         let mut parts = BTreeMap::new();
         if let Some(i) = &self.image {
-            parts.insert("image".to_string(), Item::Volume(i.clone()));
+            parts.insert("image".to_string(), Item::Volume(Arc::clone(i)));
         }
         if let Some(l) = &self.labels {
-            parts.insert("labels".to_string(), Item::Volume(l.clone()));
+            parts.insert("labels".to_string(), Item::Volume(Arc::clone(l)));
         }
         let meta = Meta {
             organs: self.organs.clone(),
@@ -90,7 +98,7 @@ impl CaseData {
         Item::Bundle(parts)
     }
 
-    pub fn from_item(item: &Item) -> Result<CaseData, StageError> {
+    fn from_item(item: &Item) -> Result<CaseData, StageError> {
         let meta = item.part("meta").and_then(Item::as_json).ok_or_else(|| {
             StageError::msg(format!(
                 "expected a case (image, labels, meta), got a {} item",
@@ -100,8 +108,8 @@ impl CaseData {
         let meta: Meta = serde_json::from_value(meta.clone())
             .map_err(|e| StageError::msg(format!("bad case metadata: {e}")))?;
         Ok(CaseData {
-            image: item.part("image").and_then(Item::as_volume).cloned(),
-            labels: item.part("labels").and_then(Item::as_volume).cloned(),
+            image: item.part("image").and_then(Item::as_shared_volume),
+            labels: item.part("labels").and_then(Item::as_shared_volume),
             organs: meta.organs,
             present: meta.present,
             original: meta.original,
@@ -110,33 +118,12 @@ impl CaseData {
     }
 }
 
-/// Units of a set of signed distance maps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SdmUnits {
-    /// Inside scaled by its largest distance, outside by its largest: [-1, 1].
-    Normalized,
-    /// Millimetres.
-    Mm,
-}
-
-/// How SDM voxels are stored in the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SdmStorage {
-    F32,
-    /// i16 with a per-map scale: 1/32767 of the largest finite magnitude.
-    #[default]
-    I16,
-}
-
-/// One case's signed distance maps, one per organ (`None`: organ absent in this case).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SdmSet {
-    pub organs: Vec<String>,
-    /// f32 volumes, negative inside.
-    pub maps: Vec<Option<Volume>>,
-    pub units: SdmUnits,
+/// [`SdmSet`] to and from its item.
+pub trait SdmSetItem: Sized {
+    /// Encodes with `storage`; i16 keeps infinities as the extreme values.
+    fn to_item(&self, storage: SdmStorage) -> Item;
+    /// Decodes (and dequantizes) an item made by [`SdmSetItem::to_item`].
+    fn from_item(item: &Item) -> Result<Self, StageError>;
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -201,9 +188,9 @@ fn unpack_i16(bytes: &[u8], row: usize, scale: f64) -> Vec<f32> {
     out
 }
 
-impl SdmSet {
+impl SdmSetItem for SdmSet {
     /// Encodes with `storage`; i16 keeps infinities as the extreme values.
-    pub fn to_item(&self, storage: SdmStorage) -> Item {
+    fn to_item(&self, storage: SdmStorage) -> Item {
         let mut parts = BTreeMap::new();
         let mut scales = Vec::new();
         let first = self.maps.iter().flatten().next();
@@ -223,7 +210,7 @@ impl SdmSet {
             match storage {
                 SdmStorage::F32 => {
                     scales.push(1.0);
-                    parts.insert(format!("sdm/{name}"), Item::Volume(v.clone()));
+                    parts.insert(format!("sdm/{name}"), Item::Volume(Arc::new(v.clone())));
                 }
                 SdmStorage::I16 => {
                     let m = vals
@@ -261,7 +248,7 @@ impl SdmSet {
     }
 
     /// Decodes (and dequantizes) an item made by [`SdmSet::to_item`].
-    pub fn from_item(item: &Item) -> Result<SdmSet, StageError> {
+    fn from_item(item: &Item) -> Result<SdmSet, StageError> {
         let meta = item
             .part("sdm-meta")
             .and_then(Item::as_json)
@@ -283,7 +270,7 @@ impl SdmSet {
                 .part(&format!("sdm/{name}"))
                 .ok_or_else(|| StageError::msg(format!("SDM of {name} missing from the item")))?;
             let v = match (part, meta.storage) {
-                (Item::Volume(v), SdmStorage::F32) => v.clone(),
+                (Item::Volume(v), SdmStorage::F32) => Volume::clone(v),
                 (Item::Bytes(b), SdmStorage::I16) => {
                     let (Some(grid), Some(spacing)) = (meta.grid, meta.spacing) else {
                         return Err(StageError::msg("SDM metadata lacks the grid"));

@@ -205,7 +205,7 @@ fn main() {
             let v = datasets::as_labels(datasets::read_volume(&p).unwrap(), &p).unwrap();
             let case = shapeflow_core::CaseData {
                 image: None,
-                labels: Some(v),
+                labels: Some(std::sync::Arc::new(v)),
                 organs: vec!["anterior".into(), "posterior".into()],
                 present: vec![true, true],
                 original: None,

@@ -97,8 +97,8 @@ impl AugmentConfig {
 /// A training case: normalised image, labels, SDMs (f32, same grid) and organ table.
 pub struct TrainCase {
     pub id: String,
-    pub image: Volume,
-    pub labels: Volume,
+    pub image: Arc<Volume>,
+    pub labels: Arc<Volume>,
     pub sdms: Vec<Option<Vec<f32>>>,
     pub organs: Vec<String>,
     pub present: Vec<bool>,

@@ -2,8 +2,8 @@
 //! head-and-neck cases (96 x 96 x 80 at 2.5 x 2.5 x 3 mm, 9 organs with SDMs).
 //! Run: `cargo bench --bench augment`. Prints medians of repeated runs.
 
-use shapeflow_augment::{loader, AugmentConfig, TrainCase};
 use shapeflow_io::phantom;
+use shapeflow_learn::augment::{loader, AugmentConfig, TrainCase};
 use std::sync::Arc;
 use std::time::Instant;
 

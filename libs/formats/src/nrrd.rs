@@ -7,7 +7,7 @@
 //! share one world frame.
 
 use flate2::read::GzDecoder;
-use shapeflow_core::{Volume, VoxelData};
+use shapeflow_volume::{Volume, VoxelData};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
