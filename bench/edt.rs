@@ -75,7 +75,7 @@ fn cached(case_dir: &Path) {
             "name: edt-cache\nstages:\n  load: {{plugin: load, params: {{format: pddca, root: data, require_image: false}}}}\n  sdm: {{plugin: edt-sdm, after: [load], params: {{storage: {storage}}}}}\n"
         );
         std::fs::write(d.path().join("p.yaml"), text).unwrap();
-        let reg = shapeflow::default_registry();
+        let reg = shapeflow::default_registry().unwrap();
         let run = || {
             let t = Instant::now();
             let (r, _) = shapeflow::cli::run_pipeline(

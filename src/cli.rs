@@ -416,7 +416,13 @@ fn cmd_plugins(name: Option<&str>, registry: &Registry) -> Result<u8> {
     match name {
         None => {
             for f in registry.factories() {
-                println!("{:<16} v{:<3} {}", f.name(), f.version(), f.summary());
+                println!(
+                    "{:<16} {:<12} v{:<3} {}",
+                    f.name(),
+                    registry.plugin_of(f.name()).unwrap_or(""),
+                    f.version(),
+                    f.summary()
+                );
             }
             println!("\n`pipeline plugins NAME` shows a stage's help and params.");
         }
@@ -436,11 +442,14 @@ fn cmd_plugins(name: Option<&str>, registry: &Registry) -> Result<u8> {
                 f.help().trim()
             );
             for p in f.params() {
-                let default = if p.default.is_null() {
+                let mut default = if p.default.is_null() {
                     "required".to_string()
                 } else {
                     format!("default {}", p.default)
                 };
+                if p.execution {
+                    default.push_str(", execution-only (not in the cache key)");
+                }
                 println!(
                     "  {:<18} {:<18} {}\n  {:<18} {}",
                     p.name, p.ty, default, "", p.doc

@@ -1,8 +1,11 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    ExitCode::from(shapeflow::cli::main_with(
-        shapeflow::default_registry(),
-        std::env::args_os(),
-    ))
+    match shapeflow::default_registry() {
+        Ok(registry) => ExitCode::from(shapeflow::cli::main_with(registry, std::env::args_os())),
+        Err(e) => {
+            eprintln!("error: this build of pipeline is broken: {e}");
+            ExitCode::from(70)
+        }
+    }
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use shapeflow::cli::{run_pipeline, RunSettings};
 use shapeflow_core::config::{parse_set, ErrorKind};
-use shapeflow_core::{resolve, PipelineFile, RunReport, Status};
+use shapeflow_core::{resolve, PipelineFile, Plugin, Registry, RunReport, Status};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -571,7 +571,7 @@ fn cli_validate_reports_file_line_column() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(
-        t.contains("bad.yaml:2:15: stage `s`: unknown plugin `numbrs` (did you mean `numbers`?)"),
+        t.contains("bad.yaml:2:15: stage `s`: unknown stage `numbrs` (did you mean `numbers`?)"),
         "{t}"
     );
     write(d.path(), "good.yaml", CHAIN);
@@ -674,4 +674,111 @@ fn cache_commands_report_and_maintain() {
         &["cache", "--cache", "cache", "gc", "--max-size", "lots"],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+// ---------- typed inputs: wiring checked at validate, before any work ----------
+
+/// The real stages, miswired: `edt-sdm` given a model, `train` given no SDMs, `infer` told
+/// to read its cases from the SDM stage. Each fails at validate with file:line:col.
+const WIRED: &str = "stages:
+  load: {plugin: load, params: {format: phantom, cases: 2}}
+  sdm: {plugin: edt-sdm, after: [load]}
+  augment: {stage: augment, after: [load, sdm]}
+  train: {plugin: train, after: [load, sdm, augment]}
+  infer: {plugin: infer, after: [load, train]}
+";
+
+/// 1-based (line, column) of the first `needle` in `text`.
+fn at(text: &str, needle: &str) -> (u64, u64) {
+    let i = text.find(needle).expect("needle in text");
+    let line = text[..i].matches('\n').count() as u64 + 1;
+    let col = (i - text[..i].rfind('\n').map(|j| j + 1).unwrap_or(0)) as u64 + 1;
+    (line, col)
+}
+
+#[test]
+fn correct_wiring_validates() {
+    assert!(
+        errors_of(WIRED, &[]).is_empty(),
+        "{:#?}",
+        errors_of(WIRED, &[])
+    );
+    // The order under `after` does not matter: ports bind by kind.
+    let swapped = WIRED.replace("after: [load, sdm, augment]", "after: [augment, sdm, load]");
+    assert!(errors_of(&swapped, &[]).is_empty());
+}
+
+#[test]
+fn a_stage_given_the_wrong_kind_of_input_fails_at_validate() {
+    // train gets no SDMs: the error points at its `after` list.
+    let text = WIRED.replace("after: [load, sdm, augment]}", "after: [load, augment]}");
+    let (line, col) = at(&text, "load, augment]");
+    one_error(
+        &text,
+        &[],
+        ErrorKind::Wiring,
+        line,
+        col,
+        "needs signed distance maps as input `sdms`; its `after` gives `load` (cases",
+    );
+    // A stage that reads cases given a model.
+    let text = format!("{WIRED}  sdm2: {{plugin: edt-sdm, after: [train]}}\n");
+    let (line, col) = at(&text, "train]}\n");
+    one_error(
+        &text,
+        &[],
+        ErrorKind::Wiring,
+        line,
+        col,
+        "needs cases (image + labels) as input `cases`; its `after` gives `train` (a trained model)",
+    );
+    // A param that names the wrong kind of stage.
+    let text = WIRED.replace(
+        "infer: {plugin: infer, after: [load, train]}",
+        "infer: {plugin: infer, after: [load, sdm, train], params: {cases: sdm}}",
+    );
+    let (line, col) = at(&text, "sdm}}");
+    one_error(
+        &text,
+        &[],
+        ErrorKind::Wiring,
+        line,
+        col,
+        "`cases: sdm` gives signed distance maps, but input `cases` takes cases",
+    );
+    // A dependency no input takes.
+    let text = WIRED.replace(
+        "after: [load, sdm, augment]}",
+        "after: [load, sdm, augment, load2]}",
+    ) + "  load2: {plugin: load, params: {format: phantom, cases: 2}}\n";
+    let (line, col) = at(&text, "load2]");
+    one_error(
+        &text,
+        &[],
+        ErrorKind::Wiring,
+        line,
+        col,
+        "has no input for `load2`",
+    );
+}
+
+struct Dup(&'static str);
+
+impl Plugin for Dup {
+    fn name(&self) -> &'static str {
+        self.0
+    }
+    fn register(&self, registry: &mut Registry) {
+        TestPlugin.register(registry);
+    }
+}
+
+#[test]
+fn registering_a_stage_name_twice_is_an_error_naming_both_plugins() {
+    let r = Registry::new().with(&Dup("first")).unwrap();
+    let e = r.with(&Dup("second")).err().expect("a duplicate");
+    assert_eq!((e.first.as_str(), e.second.as_str()), ("first", "second"));
+    assert!(e.to_string().contains("registered twice"), "{e}");
+    // The shipped families do not collide.
+    shapeflow::default_registry().unwrap();
 }

@@ -139,9 +139,10 @@ stages:
   crop: {{plugin: head-crop, after: [load], params: {{size_mm: [180, 180, 180]}}}}
   resample: {{plugin: resample, after: [crop], params: {{spacing: [4.0, 4.0, 4.0]}}}}
   sdm: {{plugin: edt-sdm, after: [resample]}}
+  augment: {{stage: augment, after: [resample, sdm]}}
   train:
     plugin: train
-    after: [resample, sdm]
+    after: [resample, sdm, augment]
     params:
       epochs: 1
       iterations: 1
@@ -189,9 +190,10 @@ seed: 3
 stages:
   load: {plugin: load, params: {format: phantom, phantom: mri, cases: 3, split: none, dims: [32, 32, 32]}}
   sdm: {plugin: edt-sdm, after: [load]}
+  augment: {stage: augment, after: [load, sdm]}
   train:
     plugin: train
-    after: [load, sdm]
+    after: [load, sdm, augment]
     params:
       epochs: 30
       iterations: 3
@@ -284,4 +286,76 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Every item key of the demo, per (stage, variant), under `sets`.
+fn demo_keys(sets: &[&str]) -> std::collections::BTreeMap<(String, String), Vec<String>> {
+    use shapeflow_core::{config::parse_set, plan, resolve, CancelToken, PipelineFile};
+    let file = PipelineFile::load(&pipelines_dir().join("demo.yaml")).unwrap();
+    let sets: Vec<_> = sets.iter().map(|s| parse_set(s).unwrap()).collect();
+    let registry = shapeflow::default_registry().unwrap();
+    let r = resolve::resolve(&file, &registry, &sets).unwrap();
+    let p = plan::make_plan(&r, &CancelToken::default()).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for (variant, stages) in &r.by_variant {
+        for (stage, &n) in stages {
+            let keys = p.nodes[n].items.iter().map(|i| i.key.to_hex()).collect();
+            out.insert((stage.clone(), variant.clone()), keys);
+        }
+    }
+    out
+}
+
+/// Stages whose keys differ between the default demo and the demo under `sets`.
+fn changed_stages(sets: &[&str]) -> std::collections::BTreeSet<String> {
+    let (a, b) = (demo_keys(&[]), demo_keys(sets));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .filter(|(k, v)| b[*k] != **v)
+        .map(|((stage, _), _)| stage.clone())
+        .collect()
+}
+
+/// Execution-only params (how to run) are not in the cache key; output-defining ones are.
+#[test]
+fn execution_only_params_do_not_change_keys() {
+    for set in [
+        "train.workers=3",
+        "train.threads=1",
+        "train.checkpoint_every=5",
+        "infer.batch=4",
+        "infer.threads=2",
+    ] {
+        let changed = changed_stages(&[set]);
+        assert!(changed.is_empty(), "{set} changed the keys of {changed:?}");
+    }
+    let changed = changed_stages(&["train.lr=0.003"]);
+    let want: std::collections::BTreeSet<String> = ["train", "infer", "evaluate", "report"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // `report` is not cached (recomputed every run) but its key still follows its inputs.
+    assert_eq!(changed, want, "train.lr");
+    assert_eq!(
+        changed_stages(&["infer.overlap=0.25"]),
+        ["infer", "evaluate", "report"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        "infer.overlap"
+    );
+    // The manifest still records the execution-only values.
+    let registry = shapeflow::default_registry().unwrap();
+    let train = registry.get("train").unwrap();
+    let workers = train
+        .params()
+        .into_iter()
+        .find(|p| p.name == "workers")
+        .unwrap();
+    assert!(workers.execution, "workers is execution-only");
+    let lr = train.params().into_iter().find(|p| p.name == "lr").unwrap();
+    assert!(
+        !lr.execution && !lr.doc.is_empty() && lr.ty == "number",
+        "{lr:?}"
+    );
 }

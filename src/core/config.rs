@@ -31,6 +31,8 @@ pub enum ErrorKind {
     UnknownParam,
     BadParam,
     UnknownDependency,
+    /// An `after:` dependency gives a stage the wrong kind of input, or none it needs.
+    Wiring,
     Cycle,
     BadVariant,
     BadOverride,
@@ -143,7 +145,7 @@ impl Errs<'_> {
 }
 
 const TOP_FIELDS: &[&str] = &["name", "description", "seed", "cache", "stages", "variants"];
-const STAGE_FIELDS: &[&str] = &["plugin", "params", "after", "description"];
+const STAGE_FIELDS: &[&str] = &["stage", "plugin", "params", "after", "description"];
 
 /// Whether `s` is exactly one `${...}` reference.
 fn is_single_reference(s: &str) -> bool {
@@ -413,21 +415,46 @@ fn parse_stages(errs: &mut Errs, root: &Node) -> Vec<StageSpec> {
             errs.push(
                 node.pos,
                 ErrorKind::WrongType,
-                format!("stage `{id}` must be a mapping with `plugin:`"),
+                format!("stage `{id}` must be a mapping with `stage:`"),
             );
             continue;
         };
         for (k, _) in fields {
             check_field(errs, k, STAGE_FIELDS, &format!("field of stage `{id}`"));
         }
-        let (plugin, plugin_pos) = match node.get("plugin") {
+        // `stage:` names the stage to run; `plugin:` is its old name (a plugin is the family
+        // that registers stages), still read, with a deprecation warning.
+        let named = match (node.get("stage"), node.get("plugin")) {
+            (Some(_), Some(p)) => {
+                errs.push(
+                    p.pos,
+                    ErrorKind::UnknownField,
+                    format!("stage `{id}` has both `stage:` and `plugin:`; keep `stage:`"),
+                );
+                continue;
+            }
+            (Some(s), None) => Some(s),
+            (None, Some(p)) => {
+                tracing::warn!(
+                    "{}:{}:{}: `plugin:` is deprecated, write `stage: {}` (it names a stage; \
+                     plugins are the families that register stages)",
+                    errs.file.display(),
+                    p.pos.line,
+                    p.pos.column,
+                    p.as_str().unwrap_or("...")
+                );
+                Some(p)
+            }
+            (None, None) => None,
+        };
+        let (plugin, plugin_pos) = match named {
             Some(p) => match p.as_str() {
                 Some(s) => (s.to_string(), p.pos),
                 None => {
                     errs.push(
                         p.pos,
                         ErrorKind::WrongType,
-                        format!("`plugin` of stage `{id}` must be a string"),
+                        format!("`stage` of stage `{id}` must be a string (a stage name)"),
                     );
                     continue;
                 }
@@ -436,7 +463,7 @@ fn parse_stages(errs: &mut Errs, root: &Node) -> Vec<StageSpec> {
                 errs.push(
                     key.pos,
                     ErrorKind::MissingField,
-                    format!("stage `{id}` has no `plugin:`"),
+                    format!("stage `{id}` has no `stage:` (which stage to run)"),
                 );
                 continue;
             }

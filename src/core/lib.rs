@@ -28,6 +28,6 @@ pub use shapeflow_formats::atomic;
 pub use shapeflow_volume::{case, resample, rng, volume, CaseData, SdmSet, SdmStorage, SdmUnits};
 pub use shapeflow_volume::{Grid, Spacing, Volume, VoxelData};
 pub use stage::{
-    BuildCtx, Built, CancelToken, CaseInfo, Inputs, ParamDoc, ParamError, Plugin, Progress,
-    Registry, Shape, Stage, StageCtx, StageDef, StageError, StageFactory,
+    BuildCtx, Built, CancelToken, CaseInfo, DuplicateStage, Inputs, ParamDoc, ParamError, Params,
+    Plugin, Port, Progress, Registry, Shape, Stage, StageCtx, StageDef, StageError, StageFactory,
 };

@@ -95,7 +95,7 @@ pub fn make_plan(resolved: &Resolved, cancel: &CancelToken) -> Result<Plan, Stri
         hbase.update(b"shapeflow-item-v1\0");
         hbase.update(node.plugin.as_bytes());
         hbase.update(&node.version.to_le_bytes());
-        hbase.update(node.params.to_string().as_bytes());
+        hbase.update(node.keyed.to_string().as_bytes());
         if node.stage.uses_seed() {
             hbase.update(&seed.to_le_bytes());
         }
@@ -249,7 +249,7 @@ pub fn reason(resolved: &Resolved, n: usize, item: &PlannedItem, cache: &Cache) 
         let r = match rec {
             None => Reason::NewCase,
             Some(r) if r.version != node.version => Reason::VersionChanged,
-            Some(r) if r.params != params_hash(&node.params) => Reason::ParamsChanged,
+            Some(r) if r.params != params_hash(&node.keyed) => Reason::ParamsChanged,
             Some(r) if r.inputs != item.inputs.to_hex() => Reason::InputChanged,
             Some(_) => Reason::NotInCache,
         };
@@ -268,7 +268,7 @@ pub fn record(resolved: &Resolved, n: usize, item: &PlannedItem, cache: &Cache) 
     let rec = ItemRecord {
         key: item.key.to_hex(),
         version: node.version,
-        params: params_hash(&node.params),
+        params: params_hash(&node.keyed),
         inputs: item.inputs.to_hex(),
     };
     let bytes = serde_json::to_vec(&rec).unwrap_or_default();

@@ -3,7 +3,9 @@
 //! across variants into one node, so that shared work is done once.
 
 use crate::config::{ConfigError, ConfigErrors, ErrorKind, Override, PipelineFile};
-use crate::stage::{nearest, Registry, Shape, Stage};
+use crate::data::Kind;
+use crate::stage::{nearest, Port, Registry, Shape, Stage};
+use crate::yaml::Pos;
 use crate::yaml::{Key, Node as YNode, Value};
 use shapeflow_cache::CacheKey;
 use std::collections::BTreeMap;
@@ -15,14 +17,21 @@ pub struct GraphNode {
     pub id: String,
     pub plugin: String,
     pub version: u32,
-    /// Params with defaults filled in (what the key hashes).
+    /// Every param with defaults filled in (what the manifest records).
     pub params: serde_json::Value,
+    /// The output-defining params: `params` less the execution-only ones. What the cache
+    /// key hashes.
+    pub keyed: serde_json::Value,
     pub stage: Arc<dyn Stage>,
     pub shape: Shape,
     /// Indices of the nodes this one reads, in `after` order.
     pub deps: Vec<usize>,
+    /// Each declared input port and the stage id it reads (checked at `validate`).
+    pub bindings: Arc<Vec<(String, String)>>,
     pub variants: Vec<String>,
-    /// Hash of plugin, version, params, seed (if used) and the deps' signatures.
+    /// Hash of plugin, version, keyed params, seed (if used) and the deps' signatures.
+    /// Variants that differ only in execution-only params share one node (and run with the
+    /// first variant's settings): their outputs are the same.
     pub signature: CacheKey,
 }
 
@@ -147,7 +156,7 @@ pub fn resolve(
                     s.plugin_pos,
                     ErrorKind::UnknownPlugin,
                     format!(
-                        "stage `{}`: unknown plugin `{}`{hint}; `pipeline plugins` lists them",
+                        "stage `{}`: unknown stage `{}`{hint}; `pipeline plugins` lists them",
                         s.id, s.plugin
                     ),
                 ),
@@ -261,12 +270,27 @@ pub fn resolve(
                 )),
                 _ => {}
             }
+            let dep_kinds: Vec<(&str, Kind, Pos)> = spec
+                .after
+                .iter()
+                .zip(&deps)
+                .map(|((id, pos), &d)| (id.as_str(), nodes[d].stage.output(), *pos))
+                .collect();
+            let bindings = match bind_ports(file, spec, &params, &*built.stage, &dep_kinds) {
+                Ok(b) => b,
+                Err(e) => {
+                    for e in e {
+                        add(&mut errors, e);
+                    }
+                    continue;
+                }
+            };
             let mut h = blake3::Hasher::new();
             h.update(b"shapeflow-node-v1\0");
             h.update(spec.plugin.as_bytes());
             h.update(&factory.version().to_le_bytes());
             h.update(spec.id.as_bytes());
-            h.update(built.canonical.to_string().as_bytes());
+            h.update(built.keyed.to_string().as_bytes());
             if built.stage.uses_seed() {
                 h.update(&file.seed.to_le_bytes());
             }
@@ -281,9 +305,11 @@ pub fn resolve(
                     plugin: spec.plugin.clone(),
                     version: factory.version(),
                     params: built.canonical.clone(),
+                    keyed: built.keyed.clone(),
                     stage: built.stage.clone(),
                     shape,
                     deps: deps.clone(),
+                    bindings: Arc::new(bindings.clone()),
                     variants: Vec::new(),
                     signature,
                 });
@@ -302,6 +328,127 @@ pub fn resolve(
         nodes,
         by_variant,
     })
+}
+
+/// Binds each declared port of `stage` to one of its dependencies (`deps`: stage id, the
+/// kind it produces, the position of its `after` entry): the stage a param names, else the
+/// first free dependency of exactly the port's kind, else the first free one the port takes.
+/// Every dependency must feed a port (unless the stage has a [`Kind::Any`] port).
+fn bind_ports(
+    file: &PipelineFile,
+    spec: &crate::config::StageSpec,
+    params: &YNode,
+    stage: &dyn Stage,
+    deps: &[(&str, Kind, Pos)],
+) -> Result<Vec<(String, String)>, Vec<ConfigError>> {
+    let ports: Vec<Port> = stage.ports();
+    let mut errors = Vec::new();
+    let mut bound: Vec<Option<usize>> = vec![None; ports.len()];
+    let mut used = vec![false; deps.len()];
+    let who = format!("stage `{}` ({})", spec.id, spec.plugin);
+    for (pi, p) in ports.iter().enumerate() {
+        let Some((id, param)) = &p.from else { continue };
+        let at = params.locate(&[param.to_string()]).pos;
+        match deps.iter().position(|(d, _, _)| d == id) {
+            None => errors.push(file.error(
+                at,
+                ErrorKind::Wiring,
+                format!("{who}: `{param}: {id}` is not listed under `after`"),
+            )),
+            Some(di) if !p.kind.takes(deps[di].1) => errors.push(file.error(
+                at,
+                ErrorKind::Wiring,
+                format!(
+                    "{who}: `{param}: {id}` gives {}, but input `{}` takes {}",
+                    deps[di].1.describe(),
+                    p.name,
+                    p.kind.describe()
+                ),
+            )),
+            Some(di) => {
+                bound[pi] = Some(di);
+                used[di] = true;
+            }
+        }
+    }
+    let takes_rest = ports.iter().any(|p| p.kind == Kind::Any);
+    for exact in [true, false] {
+        for (pi, p) in ports.iter().enumerate() {
+            if bound[pi].is_some() || p.from.is_some() || p.kind == Kind::Any {
+                continue;
+            }
+            let found = deps.iter().enumerate().position(|(di, (_, k, _))| {
+                !used[di]
+                    && if exact {
+                        *k == p.kind
+                    } else {
+                        p.kind.takes(*k)
+                    }
+            });
+            if let Some(di) = found {
+                bound[pi] = Some(di);
+                used[di] = true;
+            }
+        }
+    }
+    let given = || {
+        if deps.is_empty() {
+            "its `after` lists nothing".to_string()
+        } else {
+            let list: Vec<String> = deps
+                .iter()
+                .map(|(d, k, _)| format!("`{d}` ({})", k.describe()))
+                .collect();
+            format!("its `after` gives {}", list.join(", "))
+        }
+    };
+    for (pi, p) in ports.iter().enumerate() {
+        if bound[pi].is_none() && p.required && p.from.is_none() && p.kind != Kind::Any {
+            let at = spec.after.first().map(|(_, pos)| *pos).unwrap_or(spec.pos);
+            errors.push(file.error(
+                at,
+                ErrorKind::Wiring,
+                format!(
+                    "{who} needs {} as input `{}`; {}",
+                    p.kind.describe(),
+                    p.name,
+                    given()
+                ),
+            ));
+        }
+    }
+    if !takes_rest {
+        for (di, (d, k, pos)) in deps.iter().enumerate() {
+            if used[di] {
+                continue;
+            }
+            let wants: Vec<String> = ports
+                .iter()
+                .map(|p| format!("`{}` ({})", p.name, p.kind.describe()))
+                .collect();
+            errors.push(file.error(
+                *pos,
+                ErrorKind::Wiring,
+                format!(
+                    "{who} has no input for `{d}` ({}): its inputs are {}",
+                    k.describe(),
+                    if wants.is_empty() {
+                        "none".to_string()
+                    } else {
+                        wants.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(ports
+        .iter()
+        .zip(&bound)
+        .filter_map(|(p, b)| b.map(|di| (p.name.to_string(), deps[di].0.to_string())))
+        .collect())
 }
 
 fn param_error(

@@ -293,7 +293,7 @@ impl Engine {
                 items.push((self.resolved.nodes[d].id.clone(), self.load(d, case)?));
             }
         }
-        Ok(Inputs::new(items))
+        Ok(Inputs::new(items).with_bindings(node.bindings.clone()))
     }
 
     fn compute(&self, n: usize, i: usize) -> Result<Item, StageError> {

@@ -3,9 +3,11 @@
 //! The core knows no stage by name. A plugin crate implements [`Plugin`], whose `register`
 //! adds one [`StageFactory`] per stage; the `pipeline` binary lists the plugins it ships.
 
+use crate::data::{CaseDataItem, Kind, SdmSetItem};
 use crate::item::Item;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use shapeflow_volume::{CaseData, SdmSet};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,15 +115,64 @@ pub struct StageCtx<'a> {
     pub progress: Progress,
 }
 
-/// A stage's inputs for one case: one item per dependency, in `after` order.
+/// A declared input of a stage: a role (`cases`, `sdms`, `model`), the [`Kind`] of data it
+/// takes, and optionally the stage id a param names for it. `validate` binds every port to
+/// one of the stage's `after:` dependencies before anything runs: the named one, else the
+/// first whose output is of exactly this kind, else the first whose output this port takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The stage id given by a param (e.g. `cases: resample`), and that param's name.
+    pub from: Option<(String, &'static str)>,
+    pub required: bool,
+}
+
+impl Port {
+    /// A required port.
+    pub fn new(name: &'static str, kind: Kind) -> Self {
+        Port {
+            name,
+            kind,
+            from: None,
+            required: true,
+        }
+    }
+
+    /// A port that may stay unbound.
+    pub fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+
+    /// Bound to the stage id in param `param`, when that param is set.
+    pub fn from_param(mut self, param: &'static str, value: Option<&str>) -> Self {
+        self.from = value.map(|v| (v.to_string(), param));
+        self
+    }
+}
+
+/// A stage's inputs for one case: one item per dependency, in `after` order, and which
+/// dependency each declared [`Port`] is bound to.
 #[derive(Default)]
 pub struct Inputs {
     items: Vec<(String, Arc<Item>)>,
+    /// port name -> stage id.
+    bindings: Arc<Vec<(String, String)>>,
 }
 
 impl Inputs {
     pub fn new(items: Vec<(String, Arc<Item>)>) -> Self {
-        Inputs { items }
+        Inputs {
+            items,
+            bindings: Arc::default(),
+        }
+    }
+
+    /// With the port bindings `validate` made.
+    pub fn with_bindings(mut self, bindings: Arc<Vec<(String, String)>>) -> Self {
+        self.bindings = bindings;
+        self
     }
 
     /// The item of dependency `stage`.
@@ -132,35 +183,39 @@ impl Inputs {
             .map(|(_, i)| i.as_ref())
     }
 
-    /// The input a param names (`name`: a stage id, which must be listed under `after`), or
-    /// else the `index`-th input; `what` names the role in errors (`reference`, `cases`).
-    pub fn named_or_nth(
-        &self,
-        name: Option<&str>,
-        index: usize,
-        what: &str,
-    ) -> Result<&Item, StageError> {
-        match name {
-            Some(n) => self.get(n).ok_or_else(|| {
-                StageError::msg(format!(
-                    "`{what}: {n}` is not an input of this stage (list it under `after`)"
-                ))
-            }),
-            None => self.iter().nth(index).map(|(_, i)| i).ok_or_else(|| {
-                StageError::msg(format!(
-                    "this stage needs the {what} as input {} (list it under `after`)",
-                    index + 1
-                ))
-            }),
-        }
+    /// The stage id bound to `port`, if any.
+    pub fn bound(&self, port: &str) -> Option<&str> {
+        self.bindings
+            .iter()
+            .find(|(p, _)| p == port)
+            .map(|(_, s)| s.as_str())
     }
 
-    /// The first input, or an error naming what is missing.
-    pub fn first(&self) -> Result<&Item, StageError> {
-        self.items
-            .first()
-            .map(|(_, i)| i.as_ref())
-            .ok_or_else(|| StageError::msg("this stage needs an input: list one under `after`"))
+    /// The item bound to `port`, if the port is bound and its stage's item is among these
+    /// inputs (per-case and whole-dataset inputs are passed apart).
+    pub fn port_opt(&self, port: &str) -> Option<&Item> {
+        self.bound(port).and_then(|s| self.get(s))
+    }
+
+    /// The item bound to `port`.
+    pub fn port(&self, port: &str) -> Result<&Item, StageError> {
+        self.port_opt(port).ok_or_else(|| {
+            StageError::msg(format!(
+                "input `{port}` is not bound (list its stage under `after`)"
+            ))
+        })
+    }
+
+    /// The case bound to `port`; its volumes are shared, not copied.
+    pub fn case(&self, port: &str) -> Result<CaseData, StageError> {
+        CaseData::from_item(self.port(port)?)
+            .map_err(|e| StageError::msg(format!("input `{port}`: {e}")))
+    }
+
+    /// The signed distance maps bound to `port`.
+    pub fn sdms(&self, port: &str) -> Result<SdmSet, StageError> {
+        SdmSet::from_item(self.port(port)?)
+            .map_err(|e| StageError::msg(format!("input `{port}`: {e}")))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Item)> {
@@ -196,6 +251,14 @@ impl StageError {
 /// A configured stage, ready to run.
 pub trait Stage: Send + Sync {
     fn shape(&self) -> Shape;
+
+    /// The kind of data this stage produces; `validate` checks it against the ports of the
+    /// stages that list this one under `after`.
+    fn output(&self) -> Kind;
+
+    /// The inputs this stage reads, bound at `validate` to its `after:` dependencies.
+    /// Empty: a source. A port of kind [`Kind::Any`] takes every remaining dependency.
+    fn ports(&self) -> Vec<Port>;
 
     /// Whether outputs go to the cache (false: recomputed every run, kept in memory).
     fn cached(&self) -> bool {
@@ -260,7 +323,8 @@ pub trait Stage: Send + Sync {
     }
 }
 
-/// One documented parameter of a stage.
+/// One documented parameter of a stage, read from its params struct (doc comments and
+/// types through `schemars`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ParamDoc {
     pub name: String,
@@ -269,6 +333,158 @@ pub struct ParamDoc {
     pub doc: String,
     /// The default, or `null` when the param is required.
     pub default: serde_json::Value,
+    /// Execution-only: says how to run, not what comes out (threads, batch sizes). Not part
+    /// of the cache key; still validated and recorded in the manifest.
+    pub execution: bool,
+}
+
+/// The schema extension that marks a param execution-only:
+/// `#[schemars(extend("x-execution" = true))]` on the field.
+pub const EXECUTION_MARK: &str = "x-execution";
+
+/// The params a stage declares, in declaration order, from `P`'s JSON schema.
+pub fn param_docs<P: Params>() -> Vec<ParamDoc> {
+    let schema = schemars::schema_for!(P);
+    let root = schema.as_value();
+    let defs = root
+        .get("$defs")
+        .and_then(|d| d.as_object())
+        .cloned()
+        .unwrap_or_default();
+    let defaults = serde_json::to_value(P::default()).unwrap_or_default();
+    let Some(props) = root.get("properties").and_then(|p| p.as_object()) else {
+        return Vec::new();
+    };
+    props
+        .iter()
+        .map(|(name, s)| {
+            let mut doc = s
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default()
+                .to_string();
+            // A nested mapping lists its own fields.
+            if let Some(fields) = resolve(s, &defs)
+                .get("properties")
+                .and_then(|p| p.as_object())
+            {
+                let inner: Vec<String> = fields
+                    .iter()
+                    .map(|(k, f)| {
+                        let d = f.get("description").and_then(|d| d.as_str()).unwrap_or("");
+                        let first = d.split(". ").next().unwrap_or("").trim_end_matches('.');
+                        if first.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{k} ({first})")
+                        }
+                    })
+                    .collect();
+                if !inner.is_empty() {
+                    doc = format!("{doc} Fields: {}.", inner.join("; "));
+                }
+            }
+            ParamDoc {
+                name: name.clone(),
+                ty: type_label(s, &defs),
+                doc: doc.trim().to_string(),
+                default: defaults.get(name).cloned().unwrap_or_default(),
+                execution: s.get(EXECUTION_MARK).and_then(|v| v.as_bool()) == Some(true),
+            }
+        })
+        .collect()
+}
+
+fn resolve<'a>(
+    s: &'a serde_json::Value,
+    defs: &'a serde_json::Map<String, serde_json::Value>,
+) -> &'a serde_json::Value {
+    let target = s.get("$ref").or_else(|| {
+        s.get("allOf")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.first())
+            .and_then(|f| f.get("$ref"))
+    });
+    match target
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .and_then(|n| defs.get(n))
+    {
+        Some(d) => d,
+        None => s,
+    }
+}
+
+/// A schema as a user reads its type.
+fn type_label(s: &serde_json::Value, defs: &serde_json::Map<String, serde_json::Value>) -> String {
+    let s = resolve(s, defs);
+    if let Some(e) = s.get("enum").and_then(|e| e.as_array()) {
+        return e.iter().map(scalar).collect::<Vec<_>>().join(" | ");
+    }
+    if let Some(c) = s.get("const") {
+        return scalar(c);
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(alts) = s.get(key).and_then(|a| a.as_array()) {
+            let mut labels: Vec<String> = Vec::new();
+            for a in alts {
+                let l = type_label(a, defs);
+                if !labels.contains(&l) {
+                    labels.push(l);
+                }
+            }
+            return labels.join(" | ");
+        }
+    }
+    let one = |t: &str| -> String {
+        match t {
+            "array" => {
+                let item = s
+                    .get("items")
+                    .map(|i| type_label(i, defs))
+                    .unwrap_or_else(|| "value".into());
+                let (min, max) = (s.get("minItems"), s.get("maxItems"));
+                match (min.and_then(|m| m.as_u64()), max.and_then(|m| m.as_u64())) {
+                    (Some(3), Some(3)) => format!("[x, y, z] of {item}"),
+                    (Some(a), Some(b)) if a == b => format!("list of {a} {item}"),
+                    _ => format!("list of {item}"),
+                }
+            }
+            "object" => "mapping".into(),
+            other => other.into(),
+        }
+    };
+    match s.get("type") {
+        Some(serde_json::Value::String(t)) => one(t),
+        Some(serde_json::Value::Array(ts)) => ts
+            .iter()
+            .filter_map(|t| t.as_str())
+            .map(one)
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ if s.get("properties").is_some() => "mapping".into(),
+        _ => "value".into(),
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What a stage's params struct must be: deserialisable from the pipeline file (with
+/// `#[serde(deny_unknown_fields, default)]`), serialisable for the key and the manifest,
+/// and described by a JSON schema whose doc comments are the params' documentation.
+pub trait Params:
+    DeserializeOwned + Serialize + Default + schemars::JsonSchema + Send + Sync + 'static
+{
+}
+
+impl<T> Params for T where
+    T: DeserializeOwned + Serialize + Default + schemars::JsonSchema + Send + Sync + 'static
+{
 }
 
 /// A param failed to validate. `path` leads from the params mapping to the bad value.
@@ -278,11 +494,15 @@ pub struct ParamError {
     pub message: String,
 }
 
-/// A stage that [`StageFactory::build`] made, with its params in canonical form
-/// (every param present, defaults filled in), which is what the cache key hashes.
+/// A stage that [`StageFactory::build`] made, with its params in canonical form (every
+/// param present, defaults filled in).
 pub struct Built {
     pub stage: Arc<dyn Stage>,
+    /// Every param: what the manifest records.
     pub canonical: serde_json::Value,
+    /// The output-defining params only (execution-only ones removed): what the cache key
+    /// hashes.
+    pub keyed: serde_json::Value,
 }
 
 /// Makes stages of one plugin name from their params.
@@ -301,9 +521,20 @@ pub trait StageFactory: Send + Sync {
     fn build(&self, params: &serde_json::Value, ctx: &BuildCtx) -> Result<Built, ParamError>;
 }
 
-/// A family of stages.
+/// A family of stages (Bevy's `Plugin`): registers each of its stages once.
 pub trait Plugin {
+    /// The family's name, e.g. `learn`; named in errors and in `pipeline plugins`.
+    fn name(&self) -> &'static str;
     fn register(&self, registry: &mut Registry);
+}
+
+/// Two plugins registered the same stage name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stage `{stage}` is registered twice: by plugin `{first}` and by plugin `{second}`")]
+pub struct DuplicateStage {
+    pub stage: String,
+    pub first: String,
+    pub second: String,
 }
 
 /// Makes a stage from its typed params.
@@ -316,15 +547,10 @@ pub struct StageDef<P> {
     pub version: u32,
     pub summary: &'static str,
     pub help: &'static str,
-    /// (name, type, doc) for each field of `P`.
-    pub params: &'static [(&'static str, &'static str, &'static str)],
     pub build: BuildFn<P>,
 }
 
-impl<P> StageFactory for StageDef<P>
-where
-    P: DeserializeOwned + Serialize + Default + Send + Sync + 'static,
-{
+impl<P: Params> StageFactory for StageDef<P> {
     fn name(&self) -> &str {
         self.name
     }
@@ -338,16 +564,7 @@ where
         self.help
     }
     fn params(&self) -> Vec<ParamDoc> {
-        let defaults = serde_json::to_value(P::default()).unwrap_or_default();
-        self.params
-            .iter()
-            .map(|(name, ty, doc)| ParamDoc {
-                name: name.to_string(),
-                ty: ty.to_string(),
-                doc: doc.to_string(),
-                default: defaults.get(*name).cloned().unwrap_or_default(),
-            })
-            .collect()
+        param_docs::<P>()
     }
     fn default_params(&self) -> serde_json::Value {
         serde_json::to_value(P::default()).unwrap_or_default()
@@ -372,17 +589,27 @@ where
             path: vec![],
             message: e.to_string(),
         })?;
+        let mut keyed = canonical.clone();
+        if let Some(obj) = keyed.as_object_mut() {
+            for d in self.params().iter().filter(|d| d.execution) {
+                obj.remove(&d.name);
+            }
+        }
         Ok(Built {
             stage: (self.build)(p, ctx)?,
             canonical,
+            keyed,
         })
     }
 }
 
-/// All stages known to this binary, by plugin name.
+/// All stages known to this binary, by stage name.
 #[derive(Default)]
 pub struct Registry {
-    factories: BTreeMap<String, Arc<dyn StageFactory>>,
+    factories: BTreeMap<String, (Arc<dyn StageFactory>, &'static str)>,
+    /// The plugin whose `register` is running.
+    current: &'static str,
+    duplicates: Vec<DuplicateStage>,
 }
 
 impl Registry {
@@ -390,20 +617,41 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a stage factory; a second factory of the same name replaces the first.
+    /// Adds a stage factory for the plugin being registered. A name registered before is
+    /// kept, and [`Registry::with`] reports the duplicate.
     pub fn add(&mut self, f: impl StageFactory + 'static) -> &mut Self {
-        self.factories.insert(f.name().to_string(), Arc::new(f));
+        let name = f.name().to_string();
+        if let Some((_, first)) = self.factories.get(&name) {
+            self.duplicates.push(DuplicateStage {
+                stage: name,
+                first: first.to_string(),
+                second: self.current.to_string(),
+            });
+        } else {
+            self.factories.insert(name, (Arc::new(f), self.current));
+        }
         self
     }
 
-    /// Registers every stage of `plugin`.
-    pub fn with(mut self, plugin: &dyn Plugin) -> Self {
+    /// Registers every stage of `plugin`; a stage name that another plugin (or this one)
+    /// registered already is an error naming both.
+    pub fn with(mut self, plugin: &dyn Plugin) -> Result<Self, DuplicateStage> {
+        self.current = plugin.name();
         plugin.register(&mut self);
-        self
+        self.current = "";
+        match self.duplicates.first() {
+            Some(d) => Err(d.clone()),
+            None => Ok(self),
+        }
+    }
+
+    /// The plugin (family) that registered stage `name`.
+    pub fn plugin_of(&self, name: &str) -> Option<&'static str> {
+        self.factories.get(name).map(|(_, p)| *p)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn StageFactory>> {
-        self.factories.get(name)
+        self.factories.get(name).map(|(f, _)| f)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -411,7 +659,7 @@ impl Registry {
     }
 
     pub fn factories(&self) -> impl Iterator<Item = &Arc<dyn StageFactory>> {
-        self.factories.values()
+        self.factories.values().map(|(f, _)| f)
     }
 
     /// The known name closest to `name`, if reasonably close.
@@ -419,28 +667,34 @@ impl Registry {
         nearest(name, self.names())
     }
 
-    /// Checks that every factory documents exactly the params its defaults have.
-    /// Plugin crates call this in a test.
+    /// Checks that every param of every stage is documented (a doc comment on its field)
+    /// and that the documented params are exactly the ones its defaults have. Plugin crates
+    /// call this in a test.
     pub fn check_docs(&self) -> Result<(), String> {
-        for f in self.factories.values() {
-            let documented: Vec<String> = f.params().iter().map(|p| p.name.clone()).collect();
-            {
-                if let Some(obj) = f.default_params().as_object() {
-                    for k in obj.keys() {
-                        if !documented.contains(k) {
-                            return Err(format!(
-                                "stage {}: param `{k}` is not documented",
-                                f.name()
-                            ));
-                        }
+        for f in self.factories() {
+            let docs = f.params();
+            for d in &docs {
+                if d.doc.trim().is_empty() {
+                    return Err(format!(
+                        "stage {}: param `{}` has no doc comment",
+                        f.name(),
+                        d.name
+                    ));
+                }
+            }
+            if let Some(obj) = f.default_params().as_object() {
+                for k in obj.keys() {
+                    if !docs.iter().any(|d| &d.name == k) {
+                        return Err(format!("stage {}: param `{k}` is not documented", f.name()));
                     }
-                    for d in &documented {
-                        if !obj.contains_key(d) {
-                            return Err(format!(
-                                "stage {}: documented param `{d}` does not exist",
-                                f.name()
-                            ));
-                        }
+                }
+                for d in &docs {
+                    if !obj.contains_key(&d.name) {
+                        return Err(format!(
+                            "stage {}: documented param `{}` does not exist",
+                            f.name(),
+                            d.name
+                        ));
                     }
                 }
             }

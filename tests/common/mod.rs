@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{
-    CaseInfo, Inputs, Item, Plugin, Registry, Shape, Stage, StageCtx, StageDef, StageError,
+    CaseInfo, Inputs, Item, Kind, Plugin, Port, Registry, Shape, Stage, StageCtx, StageDef,
+    StageError,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -15,16 +16,26 @@ use std::time::Duration;
 pub struct TestPlugin;
 
 /// `numbers`: a source of `n` cases (`c00`, `c01`, ...) or one case per file in `dir`.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NumbersParams {
+    /// cases
     pub n: usize,
+    /// one case per file
     pub dir: Option<String>,
 }
 
 struct Numbers(NumbersParams);
 
 impl Stage for Numbers {
+    fn output(&self) -> Kind {
+        Kind::Any
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        Vec::new()
+    }
+
     fn shape(&self) -> Shape {
         Shape::Source
     }
@@ -63,14 +74,13 @@ impl Stage for Numbers {
 }
 
 /// `add`: value + `add` per case; can sleep, fail on one case, or hold a resource.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AddParams {
     pub add: f64,
     pub sleep_ms: u64,
     pub fail_on: Option<String>,
     pub resource: Option<String>,
-    /// Wait (up to 20 s) until this many `add` stages of the same `meet` name run at once.
     pub meet: Option<String>,
     pub meet_count: usize,
     pub only_split: Option<String>,
@@ -91,6 +101,14 @@ fn meeting() -> &'static Meeting {
 }
 
 impl Stage for Add {
+    fn output(&self) -> Kind {
+        Kind::Any
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![Port::new("inputs", Kind::Any)]
+    }
+
     fn shape(&self) -> Shape {
         Shape::PerCase
     }
@@ -148,7 +166,7 @@ impl Stage for Add {
 }
 
 /// `sum`: one whole-dataset item, the sum of every case's value.
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SumParams {
     pub scale: f64,
@@ -157,6 +175,14 @@ pub struct SumParams {
 struct Sum(SumParams);
 
 impl Stage for Sum {
+    fn output(&self) -> Kind {
+        Kind::Any
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![Port::new("inputs", Kind::Any)]
+    }
+
     fn shape(&self) -> Shape {
         Shape::Gather
     }
@@ -193,16 +219,16 @@ impl Stage for Sum {
 }
 
 impl Plugin for TestPlugin {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+
     fn register(&self, r: &mut Registry) {
         r.add(StageDef::<NumbersParams> {
             name: "numbers",
             version: 1,
             summary: "test source",
             help: "",
-            params: &[
-                ("n", "integer", "cases"),
-                ("dir", "path", "one case per file"),
-            ],
             build: |p, _| Ok(Arc::new(Numbers(p))),
         });
         r.add(StageDef::<AddParams> {
@@ -210,15 +236,6 @@ impl Plugin for TestPlugin {
             version: 1,
             summary: "test per-case stage",
             help: "",
-            params: &[
-                ("add", "number", ""),
-                ("sleep_ms", "integer", ""),
-                ("fail_on", "string", ""),
-                ("resource", "string", ""),
-                ("meet", "string", ""),
-                ("meet_count", "integer", ""),
-                ("only_split", "string", ""),
-            ],
             build: |p, _| Ok(Arc::new(Add(p))),
         });
         r.add(StageDef::<SumParams> {
@@ -226,7 +243,6 @@ impl Plugin for TestPlugin {
             version: 1,
             summary: "test gather stage",
             help: "",
-            params: &[("scale", "number", "")],
             build: |p, _| Ok(Arc::new(Sum(p))),
         });
     }
@@ -234,7 +250,9 @@ impl Plugin for TestPlugin {
 
 /// The binary's registry plus the test stages.
 pub fn registry() -> Registry {
-    shapeflow::default_registry().with(&TestPlugin)
+    shapeflow::default_registry()
+        .and_then(|r| r.with(&TestPlugin))
+        .unwrap()
 }
 
 /// If this process is a child started by [`child`], runs the CLI and exits.

@@ -13,7 +13,17 @@
 use shapeflow_edt::{edt_in_place, BBox, INF};
 
 /// How the two directed distance sets are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Default,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Convention {
     /// MONAI 1.x: HD95 is the larger of the two directed 95th percentiles; ASSD is the mean
@@ -26,7 +36,17 @@ pub enum Convention {
 }
 
 /// Which surface the distances are measured on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Default,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Surface {
     /// Boundary voxels (MONAI, medpy).

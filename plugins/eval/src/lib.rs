@@ -4,10 +4,9 @@ pub mod figures;
 pub mod stats;
 
 use serde::{Deserialize, Serialize};
-use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{
-    CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
-    StageDef, StageError, VoxelData,
+    CaseData, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, Shape, Stage,
+    StageCtx, StageDef, StageError, VoxelData,
 };
 use shapeflow_metrics::{label_metrics, Convention, Options, Surface};
 use std::collections::BTreeMap;
@@ -18,40 +17,16 @@ use std::sync::Arc;
 pub struct EvalPlugin;
 
 impl Plugin for EvalPlugin {
+    fn name(&self) -> &'static str {
+        "eval"
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<EvalParams> {
             name: "evaluate",
             version: 1,
             summary: "Per case and organ: Dice, HD95, ASSD, surface Dice, volumes (mm)",
             help: EVAL_HELP,
-            params: &[
-                (
-                    "reference",
-                    "stage id",
-                    "The input holding the reference labels (default: the first input).",
-                ),
-                (
-                    "prediction",
-                    "stage id",
-                    "The input holding the predicted labels (default: the second input).",
-                ),
-                (
-                    "surface",
-                    "boundary-voxels | surface-elements",
-                    "Surface definition: boundary voxels (MONAI, medpy) or area-weighted surface elements (DeepMind surface-distance).",
-                ),
-                (
-                    "convention",
-                    "monai | medpy",
-                    "How HD95 and ASSD combine the two directions (see help).",
-                ),
-                ("tolerance_mm", "number", "Surface Dice tolerance in mm."),
-                (
-                    "organs",
-                    "mapping",
-                    "Prediction organ name per reference organ, when they differ.",
-                ),
-            ],
             build: |p, _| {
                 if !(p.tolerance_mm.is_finite() && p.tolerance_mm >= 0.0) {
                     return Err(ParamError {
@@ -68,24 +43,6 @@ impl Plugin for EvalPlugin {
             summary:
                 "report.md with per-organ summary (mean, sd, median, IQR), CSV, JSON, box plots, overlays; ablation table across variants",
             help: REPORT_HELP,
-            params: &[
-                ("title", "string", "Heading of report.md."),
-                (
-                    "figures",
-                    "boolean",
-                    "Draw box plots (and overlays, with `reference` and `prediction`) as PNG.",
-                ),
-                (
-                    "reference",
-                    "stage id",
-                    "An input holding the reference case, for overlays.",
-                ),
-                (
-                    "prediction",
-                    "stage id",
-                    "An input holding the predicted case, for overlays.",
-                ),
-            ],
             build: |p, _| Ok(Arc::new(Report(p))),
         });
     }
@@ -134,14 +91,21 @@ metrics.
 "#;
 
 /// Params of `evaluate`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalParams {
+    /// The input holding the reference labels (default: the first input).
     pub reference: Option<String>,
+    /// The input holding the predicted labels (default: the second input).
     pub prediction: Option<String>,
+    /// Surface definition: boundary voxels (MONAI, medpy) or area-weighted surface elements
+    /// (DeepMind surface-distance).
     pub surface: Surface,
+    /// How HD95 and ASSD combine the two directions (see help).
     pub convention: Convention,
+    /// Surface Dice tolerance in mm.
     pub tolerance_mm: f64,
+    /// Prediction organ name per reference organ, when they differ.
     pub organs: BTreeMap<String, String>,
 }
 
@@ -233,21 +197,28 @@ pub fn evaluate_case(
 }
 
 impl Stage for Evaluate {
+    fn output(&self) -> Kind {
+        Kind::Metrics
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        // Both sides are cases: a prediction (from `infer`) or a second rater's labels. An
+        // exact-kind match binds first, so `after: [infer, load]` still puts `load` on the
+        // reference side.
+        vec![
+            Port::new("reference", Kind::Case).from_param("reference", self.0.reference.as_deref()),
+            Port::new("prediction", Kind::Case)
+                .from_param("prediction", self.0.prediction.as_deref()),
+        ]
+    }
+
     fn shape(&self) -> Shape {
         Shape::PerCase
     }
 
     fn run_case(&self, _: &StageCtx, case: &CaseInfo, inputs: &Inputs) -> Result<Item, StageError> {
-        let r = CaseData::from_item(inputs.named_or_nth(
-            self.0.reference.as_deref(),
-            0,
-            "reference",
-        )?)?;
-        let p = CaseData::from_item(inputs.named_or_nth(
-            self.0.prediction.as_deref(),
-            1,
-            "prediction",
-        )?)?;
+        let r = inputs.case("reference")?;
+        let p = inputs.case("prediction")?;
         let v = evaluate_case(&r, &p, &self.0)
             .map_err(|e| StageError::msg(format!("case {}: {e}", case.id)))?;
         Ok(Item::Json(v))
@@ -255,12 +226,16 @@ impl Stage for Evaluate {
 }
 
 /// Params of `report`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportParams {
+    /// Heading of report.md.
     pub title: Option<String>,
+    /// Draw box plots (and overlays, with `reference` and `prediction`) as PNG.
     pub figures: bool,
+    /// An input holding the reference case, for overlays.
     pub reference: Option<String>,
+    /// An input holding the predicted case, for overlays.
     pub prediction: Option<String>,
 }
 
@@ -344,15 +319,15 @@ impl Report {
             .map_err(fail)?;
             let _ = writeln!(md, "![{label} per organ]({name})\n");
         }
-        let (Some(rid), Some(pid)) = (&self.0.reference, &self.0.prediction) else {
+        if self.0.reference.is_none() || self.0.prediction.is_none() {
             return Ok(md);
-        };
+        }
         // Mean Dice per case over its compared organs.
         let mut ranked: Vec<(f64, usize)> = cases
             .iter()
             .enumerate()
             .filter_map(|(i, (_, inputs))| {
-                let j = inputs.iter().find_map(|(_, it)| it.as_json())?;
+                let j = inputs.port_opt("metrics")?.as_json()?;
                 let d: Vec<f64> = j["organs"]
                     .as_object()?
                     .values()
@@ -378,17 +353,7 @@ impl Report {
             }
             drawn.push(i);
             let (case, inputs) = &cases[i];
-            let get = |id: &String| {
-                inputs
-                    .get(id)
-                    .ok_or_else(|| {
-                        StageError::msg(format!(
-                            "report: `{id}` is not an input (list it under `after`)"
-                        ))
-                    })
-                    .and_then(CaseData::from_item)
-            };
-            let (reference, prediction) = (get(rid)?, get(pid)?);
+            let (reference, prediction) = (inputs.case("reference")?, inputs.case("prediction")?);
             let _ = writeln!(md, "### {what} case: {} (mean Dice {dice:.3})\n", case.id);
             for organ in &organs {
                 let name = format!("overlay_{what}_{}_{organ}.png", case.id);
@@ -543,6 +508,22 @@ pub fn compare_variants(outputs: &[(String, serde_json::Value)]) -> (String, ser
 }
 
 impl Stage for Report {
+    fn output(&self) -> Kind {
+        Kind::Report
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![
+            Port::new("metrics", Kind::Metrics),
+            Port::new("reference", Kind::Case)
+                .optional()
+                .from_param("reference", self.0.reference.as_deref()),
+            Port::new("prediction", Kind::Case)
+                .optional()
+                .from_param("prediction", self.0.prediction.as_deref()),
+        ]
+    }
+
     fn shape(&self) -> Shape {
         Shape::Gather
     }
@@ -793,7 +774,11 @@ mod tests {
 
     #[test]
     fn params_are_documented() {
-        Registry::new().with(&EvalPlugin).check_docs().unwrap();
+        Registry::new()
+            .with(&EvalPlugin)
+            .unwrap()
+            .check_docs()
+            .unwrap();
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{
-    CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx, StageDef,
-    StageError, Volume,
+    CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, Shape, Stage, StageCtx,
+    StageDef, StageError, Volume,
 };
 use shapeflow_formats::NiftiIo;
 use std::collections::BTreeMap;
@@ -15,18 +15,16 @@ use std::sync::Arc;
 pub struct ExecPlugin;
 
 impl Plugin for ExecPlugin {
+    fn name(&self) -> &'static str {
+        "exec"
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<ExecParams> {
             name: "exec",
             version: 1,
             summary: "Run an external command per case (Python, shell, anything)",
             help: HELP,
-            params: &[
-                ("command", "list of strings", "The program and its arguments. Placeholders: {case}, {in}, {out}, {output}, {input:STAGE}."),
-                ("env", "mapping", "Extra environment variables for the command."),
-                ("output", "volume | json", "What the command writes at {output}: a NIfTI volume or a JSON document."),
-                ("depends", "list of paths", "Files the command reads (e.g. its script); their content is part of the cache key."),
-            ],
             build: |p, ctx| {
                 if p.command.is_empty() || p.command[0].trim().is_empty() {
                     return Err(ParamError {
@@ -66,7 +64,9 @@ editing the command (or a listed script) recomputes this stage and what follows 
 A non-zero exit, or no file at {output}, fails the case with the command's stderr.
 "#;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputKind {
     #[default]
@@ -75,12 +75,17 @@ pub enum OutputKind {
 }
 
 /// Params of `exec`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExecParams {
+    /// The program and its arguments. Placeholders: {case}, {in}, {out}, {output},
+    /// {input:STAGE}.
     pub command: Vec<String>,
+    /// Extra environment variables for the command.
     pub env: BTreeMap<String, String>,
+    /// What the command writes at {output}: a NIfTI volume or a JSON document.
     pub output: OutputKind,
+    /// Files the command reads (e.g. its script); their content is part of the cache key.
     pub depends: Vec<String>,
 }
 
@@ -143,6 +148,14 @@ fn tail(bytes: &[u8], max: usize) -> String {
 }
 
 impl Stage for Exec {
+    fn output(&self) -> Kind {
+        Kind::Any
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![Port::new("inputs", Kind::Any)]
+    }
+
     fn shape(&self) -> Shape {
         Shape::PerCase
     }
@@ -262,6 +275,10 @@ mod tests {
 
     #[test]
     fn params_are_documented() {
-        Registry::new().with(&ExecPlugin).check_docs().unwrap();
+        Registry::new()
+            .with(&ExecPlugin)
+            .unwrap()
+            .check_docs()
+            .unwrap();
     }
 }

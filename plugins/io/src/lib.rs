@@ -7,8 +7,8 @@ pub mod phantom;
 use serde::{Deserialize, Serialize};
 use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{
-    BuildCtx, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
-    StageDef, StageError,
+    BuildCtx, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, Shape, Stage,
+    StageCtx, StageDef, StageError,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,29 +18,16 @@ use std::sync::Arc;
 pub struct IoPlugin;
 
 impl Plugin for IoPlugin {
+    fn name(&self) -> &'static str {
+        "io"
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<LoadParams> {
             name: "load",
             version: 1,
             summary: "Load cases: PDDCA (NRRD), MSD / nnU-Net raw (NIfTI), or synthetic phantoms",
             help: LOAD_HELP,
-            params: &[
-                ("format", "phantom | pddca | msd", "Dataset layout."),
-                ("root", "path", "Dataset directory (pddca, msd); relative to the pipeline file."),
-                ("organs", "list of strings", "pddca: organ names (file stems under structures/); default the 9 MICCAI 2015 organs."),
-                ("aliases", "mapping", "pddca: other file stems per organ, e.g. {BrainStem: [Brainstem]}."),
-                ("merge", "mapping", "msd: organ name -> source label values, e.g. {hippocampus: [1, 2]}; default one organ per label."),
-                ("split", "official | holdout | none", "How cases get train/val/test: the MICCAI 2015 split (pddca), a holdout (cases ordered by a hash of their id, exact fractions), or all train."),
-                ("val_fraction", "number", "holdout: fraction of cases for validation."),
-                ("test_fraction", "number", "holdout: fraction of cases for test."),
-                ("require_image", "boolean", "pddca: fail a case without img.nrrd (false: load masks alone)."),
-                ("limit", "integer", "Load at most this many cases (0: all)."),
-                ("phantom", "head-neck | mri", "phantom: which synthetic dataset."),
-                ("cases", "integer", "phantom: number of cases."),
-                ("dims", "[x, y, z]", "phantom: volume size in voxels (default per phantom)."),
-                ("spacing", "[x, y, z]", "phantom: voxel size in mm (default per phantom)."),
-                ("noise", "number", "phantom: noise standard deviation (HU for head-neck, intensity for mri)."),
-            ],
             build: build_load,
         });
     }
@@ -66,7 +53,9 @@ A case's fingerprint is its files' paths, sizes and modification times: editing 
 file recomputes that case only.
 "#;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
@@ -75,7 +64,9 @@ pub enum Format {
     Msd,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     /// MICCAI 2015 for pddca, holdout otherwise.
@@ -85,7 +76,9 @@ pub enum Split {
     None,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PhantomKind {
     #[default]
@@ -94,23 +87,40 @@ pub enum PhantomKind {
 }
 
 /// Params of `load`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoadParams {
+    /// Dataset layout.
     pub format: Format,
+    /// Dataset directory (pddca, msd); relative to the pipeline file.
     pub root: Option<String>,
+    /// pddca: organ names (file stems under structures/); default the 9 MICCAI 2015 organs.
     pub organs: Vec<String>,
+    /// pddca: other file stems per organ, e.g. {BrainStem: [Brainstem]}.
     pub aliases: BTreeMap<String, Vec<String>>,
+    /// msd: organ name -> source label values, e.g. {hippocampus: [1, 2]}; default one organ
+    /// per label.
     pub merge: BTreeMap<String, Vec<u8>>,
+    /// How cases get train/val/test: the MICCAI 2015 split (pddca), a holdout (cases ordered by
+    /// a hash of their id, exact fractions), or all train.
     pub split: Split,
+    /// holdout: fraction of cases for validation.
     pub val_fraction: f64,
+    /// holdout: fraction of cases for test.
     pub test_fraction: f64,
+    /// pddca: fail a case without img.nrrd (false: load masks alone).
     pub require_image: bool,
+    /// Load at most this many cases (0: all).
     pub limit: usize,
+    /// phantom: which synthetic dataset.
     pub phantom: PhantomKind,
+    /// phantom: number of cases.
     pub cases: usize,
+    /// phantom: volume size in voxels (default per phantom).
     pub dims: Option<[usize; 3]>,
+    /// phantom: voxel size in mm (default per phantom).
     pub spacing: Option<[f64; 3]>,
+    /// phantom: noise standard deviation (HU for head-neck, intensity for mri).
     pub noise: Option<f64>,
 }
 
@@ -274,6 +284,14 @@ impl Load {
 }
 
 impl Stage for Load {
+    fn output(&self) -> Kind {
+        Kind::Case
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        Vec::new()
+    }
+
     fn shape(&self) -> Shape {
         Shape::Source
     }
@@ -395,7 +413,11 @@ mod tests {
 
     #[test]
     fn params_are_documented() {
-        Registry::new().with(&IoPlugin).check_docs().unwrap();
+        Registry::new()
+            .with(&IoPlugin)
+            .unwrap()
+            .check_docs()
+            .unwrap();
     }
 
     #[test]

@@ -3,22 +3,11 @@
 //! stage build on this.)
 
 use crate::augment::Sample;
-use crate::losses;
+
 use crate::unet::UNet;
 use tch::{nn, Device, Kind, Tensor};
 
-/// Which head and loss (the paper's ablation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Sigmoid per organ, Dice loss.
-    Dice,
-    /// Tanh per organ, L1 + product loss on the SDM.
-    Sdm,
-    /// Tanh SDM; Dice of sigmoid(-k sdm) + lambda (L1 + product).
-    #[default]
-    Joint,
-}
+pub use crate::losses::{Head, Mode};
 
 /// A batch as tensors: image [B, 1, z, y, x], SDMs [B, K, ...], one-hot segmentation
 /// [B, K, ...], present [B, K].
@@ -74,11 +63,7 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
 /// sums over a whole patch, its ratios) is still computed in float32.
 pub fn loss(net: &UNet, t: &BatchTensors, mode: Mode, k: f64, lambda: f64) -> Tensor {
     let out = net.forward(&t.image).to_kind(Kind::Float);
-    match mode {
-        Mode::Dice => losses::dice_loss(&out.sigmoid(), &t.seg, &t.present),
-        Mode::Sdm => losses::sdm_loss(&out.tanh(), &t.sdm, &t.present),
-        Mode::Joint => losses::joint_loss(&out.tanh(), &t.sdm, &t.seg, &t.present, k, lambda),
-    }
+    mode.loss(&mode.head().activate(&out), t, k, lambda)
 }
 
 /// One Adam step; returns the loss before the update.
@@ -99,6 +84,7 @@ pub fn step(
 mod tests {
     use super::*;
     use crate::augment::{sample, AugmentConfig, TrainCase};
+    use crate::losses;
     use crate::unet::UNetConfig;
     use tch::nn::OptimizerConfig;
 

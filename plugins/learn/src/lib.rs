@@ -8,6 +8,7 @@ pub mod fit;
 pub mod losses;
 pub mod model;
 mod plot;
+pub mod sampler;
 pub mod stages;
 pub mod train;
 pub mod unet;

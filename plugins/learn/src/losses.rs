@@ -2,13 +2,96 @@
 //! `present` is [batch, organs] with 1 where the organ is annotated in that case and 0 where
 //! it is absent: absent organs contribute to no term (they are not "empty").
 
+use crate::fit::BatchTensors;
 use tch::{Kind, Tensor};
+
+/// What a network's output channels mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// Per-organ probability (sigmoid); organ where p > 0.5, the most probable wins.
+    Probability,
+    /// Per-organ signed distance map in [-1, 1] (tanh); organ where sdm < level, the
+    /// smallest wins.
+    Sdm,
+}
+
+impl Head {
+    /// The activation that turns raw outputs into this head's values.
+    pub fn activate(self, raw: &Tensor) -> Tensor {
+        match self {
+            Head::Probability => raw.sigmoid(),
+            Head::Sdm => raw.tanh(),
+        }
+    }
+
+    /// Organ labels (1..K, 0 background) from per-organ maps of this head's values.
+    pub fn decode(self, out: &[Vec<f32>], sdm_level: f32) -> Vec<u8> {
+        match self {
+            Head::Probability => crate::window::labels_from_probabilities(out, 0.5),
+            Head::Sdm => crate::window::labels_from_sdms(out, sdm_level),
+        }
+    }
+
+    /// What lies outside the volume when maps are resampled: no organ.
+    pub fn background(self) -> f32 {
+        match self {
+            Head::Probability => 0.0,
+            Head::Sdm => 1.0,
+        }
+    }
+}
 
 const EPS: f64 = 1e-6;
 /// Dice smoothing, in voxels: with a target absent from the whole batch, Dice is
 /// 1 / (sum p + 1), so false positives are still penalised (with a vanishing smoothing term
 /// they cost nothing there, and a small organ's channel is free to fire anywhere).
 const SMOOTH: f64 = 1.0;
+
+/// A training mode: the paper's ablation variants and any loss added since. Each mode is a
+/// head (what the output channels mean, hence their activation, initialisation and
+/// decoding into organs) and a loss on that head's outputs. **Adding a loss is this file
+/// only**: a variant here, its arm in [`Mode::head`] and in [`Mode::loss`], and the loss
+/// function below.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    Default,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Sigmoid per organ, Dice loss.
+    Dice,
+    /// Tanh per organ, L1 + product loss on the SDM.
+    Sdm,
+    /// Tanh SDM; Dice of sigmoid(-k sdm) + lambda (L1 + product).
+    #[default]
+    Joint,
+}
+
+impl Mode {
+    pub fn head(self) -> Head {
+        match self {
+            Mode::Dice => Head::Probability,
+            Mode::Sdm | Mode::Joint => Head::Sdm,
+        }
+    }
+
+    /// The loss on a batch, given the head's activated outputs (`k`, `lambda`: the smooth
+    /// Heaviside's sharpness and the SDM terms' weight, used by modes that need them).
+    pub fn loss(self, out: &Tensor, t: &BatchTensors, k: f64, lambda: f64) -> Tensor {
+        match self {
+            Mode::Dice => dice_loss(out, &t.seg, &t.present),
+            Mode::Sdm => sdm_loss(out, &t.sdm, &t.present),
+            Mode::Joint => joint_loss(out, &t.sdm, &t.seg, &t.present, k, lambda),
+        }
+    }
+}
 
 /// Per-(case, organ) weights broadcast over the voxels, and their count.
 fn mask(present: &Tensor, like: &Tensor) -> (Tensor, Tensor) {

@@ -10,7 +10,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 /// How image intensities are mapped before the network sees them.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Intensity {
     /// CT (i16 images in HU): `ct`; anything else: `zscore`.
@@ -187,11 +187,7 @@ impl Model {
             .to_device(device);
         let out = tch::no_grad(|| {
             crate::amp::autocast_bf16(bf16 && device.is_cuda(), || {
-                let o = net.forward(&x);
-                match self.config.mode {
-                    Mode::Dice => o.sigmoid(),
-                    Mode::Sdm | Mode::Joint => o.tanh(),
-                }
+                self.config.mode.head().activate(&net.forward(&x))
             })
         })
         .to_kind(Kind::Float)
@@ -268,8 +264,5 @@ pub fn check_device(d: Device) -> Result<(), StageError> {
 /// `sdm_level` (0: the exact Heaviside; the smallest map wins a contested voxel); Dice
 /// heads, probability above 0.5 (the largest wins).
 pub fn labels_from_outputs(mode: Mode, out: &[Vec<f32>], sdm_level: f32) -> Vec<u8> {
-    match mode {
-        Mode::Dice => crate::window::labels_from_probabilities(out, 0.5),
-        Mode::Sdm | Mode::Joint => crate::window::labels_from_sdms(out, sdm_level),
-    }
+    mode.head().decode(out, sdm_level)
 }

@@ -1,16 +1,17 @@
 //! The `train` and `infer` stages.
 
-use crate::augment::TrainCase;
+use crate::augment::{AugmentConfig, TrainCase};
 use crate::model::{self, Model, Norm};
+use crate::sampler::{self, Augment, SamplerData};
 use crate::train::{self, Session, TrainConfig, ValCase};
 use crate::window::{keep_largest_components, sliding_window, WindowConfig};
 use serde::{Deserialize, Serialize};
+use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{
     resample::{resample_to_grid, ImageInterp, LabelInterp},
-    CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, SdmSet, SdmUnits, Shape, Stage,
-    StageCtx, StageDef, StageError, Volume, VoxelData,
+    CaseData, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, SdmUnits, Shape,
+    Stage, StageCtx, StageDef, StageError, Volume, VoxelData,
 };
-use shapeflow_core::{CaseDataItem as _, SdmSetItem as _};
 use shapeflow_formats::NiftiIo;
 use std::sync::{Arc, Mutex};
 use tch::Device;
@@ -64,37 +65,16 @@ probability), for 3D Slicer or ITK-SNAP over the original image.
 "#;
 
 impl Plugin for LearnPlugin {
+    fn name(&self) -> &'static str {
+        "learn"
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<TrainParams> {
             name: "train",
             version: 1,
             summary: "Train the shape-aware 3D UNet (dice | sdm | joint) on libtorch, resumable",
             help: TRAIN_HELP,
-            params: &[
-                ("cases", "stage id", "Input holding the cases (default: the first input)."),
-                ("sdms", "stage id", "Input holding the SDMs (default: the second input)."),
-                ("mode", "dice | sdm | joint", "Head and loss (the paper's ablation)."),
-                ("epochs", "integer", "Training epochs (the paper: 200 hippocampus, 600 head and neck)."),
-                ("iterations", "integer", "Batches per epoch."),
-                ("batch", "integer", "Patches per batch."),
-                ("patch", "[x, y, z]", "Patch size in voxels; each a multiple of 2^depth."),
-                ("lr", "number", "Adam learning rate (the paper: 5e-4)."),
-                ("lr_decay", "number", "Factor applied every `lr_every` epochs (the paper: 0.8)."),
-                ("lr_every", "integer", "Epochs between decays (the paper: 25)."),
-                ("k", "number", "Smooth Heaviside sharpness in sigmoid(-k sdm) (the paper: 1500)."),
-                ("lambda", "number", "Weight of L1 + product loss in joint mode (the paper: 10)."),
-                ("net", "mapping", "UNet: depth (downsamplings, the paper: 6), base_channels, max_channels, groups (GroupNorm), slope (LeakyReLU)."),
-                ("augment", "mapping", "foreground, rotation_deg, scale, elastic_mm, elastic_grid_mm, flip, intensity_scale, intensity_shift, gamma, noise (see `augment` in the README)."),
-                ("intensity", "auto | ct | zscore | none", "Image normalisation: ct clips to `window` and maps it to [-1, 1]; zscore per case; auto: ct for CT (i16), else zscore."),
-                ("window", "[low, high]", "CT window in HU."),
-                ("val_every", "integer", "Validate every N epochs (0: never)."),
-                ("checkpoint_every", "integer", "Checkpoint every N epochs."),
-                ("device", "auto | cpu | cuda | cuda:N", "Where to train; auto: CUDA when present."),
-                ("threads", "integer", "libtorch threads (0: one per core)."),
-                ("workers", "integer", "Batch-loader threads."),
-                ("bf16", "boolean", "bfloat16 autocast on CUDA."),
-                ("head_prior", "number", "Dice head: every organ's probability before training (default 0.01; the output bias is its logit), so that no channel starts out firing everywhere."),
-            ],
             build: |p, _| {
                 p.check().map_err(|(field, message)| ParamError {
                     path: vec![field],
@@ -103,27 +83,24 @@ impl Plugin for LearnPlugin {
                 Ok(Arc::new(Train(p)))
             },
         });
+        registry.add(StageDef::<AugmentConfig> {
+            name: "augment",
+            version: 1,
+            summary: "Per case: organ locations and intensity statistics for the patch sampler, and the augmentation policy",
+            help: sampler::HELP,
+            build: |p, _| {
+                sampler::check_policy(&p).map_err(|(field, message)| ParamError {
+                    path: vec![field],
+                    message,
+                })?;
+                Ok(Arc::new(Augment(p)))
+            },
+        });
         registry.add(StageDef::<InferParams> {
             name: "infer",
             version: 1,
             summary: "Sliding-window inference, back onto the original grid, NIfTI out",
             help: INFER_HELP,
-            params: &[
-                ("cases", "stage id", "Input holding the cases on the training grid (default: the first per-case input)."),
-                ("model", "stage id", "The `train` stage (default: the whole-dataset input)."),
-                ("split", "test | val | train | all", "Which cases to segment."),
-                ("patch", "[x, y, z] or null", "Window size (default: the model's patch)."),
-                ("overlap", "number", "Fraction of a window shared with its neighbour."),
-                ("sigma", "number", "Gaussian weight sd, as a fraction of the window."),
-                ("batch", "integer", "Windows per network call."),
-                ("largest_component", "boolean", "Keep each organ's largest connected component."),
-                ("sdm_threshold", "number", "SDM heads: organ where sdm < this (0: the exact Heaviside of the paper). The reference SDM is 0 on the organ's boundary voxels, so 0 drops that layer; half the first outside step (e.g. 0.02 for normalised maps of ~25 mm reach) keeps it."),
-                ("original_grid", "boolean", "Write predictions on the case's original grid (else the training grid)."),
-                ("write_maps", "boolean", "Also write each organ's SDM (or probability) as NIfTI."),
-                ("device", "auto | cpu | cuda | cuda:N", "Where to run; auto: CUDA when present."),
-                ("threads", "integer", "libtorch threads (0: one per core)."),
-                ("bf16", "boolean", "bfloat16 autocast on CUDA."),
-            ],
             build: |p, _| {
                 if let Err(e) = model::parse_device(&p.device) {
                     return Err(ParamError {
@@ -164,6 +141,18 @@ pub type TrainParams = TrainConfig;
 struct Train(TrainParams);
 
 impl Stage for Train {
+    fn output(&self) -> Kind {
+        Kind::Model
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![
+            Port::new("cases", Kind::Case).from_param("cases", self.0.cases.as_deref()),
+            Port::new("sdms", Kind::Sdms).from_param("sdms", self.0.sdms.as_deref()),
+            Port::new("sampler", Kind::SamplerData),
+        ]
+    }
+
     fn shape(&self) -> Shape {
         Shape::Gather
     }
@@ -183,7 +172,8 @@ impl Stage for Train {
         cases: &[(CaseInfo, Inputs)],
         _global: &Inputs,
     ) -> Result<Item, StageError> {
-        let cfg = &self.0;
+        let mut cfg = self.0.clone();
+        let mut policy: Option<AugmentConfig> = None;
         let mut train_cases = Vec::new();
         let mut val = Vec::new();
         let mut organs: Option<Vec<String>> = None;
@@ -191,9 +181,7 @@ impl Stage for Train {
         let mut spacing = [1.0; 3];
         for (info, inputs) in cases {
             let at = |e: StageError| StageError::msg(format!("case `{}`: {e}", info.id));
-            let case =
-                CaseData::from_item(inputs.named_or_nth(self.0.cases.as_deref(), 0, "cases")?)
-                    .map_err(at)?;
+            let case = inputs.case("cases").map_err(at)?;
             let image = case
                 .image
                 .as_ref()
@@ -228,15 +216,29 @@ impl Stage for Train {
                 });
                 continue;
             }
-            let sdms = SdmSet::from_item(inputs.named_or_nth(self.0.sdms.as_deref(), 1, "SDMs")?)
-                .map_err(at)?;
-            if cfg.mode != crate::fit::Mode::Dice && sdms.units != SdmUnits::Normalized {
+            let sdms = inputs.sdms("sdms").map_err(at)?;
+            if cfg.mode.head() == crate::losses::Head::Sdm && sdms.units != SdmUnits::Normalized {
                 return Err(at(StageError::msg(
                     "SDM heads need normalised SDMs (edt-sdm `normalize: true`)",
                 )));
             }
-            train_cases.push(TrainCase::new(&info.id, &case, &sdms).map_err(StageError::msg)?);
+            let sampler = SamplerData::from_item(inputs.port("sampler")?).map_err(at)?;
+            match &policy {
+                None => policy = Some(sampler.policy.clone()),
+                Some(p) if p.to_json() != sampler.policy.to_json() => {
+                    return Err(at(StageError::msg(
+                        "its augmentation policy differs from the first case's (one `augment` stage feeds `train`)",
+                    )))
+                }
+                _ => {}
+            }
+            train_cases.push(
+                TrainCase::with_organ_voxels(&info.id, &case, &sdms, Some(sampler.organ_voxels))
+                    .map_err(StageError::msg)?,
+            );
         }
+        cfg.augment = policy.ok_or_else(|| StageError::msg("no training cases"))?;
+        let cfg = &cfg;
         let norm = norm.ok_or_else(|| StageError::msg("no cases to train on"))?;
         tracing::info!(
             train = train_cases.len(),
@@ -263,22 +265,40 @@ impl Stage for Train {
 }
 
 /// Params of `infer`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferParams {
+    /// Input holding the cases on the training grid (default: the first per-case input).
     pub cases: Option<String>,
+    /// The `train` stage (default: the whole-dataset input).
     pub model: Option<String>,
+    /// Which cases to segment.
     pub split: String,
+    /// Window size (default: the model's patch).
     pub patch: Option<[usize; 3]>,
+    /// Fraction of a window shared with its neighbour.
     pub overlap: f64,
+    /// Gaussian weight sd, as a fraction of the window.
     pub sigma: f64,
+    /// Windows per network call.
+    #[schemars(extend("x-execution" = true))]
     pub batch: usize,
+    /// Keep each organ's largest connected component.
     pub largest_component: bool,
+    /// SDM heads: organ where sdm < this (0: the exact Heaviside of the paper). The reference
+    /// SDM is 0 on the organ's boundary voxels, so 0 drops that layer; half the first outside
+    /// step (e.g. 0.02 for normalised maps of ~25 mm reach) keeps it.
     pub sdm_threshold: f32,
+    /// Write predictions on the case's original grid (else the training grid).
     pub original_grid: bool,
+    /// Also write each organ's SDM (or probability) as NIfTI.
     pub write_maps: bool,
+    /// Where to run; auto: CUDA when present.
     pub device: String,
+    /// libtorch threads (0: one per core).
+    #[schemars(extend("x-execution" = true))]
     pub threads: usize,
+    /// bfloat16 autocast on CUDA.
     pub bf16: bool,
 }
 
@@ -316,37 +336,18 @@ struct Infer {
     net: Mutex<Option<Loaded>>,
 }
 
-impl Infer {
-    fn model_item<'a>(&self, inputs: &'a Inputs) -> Result<&'a Item, StageError> {
-        if let Some(n) = &self.p.model {
-            return inputs.get(n).ok_or_else(|| {
-                StageError::msg(format!(
-                    "`model: {n}` is not an input of this stage (list it under `after`)"
-                ))
-            });
-        }
-        inputs
-            .iter()
-            .map(|(_, i)| i)
-            .find(|i| i.part("weights").is_some() && i.part("config").is_some())
-            .ok_or_else(|| {
-                StageError::msg("infer needs a model: list the `train` stage under `after`")
-            })
-    }
-
-    fn case_item<'a>(&self, inputs: &'a Inputs) -> Result<&'a Item, StageError> {
-        if let Some(n) = &self.p.cases {
-            return inputs.named_or_nth(Some(n), 0, "cases");
-        }
-        inputs
-            .iter()
-            .map(|(_, i)| i)
-            .find(|i| i.part("meta").is_some())
-            .ok_or_else(|| StageError::msg("infer needs the cases as an input"))
-    }
-}
-
 impl Stage for Infer {
+    fn output(&self) -> Kind {
+        Kind::Predictions
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![
+            Port::new("cases", Kind::Case).from_param("cases", self.p.cases.as_deref()),
+            Port::new("model", Kind::Model).from_param("model", self.p.model.as_deref()),
+        ]
+    }
+
     fn shape(&self) -> Shape {
         Shape::PerCase
     }
@@ -363,8 +364,8 @@ impl Stage for Infer {
         info: &CaseInfo,
         inputs: &Inputs,
     ) -> Result<Item, StageError> {
-        let model = Model::from_item(self.model_item(inputs)?)?;
-        let case = CaseData::from_item(self.case_item(inputs)?)?;
+        let model = Model::from_item(inputs.port("model")?)?;
+        let case = inputs.case("cases")?;
         let image = case
             .image
             .as_ref()
@@ -432,10 +433,10 @@ impl Stage for Infer {
         drop(guard);
         // Onto the original grid: resample the continuous maps, then decide organs there.
         let mut grid = image.grid();
-        let is_sdm = model.config.mode != crate::fit::Mode::Dice;
+        let head = model.config.mode.head();
         if let (true, Some(orig)) = (self.p.original_grid, case.original) {
             if !orig.same_as(&grid, 1e-6) {
-                let fill = if is_sdm { 1.0 } else { 0.0 };
+                let fill = head.background();
                 maps = maps
                     .into_iter()
                     .map(|m| {
@@ -510,7 +511,7 @@ mod tests {
     use shapeflow_core::BuildCtx;
 
     fn build(name: &str, params: serde_json::Value) -> Result<(), ParamError> {
-        let r = Registry::new().with(&LearnPlugin);
+        let r = Registry::new().with(&LearnPlugin).unwrap();
         let ctx = BuildCtx {
             base_dir: ".".into(),
         };
@@ -519,7 +520,11 @@ mod tests {
 
     #[test]
     fn params_are_documented() {
-        Registry::new().with(&LearnPlugin).check_docs().unwrap();
+        Registry::new()
+            .with(&LearnPlugin)
+            .unwrap()
+            .check_docs()
+            .unwrap();
     }
 
     #[test]

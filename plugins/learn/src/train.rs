@@ -17,7 +17,7 @@ use std::time::Instant;
 use tch::{nn, Device};
 
 /// The UNet's shape as a user configures it (channels in and out follow from the data).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetParams {
     /// Downsamplings (the paper: 6).
@@ -44,49 +44,62 @@ impl Default for NetParams {
 }
 
 /// How to train (the `train` stage's params minus its input names).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Input holding the cases (stage id; default: the first input).
+    /// Input holding the cases (default: the first input).
     pub cases: Option<String>,
-    /// Input holding the SDMs (stage id; default: the second input).
+    /// Input holding the SDMs (default: the second input).
     pub sdms: Option<String>,
+    /// Head and loss (the paper's ablation).
     pub mode: Mode,
+    /// Training epochs (the paper: 200 hippocampus, 600 head and neck).
     pub epochs: usize,
     /// Batches per epoch.
     pub iterations: usize,
+    /// Patches per batch.
     pub batch: usize,
-    /// Patch size, voxels (x, y, z); each divisible by 2^depth.
+    /// Patch size in voxels; each a multiple of 2^depth.
     pub patch: [usize; 3],
+    /// Adam learning rate (the paper: 5e-4).
     pub lr: f64,
-    /// The learning rate is multiplied by `lr_decay` every `lr_every` epochs.
+    /// Factor applied every `lr_every` epochs (the paper: 0.8).
     pub lr_decay: f64,
+    /// Epochs between decays (the paper: 25).
     pub lr_every: usize,
-    /// Smooth Heaviside sharpness (joint mode).
+    /// Smooth Heaviside sharpness in sigmoid(-k sdm) (the paper: 1500).
     pub k: f64,
-    /// Weight of the SDM terms (joint mode).
+    /// Weight of L1 + product loss in joint mode (the paper: 10).
     pub lambda: f64,
+    /// UNet: depth (downsamplings, the paper: 6), base_channels, max_channels, groups
+    /// (GroupNorm), slope (LeakyReLU).
     pub net: NetParams,
+    /// The augmentation policy: not a param of `train` but of the `augment` stage, whose
+    /// items `train` reads (set from them before training).
+    #[serde(skip)]
     pub augment: AugmentConfig,
+    /// Image normalisation: ct clips to `window` and maps it to [-1, 1]; zscore per case; auto:
+    /// ct for CT (i16), else zscore.
     pub intensity: model::Intensity,
-    /// CT window (HU) for `intensity: ct` (and `auto` on CT).
+    /// CT window in HU.
     pub window: [f64; 2],
-    /// Validate every this many epochs (and after the last); 0 = never.
+    /// Validate every N epochs (0: never).
     pub val_every: usize,
-    /// Checkpoint every this many epochs (and after the last).
+    /// Checkpoint every N epochs.
+    #[schemars(extend("x-execution" = true))]
     pub checkpoint_every: usize,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    /// Where to train; auto: CUDA when present.
     pub device: String,
-    /// libtorch intra-op threads; 0 = libtorch's default (one per core).
+    /// libtorch threads (0: one per core).
+    #[schemars(extend("x-execution" = true))]
     pub threads: usize,
-    /// Loader threads preparing batches ahead.
+    /// Batch-loader threads.
+    #[schemars(extend("x-execution" = true))]
     pub workers: usize,
     /// bfloat16 autocast on CUDA.
     pub bf16: bool,
-    /// Dice head: every organ's probability before training (the output bias is its
-    /// logit). Starting at 0.5 everywhere, a small organ's channel can settle on firing
-    /// everywhere, where the Dice loss's gradient vanishes; a small prior starts from
-    /// "nowhere" (RetinaNet's prior initialisation).
+    /// Dice head: every organ's probability before training (default 0.01; the output bias is
+    /// its logit), so that no channel starts out firing everywhere.
     pub head_prior: f64,
 }
 
@@ -326,7 +339,7 @@ pub fn init_net(
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(device);
     let mut net = UNet::new(&vs.root(), unet);
-    if cfg.mode == Mode::Dice {
+    if cfg.mode.head() == crate::losses::Head::Probability {
         net.set_head_bias(logit(cfg.head_prior));
     }
     (vs, net)

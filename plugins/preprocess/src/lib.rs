@@ -9,8 +9,8 @@ use resample::{grid_with_spacing, resample_to_grid, ImageInterp, LabelInterp};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{
-    CaseData, CaseInfo, Inputs, Item, ParamError, Plugin, Registry, Shape, Stage, StageCtx,
-    StageDef, StageError,
+    CaseData, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, Shape, Stage,
+    StageCtx, StageDef, StageError,
 };
 use std::sync::Arc;
 
@@ -18,6 +18,10 @@ use std::sync::Arc;
 pub struct PreprocessPlugin;
 
 impl Plugin for PreprocessPlugin {
+    fn name(&self) -> &'static str {
+        "preprocess"
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<CropParams> {
             name: "head-crop",
@@ -25,33 +29,6 @@ impl Plugin for PreprocessPlugin {
             summary:
                 "Crop a head-and-neck CT to a box around the head (or an MRI to its foreground)",
             help: CROP_HELP,
-            params: &[
-                (
-                    "mode",
-                    "ct | foreground",
-                    "ct: find the head from HU; foreground: bounding box of non-background voxels.",
-                ),
-                (
-                    "threshold_hu",
-                    "number",
-                    "ct: HU above which a voxel is body.",
-                ),
-                (
-                    "size_mm",
-                    "[x, y, z]",
-                    "ct: the box size in mm along each voxel axis.",
-                ),
-                (
-                    "background",
-                    "number",
-                    "foreground: the background intensity.",
-                ),
-                (
-                    "margin_mm",
-                    "number",
-                    "foreground: margin around the foreground box.",
-                ),
-            ],
             build: |p, _| {
                 if p.size_mm.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
                     return Err(ParamError {
@@ -67,23 +44,6 @@ impl Plugin for PreprocessPlugin {
             version: 1,
             summary: "Resample image and labels to a target spacing (mm), geometry kept exact",
             help: RESAMPLE_HELP,
-            params: &[
-                (
-                    "spacing",
-                    "[x, y, z]",
-                    "Target mm per voxel axis; `keep` keeps an axis.",
-                ),
-                (
-                    "image",
-                    "linear | bspline | nearest",
-                    "Image interpolation.",
-                ),
-                (
-                    "labels",
-                    "linear | nearest",
-                    "Label interpolation: per-label linear then arg-max, or nearest.",
-                ),
-            ],
             build: |p, _| {
                 if p.spacing.len() != 3 {
                     return Err(ParamError {
@@ -134,7 +94,9 @@ Labels: per-label linear interpolation followed by arg-max (default, nnU-Net's w
 nearest neighbour.
 "#;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CropMode {
     #[default]
@@ -143,13 +105,18 @@ pub enum CropMode {
 }
 
 /// Params of `head-crop`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CropParams {
+    /// ct: find the head from HU; foreground: bounding box of non-background voxels.
     pub mode: CropMode,
+    /// ct: HU above which a voxel is body.
     pub threshold_hu: f32,
+    /// ct: the box size in mm along each voxel axis.
     pub size_mm: [f64; 3],
+    /// foreground: the background intensity.
     pub background: f32,
+    /// foreground: margin around the foreground box.
     pub margin_mm: f64,
 }
 
@@ -191,6 +158,14 @@ pub fn crop_case(case: &CaseData, b: CropBox) -> CaseData {
 }
 
 impl Stage for HeadCrop {
+    fn output(&self) -> Kind {
+        Kind::Case
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![Port::new("cases", Kind::Case)]
+    }
+
     fn shape(&self) -> Shape {
         Shape::PerCase
     }
@@ -201,7 +176,7 @@ impl Stage for HeadCrop {
         case: &CaseInfo,
         inputs: &Inputs,
     ) -> Result<Item, StageError> {
-        let data = CaseData::from_item(inputs.first()?)?;
+        let data = inputs.case("cases")?;
         let img = data.image.as_ref().ok_or_else(|| {
             StageError::msg(format!("case {}: head-crop needs an image", case.id))
         })?;
@@ -225,25 +200,28 @@ impl Stage for HeadCrop {
 }
 
 /// One axis of a target spacing.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum AxisSpacing {
     Mm(f64),
     Keep(Keep),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Keep {
     Keep,
 }
 
 /// Params of `resample`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResampleParams {
+    /// Target mm per voxel axis; `keep` keeps an axis.
     pub spacing: Vec<AxisSpacing>,
+    /// Image interpolation.
     pub image: ImageInterp,
+    /// Label interpolation: per-label linear then arg-max, or nearest.
     pub labels: LabelInterp,
 }
 
@@ -305,6 +283,14 @@ fn background_of(v: &shapeflow_core::Volume) -> f32 {
 }
 
 impl Stage for Resample {
+    fn output(&self) -> Kind {
+        Kind::Case
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![Port::new("cases", Kind::Case)]
+    }
+
     fn shape(&self) -> Shape {
         Shape::PerCase
     }
@@ -315,7 +301,7 @@ impl Stage for Resample {
         case: &CaseInfo,
         inputs: &Inputs,
     ) -> Result<Item, StageError> {
-        let data = CaseData::from_item(inputs.first()?)?;
+        let data = inputs.case("cases")?;
         let target: [Option<f64>; 3] = std::array::from_fn(|a| match self.0.spacing.get(a) {
             Some(AxisSpacing::Mm(v)) => Some(*v),
             _ => None,
@@ -334,6 +320,7 @@ mod tests {
     fn params_are_documented() {
         Registry::new()
             .with(&PreprocessPlugin)
+            .unwrap()
             .check_docs()
             .unwrap();
     }

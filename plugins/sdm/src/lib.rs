@@ -2,11 +2,11 @@
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use shapeflow_core::SdmSetItem as _;
 use shapeflow_core::{
-    CaseData, CaseInfo, Inputs, Item, Plugin, Registry, SdmSet, SdmStorage, SdmUnits, Shape, Stage,
-    StageCtx, StageDef, StageError, VoxelData,
+    CaseData, CaseInfo, Inputs, Item, Kind, Plugin, Port, Registry, SdmSet, SdmStorage, SdmUnits,
+    Shape, Stage, StageCtx, StageDef, StageError, VoxelData,
 };
-use shapeflow_core::{CaseDataItem as _, SdmSetItem as _};
 use shapeflow_edt::{signed_map, Scale};
 use std::sync::Arc;
 
@@ -14,16 +14,16 @@ use std::sync::Arc;
 pub struct SdmPlugin;
 
 impl Plugin for SdmPlugin {
+    fn name(&self) -> &'static str {
+        "sdm"
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<SdmParams> {
             name: "edt-sdm",
             version: 2,
             summary: "Signed distance map per organ from an exact anisotropic Euclidean distance transform",
             help: HELP,
-            params: &[
-                ("normalize", "boolean", "Scale to [-1, 1] (inside by its largest distance, outside by its largest); false: millimetres."),
-                ("storage", "i16 | f32", "Cache storage: i16 with a per-map scale, delta-coded in byte planes (error below 1/32766 of the largest distance; about 10x smaller than f32 after zstd), or f32."),
-            ],
             build: |p, _| Ok(Arc::new(EdtSdm(p))),
         });
     }
@@ -51,10 +51,14 @@ quantised i16 + zstd by default.
 "#;
 
 /// Params of `edt-sdm`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SdmParams {
+    /// Scale to [-1, 1] (inside by its largest distance, outside by its largest); false:
+    /// millimetres.
     pub normalize: bool,
+    /// Cache storage: i16 with a per-map scale, delta-coded in byte planes (error below 1/32766
+    /// of the largest distance; about 10x smaller than f32 after zstd), or f32.
     pub storage: SdmStorage,
 }
 
@@ -113,6 +117,14 @@ pub fn case_sdms(case: &CaseData, normalize: bool) -> Result<SdmSet, StageError>
 }
 
 impl Stage for EdtSdm {
+    fn output(&self) -> Kind {
+        Kind::Sdms
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![Port::new("cases", Kind::Case)]
+    }
+
     fn shape(&self) -> Shape {
         Shape::PerCase
     }
@@ -123,7 +135,7 @@ impl Stage for EdtSdm {
         _case: &CaseInfo,
         inputs: &Inputs,
     ) -> Result<Item, StageError> {
-        let case = CaseData::from_item(inputs.first()?)?;
+        let case = inputs.case("cases")?;
         Ok(case_sdms(&case, self.0.normalize)?.to_item(self.0.storage))
     }
 }
@@ -135,7 +147,11 @@ mod tests {
 
     #[test]
     fn params_are_documented() {
-        Registry::new().with(&SdmPlugin).check_docs().unwrap();
+        Registry::new()
+            .with(&SdmPlugin)
+            .unwrap()
+            .check_docs()
+            .unwrap();
     }
 
     fn case() -> CaseData {

@@ -25,7 +25,7 @@ pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> Rng {
 }
 
 /// What to sample and how to augment.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
     /// Patch size in voxels of the (already resampled) training grid. Set by the `train`
@@ -47,9 +47,11 @@ pub struct AugmentConfig {
     pub elastic_grid_mm: f64,
     /// Probability of a left-right flip (with left/right organs swapped).
     pub flip: f64,
-    /// Intensity scaling range, additive shift range (in image units), gamma range.
+    /// Intensity scaling range (a factor on the normalised image).
     pub intensity_scale: [f64; 2],
+    /// Additive intensity shift range, in normalised image units.
     pub intensity_shift: [f64; 2],
+    /// Gamma range applied to the normalised image.
     pub gamma: [f64; 2],
     /// Standard deviation of Gaussian noise, image units.
     pub noise: f64,
@@ -75,6 +77,11 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// The policy as JSON (for comparing two policies).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
     /// No augmentation at all: patches are plain crops (for validation and tests).
     pub fn none(patch: [usize; 3]) -> Self {
         AugmentConfig {
@@ -92,6 +99,17 @@ impl AugmentConfig {
             noise: 0.0,
         }
     }
+}
+
+/// Each organ's voxel indices (label `k + 1` for organ `k`), for foreground sampling.
+pub fn organ_voxels(labels: &[u8], organs: usize) -> Vec<Vec<u32>> {
+    let mut out = vec![Vec::new(); organs];
+    for (i, &v) in labels.iter().enumerate() {
+        if v > 0 && (v as usize) <= organs {
+            out[v as usize - 1].push(i as u32);
+        }
+    }
+    out
 }
 
 /// A training case: normalised image, labels, SDMs (f32, same grid) and organ table.
@@ -114,6 +132,17 @@ pub struct TrainCase {
 impl TrainCase {
     /// From a case and its SDMs (same grid). The image is used as is: normalise it first.
     pub fn new(id: &str, case: &CaseData, sdms: &SdmSet) -> Result<TrainCase, String> {
+        Self::with_organ_voxels(id, case, sdms, None)
+    }
+
+    /// As [`TrainCase::new`], with each organ's voxel indices precomputed (by the `augment`
+    /// stage, see [`organ_voxels`]) instead of found again from the labels.
+    pub fn with_organ_voxels(
+        id: &str,
+        case: &CaseData,
+        sdms: &SdmSet,
+        voxels: Option<Vec<Vec<u32>>>,
+    ) -> Result<TrainCase, String> {
         let image = case
             .image
             .clone()
@@ -128,12 +157,17 @@ impl TrainCase {
         let VoxelData::U8(l) = &labels.data else {
             return Err(format!("case {id}: labels must be u8"));
         };
-        let mut organ_voxels = vec![Vec::new(); case.organs.len()];
-        for (i, &v) in l.iter().enumerate() {
-            if v > 0 && (v as usize) <= organ_voxels.len() {
-                organ_voxels[v as usize - 1].push(i as u32);
+        let organ_voxels = match voxels {
+            Some(v) if v.len() == case.organs.len() => v,
+            Some(v) => {
+                return Err(format!(
+                    "case {id}: sampler data has {} organs, the case {}",
+                    v.len(),
+                    case.organs.len()
+                ))
             }
-        }
+            None => organ_voxels(l, case.organs.len()),
+        };
         let maps = sdms
             .maps
             .iter()
