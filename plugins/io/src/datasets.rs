@@ -1,9 +1,10 @@
-//! Dataset layouts on disk: PDDCA (MICCAI 2015) and the Medical Segmentation Decathlon.
+//! Reading cases from disk: the organ-files layout (PDDCA, OpenKBP), the Medical
+//! Segmentation Decathlon, and what they share (labels from masks, fingerprints, grids).
+//! The layouts themselves, behind one trait, are in `layouts/`.
 
-use crate::nrrd;
+use crate::layouts::OrganFilesSpec;
 use rayon::prelude::*;
 use shapeflow_core::{CaseData, Volume, VoxelData};
-use shapeflow_formats::NiftiIo;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,19 +42,9 @@ pub fn fingerprint(files: &[PathBuf]) -> String {
     h.finalize().to_hex()[..32].to_string()
 }
 
-/// Reads a NIfTI or NRRD volume by extension.
+/// Reads a NIfTI or NRRD volume by its file name's ending.
 pub fn read_volume(path: &Path) -> Result<Volume, String> {
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    if name.ends_with(".nrrd") || name.ends_with(".nhdr") {
-        nrrd::read(path)
-    } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
-        Volume::read_nifti(path).map_err(|e| e.to_string())
-    } else {
-        Err(format!(
-            "{}: unknown volume format (expected .nii, .nii.gz, .nrrd or .nhdr)",
-            path.display()
-        ))
-    }
+    shapeflow_formats::read(path).map_err(|e| e.to_string())
 }
 
 /// A label volume as u8 values; float labels must be whole numbers in 0..=255.
@@ -98,8 +89,8 @@ fn check_same_grid(a: &Volume, a_path: &Path, b: &Volume, b_path: &Path) -> Resu
     Ok(())
 }
 
-/// The files of one PDDCA case.
-pub struct PddcaCase {
+/// The files of one case of the organ-files layout (PDDCA, OpenKBP).
+pub struct OrganFilesCase {
     pub id: String,
     pub image: Option<PathBuf>,
     /// Per organ (in the requested order), the mask file if one exists.
@@ -115,22 +106,37 @@ fn candidates<'a>(organ: &'a str, aliases: &'a BTreeMap<String, Vec<String>>) ->
     v
 }
 
+/// The files of one PDDCA case.
+pub type PddcaCase = OrganFilesCase;
+
 /// Lists PDDCA cases under `root`: every directory with `structures/` or `img.nrrd`.
 pub fn pddca_cases(
     root: &Path,
     organs: &[String],
     aliases: &BTreeMap<String, Vec<String>>,
 ) -> Result<Vec<PddcaCase>, String> {
+    organ_file_cases(root, &OrganFilesSpec::pddca(), organs, aliases)
+}
+
+/// Lists the cases under `root`: every directory holding the structures folder or the image
+/// file `spec` names, sorted by id. Each organ's mask is the first of its name and its
+/// aliases that exists; none: not contoured in that case.
+pub fn organ_file_cases(
+    root: &Path,
+    spec: &OrganFilesSpec,
+    organs: &[String],
+    aliases: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<OrganFilesCase>, String> {
     let entries = std::fs::read_dir(root)
-        .map_err(|e| format!("{}: cannot list the PDDCA root: {e}", root.display()))?;
+        .map_err(|e| format!("{}: cannot list the dataset folder: {e}", root.display()))?;
     let mut out = Vec::new();
     for e in entries.flatten() {
         let dir = e.path();
         if !dir.is_dir() {
             continue;
         }
-        let structures = dir.join("structures");
-        let image = dir.join("img.nrrd");
+        let structures = dir.join(&spec.structures);
+        let image = dir.join(&spec.image);
         if !structures.is_dir() && !image.is_file() {
             continue;
         }
@@ -139,11 +145,11 @@ pub fn pddca_cases(
             .map(|o| {
                 candidates(o, aliases)
                     .into_iter()
-                    .map(|n| structures.join(format!("{n}.nrrd")))
+                    .map(|n| structures.join(format!("{n}{}", spec.extension)))
                     .find(|p| p.is_file())
             })
             .collect();
-        out.push(PddcaCase {
+        out.push(OrganFilesCase {
             id: e.file_name().to_string_lossy().to_string(),
             image: image.is_file().then_some(image),
             masks,
@@ -178,9 +184,20 @@ pub fn load_pddca(
     organs: &[String],
     require_image: bool,
 ) -> Result<CaseData, String> {
+    load_organ_files(case, "img.nrrd", organs, require_image)
+}
+
+/// Loads one case of the organ-files layout into one label map (where masks overlap, the
+/// smaller structure wins; the count is in the notes). Masks must share the image's grid.
+pub fn load_organ_files(
+    case: &OrganFilesCase,
+    image_name: &str,
+    organs: &[String],
+    require_image: bool,
+) -> Result<CaseData, String> {
     if case.image.is_none() && require_image {
         return Err(format!(
-            "case {}: no img.nrrd (set `require_image: false` to load masks alone)",
+            "case {}: no {image_name} (set `require_image: false` to load masks alone)",
             case.id
         ));
     }

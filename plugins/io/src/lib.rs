@@ -1,6 +1,7 @@
 //! The `io` family: the `load` stage, our NRRD reader, dataset layouts and phantoms.
 
 pub mod datasets;
+pub mod layouts;
 pub use shapeflow_formats::nrrd;
 pub mod phantom;
 
@@ -11,7 +12,6 @@ use shapeflow_core::{
     StageCtx, StageDef, StageError,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Registers `load`.
@@ -56,12 +56,13 @@ file recomputes that case only.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Format {
     #[default]
     Phantom,
     Pddca,
     Msd,
+    OrganFiles,
 }
 
 #[derive(
@@ -94,15 +95,27 @@ pub struct LoadParams {
     pub format: Format,
     /// Dataset directory (pddca, msd); relative to the pipeline file.
     pub root: Option<String>,
-    /// pddca: organ names (file stems under structures/); default the 9 MICCAI 2015 organs.
+    /// pddca, organ-files: organ names (file stems under the structures folder); default the
+    /// 9 MICCAI 2015 organs.
     pub organs: Vec<String>,
-    /// pddca: other file stems per organ, e.g. {BrainStem: [Brainstem]}.
+    /// pddca, organ-files: other file stems per organ, e.g. {BrainStem: [Brainstem]}.
     pub aliases: BTreeMap<String, Vec<String>>,
+    /// organ-files: the image's file name inside each case folder.
+    pub image: String,
+    /// organ-files: the folder of organ masks inside each case folder.
+    pub structures: String,
+    /// organ-files: the masks' file name ending (.nii.gz, .nii, .nrrd, .nhdr).
+    pub extension: String,
+    /// organ-files: split folders under `root` and the split each gives (train, val or
+    /// test), e.g. {train: train, validation: test}; empty: case folders directly under root.
+    /// With `split: official`, `val_fraction` of the train folder's cases become `val`.
+    pub folders: BTreeMap<String, String>,
     /// msd: organ name -> source label values, e.g. {hippocampus: [1, 2]}; default one organ
     /// per label.
     pub merge: BTreeMap<String, Vec<u8>>,
-    /// How cases get train/val/test: the MICCAI 2015 split (pddca), a holdout (cases ordered by
-    /// a hash of their id, exact fractions), or all train.
+    /// How cases get train/val/test: official is the dataset's own split (MICCAI 2015 for
+    /// pddca, the split folders for organ-files; a holdout where there is none), holdout
+    /// orders all cases by a hash of their id (exact fractions), none makes all train.
     pub split: Split,
     /// holdout: fraction of cases for validation.
     pub val_fraction: f64,
@@ -131,6 +144,10 @@ impl Default for LoadParams {
             root: None,
             organs: Vec::new(),
             aliases: BTreeMap::new(),
+            image: "image.nii.gz".into(),
+            structures: "structures".into(),
+            extension: ".nii.gz".into(),
+            folders: BTreeMap::new(),
             merge: BTreeMap::new(),
             split: Split::Official,
             val_fraction: 0.0,
@@ -192,32 +209,49 @@ fn build_load(p: LoadParams, ctx: &BuildCtx) -> Result<Arc<dyn Stage>, ParamErro
             Some(ctx.path(r))
         }
     };
-    Ok(Arc::new(Load { p, root }))
+    let layout = layouts::make(&p, root).map_err(|m| {
+        let field = if m.starts_with("folders") {
+            "folders"
+        } else if m.starts_with("extension") {
+            "extension"
+        } else {
+            "format"
+        };
+        bad(field, m)
+    })?;
+    Ok(Arc::new(Load { p, layout }))
+}
+
+impl LoadParams {
+    /// The organ table: `organs`, default the 9 MICCAI 2015 organs.
+    pub fn organ_names(&self) -> Vec<String> {
+        if self.organs.is_empty() {
+            phantom::HN_ORGANS.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.organs.clone()
+        }
+    }
 }
 
 struct Load {
     p: LoadParams,
-    root: Option<PathBuf>,
+    layout: Box<dyn layouts::Layout>,
+}
+
+/// Cases ordered by a hash of their id: the same order on every machine, whatever order
+/// the files are listed in.
+fn hash_order(cases: &[CaseInfo], which: impl Fn(&CaseInfo) -> bool) -> Vec<usize> {
+    let mut order: Vec<(blake3::Hash, usize)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| which(c))
+        .map(|(i, c)| (blake3::hash(c.id.as_bytes()), i))
+        .collect();
+    order.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    order.into_iter().map(|(_, i)| i).collect()
 }
 
 impl Load {
-    fn organs(&self) -> Vec<String> {
-        if self.p.organs.is_empty() {
-            phantom::HN_ORGANS.iter().map(|s| s.to_string()).collect()
-        } else {
-            self.p.organs.clone()
-        }
-    }
-
-    fn split_of(&self, id: &str) -> Option<String> {
-        match (self.p.split, self.p.format) {
-            (Split::None, _) => Some("train".into()),
-            (Split::Official, Format::Pddca) => Some(datasets::miccai2015_split(id).into()),
-            // Holdout splits need every case: see `holdout`.
-            _ => None,
-        }
-    }
-
     /// The holdout split: cases ordered by a hash of their id; the first
     /// round(n x test_fraction) are `test`, the next round(n x val_fraction) `val`, the rest
     /// `train`. Exact fractions, independent of the order files are listed in, and the same
@@ -226,13 +260,7 @@ impl Load {
         let n = cases.len();
         let n_test = (n as f64 * self.p.test_fraction).round() as usize;
         let n_val = (n as f64 * self.p.val_fraction).round() as usize;
-        let mut order: Vec<(blake3::Hash, usize)> = cases
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (blake3::hash(c.id.as_bytes()), i))
-            .collect();
-        order.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (rank, (_, i)) in order.into_iter().enumerate() {
+        for (rank, i) in hash_order(cases, |_| true).into_iter().enumerate() {
             cases[i].split = Some(
                 if rank < n_test {
                     "test"
@@ -246,39 +274,12 @@ impl Load {
         }
     }
 
-    fn msd_organs(&self, ds: &datasets::MsdDataset) -> Vec<(String, Vec<u8>)> {
-        if self.p.merge.is_empty() {
-            ds.labels
-                .iter()
-                .map(|(v, n)| (n.clone(), vec![*v]))
-                .collect()
-        } else {
-            self.p
-                .merge
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .collect()
-        }
-    }
-
-    fn root(&self) -> Result<&PathBuf, StageError> {
-        self.root
-            .as_ref()
-            .ok_or_else(|| StageError::msg("`root` is required"))
-    }
-
-    fn phantom_spec(&self) -> ([usize; 3], [f64; 3], f64) {
-        match self.p.phantom {
-            PhantomKind::HeadNeck => (
-                self.p.dims.unwrap_or([96, 96, 80]),
-                self.p.spacing.unwrap_or([2.5, 2.5, 3.0]),
-                self.p.noise.unwrap_or(15.0),
-            ),
-            PhantomKind::Mri => (
-                self.p.dims.unwrap_or([36, 48, 36]),
-                self.p.spacing.unwrap_or([1.0, 1.0, 1.0]),
-                self.p.noise.unwrap_or(0.04),
-            ),
+    /// `val_fraction` of the `train` cases become `val` (hash order, exact count).
+    fn carve_val(&self, cases: &mut [CaseInfo]) {
+        let train = hash_order(cases, |c| c.split.as_deref() == Some("train"));
+        let n_val = (train.len() as f64 * self.p.val_fraction).round() as usize;
+        for &i in train.iter().take(n_val) {
+            cases[i].split = Some("val".into());
         }
     }
 }
@@ -297,112 +298,38 @@ impl Stage for Load {
     }
 
     fn uses_seed(&self) -> bool {
-        self.p.format == Format::Phantom
+        self.layout.uses_seed()
     }
 
     fn discover(&self, ctx: &StageCtx) -> Result<Vec<CaseInfo>, StageError> {
-        let mut cases: Vec<CaseInfo> = match self.p.format {
-            Format::Phantom => (0..self.p.cases)
-                .map(|i| {
-                    let id = format!("phantom{i:03}");
-                    CaseInfo {
-                        split: self.split_of(&id),
-                        fingerprint: format!("seed {} index {i}", ctx.seed),
-                        id,
-                    }
-                })
-                .collect(),
-            Format::Pddca => {
-                let organs = self.organs();
-                datasets::pddca_cases(self.root()?, &organs, &self.p.aliases)
-                    .map_err(StageError::msg)?
-                    .into_iter()
-                    .map(|c| {
-                        let files: Vec<PathBuf> = c
-                            .image
-                            .iter()
-                            .cloned()
-                            .chain(c.masks.iter().flatten().cloned())
-                            .collect();
-                        CaseInfo {
-                            split: self.split_of(&c.id),
-                            fingerprint: datasets::fingerprint(&files),
-                            id: c.id,
-                        }
-                    })
-                    .collect()
-            }
-            Format::Msd => datasets::msd_dataset(self.root()?)
-                .map_err(StageError::msg)?
-                .cases
-                .into_iter()
-                .map(|c| CaseInfo {
-                    split: self.split_of(&c.id),
-                    fingerprint: datasets::fingerprint(&[c.image.clone(), c.label.clone()]),
-                    id: c.id,
-                })
-                .collect(),
-        };
+        let found = self.layout.discover(ctx.seed).map_err(StageError::msg)?;
+        let own_split = found.iter().any(|f| f.split.is_some());
+        let mut cases: Vec<CaseInfo> = found
+            .into_iter()
+            .map(|f| CaseInfo {
+                id: f.id,
+                split: f.split,
+                fingerprint: f.fingerprint,
+            })
+            .collect();
         if self.p.limit > 0 {
             cases.truncate(self.p.limit);
         }
-        let holdout = match self.p.split {
-            Split::Holdout => true,
-            Split::Official => self.p.format != Format::Pddca,
-            Split::None => false,
-        };
-        if holdout {
-            self.holdout(&mut cases);
+        match self.p.split {
+            Split::None => cases
+                .iter_mut()
+                .for_each(|c| c.split = Some("train".into())),
+            Split::Official if own_split => self.carve_val(&mut cases),
+            Split::Official | Split::Holdout => self.holdout(&mut cases),
         }
         Ok(cases)
     }
 
     fn run_case(&self, ctx: &StageCtx, case: &CaseInfo, _: &Inputs) -> Result<Item, StageError> {
-        let data = match self.p.format {
-            Format::Phantom => {
-                let index: u64 = case
-                    .id
-                    .trim_start_matches("phantom")
-                    .parse()
-                    .map_err(|_| StageError::msg(format!("bad phantom case id {}", case.id)))?;
-                let (dims, spacing, noise) = self.phantom_spec();
-                match self.p.phantom {
-                    PhantomKind::HeadNeck => phantom::head_neck(
-                        ctx.seed,
-                        index,
-                        phantom::HnSpec {
-                            dims,
-                            spacing,
-                            noise_hu: noise,
-                        },
-                    ),
-                    PhantomKind::Mri => phantom::mri(ctx.seed, index, dims, spacing, noise),
-                }
-            }
-            Format::Pddca => {
-                let organs = self.organs();
-                let all = datasets::pddca_cases(self.root()?, &organs, &self.p.aliases)
-                    .map_err(StageError::msg)?;
-                let c = all.iter().find(|c| c.id == case.id).ok_or_else(|| {
-                    StageError::msg(format!(
-                        "case {} vanished from {}",
-                        case.id,
-                        self.root()
-                            .map(|r| r.display().to_string())
-                            .unwrap_or_default()
-                    ))
-                })?;
-                datasets::load_pddca(c, &organs, self.p.require_image).map_err(StageError::msg)?
-            }
-            Format::Msd => {
-                let ds = datasets::msd_dataset(self.root()?).map_err(StageError::msg)?;
-                let organs = self.msd_organs(&ds);
-                let c = ds.cases.iter().find(|c| c.id == case.id).ok_or_else(|| {
-                    StageError::msg(format!("case {} vanished from dataset.json", case.id))
-                })?;
-                datasets::load_msd(c, &organs).map_err(StageError::msg)?
-            }
-        };
+        let data = self
+            .layout
+            .read(ctx.seed, &case.id)
+            .map_err(StageError::msg)?;
         Ok(data.to_item())
     }
 }

@@ -4,7 +4,10 @@
 pub mod adam;
 pub mod amp;
 pub mod augment;
+pub mod checkpoint;
 pub mod fit;
+pub mod history;
+mod io;
 pub mod losses;
 pub mod model;
 mod plot;

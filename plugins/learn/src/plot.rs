@@ -1,6 +1,6 @@
 //! The loss curve: training loss per epoch and validation Dice, as a PNG.
 
-use crate::train::EpochRecord;
+use crate::history::EpochRecord;
 use plotters::prelude::*;
 use std::path::Path;
 

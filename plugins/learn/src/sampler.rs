@@ -293,11 +293,15 @@ mod tests {
 
     #[test]
     fn bad_policies_name_their_field() {
-        let mut p = AugmentConfig::default();
-        p.flip = 1.5;
+        let p = AugmentConfig {
+            flip: 1.5,
+            ..Default::default()
+        };
         assert_eq!(check_policy(&p).unwrap_err().0, "flip");
-        let mut p = AugmentConfig::default();
-        p.gamma = [1.2, 0.8];
+        let p = AugmentConfig {
+            gamma: [1.2, 0.8],
+            ..Default::default()
+        };
         assert_eq!(check_policy(&p).unwrap_err().0, "gamma");
         assert!(check_policy(&AugmentConfig::default()).is_ok());
     }

@@ -4,14 +4,16 @@
 use crate::adam::Adam;
 use crate::amp;
 use crate::augment::{loader, AugmentConfig, TrainCase};
+use crate::checkpoint;
 use crate::fit::{self, Mode};
+use crate::history;
+pub use crate::history::EpochRecord;
 use crate::model::{self, Model, ModelConfig, Norm};
-use crate::plot;
 use crate::unet::{UNet, UNetConfig};
 use crate::window::{sliding_window, WindowConfig};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{CancelToken, StageError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{nn, Device};
@@ -204,38 +206,6 @@ pub struct ValCase {
     pub present: Vec<bool>,
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    /// Optimiser steps done at the end of this epoch.
-    pub step: i64,
-    pub lr: f64,
-    /// Mean training loss over the epoch's batches.
-    pub loss: f64,
-    pub seconds: f64,
-    /// Of `seconds`, the time the loop waited for the batch loader (0 when the loader keeps
-    /// ahead of the device).
-    #[serde(default)]
-    pub loader_wait_s: f64,
-    /// Mean Dice over validation cases and present organs, when validated.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub val_dice: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub val_dice_per_organ: Option<Vec<Option<f64>>>,
-}
-
-/// What a checkpoint's `checkpoint.json` records.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Checkpoint {
-    /// Epochs completed.
-    epochs_done: usize,
-    step: i64,
-    weights: String,
-    adam: String,
-    history: Vec<EpochRecord>,
-}
-
 /// Where a run reports and keeps state.
 pub struct Session<'a> {
     pub seed: u64,
@@ -256,19 +226,6 @@ pub struct Trained {
     pub history: Vec<EpochRecord>,
     /// The step the run started from (0 unless it resumed a checkpoint).
     pub resumed_from_step: i64,
-}
-
-fn io_err(p: &Path, e: impl std::fmt::Display) -> StageError {
-    StageError::msg(format!("{}: {e}", p.display()))
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StageError> {
-    shapeflow_core::atomic::write(path, bytes).map_err(|e| io_err(path, e))
-}
-
-fn tch_err(what: &str) -> impl Fn(tch::TchError) -> StageError + '_ {
-    move |e| StageError::msg(format!("{what}: {e}"))
 }
 
 /// Mean Dice per organ of the model on validation cases (None where no case has the organ).
@@ -387,29 +344,7 @@ pub fn train(
     let mut adam = Adam::new(&vs, cfg.lr);
 
     // Resume from the last checkpoint of this very item, if any.
-    std::fs::create_dir_all(s.work_dir).map_err(|e| io_err(s.work_dir, e))?;
-    let ck_path = s.work_dir.join("checkpoint.json");
-    let mut history = Vec::new();
-    let mut start = 0;
-    if let Ok(text) = std::fs::read_to_string(&ck_path) {
-        match serde_json::from_str::<Checkpoint>(&text) {
-            Ok(ck) => {
-                tch::no_grad(|| vs.read_safetensors(s.work_dir.join(&ck.weights)))
-                    .map_err(tch_err("checkpoint weights"))?;
-                adam.load(&s.work_dir.join(&ck.adam), ck.step)
-                    .map_err(tch_err("checkpoint optimiser state"))?;
-                start = ck.epochs_done;
-                history = ck.history;
-                tracing::info!(
-                    epoch = start,
-                    step = ck.step,
-                    "resuming training from checkpoint {}",
-                    ck_path.display()
-                );
-            }
-            Err(e) => tracing::warn!("ignoring unreadable checkpoint {}: {e}", ck_path.display()),
-        }
-    }
+    let (start, mut history) = checkpoint::resume(s.work_dir, &vs, &mut adam)?;
     let resumed_from_step = adam.step;
 
     let mut aug = cfg.augment.clone();
@@ -419,7 +354,6 @@ pub fn train(
     let bar = &s.bar;
     bar.set_length(cfg.epochs as u64);
     bar.set_position(start as u64);
-    let log_path = s.work_dir.join("metrics.jsonl");
     for epoch in start..cfg.epochs {
         let t0 = Instant::now();
         adam.lr = cfg.lr_at(epoch);
@@ -499,21 +433,10 @@ pub fn train(
             );
         }
         history.push(rec.clone());
-        let line = serde_json::to_string(&rec).unwrap_or_default();
-        let mut log = history
-            .iter()
-            .map(|r| serde_json::to_string(r).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n");
-        log.push('\n');
-        write_atomic(&log_path, log.as_bytes())?;
-        if let Some(out) = s.output_dir {
-            std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
-            write_atomic(&out.join("metrics.jsonl"), log.as_bytes())?;
-        }
-        tracing::debug!("{line}");
+        history::write_log(&history, s.work_dir, s.output_dir)?;
+        tracing::debug!("{}", serde_json::to_string(&rec).unwrap_or_default());
         if (epoch + 1) % cfg.checkpoint_every == 0 || last {
-            save_checkpoint(s.work_dir, &vs, &adam, epoch + 1, &history)?;
+            checkpoint::save(s.work_dir, &vs, &adam, epoch + 1, &history)?;
         }
         bar.set_position((epoch + 1) as u64);
         if let Some(f) = s.on_epoch {
@@ -539,58 +462,13 @@ pub fn train(
         weights,
     };
     if let Some(out) = s.output_dir {
-        write_outputs(out, &model, &history)?;
+        history::write_outputs(out, &model, &history)?;
     }
     Ok(Trained {
         model,
         history,
         resumed_from_step,
     })
-}
-
-fn save_checkpoint(
-    dir: &Path,
-    vs: &nn::VarStore,
-    adam: &Adam,
-    epochs_done: usize,
-    history: &[EpochRecord],
-) -> Result<(), StageError> {
-    let previous: Option<Checkpoint> = std::fs::read_to_string(dir.join("checkpoint.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let ck = Checkpoint {
-        epochs_done,
-        step: adam.step,
-        weights: format!("weights-{epochs_done}.safetensors"),
-        adam: format!("adam-{epochs_done}.safetensors"),
-        history: history.to_vec(),
-    };
-    model::save_cpu(vs, &dir.join(&ck.weights))?;
-    adam.save(&dir.join(&ck.adam))
-        .map_err(tch_err("saving the optimiser state"))?;
-    let json = serde_json::to_vec_pretty(&ck).unwrap_or_default();
-    // The rename of checkpoint.json is the commit point: files it names are complete.
-    write_atomic(&dir.join("checkpoint.json"), &json)?;
-    if let Some(p) = previous.filter(|p| p.epochs_done != epochs_done) {
-        let _ = std::fs::remove_file(dir.join(p.weights));
-        let _ = std::fs::remove_file(dir.join(p.adam));
-    }
-    Ok(())
-}
-
-/// model.safetensors, model.json, metrics.jsonl and loss.png in `out`.
-pub fn write_outputs(out: &Path, model: &Model, history: &[EpochRecord]) -> Result<(), StageError> {
-    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
-    write_atomic(&out.join("model.safetensors"), &model.weights)?;
-    write_atomic(
-        &out.join("model.json"),
-        &serde_json::to_vec_pretty(&model.config).unwrap_or_default(),
-    )?;
-    let png: PathBuf = out.join("loss.png");
-    if let Err(e) = plot::training_curves(&png, history) {
-        tracing::warn!("could not draw {}: {e}", png.display());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -799,7 +677,7 @@ mod tests {
         let r = train(&cfg, cases, val, norm, spacing, &s);
         assert!(matches!(r, Err(StageError::Cancelled)));
         assert_eq!(epochs_seen.load(Ordering::SeqCst), 2);
-        let ck: Checkpoint =
+        let ck: crate::checkpoint::Checkpoint =
             serde_json::from_str(&std::fs::read_to_string(work.join("checkpoint.json")).unwrap())
                 .unwrap();
         assert_eq!((ck.epochs_done, ck.step), (2, 6));

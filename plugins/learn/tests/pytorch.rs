@@ -2,9 +2,9 @@
 //! the project's .venv) and computes the same outputs.
 
 use shapeflow_learn::fit::Mode;
+use shapeflow_learn::history::write_outputs;
 use shapeflow_learn::model::{self, Model, ModelConfig, Norm};
 use shapeflow_learn::tch::{nn, Device, Kind, Tensor};
-use shapeflow_learn::train::write_outputs;
 use shapeflow_learn::unet::{UNet, UNetConfig};
 use std::path::Path;
 use std::process::Command;

@@ -4,8 +4,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use shapeflow_core::SdmSetItem as _;
 use shapeflow_core::{
-    CaseData, CaseInfo, Inputs, Item, Kind, Plugin, Port, Registry, SdmSet, SdmStorage, SdmUnits,
-    Shape, Stage, StageCtx, StageDef, StageError, VoxelData,
+    CaseData, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, SdmSet, SdmStorage,
+    SdmUnits, Shape, Stage, StageCtx, StageDef, StageError, VoxelData,
 };
 use shapeflow_edt::{signed_map, Scale};
 use std::sync::Arc;
@@ -24,7 +24,18 @@ impl Plugin for SdmPlugin {
             version: 2,
             summary: "Signed distance map per organ from an exact anisotropic Euclidean distance transform",
             help: HELP,
-            build: |p, _| Ok(Arc::new(EdtSdm(p))),
+            build: |p, _| {
+                if let Some(b) = p.band_mm {
+                    if !(b.is_finite() && b > 0.0 && p.normalize) {
+                        return Err(ParamError {
+                            path: vec!["band_mm".into()],
+                            message: "must be a positive number of mm, with `normalize: true`"
+                                .into(),
+                        });
+                    }
+                }
+                Ok(Arc::new(EdtSdm(p)))
+            },
         });
     }
 }
@@ -57,6 +68,11 @@ pub struct SdmParams {
     /// Scale to [-1, 1] (inside by its largest distance, outside by its largest); false:
     /// millimetres.
     pub normalize: bool,
+    /// Band-limited maps (null: off, the paper's global normalisation): outside distances
+    /// clipped at this many mm and divided by it, inside divided by the organ's largest
+    /// inside distance, so every organ's map is in [-1, 1] with the same outside scale
+    /// whatever the volume's size. Needs `normalize: true`.
+    pub band_mm: Option<f64>,
     /// Cache storage: i16 with a per-map scale, delta-coded in byte planes (error below 1/32766
     /// of the largest distance; about 10x smaller than f32 after zstd), or f32.
     pub storage: SdmStorage,
@@ -66,6 +82,7 @@ impl Default for SdmParams {
     fn default() -> Self {
         SdmParams {
             normalize: true,
+            band_mm: None,
             storage: SdmStorage::I16,
         }
     }
@@ -74,6 +91,30 @@ impl Default for SdmParams {
 struct EdtSdm(SdmParams);
 
 /// The SDMs of every organ of `case` (absent organs: `None`).
+/// Turns millimetre maps into band-limited normalised maps: outside `min(d, band) / band`,
+/// inside `d / (largest inside distance)`; +inf (annotated, empty) becomes 1, -inf (the
+/// organ fills the volume) -1.
+pub fn band_limit(s: &mut SdmSet, band_mm: f64) {
+    for m in s.maps.iter_mut().flatten() {
+        let mut v = m.to_f32();
+        let inner = v
+            .iter()
+            .filter(|x| x.is_finite() && **x < 0.0)
+            .fold(0f32, |a, &x| a.max(-x));
+        for x in v.iter_mut() {
+            *x = if *x >= 0.0 {
+                (*x as f64 / band_mm).min(1.0) as f32
+            } else if inner > 0.0 && x.is_finite() {
+                *x / inner
+            } else {
+                -1.0
+            };
+        }
+        *m = m.with_data(VoxelData::F32(v)).unwrap_or_else(|_| m.clone());
+    }
+    s.units = SdmUnits::Normalized;
+}
+
 pub fn case_sdms(case: &CaseData, normalize: bool) -> Result<SdmSet, StageError> {
     let labels = case
         .labels
@@ -136,7 +177,11 @@ impl Stage for EdtSdm {
         inputs: &Inputs,
     ) -> Result<Item, StageError> {
         let case = inputs.case("cases")?;
-        Ok(case_sdms(&case, self.0.normalize)?.to_item(self.0.storage))
+        let mut s = case_sdms(&case, self.0.normalize && self.0.band_mm.is_none())?;
+        if let Some(band) = self.0.band_mm {
+            band_limit(&mut s, band);
+        }
+        Ok(s.to_item(self.0.storage))
     }
 }
 
@@ -190,6 +235,37 @@ mod tests {
             "annotated but empty"
         );
         assert!(s.maps[2].is_none(), "absent");
+    }
+
+    #[test]
+    fn band_limited_maps_by_hand() {
+        // The box of `case()` is 7 x 4 x 4 voxels of 0.8 x 0.8 x 2 mm: its largest inside
+        // distance is 1.6 mm (two voxels in y from the centre rows to outside).
+        let mut s = case_sdms(&case(), false).unwrap();
+        let mm = s.maps[0].as_ref().unwrap().to_f32();
+        band_limit(&mut s, 2.0);
+        let b = s.maps[0].as_ref().unwrap().to_f32();
+        let inner = mm.iter().fold(0f32, |a, &x| a.max(-x));
+        assert!((inner - 1.6).abs() < 1e-5, "{inner}");
+        for (m, v) in mm.iter().zip(&b) {
+            let want = if *m >= 0.0 {
+                (m / 2.0).min(1.0)
+            } else {
+                m / inner
+            };
+            assert!((v - want).abs() < 1e-6, "{m} mm -> {v}, want {want}");
+        }
+        // One voxel (0.8 mm) outside along x is 0.4; beyond the band, 1.
+        let at = |x: usize, y: usize, z: usize| b[x + 12 * (y + 10 * z)];
+        assert!((at(9, 4, 3) - 0.4).abs() < 1e-6);
+        assert_eq!(at(0, 0, 7), 1.0);
+        assert!(s.maps[1]
+            .as_ref()
+            .unwrap()
+            .to_f32()
+            .iter()
+            .all(|&v| v == 1.0));
+        assert_eq!(s.units, SdmUnits::Normalized);
     }
 
     #[test]

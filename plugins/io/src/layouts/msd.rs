@@ -1,0 +1,59 @@
+//! The Medical Segmentation Decathlon / nnU-Net v1 raw layout: `dataset.json`,
+//! `imagesTr/`, `labelsTr/`.
+
+use super::{Found, Layout};
+use crate::datasets;
+use shapeflow_core::CaseData;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub struct Msd {
+    root: PathBuf,
+    merge: BTreeMap<String, Vec<u8>>,
+}
+
+impl Msd {
+    pub fn new(root: PathBuf, merge: BTreeMap<String, Vec<u8>>) -> Self {
+        Msd { root, merge }
+    }
+
+    /// (organ name, source label values) after `merge`; default one organ per label.
+    fn organs(&self, ds: &datasets::MsdDataset) -> Vec<(String, Vec<u8>)> {
+        if self.merge.is_empty() {
+            ds.labels
+                .iter()
+                .map(|(v, n)| (n.clone(), vec![*v]))
+                .collect()
+        } else {
+            self.merge
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect()
+        }
+    }
+}
+
+impl Layout for Msd {
+    fn discover(&self, _seed: u64) -> Result<Vec<Found>, String> {
+        Ok(datasets::msd_dataset(&self.root)?
+            .cases
+            .into_iter()
+            .map(|c| Found {
+                fingerprint: datasets::fingerprint(&[c.image.clone(), c.label.clone()]),
+                id: c.id,
+                split: None,
+            })
+            .collect())
+    }
+
+    fn read(&self, _seed: u64, id: &str) -> Result<CaseData, String> {
+        let ds = datasets::msd_dataset(&self.root)?;
+        let organs = self.organs(&ds);
+        let c = ds
+            .cases
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| format!("case {id} vanished from dataset.json"))?;
+        datasets::load_msd(c, &organs)
+    }
+}
