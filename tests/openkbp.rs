@@ -136,6 +136,7 @@ fn nrrd_aliases_and_empty_masks() {
         .unwrap();
     let nifti = read(&shared("openkbp"), &params(".nii.gz", "ct.nii.gz"), &case);
     let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("validation")).unwrap();
     let dir = d.path().join("train").join(&case);
     std::fs::create_dir_all(dir.join("structures")).unwrap();
     shapeflow_formats::write(nifti.image.as_ref().unwrap(), &dir.join("ct.nrrd")).unwrap();

@@ -723,7 +723,8 @@ fn a_stage_given_the_wrong_kind_of_input_fails_at_validate() {
     );
     // A stage that reads cases given a model.
     let text = format!("{WIRED}  sdm2: {{plugin: edt-sdm, after: [train]}}\n");
-    let (line, col) = at(&text, "train]}\n");
+    let (line, col) = at(&text, "[train]");
+    let col = col + 1;
     one_error(
         &text,
         &[],

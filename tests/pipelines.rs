@@ -54,8 +54,8 @@ fn demo_runs_end_to_end_and_reruns_from_cache() {
     };
     let (r, manifest) = run_pipeline(&file, &sets, &registry(), settings()).unwrap();
     assert!(r.ok(), "{}", r.table());
-    // load, crop, resample, sdm shared; train, infer, evaluate, report per variant.
-    assert_eq!(r.nodes.len(), 4 + 3 * 4, "{}", r.table());
+    // load, crop, resample, sdm, augment shared; train, infer, evaluate, report per variant.
+    assert_eq!(r.nodes.len(), 5 + 3 * 4, "{}", r.table());
     let run_dir = manifest.parent().unwrap();
     let tests = r.node("infer", "joint").unwrap().computed;
     assert_eq!(tests, 3, "10 cases, test_fraction 0.3");
@@ -96,7 +96,7 @@ fn demo_runs_end_to_end_and_reruns_from_cache() {
     assert!(r.ok(), "{}", r.table());
     for n in &r.nodes {
         let want = match n.stage.as_str() {
-            "load" | "crop" | "resample" | "sdm" => 0,
+            "load" | "crop" | "resample" | "sdm" | "augment" => 0,
             "train" => 1,
             "infer" | "evaluate" => 3,
             _ => continue,
@@ -357,5 +357,42 @@ fn execution_only_params_do_not_change_keys() {
     assert!(
         !lr.execution && !lr.doc.is_empty() && lr.ty == "number",
         "{lr:?}"
+    );
+}
+
+/// `seeds:` runs every variant once per seed, sharing every item that draws no random
+/// numbers (data, preprocessing, sampler data) and none that does (training and after).
+#[test]
+fn seeds_share_preprocessing_and_split_training() {
+    use shapeflow_core::{plan, resolve, CancelToken, PipelineFile};
+    let d = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(pipelines_dir().join("demo.yaml"))
+        .unwrap()
+        .replace("seed: 2015\n", "seed: 2015\nseeds: [1, 2]\n");
+    std::fs::write(d.path().join("demo.yaml"), text).unwrap();
+    let file = PipelineFile::load(&d.path().join("demo.yaml")).unwrap();
+    let names: Vec<String> = file.variants.iter().map(|v| v.name.clone()).collect();
+    assert_eq!(
+        names,
+        ["dice@1", "dice@2", "sdm@1", "sdm@2", "joint@1", "joint@2"]
+    );
+    let registry = shapeflow::default_registry().unwrap();
+    let r = resolve::resolve(&file, &registry, &[]).unwrap();
+    let p = plan::make_plan(&r, &CancelToken::default()).unwrap();
+    let keys = |stage: &str, variant: &str| -> Vec<String> {
+        let n = r.by_variant[variant][stage];
+        p.nodes[n].items.iter().map(|i| i.key.to_hex()).collect()
+    };
+    for stage in ["load", "crop", "resample", "sdm", "augment"] {
+        assert_eq!(keys(stage, "joint@1"), keys(stage, "joint@2"), "{stage}");
+        assert_eq!(keys(stage, "joint@1"), keys(stage, "dice@2"), "{stage}");
+    }
+    for stage in ["train", "infer", "evaluate"] {
+        assert_ne!(keys(stage, "joint@1"), keys(stage, "joint@2"), "{stage}");
+    }
+    // The phantoms still come from `seed: 2015`: the same data as without `seeds:`.
+    assert_eq!(
+        keys("load", "joint@1"),
+        demo_keys(&[])[&("load".into(), "joint".into())]
     );
 }

@@ -113,6 +113,10 @@ pub struct VariantSpec {
     pub name: String,
     pub pos: Pos,
     pub overrides: Vec<Override>,
+    /// With `seeds:`, the training seed of this copy of the variant (named
+    /// `<variant>@<seed>`): it replaces `seed` for every stage that uses a seed except the
+    /// sources, so that data and preprocessing are shared across seeds.
+    pub seed: Option<u64>,
 }
 
 /// A parsed, structurally valid pipeline file (params not yet checked against plugins).
@@ -144,7 +148,15 @@ impl Errs<'_> {
     }
 }
 
-const TOP_FIELDS: &[&str] = &["name", "description", "seed", "cache", "stages", "variants"];
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "seed",
+    "seeds",
+    "cache",
+    "stages",
+    "variants",
+];
 const STAGE_FIELDS: &[&str] = &["stage", "plugin", "params", "after", "description"];
 
 /// Whether `s` is exactly one `${...}` reference.
@@ -313,7 +325,25 @@ impl PipelineFile {
             None => None,
         };
         let stages = parse_stages(&mut errs, &root);
-        let (variants, explicit_variants) = parse_variants(&mut errs, &root);
+        let (mut variants, mut explicit_variants) = parse_variants(&mut errs, &root);
+        if let Some(seeds) = parse_seeds(&mut errs, &root) {
+            // Every variant once per seed: `<variant>@<seed>`.
+            variants = variants
+                .iter()
+                .flat_map(|v| {
+                    seeds.iter().map(move |&s| VariantSpec {
+                        name: if explicit_variants {
+                            format!("{}@{s}", v.name)
+                        } else {
+                            format!("seed@{s}")
+                        },
+                        seed: Some(s),
+                        ..v.clone()
+                    })
+                })
+                .collect();
+            explicit_variants = true;
+        }
         if errs.list.is_empty() {
             check_graph(&mut errs, &stages);
         }
@@ -535,6 +565,7 @@ fn parse_variants(errs: &mut Errs, root: &Node) -> (Vec<VariantSpec>, bool) {
         name: "default".into(),
         pos: Pos::default(),
         overrides: vec![],
+        seed: None,
     }];
     let Some(vnode) = root.get("variants") else {
         return (default, false);
@@ -585,13 +616,55 @@ fn parse_variants(errs: &mut Errs, root: &Node) -> (Vec<VariantSpec>, bool) {
                 ),
             ),
         }
+        if key.name.contains('@') {
+            errs.push(
+                key.pos,
+                ErrorKind::BadVariant,
+                format!("variant name `{}`: `@` is kept for seeds", key.name),
+            );
+        }
         out.push(VariantSpec {
             name: key.name.clone(),
             pos: key.pos,
             overrides,
+            seed: None,
         });
     }
     (out, true)
+}
+
+/// `seeds: [1, 2, 3]`: distinct non-negative integers.
+fn parse_seeds(errs: &mut Errs, root: &Node) -> Option<Vec<u64>> {
+    let node = root.get("seeds")?;
+    let Value::Seq(items) = &node.value else {
+        errs.push(
+            node.pos,
+            ErrorKind::WrongType,
+            "`seeds` must be a list of non-negative integers, e.g. [1, 2, 3]",
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    for it in items {
+        match it.value {
+            Value::Int(i) if i >= 0 && !out.contains(&(i as u64)) => out.push(i as u64),
+            Value::Int(i) if i >= 0 => errs.push(
+                it.pos,
+                ErrorKind::WrongType,
+                format!("seed {i} is listed twice"),
+            ),
+            _ => errs.push(
+                it.pos,
+                ErrorKind::WrongType,
+                "a seed is a non-negative integer",
+            ),
+        }
+    }
+    if out.is_empty() {
+        errs.push(node.pos, ErrorKind::WrongType, "`seeds` lists no seed");
+        return None;
+    }
+    Some(out)
 }
 
 /// Unknown dependencies and cycles.

@@ -87,7 +87,6 @@ fn params_hash(p: &serde_json::Value) -> String {
 
 /// Computes every item key. Calls each source's `discover` (cheap by contract).
 pub fn make_plan(resolved: &Resolved, cancel: &CancelToken) -> Result<Plan, String> {
-    let seed = resolved.file.seed;
     let scratch = std::env::temp_dir();
     let mut plans: Vec<NodePlan> = Vec::with_capacity(resolved.nodes.len());
     for node in &resolved.nodes {
@@ -96,6 +95,7 @@ pub fn make_plan(resolved: &Resolved, cancel: &CancelToken) -> Result<Plan, Stri
         hbase.update(node.plugin.as_bytes());
         hbase.update(&node.version.to_le_bytes());
         hbase.update(node.keyed.to_string().as_bytes());
+        let seed = node.seed;
         if node.stage.uses_seed() {
             hbase.update(&seed.to_le_bytes());
         }

@@ -19,6 +19,9 @@ pub struct GraphNode {
     pub version: u32,
     /// Every param with defaults filled in (what the manifest records).
     pub params: serde_json::Value,
+    /// The seed this node runs with: the variant's (with `seeds:`) unless it is a source,
+    /// else the file's.
+    pub seed: u64,
     /// The output-defining params: `params` less the execution-only ones. What the cache
     /// key hashes.
     pub keyed: serde_json::Value,
@@ -257,19 +260,6 @@ pub fn resolve(
             if deps.len() != spec.after.len() {
                 continue; // a dependency failed to build; its error is already reported
             }
-            match shape {
-                Shape::Source if !deps.is_empty() => add(&mut errors, file.error(
-                    spec.pos,
-                    ErrorKind::UnknownDependency,
-                    format!("stage `{}` ({}) finds its own cases and takes no `after`", spec.id, spec.plugin),
-                )),
-                Shape::PerCase | Shape::Gather if !deps.iter().any(|&d| nodes[d].shape != Shape::Gather) => add(&mut errors, file.error(
-                    spec.pos,
-                    ErrorKind::UnknownDependency,
-                    format!("stage `{}` ({}) needs a per-case input: list a stage under `after`", spec.id, spec.plugin),
-                )),
-                _ => {}
-            }
             let dep_kinds: Vec<(&str, Kind, Pos)> = spec
                 .after
                 .iter()
@@ -285,14 +275,32 @@ pub fn resolve(
                     continue;
                 }
             };
+            match shape {
+                Shape::Source if !deps.is_empty() => add(&mut errors, file.error(
+                    spec.pos,
+                    ErrorKind::UnknownDependency,
+                    format!("stage `{}` ({}) finds its own cases and takes no `after`", spec.id, spec.plugin),
+                )),
+                Shape::PerCase | Shape::Gather if !deps.iter().any(|&d| nodes[d].shape != Shape::Gather) => add(&mut errors, file.error(
+                    spec.pos,
+                    ErrorKind::UnknownDependency,
+                    format!("stage `{}` ({}) needs a per-case input: list a stage under `after`", spec.id, spec.plugin),
+                )),
+                _ => {}
+            }
+
             let mut h = blake3::Hasher::new();
             h.update(b"shapeflow-node-v1\0");
             h.update(spec.plugin.as_bytes());
             h.update(&factory.version().to_le_bytes());
             h.update(spec.id.as_bytes());
             h.update(built.keyed.to_string().as_bytes());
+            let seed = match (variant.seed, shape) {
+                (Some(s), Shape::PerCase | Shape::Gather) => s,
+                _ => file.seed,
+            };
             if built.stage.uses_seed() {
-                h.update(&file.seed.to_le_bytes());
+                h.update(&seed.to_le_bytes());
             }
             h.update(built.stage.key_material().as_bytes());
             for &d in &deps {
@@ -305,6 +313,7 @@ pub fn resolve(
                     plugin: spec.plugin.clone(),
                     version: factory.version(),
                     params: built.canonical.clone(),
+                    seed,
                     keyed: built.keyed.clone(),
                     stage: built.stage.clone(),
                     shape,
@@ -417,7 +426,9 @@ fn bind_ports(
             ));
         }
     }
-    if !takes_rest {
+    // An input no port takes is reported only when every port is bound: otherwise the
+    // missing input already says what is wrong.
+    if !takes_rest && errors.is_empty() {
         for (di, (d, k, pos)) in deps.iter().enumerate() {
             if used[di] {
                 continue;

@@ -315,7 +315,7 @@ impl Engine {
         let ctx = StageCtx {
             base_dir: self.resolved.file.base_dir(),
             stage_id: &node.id,
-            seed: self.resolved.file.seed,
+            seed: node.seed,
             scratch: scratch.clone(),
             run_dir: self.run_dir.clone(),
             output_dir: self.output_dir(n),

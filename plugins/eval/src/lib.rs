@@ -387,6 +387,89 @@ fn higher_is_better(metric: &str) -> bool {
     matches!(metric, "dice" | "surface_dice")
 }
 
+/// Variants run over several seeds (`<variant>@<seed>`, from `seeds:`) pooled into one
+/// series per variant, keyed `<case>@<seed>`, so that means, spreads and the paired tests run
+/// over cases and seeds; and, per variant, organ and metric, the per-seed means. `None`
+/// when no variant name carries a seed.
+#[allow(clippy::type_complexity)]
+pub fn pool_seeds(
+    outputs: &[(String, serde_json::Value)],
+) -> Option<(
+    Vec<(String, serde_json::Value)>,
+    BTreeMap<(String, String, String), Vec<(String, f64)>>,
+)> {
+    if !outputs.iter().any(|(v, _)| v.contains('@')) {
+        return None;
+    }
+    let mut pooled: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut per_seed: BTreeMap<(String, String, String), Vec<(String, f64)>> = BTreeMap::new();
+    for (name, doc) in outputs {
+        let (base, seed) = name.split_once('@').unwrap_or((name.as_str(), ""));
+        let at = match pooled.iter().position(|(v, _)| v == base) {
+            Some(i) => i,
+            None => {
+                pooled.push((base.to_string(), serde_json::json!({"per_case": {}})));
+                pooled.len() - 1
+            }
+        };
+        let Some(organs) = doc["per_case"].as_object() else {
+            continue;
+        };
+        for (organ, metrics) in organs {
+            let Some(metrics) = metrics.as_object() else {
+                continue;
+            };
+            for (metric, cases) in metrics {
+                let Some(cases) = cases.as_object() else {
+                    continue;
+                };
+                let finite: Vec<f64> = cases.values().filter_map(|v| v.as_f64()).collect();
+                if !finite.is_empty() {
+                    per_seed
+                        .entry((base.to_string(), organ.clone(), metric.clone()))
+                        .or_default()
+                        .push((
+                            seed.to_string(),
+                            finite.iter().sum::<f64>() / finite.len() as f64,
+                        ));
+                }
+                for (case, v) in cases {
+                    pooled[at].1["per_case"][organ][metric][format!("{case}@{seed}")] = v.clone();
+                }
+            }
+        }
+    }
+    Some((pooled, per_seed))
+}
+
+/// Markdown: per variant, organ and metric, the per-seed means, their range and sd.
+pub fn seed_spread_table(
+    per_seed: &BTreeMap<(String, String, String), Vec<(String, f64)>>,
+) -> String {
+    let mut md = String::from(
+        "| variant | organ | metric | mean per seed | range | sd over seeds |\n|---|---|---|---|---|---|\n",
+    );
+    for ((variant, organ, metric), seeds) in per_seed {
+        let vals: Vec<f64> = seeds.iter().map(|(_, m)| *m).collect();
+        let n = vals.len() as f64;
+        let mean = vals.iter().sum::<f64>() / n;
+        let sd = if vals.len() < 2 {
+            0.0
+        } else {
+            (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        };
+        let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let list: Vec<String> = seeds.iter().map(|(s, m)| format!("{s}: {m:.3}")).collect();
+        let _ = writeln!(
+            md,
+            "| {variant} | {organ} | {metric} | {} | {lo:.3}–{hi:.3} | {sd:.3} |",
+            list.join(", ")
+        );
+    }
+    md
+}
+
 /// The ablation table: for each organ and metric, one column per variant (mean over the cases
 /// every variant could be compared on), the best marked, and the Wilcoxon signed-rank p-value
 /// of the best variant against each other variant, paired by case.
@@ -537,7 +620,25 @@ impl Stage for Report {
             .iter()
             .map(|(v, i)| (v.clone(), i.as_json().cloned().unwrap_or_default()))
             .collect();
-        let (table, json) = compare_variants(&docs);
+        let pooled = pool_seeds(&docs);
+        let (table, mut json) = match &pooled {
+            Some((p, _)) => compare_variants(p),
+            None => compare_variants(&docs),
+        };
+        let seeds_md = match &pooled {
+            Some((_, per_seed)) => {
+                json["per_seed_means"] = serde_json::json!(per_seed
+                    .iter()
+                    .map(|((v, o, m), s)| serde_json::json!({"variant": v, "organ": o, "metric": m, "per_seed": s}))
+                    .collect::<Vec<_>>());
+                format!(
+                    "\n\n## Spread over seeds\n\nEach variant ran once per seed (`seeds:`); above, cases and seeds are pooled (mean ± sd over (case, seed) pairs; Wilcoxon paired by case and seed). Here, each seed's mean over the cases:\n\n{}",
+                    seed_spread_table(per_seed)
+                )
+            }
+            None => String::new(),
+        };
+        let table = format!("{table}{seeds_md}");
         let title = self
             .0
             .title
@@ -792,7 +893,37 @@ mod tests {
 
 #[cfg(test)]
 mod compare_tests {
-    use super::compare_variants;
+    use super::{compare_variants, pool_seeds, seed_spread_table};
+
+    #[test]
+    fn seeds_pool_by_case_and_seed_and_report_their_spread() {
+        let doc = |a: f64, b: f64| serde_json::json!({"per_case": {"organ": {"dice": {"c1": a, "c2": b}}}});
+        let outputs = vec![
+            ("joint@1".to_string(), doc(0.5, 0.7)),
+            ("joint@2".to_string(), doc(0.7, 0.9)),
+            ("dice@1".to_string(), doc(0.6, 0.6)),
+            ("dice@2".to_string(), doc(0.6, 0.6)),
+        ];
+        let (pooled, per_seed) = pool_seeds(&outputs).unwrap();
+        assert_eq!(pooled.len(), 2);
+        assert_eq!(pooled[0].0, "joint");
+        assert_eq!(pooled[0].1["per_case"]["organ"]["dice"]["c2@2"], 0.9);
+        let joint = &per_seed[&("joint".into(), "organ".into(), "dice".into())];
+        assert_eq!(joint, &vec![("1".to_string(), 0.6), ("2".to_string(), 0.8)]);
+        let md = seed_spread_table(&per_seed);
+        assert!(
+            md.contains("| joint | organ | dice | 1: 0.600, 2: 0.800 | 0.600–0.800 | 0.141 |"),
+            "{md}"
+        );
+        // Means over the four (case, seed) pairs: joint 0.7, dice 0.6.
+        let (table, _) = compare_variants(&pooled);
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("| organ | dice"))
+            .unwrap();
+        assert!(row.contains("**0.700"), "{row}");
+        assert!(pool_seeds(&outputs[..0]).is_none());
+    }
 
     #[test]
     fn a_tie_marks_no_variant_best() {

@@ -27,6 +27,13 @@ pub struct EpochRecord {
     pub val_dice: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub val_dice_per_organ: Option<Vec<Option<f64>>>,
+    /// Per organ, the head's output averaged over the organ's reference voxels in the
+    /// validation cases (SDM heads: negative when they find the organ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_inside_mean_per_organ: Option<Vec<Option<f64>>>,
+    /// Per organ, the fraction of its reference voxels the head alone calls organ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_inside_hit_per_organ: Option<Vec<Option<f64>>>,
 }
 
 /// Rewrites `metrics.jsonl` (whole, atomically) in `work_dir` and in `output_dir`.

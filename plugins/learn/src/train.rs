@@ -236,7 +236,33 @@ pub fn validate(
     device: Device,
     bf16: bool,
 ) -> Result<Vec<Option<f64>>, StageError> {
+    Ok(validate_detail(net, cfg, cases, device, bf16)?.dice)
+}
+
+/// Per organ, over the validation cases where it is present (None where none has it).
+#[derive(Debug, Clone, Default)]
+pub struct Validation {
+    /// Mean Dice of the decided organs.
+    pub dice: Vec<Option<f64>>,
+    /// The head's output averaged over the organ's reference voxels (an SDM head should be
+    /// negative there, a probability head above 0.5).
+    pub inside_mean: Vec<Option<f64>>,
+    /// The fraction of the organ's reference voxels where the head alone says "organ"
+    /// (sdm < 0, or p > 0.5), before organs compete for voxels.
+    pub inside_hit: Vec<Option<f64>>,
+}
+
+/// [`validate`] with what the head predicts inside each organ: how an SDM head fails.
+pub fn validate_detail(
+    net: &UNet,
+    cfg: &ModelConfig,
+    cases: &[ValCase],
+    device: Device,
+    bf16: bool,
+) -> Result<Validation, StageError> {
     let k = cfg.organs.len();
+    let head = cfg.mode.head();
+    let mut inside = vec![(0.0f64, 0.0f64, 0usize); k];
     let m = Model {
         config: cfg.clone(),
         weights: Vec::new(),
@@ -254,6 +280,20 @@ pub fn validate(
         })
         .map_err(|e| StageError::msg(format!("validation on {}: {e}", c.id)))?;
         let labels = model::labels_from_outputs(cfg.mode, &out, 0.0);
+        for (o, acc) in inside.iter_mut().enumerate() {
+            if !c.present.get(o).copied().unwrap_or(false) {
+                continue;
+            }
+            let want = (o + 1) as u8;
+            for (&v, _) in out[o].iter().zip(&c.labels).filter(|(_, &r)| r == want) {
+                acc.0 += v as f64;
+                acc.1 += match head {
+                    crate::losses::Head::Sdm => (v < 0.0) as u8 as f64,
+                    crate::losses::Head::Probability => (v > 0.5) as u8 as f64,
+                };
+                acc.2 += 1;
+            }
+        }
         for (o, s) in sums.iter_mut().enumerate() {
             if !c.present.get(o).copied().unwrap_or(false) {
                 continue;
@@ -275,10 +315,20 @@ pub fn validate(
             s.1 += 1;
         }
     }
-    Ok(sums
-        .iter()
-        .map(|&(s, n)| (n > 0).then(|| s / n as f64))
-        .collect())
+    Ok(Validation {
+        dice: sums
+            .iter()
+            .map(|&(s, n)| (n > 0).then(|| s / n as f64))
+            .collect(),
+        inside_mean: inside
+            .iter()
+            .map(|&(s, _, n)| (n > 0).then(|| s / n as f64))
+            .collect(),
+        inside_hit: inside
+            .iter()
+            .map(|&(_, h, n)| (n > 0).then(|| h / n as f64))
+            .collect(),
+    })
 }
 
 /// The initial network of a training: seeded weights, and for a Dice head the output bias
@@ -406,11 +456,12 @@ pub fn train(
         let last = epoch + 1 == cfg.epochs;
         let validate_now =
             !val.is_empty() && cfg.val_every > 0 && ((epoch + 1) % cfg.val_every == 0 || last);
-        let per_organ = if validate_now {
-            Some(validate(&net, &mcfg, &val, device, cfg.bf16)?)
+        let detail = if validate_now {
+            Some(validate_detail(&net, &mcfg, &val, device, cfg.bf16)?)
         } else {
             None
         };
+        let per_organ = detail.as_ref().map(|d| d.dice.clone());
         let rec = EpochRecord {
             epoch: epoch + 1,
             step: adam.step,
@@ -423,6 +474,8 @@ pub fn train(
                 (!d.is_empty()).then(|| d.iter().sum::<f64>() / d.len() as f64)
             }),
             val_dice_per_organ: per_organ,
+            val_inside_mean_per_organ: detail.as_ref().map(|d| d.inside_mean.clone()),
+            val_inside_hit_per_organ: detail.map(|d| d.inside_hit),
         };
         if let Some(d) = rec.val_dice {
             tracing::info!(
@@ -474,7 +527,7 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shapeflow_core::VoxelData;
+    use shapeflow_core::{CaseData, VoxelData};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn setup() -> (Vec<TrainCase>, Vec<ValCase>, Norm, [f64; 3]) {
@@ -529,6 +582,104 @@ mod tests {
             workers: 1,
             ..Default::default()
         }
+    }
+
+    /// Two organs of very different size (a ball of radius 9 voxels and one of radius 2) in
+    /// a 48^3 volume, patches of 16^3: case, validation case, and its SDMs either with the
+    /// paper's global normalisation or band-limited (`band_mm`).
+    fn two_organs(band_mm: Option<f64>) -> (Vec<TrainCase>, Vec<ValCase>) {
+        use shapeflow_core::Volume;
+        let n = 48usize;
+        let mut rng = crate::augment::Rng::new(11);
+        let mut image = vec![0f32; n * n * n];
+        let mut labels = vec![0u8; n * n * n];
+        for z in 0..n {
+            for y in 0..n {
+                for x in 0..n {
+                    let i = x + n * (y + n * z);
+                    let d2 = |c: [f64; 3]| {
+                        (x as f64 - c[0]).powi(2)
+                            + (y as f64 - c[1]).powi(2)
+                            + (z as f64 - c[2]).powi(2)
+                    };
+                    if d2([16.0, 20.0, 24.0]) <= 81.0 {
+                        labels[i] = 1;
+                        image[i] = 1.0;
+                    } else if d2([36.0, 30.0, 22.0]) <= 4.0 {
+                        labels[i] = 2;
+                        image[i] = -1.0;
+                    }
+                    image[i] += 0.1 * rng.normal() as f32;
+                }
+            }
+        }
+        let spacing = [2.0; 3];
+        let c = CaseData {
+            image: Some(Arc::new(
+                Volume::new([n; 3], spacing, VoxelData::F32(image)).unwrap(),
+            )),
+            labels: Some(Arc::new(
+                Volume::new([n; 3], spacing, VoxelData::U8(labels.clone())).unwrap(),
+            )),
+            organs: vec!["big".into(), "small".into()],
+            present: vec![true, true],
+            original: None,
+            notes: Default::default(),
+        };
+        let s = match band_mm {
+            None => crate::testutil::sdms(&c),
+            Some(b) => {
+                let mut s = shapeflow_sdm::case_sdms(&c, false).unwrap();
+                shapeflow_sdm::band_limit(&mut s, b);
+                s
+            }
+        };
+        let val = ValCase {
+            id: "two".into(),
+            image: c.image.as_ref().unwrap().to_f32(),
+            dims: [n; 3],
+            labels,
+            present: vec![true, true],
+        };
+        (vec![TrainCase::new("two", &c, &s).unwrap()], vec![val])
+    }
+
+    /// Issue 14: with many organs, the paper's joint head (maps normalised by the largest
+    /// distance in the volume, Heaviside sharpness k = 1500) learns neither organ: outside
+    /// an organ its target is tiny, and sigmoid(-1500 sdm) has gradient only within a
+    /// fraction of a voxel of the surface. Band-limited maps (20 mm) with k = 50 learn both.
+    #[test]
+    fn joint_head_learns_two_organs_of_different_size_with_band_limited_maps() {
+        let run = |band: Option<f64>, k: f64| -> Vec<Option<f64>> {
+            let (cases, val) = two_organs(band);
+            let dir = tempfile::tempdir().unwrap();
+            let cancel = CancelToken::default();
+            let s = Session {
+                seed: 5,
+                work_dir: &dir.path().join("work"),
+                output_dir: None,
+                scratch: dir.path(),
+                cancel: &cancel,
+                bar: shapeflow_core::indicatif::ProgressBar::hidden(),
+                on_epoch: None,
+            };
+            let mut cfg = config(12);
+            cfg.k = k;
+            cfg.val_every = 12;
+            let t = train(&cfg, cases, val, Norm::None, [2.0; 3], &s).unwrap();
+            t.history
+                .last()
+                .unwrap()
+                .val_dice_per_organ
+                .clone()
+                .unwrap()
+        };
+        let band = run(Some(20.0), 50.0);
+        eprintln!("band-limited, k 50: Dice per organ {band:?}");
+        assert!(
+            band.iter().all(|d| d.unwrap_or(0.0) > 0.5),
+            "both organs learned: {band:?}"
+        );
     }
 
     /// A small UNet learns a real signal: on one phantom case, with the paper's joint loss,

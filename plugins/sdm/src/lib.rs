@@ -71,7 +71,9 @@ pub struct SdmParams {
     /// Band-limited maps (null: off, the paper's global normalisation): outside distances
     /// clipped at this many mm and divided by it, inside divided by the organ's largest
     /// inside distance, so every organ's map is in [-1, 1] with the same outside scale
-    /// whatever the volume's size. Needs `normalize: true`.
+    /// whatever the volume's size; the zero level is the surface between voxel centres (half
+    /// a voxel outside the organ's voxels), so `sdm < 0` is exactly the organ. Needs
+    /// `normalize: true`.
     pub band_mm: Option<f64>,
     /// Cache storage: i16 with a per-map scale, delta-coded in byte planes (error below 1/32766
     /// of the largest distance; about 10x smaller than f32 after zstd), or f32.
@@ -91,23 +93,28 @@ impl Default for SdmParams {
 struct EdtSdm(SdmParams);
 
 /// The SDMs of every organ of `case` (absent organs: `None`).
-/// Turns millimetre maps into band-limited normalised maps: outside `min(d, band) / band`,
-/// inside `d / (largest inside distance)`; +inf (annotated, empty) becomes 1, -inf (the
-/// organ fills the volume) -1.
+/// Turns millimetre maps into band-limited normalised maps whose zero level is the organ's
+/// surface between voxel centres: with `h` half the smallest spacing, outside voxels map to
+/// `min(d - h, band) / band` (so the first outside layer is already positive) and organ
+/// voxels, boundary ones included, to `(d - h) / (largest inside distance + h)` (so every
+/// organ voxel is negative and `sdm < 0` gives back exactly the organ). +inf (annotated,
+/// empty) becomes 1, -inf (the organ fills the volume) -1.
 pub fn band_limit(s: &mut SdmSet, band_mm: f64) {
     for m in s.maps.iter_mut().flatten() {
+        let h = 0.5 * m.spacing.iter().copied().fold(f64::INFINITY, f64::min) as f32;
         let mut v = m.to_f32();
         let inner = v
             .iter()
-            .filter(|x| x.is_finite() && **x < 0.0)
-            .fold(0f32, |a, &x| a.max(-x));
+            .filter(|x| x.is_finite() && **x <= 0.0)
+            .fold(0f32, |a, &x| a.max(-x))
+            + h;
         for x in v.iter_mut() {
-            *x = if *x >= 0.0 {
-                (*x as f64 / band_mm).min(1.0) as f32
-            } else if inner > 0.0 && x.is_finite() {
-                *x / inner
+            *x = if x.is_infinite() {
+                x.signum()
+            } else if *x > 0.0 {
+                ((*x - h) as f64 / band_mm).min(1.0) as f32
             } else {
-                -1.0
+                (*x - h) / inner
             };
         }
         *m = m.with_data(VoxelData::F32(v)).unwrap_or_else(|_| m.clone());
@@ -240,25 +247,33 @@ mod tests {
     #[test]
     fn band_limited_maps_by_hand() {
         // The box of `case()` is 7 x 4 x 4 voxels of 0.8 x 0.8 x 2 mm: its largest inside
-        // distance is 1.6 mm (two voxels in y from the centre rows to outside).
+        // distance is 1.6 mm (two voxels in y from the centre rows to outside); h = 0.4 mm.
         let mut s = case_sdms(&case(), false).unwrap();
         let mm = s.maps[0].as_ref().unwrap().to_f32();
         band_limit(&mut s, 2.0);
         let b = s.maps[0].as_ref().unwrap().to_f32();
         let inner = mm.iter().fold(0f32, |a, &x| a.max(-x));
         assert!((inner - 1.6).abs() < 1e-5, "{inner}");
-        for (m, v) in mm.iter().zip(&b) {
-            let want = if *m >= 0.0 {
-                (m / 2.0).min(1.0)
+        let labels = case().labels.unwrap();
+        let VoxelData::U8(l) = &labels.data else {
+            unreachable!()
+        };
+        for ((m, v), &lab) in mm.iter().zip(&b).zip(l) {
+            let want = if *m > 0.0 {
+                ((m - 0.4) / 2.0).min(1.0)
             } else {
-                m / inner
+                (m - 0.4) / 2.0
             };
             assert!((v - want).abs() < 1e-6, "{m} mm -> {v}, want {want}");
+            // The zero level is the surface between voxel centres: sdm < 0 is the organ.
+            assert_eq!(*v < 0.0, lab == 1, "{m} mm -> {v}");
         }
-        // One voxel (0.8 mm) outside along x is 0.4; beyond the band, 1.
+        // One voxel (0.8 mm) outside along x: (0.8 - 0.4) / 2 = 0.2; beyond the band, 1.
         let at = |x: usize, y: usize, z: usize| b[x + 12 * (y + 10 * z)];
-        assert!((at(9, 4, 3) - 0.4).abs() < 1e-6);
+        assert!((at(9, 4, 3) - 0.2).abs() < 1e-6);
         assert_eq!(at(0, 0, 7), 1.0);
+        // A boundary voxel (0 mm in the paper's map) is half a voxel inside: -0.4 / 2.0.
+        assert!((at(8, 4, 3) + 0.2).abs() < 1e-6);
         assert!(s.maps[1]
             .as_ref()
             .unwrap()
