@@ -19,7 +19,12 @@ fn pipelines_dir() -> std::path::PathBuf {
 #[test]
 fn every_ready_pipeline_validates() {
     let d = tempfile::tempdir().unwrap();
-    for f in ["demo.yaml", "hn2015.yaml", "hippocampus.yaml"] {
+    for f in [
+        "demo.yaml",
+        "hn2015.yaml",
+        "hippocampus.yaml",
+        "openkbp.yaml",
+    ] {
         let p = pipelines_dir().join(f);
         let out = run_child(d.path(), &["validate", p.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0), "{f}: {}", text(&out));

@@ -1,5 +1,8 @@
 //! Exact Euclidean distance transforms with anisotropic spacing, and signed distance maps.
 //!
+//! This crate knows nothing of volumes, files, pipelines or the cache: a flat `u8` label
+//! array with its dims and spacing in, distances out (its one dependency is rayon).
+//!
 //! Separable and exact: pass 1 along x (two sweeps on the binary input), then passes along
 //! y and z that take, for every voxel, the minimum over the line of `f(p) + (s (q - p))^2`.
 //! That minimum is computed one of two ways, both exact: Felzenszwalb & Huttenlocher's lower

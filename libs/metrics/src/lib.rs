@@ -1,5 +1,8 @@
 //! Segmentation metrics in millimetres: Dice, HD95, ASSD, surface Dice, volumes.
 //!
+//! This crate knows nothing of volumes' geometry beyond spacing, nor of files, pipelines or
+//! the cache: two label arrays and a spacing in, numbers out.
+//!
 //! Surface distances come from exact distance transforms (`shapeflow-edt`), never from
 //! pairwise point search, computed on the bounding box of both masks grown by one voxel:
 //! every feature lies in that box, so the distances are exact, and small organs in large

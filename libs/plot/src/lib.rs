@@ -1,5 +1,7 @@
 //! What every figure shares: plotters with an embedded font, registered once, so that PNGs
 //! render the same on machines without system fonts.
+//!
+//! This crate knows nothing of metrics, training or pipelines: callers bring the numbers.
 
 pub use plotters;
 use plotters::style::FontStyle;

@@ -13,9 +13,9 @@ pub mod model;
 mod plot;
 pub mod sampler;
 pub mod stages;
+pub mod tiling;
 pub mod train;
 pub mod unet;
-pub mod window;
 
 #[cfg(test)]
 mod testutil;

@@ -27,8 +27,8 @@ impl Head {
     /// Organ labels (1..K, 0 background) from per-organ maps of this head's values.
     pub fn decode(self, out: &[Vec<f32>], sdm_level: f32) -> Vec<u8> {
         match self {
-            Head::Probability => crate::window::labels_from_probabilities(out, 0.5),
-            Head::Sdm => crate::window::labels_from_sdms(out, sdm_level),
+            Head::Probability => crate::tiling::labels_from_probabilities(out, 0.5),
+            Head::Sdm => crate::tiling::labels_from_sdms(out, sdm_level),
         }
     }
 
@@ -72,13 +72,21 @@ pub enum Mode {
     /// Tanh SDM; Dice of sigmoid(-k sdm) + lambda (L1 + product).
     #[default]
     Joint,
+    /// As `sdm`, with each organ's inside and outside weighted equally (see
+    /// [`balanced_sdm_terms`]): the voxel mean lets the far field, most of every patch,
+    /// drown the organs.
+    #[serde(rename = "sdm-balanced")]
+    SdmBalanced,
+    /// As `joint`, with the balanced SDM terms.
+    #[serde(rename = "joint-balanced")]
+    JointBalanced,
 }
 
 impl Mode {
     pub fn head(self) -> Head {
         match self {
             Mode::Dice => Head::Probability,
-            Mode::Sdm | Mode::Joint => Head::Sdm,
+            Mode::Sdm | Mode::Joint | Mode::SdmBalanced | Mode::JointBalanced => Head::Sdm,
         }
     }
 
@@ -89,6 +97,11 @@ impl Mode {
             Mode::Dice => dice_loss(out, &t.seg, &t.present),
             Mode::Sdm => sdm_loss(out, &t.sdm, &t.present),
             Mode::Joint => joint_loss(out, &t.sdm, &t.seg, &t.present, k, lambda),
+            Mode::SdmBalanced => balanced_sdm_terms(out, &t.sdm, &t.present),
+            Mode::JointBalanced => {
+                dice_loss(&(out * -k).sigmoid(), &t.seg, &t.present)
+                    + balanced_sdm_terms(out, &t.sdm, &t.present) * lambda
+            }
         }
     }
 }
@@ -140,6 +153,33 @@ pub fn product_loss(pred: &Tensor, target: &Tensor, present: &Tensor) -> Tensor 
     let yp = pred * target;
     let term = -(&yp) / (&yp + pred.square() + target.square() + EPS);
     (term * m).sum(pred.kind()) / (n * voxels)
+}
+
+/// L1 + product terms with each organ's inside (target < 0) and outside weighted equally:
+/// per organ, over the batch's cases where it is present, half the mean over its inside
+/// voxels plus half the mean over its outside voxels (all the weight outside when the
+/// batch holds none of it), averaged over the organs present in the batch. The paper's voxel
+/// mean gives an organ's inside the weight of its voxel count, a few hundredths of a patch
+/// for most head-and-neck organs, so predicting "outside" everywhere is nearly optimal.
+pub fn balanced_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
+    let (m, _) = mask(present, pred);
+    let dims: &[i64] = &[0, 2, 3, 4];
+    let kind = pred.kind();
+    let yp = pred * target;
+    let term = (pred - target).abs() - &yp / (&yp + pred.square() + target.square() + EPS);
+    let inside = target.lt(0.0).to_kind(kind) * &m;
+    let outside = target.ge(0.0).to_kind(kind) * &m;
+    let n_in = inside.sum_dim_intlist(dims, false, kind);
+    let n_out = outside.sum_dim_intlist(dims, false, kind);
+    let mean_in = (&term * &inside).sum_dim_intlist(dims, false, kind) / n_in.clamp_min(1.0);
+    let mean_out = (&term * &outside).sum_dim_intlist(dims, false, kind) / n_out.clamp_min(1.0);
+    let has_in = n_in.gt(0.0).to_kind(kind);
+    let per_organ = &mean_in * &has_in * 0.5 + &mean_out * (-&has_in * 0.5 + 1.0);
+    let organ_present = present
+        .to_kind(kind)
+        .sum_dim_intlist([0i64].as_slice(), false, kind)
+        .clamp_max(1.0);
+    (per_organ * &organ_present).sum(kind) / organ_present.sum(kind).clamp_min(1.0)
 }
 
 /// The joint loss: Dice of the smooth Heaviside sigmoid(-k p) against the segmentation,
@@ -232,6 +272,48 @@ mod tests {
             "{}",
             value(&product_loss(&p, &y, &present))
         );
+    }
+
+    #[test]
+    fn balanced_terms_by_hand() {
+        // One organ, 4 voxels, one inside: p = (-0.5, 0.5, 0.2, 0.0), y = (-0.5, 0.5, 0.4, 0.1).
+        let p = t(&[-0.5, 0.5, 0.2, 0.0], &[1, 1, 1, 2, 2]);
+        let y = t(&[-0.5, 0.5, 0.4, 0.1], &[1, 1, 1, 2, 2]);
+        let present = t(&[1.0], &[1, 1]);
+        // L1 + product per voxel: inside 0 - 1/3 ... each term is -(yp)/(yp + p^2 + y^2).
+        let term = |p: f64, y: f64| (p - y).abs() - (y * p) / (y * p + p * p + y * y + 1e-6);
+        let want =
+            0.5 * term(-0.5, -0.5) + 0.5 * (term(0.5, 0.5) + term(0.2, 0.4) + term(0.0, 0.1)) / 3.0;
+        let got = value(&balanced_sdm_terms(&p, &y, &present));
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // No inside voxel in the batch: the outside mean alone.
+        let y_out = t(&[0.5, 0.5, 0.4, 0.1], &[1, 1, 1, 2, 2]);
+        let want = (term(-0.5, 0.5) + term(0.5, 0.5) + term(0.2, 0.4) + term(0.0, 0.1)) / 4.0;
+        assert!((value(&balanced_sdm_terms(&p, &y_out, &present)) - want).abs() < 1e-6);
+        // An absent organ adds nothing.
+        let absent = t(&[0.0], &[1, 1]);
+        assert!(value(&balanced_sdm_terms(&p, &y, &absent)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn balanced_terms_gradients_match_finite_differences() {
+        let y = t(&[-0.5, 0.5, 0.4, 0.1, -0.2, 0.9], &[1, 1, 1, 2, 3]);
+        let present = t(&[1.0], &[1, 1]);
+        let p0 = [-0.3, 0.6, 0.1, 0.05, 0.2, 0.7];
+        let p = t(&p0, &[1, 1, 1, 2, 3]).set_requires_grad(true);
+        balanced_sdm_terms(&p, &y, &present).backward();
+        let g = p.grad().view([-1]);
+        for i in 0..p0.len() {
+            let h = 1e-6;
+            let at = |d: f64| {
+                let mut q = p0;
+                q[i] += d;
+                value(&balanced_sdm_terms(&t(&q, &[1, 1, 1, 2, 3]), &y, &present))
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            let an = g.double_value(&[i as i64]);
+            assert!((fd - an).abs() < 1e-5, "voxel {i}: {an} vs {fd}");
+        }
     }
 
     #[test]

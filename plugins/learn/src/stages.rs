@@ -3,8 +3,8 @@
 use crate::augment::{AugmentConfig, TrainCase};
 use crate::model::{self, Model, Norm};
 use crate::sampler::{self, Augment, SamplerData};
+use crate::tiling::{keep_largest_components, sliding_window, WindowConfig};
 use crate::train::{self, Session, TrainConfig, ValCase};
-use crate::window::{keep_largest_components, sliding_window, WindowConfig};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{

@@ -9,8 +9,8 @@ use crate::fit::{self, Mode};
 use crate::history;
 pub use crate::history::EpochRecord;
 use crate::model::{self, Model, ModelConfig, Norm};
+use crate::tiling::{sliding_window, WindowConfig};
 use crate::unet::{UNet, UNetConfig};
-use crate::window::{sliding_window, WindowConfig};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{CancelToken, StageError};
 use std::path::Path;
@@ -53,7 +53,8 @@ pub struct TrainConfig {
     pub cases: Option<String>,
     /// Input holding the SDMs (default: the second input).
     pub sdms: Option<String>,
-    /// Head and loss (the paper's ablation).
+    /// Head and loss: dice, sdm, joint (the paper's ablation); sdm-balanced, joint-balanced
+    /// (each organ's inside and outside weighted equally in the SDM terms).
     pub mode: Mode,
     /// Training epochs (the paper: 200 hippocampus, 600 head and neck).
     pub epochs: usize,

@@ -1,7 +1,7 @@
-//! Sliding-window inference over whole volumes, and turning predicted maps into organs.
+//! Tiling: sliding-window inference over whole volumes, and turning predicted maps into organs.
 //!
 //! The model is any function from a batch of image patches to per-channel output patches,
-//! so this crate does not depend on the deep-learning runtime: the `infer` stage wraps its
+//! so this module does not depend on the deep-learning runtime: the `infer` stage wraps its
 //! network in such a function. Patches tile the volume with a configured overlap; each
 //! patch's output is weighted by a Gaussian centred on the patch (the centre of a patch is
 //! predicted with more context than its border), and overlapping outputs are blended by
