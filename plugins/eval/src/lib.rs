@@ -387,22 +387,21 @@ fn higher_is_better(metric: &str) -> bool {
     matches!(metric, "dice" | "surface_dice")
 }
 
+/// Per (variant, organ, metric), each seed's mean over the cases: (seed, mean).
+pub type SeedMeans = BTreeMap<(String, String, String), Vec<(String, f64)>>;
+
 /// Variants run over several seeds (`<variant>@<seed>`, from `seeds:`) pooled into one
 /// series per variant, keyed `<case>@<seed>`, so that means, spreads and the paired tests run
 /// over cases and seeds; and, per variant, organ and metric, the per-seed means. `None`
 /// when no variant name carries a seed.
-#[allow(clippy::type_complexity)]
 pub fn pool_seeds(
     outputs: &[(String, serde_json::Value)],
-) -> Option<(
-    Vec<(String, serde_json::Value)>,
-    BTreeMap<(String, String, String), Vec<(String, f64)>>,
-)> {
+) -> Option<(Vec<(String, serde_json::Value)>, SeedMeans)> {
     if !outputs.iter().any(|(v, _)| v.contains('@')) {
         return None;
     }
     let mut pooled: Vec<(String, serde_json::Value)> = Vec::new();
-    let mut per_seed: BTreeMap<(String, String, String), Vec<(String, f64)>> = BTreeMap::new();
+    let mut per_seed: SeedMeans = BTreeMap::new();
     for (name, doc) in outputs {
         let (base, seed) = name.split_once('@').unwrap_or((name.as_str(), ""));
         let at = match pooled.iter().position(|(v, _)| v == base) {
@@ -443,9 +442,7 @@ pub fn pool_seeds(
 }
 
 /// Markdown: per variant, organ and metric, the per-seed means, their range and sd.
-pub fn seed_spread_table(
-    per_seed: &BTreeMap<(String, String, String), Vec<(String, f64)>>,
-) -> String {
+pub fn seed_spread_table(per_seed: &SeedMeans) -> String {
     let mut md = String::from(
         "| variant | organ | metric | mean per seed | range | sd over seeds |\n|---|---|---|---|---|---|\n",
     );
