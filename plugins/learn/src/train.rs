@@ -646,12 +646,13 @@ mod tests {
     }
 
     /// Issue 14: with many organs, the paper's joint head (maps normalised by the largest
-    /// distance in the volume, Heaviside sharpness k = 1500) learns neither organ: outside
-    /// an organ its target is tiny, and sigmoid(-1500 sdm) has gradient only within a
-    /// fraction of a voxel of the surface. Band-limited maps (20 mm) with k = 50 learn both.
+    /// distance in the volume, Heaviside sharpness k = 1500) learns neither organ well
+    /// (0.34 / 0.29 here): outside an organ its target is tiny, and sigmoid(-1500 sdm) has
+    /// gradient only within a fraction of a voxel of the surface. Band-limited maps (20 mm),
+    /// k = 50 and balanced SDM terms learn both (0.89 / 0.86 here).
     #[test]
-    fn joint_head_learns_two_organs_of_different_size_with_band_limited_maps() {
-        let run = |band: Option<f64>, k: f64| -> Vec<Option<f64>> {
+    fn joint_head_learns_two_organs_of_different_size_with_band_limited_balanced_terms() {
+        let run = |band: Option<f64>, k: f64, mode: Mode| -> Vec<Option<f64>> {
             let (cases, val) = two_organs(band);
             let dir = tempfile::tempdir().unwrap();
             let cancel = CancelToken::default();
@@ -666,6 +667,7 @@ mod tests {
             };
             let mut cfg = config(12);
             cfg.k = k;
+            cfg.mode = mode;
             cfg.val_every = 12;
             let t = train(&cfg, cases, val, Norm::None, [2.0; 3], &s).unwrap();
             t.history
@@ -675,8 +677,8 @@ mod tests {
                 .clone()
                 .unwrap()
         };
-        let band = run(Some(20.0), 50.0);
-        eprintln!("band-limited, k 50: Dice per organ {band:?}");
+        let band = run(Some(20.0), 50.0, Mode::JointBalanced);
+        eprintln!("band-limited, k 50, balanced: Dice per organ {band:?}");
         assert!(
             band.iter().all(|d| d.unwrap_or(0.0) > 0.5),
             "both organs learned: {band:?}"
