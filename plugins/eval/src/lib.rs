@@ -1,8 +1,10 @@
 //! The `eval` family: `evaluate` (per case) and `report` (per dataset).
 
 pub mod figures;
+pub mod records;
 pub mod stats;
 
+use records::{CaseRecord, OrganRecord, CSV_COLUMNS, METRICS};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, Shape, Stage,
@@ -134,12 +136,12 @@ fn label_of(case: &CaseData, organ: &str) -> Option<u8> {
         .then_some((k + 1) as u8)
 }
 
-/// Metrics of every reference organ of one case (JSON: organ -> metrics or "absent").
+/// Metrics of every reference organ of one case.
 pub fn evaluate_case(
     reference: &CaseData,
     prediction: &CaseData,
     p: &EvalParams,
-) -> Result<serde_json::Value, StageError> {
+) -> Result<CaseRecord, StageError> {
     let rl = reference
         .labels
         .as_ref()
@@ -157,22 +159,19 @@ pub fn evaluate_case(
     let (VoxelData::U8(rv), VoxelData::U8(pv)) = (&rl.data, &pl.data) else {
         return Err(StageError::msg("label maps must be u8"));
     };
-    let mut out = serde_json::Map::new();
+    let mut out = BTreeMap::new();
     let mut pairs = Vec::new();
     let mut names = Vec::new();
     for organ in &reference.organs {
         let pred_name = p.organs.get(organ).unwrap_or(organ);
         let Some(lr) = label_of(reference, organ) else {
-            out.insert(organ.clone(), serde_json::json!({"outcome": "absent"}));
+            out.insert(organ.clone(), OrganRecord::absent("absent"));
             continue;
         };
         // An organ the prediction does not have (a second rater who did not annotate it)
         // cannot be compared; a model's empty prediction is present and empty instead.
         let Some(lp) = label_of(prediction, pred_name) else {
-            out.insert(
-                organ.clone(),
-                serde_json::json!({"outcome": "absent-in-prediction"}),
-            );
+            out.insert(organ.clone(), OrganRecord::absent("absent-in-prediction"));
             continue;
         };
         pairs.push((lr, lp));
@@ -187,13 +186,18 @@ pub fn evaluate_case(
         .into_iter()
         .zip(label_metrics(rv, pv, rl.dims, rl.spacing, &pairs, opts))
     {
-        out.insert(organ, serde_json::to_value(&m).unwrap_or_default());
+        out.insert(organ, OrganRecord::measured(&m));
     }
+    let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
     let convention = match p.surface {
-        Surface::BoundaryVoxels => serde_json::to_value(p.convention).unwrap_or_default(),
-        Surface::SurfaceElements => serde_json::json!("surface-distance"),
+        Surface::BoundaryVoxels => name(serde_json::to_value(p.convention).unwrap_or_default()),
+        Surface::SurfaceElements => "surface-distance".into(),
     };
-    Ok(serde_json::json!({"convention": convention, "surface": p.surface, "organs": out}))
+    Ok(CaseRecord {
+        convention,
+        surface: name(serde_json::to_value(p.surface).unwrap_or_default()),
+        organs: out,
+    })
 }
 
 impl Stage for Evaluate {
@@ -221,7 +225,7 @@ impl Stage for Evaluate {
         let p = inputs.case("prediction")?;
         let v = evaluate_case(&r, &p, &self.0)
             .map_err(|e| StageError::msg(format!("case {}: {e}", case.id)))?;
-        Ok(Item::Json(v))
+        Ok(Item::Json(v.to_json()))
     }
 }
 
@@ -252,15 +256,6 @@ impl Default for ReportParams {
 
 struct Report(ReportParams);
 
-const METRICS: [&str; 6] = [
-    "dice",
-    "hd95",
-    "assd",
-    "hd",
-    "surface_dice",
-    "volume_difference",
-];
-
 /// n, mean, sd (sample), median, q1, q3 of finite values.
 fn describe(v: &[f64]) -> serde_json::Value {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -279,14 +274,13 @@ fn describe(v: &[f64]) -> serde_json::Value {
     serde_json::json!({"n": n, "mean": mean, "sd": sd, "median": q(50.0), "q1": q(25.0), "q3": q(75.0), "n_infinite": v.len() - n})
 }
 
-fn fmt_num(v: &serde_json::Value) -> String {
-    match v.as_f64() {
+/// A CSV cell: 4 decimals, `inf` for an infinite distance or a metric an absent organ lacks
+/// (as `metrics.csv` always wrote them).
+fn fmt_metric(v: Option<f64>) -> String {
+    match v {
         Some(x) if x.is_finite() => format!("{x:.4}"),
         Some(x) => format!("{x}"),
-        None => v
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| "inf".into()),
+        None => "inf".into(),
     }
 }
 
@@ -328,12 +322,7 @@ impl Report {
             .enumerate()
             .filter_map(|(i, (_, inputs))| {
                 let j = inputs.port_opt("metrics")?.as_json()?;
-                let d: Vec<f64> = j["organs"]
-                    .as_object()?
-                    .values()
-                    .filter_map(|m| m["dice"].as_f64())
-                    .collect();
-                (!d.is_empty()).then(|| (d.iter().sum::<f64>() / d.len() as f64, i))
+                Some((CaseRecord::from_json(j).ok()?.mean_dice()?, i))
             })
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -726,44 +715,29 @@ impl Stage for Report {
         let mut outcomes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         let mut header = serde_json::Value::Null;
         for (case, inputs) in cases {
-            let j = inputs
-                .iter()
-                .find_map(|(_, i)| i.as_json())
-                .ok_or_else(|| {
-                    StageError::msg("report reads the output of `evaluate`: list it under `after`")
-                })?;
-            header = serde_json::json!({"convention": j["convention"], "surface": j["surface"]});
-            let Some(organs) = j["organs"].as_object() else {
-                continue;
-            };
-            for (organ, m) in organs {
-                let outcome = m["outcome"].as_str().unwrap_or("?").to_string();
+            let j = inputs.port("metrics")?.as_json().ok_or_else(|| {
+                StageError::msg("report reads the output of `evaluate`: list it under `after`")
+            })?;
+            let rec = CaseRecord::from_json(j)
+                .map_err(|e| StageError::msg(format!("case {}: {e}", case.id)))?;
+            header = serde_json::json!({"convention": rec.convention, "surface": rec.surface});
+            for (organ, m) in &rec.organs {
+                let outcome = m.outcome.clone();
                 *outcomes
                     .entry(organ.clone())
                     .or_default()
                     .entry(outcome.clone())
                     .or_default() += 1;
-                let cell = |k: &str| fmt_num(&m[k]);
-                let _ = writeln!(
-                    csv,
-                    "{},{},{},{},{},{},{},{},{},{},{}",
-                    case.id,
-                    organ,
-                    outcome,
-                    cell("dice"),
-                    cell("hd95"),
-                    cell("assd"),
-                    cell("hd"),
-                    cell("surface_dice"),
-                    cell("reference_mm3"),
-                    cell("prediction_mm3"),
-                    cell("volume_difference")
-                );
-                if outcome.starts_with("absent") {
+                let cells: Vec<String> = CSV_COLUMNS
+                    .iter()
+                    .map(|k| fmt_metric(m.metric(k)))
+                    .collect();
+                let _ = writeln!(csv, "{},{},{},{}", case.id, organ, outcome, cells.join(","));
+                if !m.is_measured() {
                     continue;
                 }
                 for k in METRICS {
-                    let v = m[k].as_f64().unwrap_or(f64::INFINITY);
+                    let v = m.metric(k).unwrap_or(f64::INFINITY);
                     per_organ
                         .entry(organ.clone())
                         .or_default()
