@@ -311,9 +311,47 @@ fn draw_text(
         .map_err(err)
 }
 
+/// The cases a report draws: the best, median and worst by mean Dice (each once, however
+/// few cases there are), as (label, case index, mean Dice). Cases without a value are
+/// skipped.
+pub fn pick_cases(mean_dice: &[Option<f64>]) -> Vec<(&'static str, usize, f64)> {
+    let mut ranked: Vec<(f64, usize)> = mean_dice
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.map(|d| (d, i)))
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    if ranked.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<(&'static str, usize, f64)> = Vec::new();
+    for (what, r) in [
+        ("best", 0),
+        ("median", ranked.len() / 2),
+        ("worst", ranked.len() - 1),
+    ] {
+        let (dice, i) = ranked[r];
+        if !out.iter().any(|(_, j, _)| *j == i) {
+            out.push((what, i, dice));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_median_worst_each_once() {
+        let picks = pick_cases(&[Some(0.5), None, Some(0.9), Some(0.1), Some(0.7)]);
+        assert_eq!(
+            picks,
+            vec![("best", 2, 0.9), ("median", 0, 0.5), ("worst", 3, 0.1)]
+        );
+        assert_eq!(pick_cases(&[Some(0.3)]), vec![("best", 0, 0.3)]);
+        assert!(pick_cases(&[None]).is_empty());
+    }
 
     fn case(labels: Vec<u8>) -> CaseData {
         let v = Volume::new([6, 5, 4], [1.0, 1.0, 2.0], VoxelData::U8(labels)).unwrap();

@@ -317,30 +317,14 @@ impl Report {
             return Ok(md);
         }
         // Mean Dice per case over its compared organs.
-        let mut ranked: Vec<(f64, usize)> = cases
+        let mean_dice: Vec<Option<f64>> = cases
             .iter()
-            .enumerate()
-            .filter_map(|(i, (_, inputs))| {
+            .map(|(_, inputs)| {
                 let j = inputs.port_opt("metrics")?.as_json()?;
-                Some((CaseRecord::from_json(j).ok()?.mean_dice()?, i))
+                CaseRecord::from_json(j).ok()?.mean_dice()
             })
             .collect();
-        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-        if ranked.is_empty() {
-            return Ok(md);
-        }
-        let picks = [
-            ("best", 0),
-            ("median", ranked.len() / 2),
-            ("worst", ranked.len() - 1),
-        ];
-        let mut drawn = Vec::new();
-        for (what, r) in picks {
-            let (dice, i) = ranked[r];
-            if drawn.contains(&i) {
-                continue;
-            }
-            drawn.push(i);
+        for (what, i, dice) in figures::pick_cases(&mean_dice) {
             let (case, inputs) = &cases[i];
             let (reference, prediction) = (inputs.case("reference")?, inputs.case("prediction")?);
             let _ = writeln!(md, "### {what} case: {} (mean Dice {dice:.3})\n", case.id);
