@@ -692,7 +692,7 @@ impl Stage for Report {
         let dir = ctx.output_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StageError::msg(format!("cannot create {}: {e}", dir.display())))?;
-        let mut csv = String::from("case,organ,outcome,dice,hd95,assd,hd,surface_dice,reference_mm3,prediction_mm3,volume_difference\n");
+        let mut csv = format!("case,organ,outcome,{}\n", CSV_COLUMNS.join(","));
         let mut per_organ: BTreeMap<String, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
         // organ -> metric -> case -> value, for the paired tests between variants.
         let mut per_case: BTreeMap<String, BTreeMap<&str, BTreeMap<String, f64>>> = BTreeMap::new();
