@@ -26,7 +26,7 @@ impl Plugin for IoPlugin {
         registry.add(StageDef::<LoadParams> {
             name: "load",
             version: 1,
-            summary: "Load cases: PDDCA (NRRD), MSD / nnU-Net raw (NIfTI), or synthetic phantoms",
+            summary: "Load cases: per-organ mask files (PDDCA, OpenKBP; NIfTI or NRRD), MSD / nnU-Net raw, or synthetic phantoms",
             help: LOAD_HELP,
             build: build_load,
         });
@@ -39,6 +39,11 @@ table. Geometry is kept exactly (spacing, origin, direction) in RAS+ millimetres
 original grid is recorded so that predictions can be written back onto it.
 
 Formats:
+  organ-files  <root>/[<split folder>/]<case>/<image> + <case>/<structures>/<Organ><extension>
+           (OpenKBP, TotalSegmentator, PDDCA): image file name, structures folder, extension
+           (.nii.gz, .nii, .nrrd, .nhdr) and organ aliases are params. A missing organ file
+           means not contoured: absent, never an empty mask. `folders` maps split folders
+           (train/, validation/) to splits; `val_fraction` carves val out of train.
   pddca    <root>/<case>/img.nrrd + <root>/<case>/structures/<Organ>.nrrd (MICCAI 2015).
            An organ without a file is recorded as absent, never as an empty mask. Where two
            masks overlap the smaller structure wins (chiasm > optic nerves > brainstem >
@@ -50,7 +55,7 @@ Formats:
            the 9 MICCAI 2015 organs) or `mri` (one hippocampus-like organ).
 
 A case's fingerprint is its files' paths, sizes and modification times: editing or adding a
-file recomputes that case only.
+file recomputes that case only. The layouts implement one trait (`layouts::Layout`).
 "#;
 
 #[derive(
