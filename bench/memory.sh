@@ -12,6 +12,7 @@ BIN=$(realpath "$BIN")
 DATA=$(realpath ../shared/data/pddca-masks)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# `plugin:` (the older key) so that builds from before `stage:` read it too.
 cat > "$tmp/sdm.yaml" <<YAML
 name: sdm-memory
 stages:
