@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 /// One organ of one case. `outcome`: `compared`, `both-empty`, `empty-reference`,
 /// `empty-prediction` (metrics present), or `absent` / `absent-in-prediction` (not
 /// annotated on one side: no metrics).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OrganRecord {
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,15 +59,7 @@ impl OrganRecord {
     pub fn absent(outcome: &str) -> Self {
         OrganRecord {
             outcome: outcome.into(),
-            dice: None,
-            hd95: None,
-            assd: None,
-            hd: None,
-            surface_dice: None,
-            tolerance_mm: None,
-            reference_mm3: None,
-            prediction_mm3: None,
-            volume_difference: None,
+            ..Default::default()
         }
     }
 
@@ -127,7 +119,7 @@ impl CaseRecord {
     }
 
     pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
-        serde_json::from_value(v.clone()).map_err(|e| format!("not the output of `evaluate` ({e})"))
+        CaseRecord::deserialize(v).map_err(|e| format!("not the output of `evaluate` ({e})"))
     }
 
     /// Mean Dice over the organs compared in this case.

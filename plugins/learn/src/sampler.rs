@@ -5,6 +5,7 @@
 //! upstream (as nnU-Net precomputes class locations during preprocessing).
 
 use crate::augment::{organ_voxels, AugmentConfig};
+use serde::Deserialize;
 use shapeflow_core::{
     CaseInfo, Inputs, Item, Kind, Port, Shape, Stage, StageCtx, StageError, VoxelData,
 };
@@ -125,8 +126,7 @@ impl SamplerData {
             .part("sampler")
             .and_then(Item::as_json)
             .ok_or_else(|| bad("no `sampler` part"))?;
-        let mut meta: Meta =
-            serde_json::from_value(meta.clone()).map_err(|e| bad(&e.to_string()))?;
+        let meta = Meta::deserialize(meta).map_err(|e| bad(&e.to_string()))?;
         let Some(Item::Bytes(bytes)) = item.part("voxels") else {
             return Err(bad("no `voxels` part"));
         };
@@ -141,8 +141,6 @@ impl SamplerData {
             .iter()
             .map(|&n| all.by_ref().take(n).collect())
             .collect();
-        // `patch` and `batch` are train's own params; the policy carries the defaults.
-        meta.policy.patch = AugmentConfig::default().patch;
         Ok(SamplerData {
             organs: meta.organs,
             organ_voxels,

@@ -225,7 +225,7 @@ impl Stage for Train {
             let sampler = SamplerData::from_item(inputs.port("sampler")?).map_err(at)?;
             match &policy {
                 None => policy = Some(sampler.policy.clone()),
-                Some(p) if p.to_json() != sampler.policy.to_json() => {
+                Some(p) if *p != sampler.policy => {
                     return Err(at(StageError::msg(
                         "its augmentation policy differs from the first case's (one `augment` stage feeds `train`)",
                     )))

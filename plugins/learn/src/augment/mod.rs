@@ -77,11 +77,6 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
-    /// The policy as JSON (for comparing two policies).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
-    }
-
     /// No augmentation at all: patches are plain crops (for validation and tests).
     pub fn none(patch: [usize; 3]) -> Self {
         AugmentConfig {
