@@ -30,6 +30,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
     log_format: LogFormat,
+    /// Largest image accepted, in voxels (default 2^30 = 1073741824): a file whose header
+    /// declares more is refused before anything is read.
+    #[arg(long, global = true, env = "SHAPEFLOW_MAX_VOXELS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_voxels: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -195,6 +199,9 @@ pub fn main_with(registry: Registry, args: impl IntoIterator<Item = OsString>) -
         }
     };
     init_logging(&cli);
+    if let Some(n) = cli.max_voxels {
+        shapeflow_formats::set_max_voxels(n);
+    }
     match dispatch(cli, &registry) {
         Ok(code) => code,
         Err(e) => {

@@ -783,3 +783,81 @@ fn registering_a_stage_name_twice_is_an_error_naming_both_plugins() {
     // The shipped families do not collide.
     shapeflow::default_registry().unwrap();
 }
+
+/// Hostile pipeline files fail validation with exit 2 and a message in the user's words,
+/// not the YAML library's (issue 18: a 5 MB `name` passed validation and failed at run time
+/// with exit 1; duplicate keys spoke of `DuplicateKeyPolicy`).
+#[test]
+fn hostile_pipeline_files_fail_validation_with_exit_2_in_plain_words() {
+    let d = tempfile::tempdir().unwrap();
+    let long = format!(
+        "name: {}\n{}",
+        "x".repeat(5 << 20),
+        CHAIN.replace("name:", "old:")
+    );
+    let cases = [
+        ("long.yaml", long, "`name` must be 1 to 64"),
+        (
+            "slash.yaml",
+            CHAIN.replacen("name: chain", "name: ../up", 1),
+            "`name` must be",
+        ),
+        (
+            "dup.yaml",
+            format!("seed: 1\n{CHAIN}seed: 2\n"),
+            "appears twice",
+        ),
+        (
+            "docs.yaml",
+            format!("{CHAIN}---\nname: two\n"),
+            "more than one YAML document",
+        ),
+    ];
+    for (file, body, needle) in cases {
+        write(d.path(), file, &body);
+        for args in [
+            vec!["validate", file],
+            vec!["run", file, "--cache", "cache"],
+        ] {
+            let cmd = args[0];
+            let out = run_child(d.path(), &args);
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{file} {cmd}: {t}");
+            assert!(t.contains(needle) && t.contains(file), "{file}: {t}");
+            for jargon in ["DuplicateKeyPolicy", "from_str_multiple", "Options"] {
+                assert!(!t.contains(jargon), "{file}: {t}");
+            }
+        }
+    }
+}
+
+/// Scratch lives in the cache folder; what a killed run left there is removed (and said)
+/// by the next run.
+#[test]
+fn a_killed_runs_scratch_is_removed_by_the_next_run() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "p.yaml", CHAIN);
+    let stale = d.path().join("cache/scratch/999999-0/train");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("half.bin"), b"x").unwrap();
+    std::fs::create_dir_all(d.path().join("cache/tmp")).unwrap();
+    std::fs::write(d.path().join("cache/tmp/blob.0.tmp"), b"x").unwrap();
+    let out = run_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("removed 2 temporary files and scratch folders"),
+        "{t}"
+    );
+    let left: Vec<_> = std::fs::read_dir(d.path().join("cache/scratch"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        std::fs::read_dir(d.path().join("cache/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -133,7 +133,7 @@ fn real_ct_has_plausible_hu_and_mandible_in_bone() {
 #[test]
 fn all_200_hippocampus_cases_load() {
     let root = shared("hippocampus");
-    let ds = datasets::msd_dataset(&root).unwrap();
+    let ds = datasets::msd_dataset(&root, false).unwrap();
     assert_eq!(ds.cases.len(), 200);
     assert_eq!(ds.labels.get(&1).map(String::as_str), Some("Anterior"));
     let merged = vec![("hippocampus".to_string(), vec![1u8, 2])];
@@ -177,7 +177,7 @@ fn msd_with_mismatched_grids_is_a_named_error() {
         r#"{"labels": {"0": "background", "1": "organ"}, "training": [{"image": "./imagesTr/x_001.nii.gz", "label": "./labelsTr/x_001.nii.gz"}]}"#,
     )
     .unwrap();
-    let ds = datasets::msd_dataset(d.path()).unwrap();
+    let ds = datasets::msd_dataset(d.path(), false).unwrap();
     let e = datasets::load_msd(&ds.cases[0], &[("organ".into(), vec![1])]).unwrap_err();
     assert!(
         e.contains("imagesTr/x_001.nii.gz")

@@ -6,6 +6,7 @@
 //! <root>/index/          sled database: key -> EntryMeta (JSON), plus named run records
 //! <root>/objects/ab/<key> one blob per entry: magic, header (EntryMeta), payload
 //! <root>/tmp/            blobs being written; renamed into objects/ when complete
+//! <root>/scratch/        stages' private working folders during a run
 //! <root>/LOCK            held (flock) by the one process using the cache
 //! <root>/LOCK.owner      who holds it: pid, command line, start time
 //! ```
@@ -16,6 +17,9 @@
 //!   orphan blob (adopted by [`Cache::repair`]) and never an index entry for a partial blob.
 //! - Every read verifies the blake3 checksum of the decompressed bytes; a bad or missing blob is
 //!   dropped from the index and reported as [`CacheError::Corrupt`] / a miss, never returned.
+//! - Whatever `tmp/` and `scratch/` hold when the cache is opened was left by a process that
+//!   died (the lock is exclusive): [`Cache::open`] removes it and says how much in
+//!   [`Cache::leftovers_removed`].
 //! - Each blob's header repeats its metadata, so the index can be rebuilt from `objects/` alone.
 
 mod key;
@@ -151,6 +155,7 @@ pub struct Cache {
     index: sled::Tree,
     records: sled::Tree,
     tmp_counter: AtomicU64,
+    leftovers_removed: u64,
     _lock: lock::CacheLock,
 }
 
@@ -173,6 +178,21 @@ impl Cache {
             fs::create_dir_all(&dir).map_err(|e| CacheError::io(&dir, e))?;
         }
         let lock = lock::CacheLock::acquire(&root, wait, on_wait)?;
+        // We hold the lock: what tmp/ and scratch/ hold was left by a process that died.
+        let mut leftovers_removed = 0;
+        for dir in [root.join("tmp"), root.join("scratch")] {
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                let gone = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                if gone.is_ok() {
+                    leftovers_removed += 1;
+                }
+            }
+        }
         let index_path = root.join("index");
         let db = sled::Config::new()
             .path(&index_path)
@@ -200,6 +220,7 @@ impl Cache {
             index,
             records,
             tmp_counter: AtomicU64::new(0),
+            leftovers_removed,
             _lock: lock,
         })
     }
@@ -207,6 +228,24 @@ impl Cache {
     /// The cache directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// How many temporary files and scratch folders of an interrupted run [`Cache::open`]
+    /// removed.
+    pub fn leftovers_removed(&self) -> u64 {
+        self.leftovers_removed
+    }
+
+    /// A new, empty scratch folder under `<root>/scratch/`, for one run's working files;
+    /// the caller removes it when done, and the next [`Cache::open`] removes it if not.
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let dir = self.root.join("scratch").join(format!(
+            "{}-{}",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&dir).map_err(|e| CacheError::io(&dir, e))?;
+        Ok(dir)
     }
 
     fn index_err(&self, source: sled::Error) -> CacheError {

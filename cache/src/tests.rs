@@ -73,10 +73,13 @@ fn repair_rebuilds_index_from_objects() {
     // Lose the whole index.
     fs::remove_dir_all(dir.path().join("index")).unwrap();
     let c = open(dir.path());
+    // The dead process's temporary file is gone as soon as the cache is opened.
+    assert_eq!(c.leftovers_removed(), 1);
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     assert!(c.meta(&keys[0]).unwrap().is_none());
     let r = c.repair().unwrap();
     assert_eq!(r.adopted, 5);
-    assert_eq!(r.temp_removed, 1);
+    assert_eq!(r.temp_removed, 0);
     for (i, k) in keys.iter().enumerate() {
         assert_eq!(c.get(k).unwrap().unwrap(), vec![i as u8; 5000]);
     }

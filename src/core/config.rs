@@ -277,8 +277,22 @@ impl PipelineFile {
         }
         let name = match root.get("name") {
             Some(n) => match n.as_str() {
-                Some(s) if !s.trim().is_empty() => s.to_string(),
-                _ => {
+                Some(s) if valid_name(s) => s.to_string(),
+                Some(s) => {
+                    let shown: String = s.chars().take(40).collect();
+                    errs.push(
+                        n.pos,
+                        ErrorKind::WrongType,
+                        format!(
+                            "`name` must be 1 to {MAX_NAME} letters, digits, `-`, `_` or `.` \
+                             (it names the run folders), got {shown:?}{} ({} characters)",
+                            if shown.len() < s.len() { "..." } else { "" },
+                            s.chars().count()
+                        ),
+                    );
+                    String::new()
+                }
+                None => {
                     errs.push(
                         n.pos,
                         ErrorKind::WrongType,
@@ -829,4 +843,15 @@ mod tests {
         assert!(parse_set("epochs=5").is_err());
         assert!(parse_set("train.epochs").is_err());
     }
+}
+
+/// Longest pipeline `name` (it is part of every run folder's name).
+const MAX_NAME: usize = 64;
+
+/// A pipeline name that is safe as part of a folder name on every system.
+fn valid_name(s: &str) -> bool {
+    (1..=MAX_NAME).contains(&s.len())
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }

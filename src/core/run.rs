@@ -590,12 +590,26 @@ pub fn execute(
                 .collect()
         })
         .collect();
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let scratch_root = std::env::temp_dir().join(format!(
-        "shapeflow-{}-{}",
-        std::process::id(),
-        RUNS.fetch_add(1, Ordering::Relaxed)
-    ));
+    if cache.leftovers_removed() > 0 {
+        tracing::info!(
+            "removed {} temporary files and scratch folders left in the cache by an interrupted run",
+            cache.leftovers_removed()
+        );
+    }
+    // Scratch lives in the cache's folder, so an interrupted run's is found and removed.
+    let scratch_root = match cache.scratch_dir() {
+        Ok(d) => d,
+        Err(e) => {
+            static RUNS: AtomicUsize = AtomicUsize::new(0);
+            let d = std::env::temp_dir().join(format!(
+                "shapeflow-{}-{}",
+                std::process::id(),
+                RUNS.fetch_add(1, Ordering::Relaxed)
+            ));
+            tracing::warn!("{e}; scratch goes to {}", d.display());
+            d
+        }
+    };
     let engine = Arc::new(Engine {
         resolved: resolved.clone(),
         plan,

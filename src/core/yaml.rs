@@ -210,10 +210,35 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
                 line: l.line(),
                 column: l.column(),
             }),
-            message: e.to_string(),
+            message: user_words(&e),
         })?;
     let pos = Pos::from(&spanned);
     Ok(Node::new(spanned.value, pos))
+}
+
+/// A YAML error in the user's words, not the parser's (its messages name its own options).
+fn user_words(e: &serde_saphyr::Error) -> String {
+    match e {
+        serde_saphyr::Error::DuplicateMappingKey { key: Some(k), .. } => {
+            format!("the key `{k}` appears twice in the same mapping; keep one")
+        }
+        serde_saphyr::Error::DuplicateMappingKey { key: None, .. } => {
+            "a key appears twice in the same mapping; keep one".to_string()
+        }
+        serde_saphyr::Error::MultipleDocuments { .. } => {
+            "the file holds more than one YAML document (a `---` line after the first); a \
+             pipeline file is one document"
+                .to_string()
+        }
+        other => {
+            let m = other.to_string();
+            // Keep the parser's words, without its location (ours is in front).
+            match m.find(" at line ") {
+                Some(i) => m[..i].to_string(),
+                None => m,
+            }
+        }
+    }
 }
 
 /// Parses a single scalar given on the command line (`--set a.b=VALUE`) with YAML typing.

@@ -8,6 +8,9 @@
 pub mod atomic;
 pub mod nifti;
 pub mod nrrd;
+pub mod voxels;
+
+pub use voxels::{max_voxels, set_max_voxels, DEFAULT_MAX_VOXELS, MAX_VOXELS_ENV};
 
 pub use nifti::NiftiIo;
 use shapeflow_volume::Volume;

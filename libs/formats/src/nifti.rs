@@ -8,8 +8,8 @@ use std::path::Path;
 
 /// NIfTI reading and writing as methods of [`Volume`].
 pub trait NiftiIo: Sized {
-    /// Reads a 3D NIfTI-1 file. u8 and i16 stay integer; other types become f32 with
-    /// `scl_slope`/`scl_inter` applied. Geometry from sform, else qform, else pixdim.
+    /// Reads a 3D NIfTI-1 file; voxel types are held as [`crate::voxels`] says. Geometry
+    /// from sform, else qform, else pixdim.
     fn read_nifti(path: &Path) -> Result<Self, FormatError>;
     /// Writes the volume as NIfTI-1 (`.nii` or `.nii.gz`), geometry in sform and pixdim.
     fn write_nifti(&self, path: &Path) -> Result<(), FormatError>;
@@ -73,80 +73,156 @@ impl NiftiIo for Volume {
         )
     }
 
-    /// Reads a 3D NIfTI-1 file. u8 and i16 stay integer; other types become f32 with
-    /// `scl_slope`/`scl_inter` applied. Geometry from sform, else qform, else pixdim.
+    /// Reads a 3D NIfTI-1 file (`.nii`, gzip-compressed or not, whatever its name says).
+    /// Voxel types are held as [`crate::voxels`] says; geometry from sform, else qform,
+    /// else pixdim. The header is checked (size limit, file size) before any voxel is read.
     fn read_nifti(path: &Path) -> Result<Volume, FormatError> {
-        use nifti::{IntoNdArray, NiftiObject, NiftiType, ReaderOptions};
-        let obj = ReaderOptions::new()
-            .read_file(path)
-            .map_err(|e| file_err(path, format!("cannot read NIfTI: {e}")))?;
-        let h = obj.header().clone();
-        let ndim = h.dim[0] as usize;
-        if !(1..=4).contains(&ndim) || (ndim == 4 && h.dim[4] > 1) {
-            return Err(file_err(
-                path,
-                format!("expected a 3D volume, got {ndim} dimensions"),
-            ));
-        }
-        let dims = [
-            h.dim[1].max(1) as usize,
-            h.dim[2].max(1) as usize,
-            h.dim[3].max(1) as usize,
-        ];
-        let spacing = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64];
-        if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(file_err(
-                path,
-                format!("spacing {spacing:?} must be positive"),
-            ));
-        }
-        let scaled = h.scl_slope != 0.0 && (h.scl_slope != 1.0 || h.scl_inter != 0.0);
-        let dtype = h
-            .data_type()
-            .map_err(|e| file_err(path, format!("unsupported datatype: {e}")))?;
-        let vol = obj.into_volume();
-        let flat_f = |a: ndarray::ArrayD<f32>| -> Vec<f32> { a.t().iter().copied().collect() };
-        let data = match dtype {
-            NiftiType::Uint8 if !scaled => {
-                let a = vol
-                    .into_ndarray::<u8>()
-                    .map_err(|e| file_err(path, e.to_string()))?;
-                VoxelData::U8(a.t().iter().copied().collect())
-            }
-            NiftiType::Int16 if !scaled => {
-                let a = vol
-                    .into_ndarray::<i16>()
-                    .map_err(|e| file_err(path, e.to_string()))?;
-                VoxelData::I16(a.t().iter().copied().collect())
-            }
-            _ => {
-                let a = vol
-                    .into_ndarray::<f32>()
-                    .map_err(|e| file_err(path, e.to_string()))?;
-                VoxelData::F32(flat_f(a))
-            }
-        };
-        if let VoxelData::F32(v) = &data {
-            if v.iter().any(|x| x.is_nan()) {
-                return Err(file_err(path, "contains NaN voxels"));
-            }
-        }
-        let mut volume =
-            Volume::new(dims, spacing, data).map_err(|e| file_err(path, e.to_string()))?;
-        if h.sform_code > 0 {
-            volume.affine[0] = h.srow_x.map(|v| v as f64);
-            volume.affine[1] = h.srow_y.map(|v| v as f64);
-            volume.affine[2] = h.srow_z.map(|v| v as f64);
-        } else if h.qform_code > 0 {
-            let m = h.qform_affine::<f64>();
-            for r in 0..4 {
-                for c in 0..4 {
-                    volume.affine[r][c] = m[(r, c)];
-                }
-            }
-        }
-        Ok(volume)
+        read_nifti_file(path).map_err(|m| file_err(path, m))
     }
+}
+
+/// NIfTI-1's header size, and NIfTI-2's.
+const NIFTI1_HEADER: usize = 348;
+const NIFTI2_HEADER: i32 = 540;
+
+fn read_nifti_file(path: &Path) -> Result<Volume, String> {
+    use crate::voxels::{self, RawType};
+    use nifti::{Endianness, NiftiType};
+    use std::io::{BufReader, Read};
+    let file = std::fs::File::open(path).map_err(|e| voxels::io_words(&e, "file"))?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let mut file = BufReader::new(file);
+    let gzip = std::io::BufRead::fill_buf(&mut file)
+        .map_err(|e| voxels::io_words(&e, "file"))?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut input: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut raw = [0u8; NIFTI1_HEADER];
+    input.read_exact(&mut raw).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            "the file is shorter than a NIfTI-1 header (348 bytes): not a NIfTI file, or truncated"
+                .to_string()
+        }
+        _ => voxels::io_words(&e, "header"),
+    })?;
+    let sizeof_hdr = i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    if sizeof_hdr == NIFTI2_HEADER || sizeof_hdr.swap_bytes() == NIFTI2_HEADER {
+        return Err(
+            "a NIfTI-2 file: only NIfTI-1 is supported; convert it, e.g. with nibabel \
+                    `nib.save(nib.Nifti1Image(img.dataobj, img.affine), 'out.nii.gz')`"
+                .to_string(),
+        );
+    }
+    if sizeof_hdr != NIFTI1_HEADER as i32 && sizeof_hdr.swap_bytes() != NIFTI1_HEADER as i32 {
+        return Err(format!(
+            "not a NIfTI-1 file (its first four bytes say a header of {sizeof_hdr} bytes, \
+             NIfTI-1 has 348)"
+        ));
+    }
+    match &raw[344..348] {
+        b"n+1\0" => {}
+        b"ni1\0" => {
+            return Err(
+                "a NIfTI header of a .hdr/.img pair: only single-file .nii / .nii.gz is \
+                 supported; convert it to .nii.gz"
+                    .to_string(),
+            )
+        }
+        m => {
+            return Err(format!(
+                "not a NIfTI-1 file (magic {:?}, expected \"n+1\")",
+                String::from_utf8_lossy(m)
+            ))
+        }
+    }
+    let h = nifti::NiftiHeader::from_reader(&raw[..])
+        .map_err(|e| format!("malformed NIfTI-1 header: {e}"))?;
+    let ndim = h.dim[0] as usize;
+    if !(1..=7).contains(&ndim) || h.dim[4..=ndim.max(3)].iter().any(|&d| d > 1) {
+        return Err(format!(
+            "expected a 3D volume, got {ndim} dimensions ({:?})",
+            &h.dim[1..=ndim.clamp(1, 7)]
+        ));
+    }
+    let mut dims = [1usize; 3];
+    for (a, d) in dims.iter_mut().enumerate().take(ndim.min(3)) {
+        *d = h.dim[a + 1] as usize;
+        if *d == 0 {
+            return Err(format!("dimension {} is 0 in the header", a + 1));
+        }
+    }
+    let spacing: [f64; 3] = std::array::from_fn(|a| h.pixdim[a + 1] as f64);
+    if spacing.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(format!("spacing {spacing:?} (pixdim) must be positive"));
+    }
+    let ty = match h.data_type() {
+        Ok(NiftiType::Int8) => RawType::I8,
+        Ok(NiftiType::Uint8) => RawType::U8,
+        Ok(NiftiType::Int16) => RawType::I16,
+        Ok(NiftiType::Uint16) => RawType::U16,
+        Ok(NiftiType::Int32) => RawType::I32,
+        Ok(NiftiType::Uint32) => RawType::U32,
+        Ok(NiftiType::Int64) => RawType::I64,
+        Ok(NiftiType::Uint64) => RawType::U64,
+        Ok(NiftiType::Float32) => RawType::F32,
+        Ok(NiftiType::Float64) => RawType::F64,
+        Ok(t) => {
+            return Err(format!(
+                "voxel type {t:?} is not supported (integer and float types are)"
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "unknown voxel type code {} in the header",
+                h.datatype
+            ))
+        }
+    };
+    let n = voxels::check_voxels(dims)?;
+    let nbytes = n * ty.size();
+    let offset = h.vox_offset;
+    if !(offset.is_finite() && offset >= NIFTI1_HEADER as f32 && offset <= (1u64 << 32) as f32) {
+        return Err(format!("vox_offset {offset} in the header is invalid"));
+    }
+    let offset = offset as u64;
+    voxels::check_fits(offset + nbytes as u64, file_len, gzip)?;
+    voxels::skip(
+        &mut input,
+        offset - NIFTI1_HEADER as u64,
+        "header extensions",
+    )?;
+    let bytes = voxels::read_exact_bounded(input, nbytes, "voxel data")?;
+    let slope = h.scl_slope as f64;
+    let inter = h.scl_inter as f64;
+    if !(slope.is_finite() && inter.is_finite()) {
+        return Err(format!(
+            "scl_slope {slope} / scl_inter {inter} must be finite"
+        ));
+    }
+    let scale = (slope != 0.0 && (slope != 1.0 || inter != 0.0)).then_some((slope, inter));
+    let big_endian = h.endianness == Endianness::Big;
+    let data = voxels::decode(&bytes, ty, big_endian, scale)?;
+    drop(bytes);
+    let mut volume = Volume::new(dims, spacing, data).map_err(|e| e.to_string())?;
+    if h.sform_code > 0 {
+        volume.affine[0] = h.srow_x.map(|v| v as f64);
+        volume.affine[1] = h.srow_y.map(|v| v as f64);
+        volume.affine[2] = h.srow_z.map(|v| v as f64);
+    } else if h.qform_code > 0 {
+        let m = h.qform_affine::<f64>();
+        for r in 0..4 {
+            for c in 0..4 {
+                volume.affine[r][c] = m[(r, c)];
+            }
+        }
+    }
+    if volume.affine.iter().flatten().any(|v| !v.is_finite()) {
+        return Err("the header's sform/qform holds non-finite numbers".to_string());
+    }
+    Ok(volume)
 }
 
 #[cfg(test)]
@@ -262,5 +338,104 @@ mod tests {
             assert_eq!(back.data.get_f32(back.index(1, 0, 0)), v.data.get_f32(1));
             assert_eq!(back.data.get_f32(back.index(0, 1, 0)), v.data.get_f32(5));
         }
+    }
+
+    /// A NIfTI-1 header for `dims` of `datatype` (bitpix `bits`), data following at 352.
+    fn header_bytes(dims: [u16; 3], datatype: i16, bits: i16) -> Vec<u8> {
+        let mut h = vec![0u8; 352];
+        h[0..4].copy_from_slice(&348i32.to_le_bytes());
+        h[40..42].copy_from_slice(&3i16.to_le_bytes());
+        for (a, d) in dims.iter().enumerate() {
+            h[42 + 2 * a..44 + 2 * a].copy_from_slice(&d.to_le_bytes());
+        }
+        h[70..72].copy_from_slice(&datatype.to_le_bytes());
+        h[72..74].copy_from_slice(&bits.to_le_bytes());
+        for a in 0..4 {
+            h[76 + 4 * a..80 + 4 * a].copy_from_slice(&1f32.to_le_bytes());
+        }
+        h[108..112].copy_from_slice(&352f32.to_le_bytes());
+        h[344..348].copy_from_slice(b"n+1\0");
+        h
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// An 8 MB `.nii.gz` of zeros whose header claims 2048^3 voxels is refused from its
+    /// header, under the default limit, at once: nothing is inflated.
+    #[test]
+    fn a_decompression_bomb_is_refused_from_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = header_bytes([2048, 2048, 2048], 2, 8);
+        raw.resize(352 + (8 << 20), 0);
+        let p = dir.path().join("bomb.nii.gz");
+        std::fs::write(&p, gz(&raw)).unwrap();
+        let t = std::time::Instant::now();
+        let e = Volume::read_nifti(&p).unwrap_err().to_string();
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{:?}", t.elapsed());
+        assert!(e.contains("bomb.nii.gz") && e.contains("limit"), "{e}");
+        // Under a limit it passes, the file is still refused before it is inflated in full:
+        // 512 MiB declared cannot come from a few hundred bytes of gzip.
+        let mut small = header_bytes([2048, 1024, 256], 2, 8);
+        small.resize(352 + 1000, 0);
+        std::fs::write(&p, gz(&small)).unwrap();
+        let e = Volume::read_nifti(&p).unwrap_err().to_string();
+        assert!(e.contains("cannot hold"), "{e}");
+        // A plain file shorter than its header says: refused before reading.
+        let p = dir.path().join("short.nii");
+        let mut plain = header_bytes([64, 64, 64], 16, 32);
+        plain.resize(352 + 100, 0);
+        std::fs::write(&p, &plain).unwrap();
+        let e = Volume::read_nifti(&p).unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("holds 452"), "{e}");
+    }
+
+    /// int32 beyond 2^24 was rounded to f32; Inf was accepted; NIfTI-2 and truncated gzip
+    /// gave the library's words. Each is now refused in plain words.
+    #[test]
+    fn values_that_cannot_be_held_exactly_and_foreign_files_are_refused_in_plain_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, mut h: Vec<u8>, data: &[u8], zip: bool| {
+            h.extend_from_slice(data);
+            let p = dir.path().join(name);
+            std::fs::write(&p, if zip { gz(&h) } else { h }).unwrap();
+            Volume::read_nifti(&p)
+        };
+        let big: Vec<u8> = [16_777_217i32, 2]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = file("int32.nii.gz", header_bytes([2, 1, 1], 8, 32), &big, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("int32") && e.contains("2^24"), "{e}");
+        let ok: Vec<u8> = [16_777_216i32, -3]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let v = file("int32ok.nii", header_bytes([2, 1, 1], 8, 32), &ok, false).unwrap();
+        assert_eq!(v.to_f32(), vec![16_777_216.0, -3.0]);
+        let inf: Vec<u8> = [1.0f32, f32::INFINITY]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let e = file("inf.nii", header_bytes([2, 1, 1], 16, 32), &inf, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inf.nii") && e.contains("infinite"), "{e}");
+        let mut n2 = header_bytes([2, 1, 1], 2, 8);
+        n2[0..4].copy_from_slice(&540i32.to_le_bytes());
+        let e = file("two.nii", n2, &[1, 2], false).unwrap_err().to_string();
+        assert!(e.contains("NIfTI-2") && e.contains("convert"), "{e}");
+        let whole = gz(&[header_bytes([64, 64, 64], 2, 8), vec![7u8; 1 << 18]].concat());
+        let p = dir.path().join("cut.nii.gz");
+        std::fs::write(&p, &whole[..whole.len() / 2]).unwrap();
+        let e = Volume::read_nifti(&p).unwrap_err().to_string();
+        assert!(e.contains("cut.nii.gz") && e.contains("ends early"), "{e}");
+        assert!(!e.contains("Io(") && !e.contains("Kind("), "{e}");
     }
 }

@@ -6,14 +6,15 @@
 //! file's space (LPS, RAS, LAS...) to RAS+, NIfTI's convention, so volumes from both formats
 //! share one world frame.
 
+use crate::voxels::{self, RawType};
 use flate2::read::GzDecoder;
 use shapeflow_volume::{Volume, VoxelData};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Largest volume accepted (voxels): guards against absurd or corrupt headers.
-pub const MAX_VOXELS: usize = 1 << 31;
+/// Longest header read: a file whose header goes on longer is not a NRRD file.
+const MAX_HEADER: u64 = 1 << 20;
 
 fn err(path: &Path, m: impl Into<String>) -> String {
     format!("{}: {}", path.display(), m.into())
@@ -80,30 +81,43 @@ fn space_signs(space: &str) -> Option<[f64; 3]> {
 /// Reads a 3D NRRD file. Integer labels (uchar) stay u8, int8/int16 become i16,
 /// everything else f32. Errors name the file and what is wrong.
 pub fn read(path: &Path) -> Result<Volume, String> {
-    let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
-    if !bytes.starts_with(b"NRRD000") {
-        return Err(err(path, "not a NRRD file (no NRRD000x magic)"));
-    }
-    // The header ends at the first empty line.
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| err(path, voxels::io_words(&e, "file")))?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    let mut input = std::io::BufReader::new(file);
+    // The header ends at the first empty line (or, for a detached header, at the end).
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
-    let mut pos = 0usize;
+    let mut header_len = 0u64;
     let mut first = true;
-    let header_end = loop {
-        let nl = bytes[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i)
-            .ok_or_else(|| err(path, "truncated header (no blank line before the data)"))?;
-        let line = String::from_utf8_lossy(&bytes[pos..nl])
-            .trim_end_matches('\r')
-            .to_string();
-        pos = nl + 1;
+    let mut line_buf = Vec::new();
+    loop {
+        line_buf.clear();
+        let got = (&mut input)
+            .take(MAX_HEADER - header_len + 1)
+            .read_until(b'\n', &mut line_buf)
+            .map_err(|e| err(path, voxels::io_words(&e, "header")))?;
+        header_len += got as u64;
+        if header_len > MAX_HEADER {
+            return Err(err(
+                path,
+                "the header is longer than 1 MiB: not a NRRD file, or corrupt",
+            ));
+        }
         if first {
+            if !line_buf.starts_with(b"NRRD000") {
+                return Err(err(path, "not a NRRD file (no NRRD000x magic)"));
+            }
             first = false;
             continue;
         }
+        if got == 0 {
+            break; // detached header without a trailing blank line
+        }
+        let line = String::from_utf8_lossy(&line_buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
         if line.is_empty() {
-            break pos;
+            break;
         }
         if line.starts_with('#') {
             continue;
@@ -115,10 +129,7 @@ pub fn read(path: &Path) -> Result<Volume, String> {
         } else {
             return Err(err(path, format!("malformed header line {line:?}")));
         }
-        if pos >= bytes.len() {
-            break pos; // detached header without a trailing blank line
-        }
-    };
+    }
     let get = |k: &str| fields.get(k).map(String::as_str);
     let ty_s = get("type").ok_or_else(|| err(path, "missing `type`"))?;
     let ty = Ty::parse(ty_s).ok_or_else(|| err(path, format!("unsupported type `{ty_s}`")))?;
@@ -144,11 +155,7 @@ pub fn read(path: &Path) -> Result<Volume, String> {
         ));
     }
     let dims = [sizes[0], sizes[1], sizes[2]];
-    let n = dims
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= MAX_VOXELS)
-        .ok_or_else(|| err(path, format!("absurd dimensions {dims:?}")))?;
+    let n = voxels::check_voxels(dims).map_err(|m| err(path, m))?;
     let encoding = get("encoding").ok_or_else(|| err(path, "missing `encoding`"))?;
     let big_endian = match get("endian") {
         Some("big") => true,
@@ -219,45 +226,25 @@ pub fn read(path: &Path) -> Result<Volume, String> {
         ));
     }
 
-    // Data.
-    let line_skip: usize = get("line skip").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let byte_skip: i64 = get("byte skip").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (raw_src, src_name): (Vec<u8>, PathBuf) = match get("data file").or(get("datafile")) {
-        Some(f) if f.starts_with("LIST") || f.contains('%') => {
-            return Err(err(
-                path,
-                "multi-file data (`data file: LIST` or a pattern) is not supported",
-            ))
-        }
-        Some(f) => {
-            let p = path.parent().unwrap_or(Path::new(".")).join(f);
-            (
-                std::fs::read(&p).map_err(|e| {
-                    err(path, format!("cannot read data file {}: {e}", p.display()))
-                })?,
-                p,
-            )
-        }
-        None => (bytes[header_end..].to_vec(), path.to_path_buf()),
+    // Data: read exactly, or refuse.
+    let line_skip: u64 = match get("line skip").or(get("lineskip")) {
+        None => 0,
+        Some(v) => v
+            .parse()
+            .map_err(|_| err(path, format!("`line skip: {v}` is not a count of lines")))?,
     };
-    let mut src: &[u8] = &raw_src;
-    for _ in 0..line_skip {
-        let nl = src
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| err(&src_name, "`line skip` past the end"))?;
-        src = &src[nl + 1..];
-    }
-    let want = n * ty.size();
-    let decoded: Vec<u8> = match encoding {
-        "raw" => src.to_vec(),
-        "gzip" | "gz" => {
-            let mut out = Vec::with_capacity(want);
-            GzDecoder::new(src)
-                .read_to_end(&mut out)
-                .map_err(|e| err(&src_name, format!("corrupt gzip data: {e}")))?;
-            out
-        }
+    let byte_skip: i64 = match get("byte skip").or(get("byteskip")) {
+        None => 0,
+        Some(v) => v.parse().ok().filter(|&b: &i64| b >= -1).ok_or_else(|| {
+            err(
+                path,
+                format!("`byte skip: {v}` must be -1 or a count of bytes"),
+            )
+        })?,
+    };
+    let gzip = match encoding {
+        "raw" => false,
+        "gzip" | "gz" => true,
         e => {
             return Err(err(
                 path,
@@ -265,66 +252,112 @@ pub fn read(path: &Path) -> Result<Volume, String> {
             ))
         }
     };
-    let data_bytes: &[u8] = if byte_skip == -1 {
-        if decoded.len() < want {
-            return Err(err(
-                &src_name,
-                format!("truncated: {} bytes of data, {want} needed", decoded.len()),
-            ));
-        }
-        &decoded[decoded.len() - want..]
-    } else {
-        let skip = byte_skip.max(0) as usize;
-        decoded.get(skip..).unwrap_or(&[])
-    };
-    if data_bytes.len() < want {
+    if byte_skip == -1 && gzip {
         return Err(err(
-            &src_name,
-            format!(
-                "truncated: {} bytes of data, {want} needed",
-                data_bytes.len()
-            ),
+            path,
+            "`byte skip: -1` (data at the end of the file) is only defined for raw encoding",
         ));
     }
-    let d = &data_bytes[..want];
-    // Each element's bytes in little-endian order, whatever the file's endianness.
-    let le = |c: &[u8]| -> [u8; 8] {
-        let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
-        if big_endian {
-            b[..c.len()].reverse();
+    let (mut src, src_name, src_len): (Box<dyn BufRead>, PathBuf, u64) =
+        match get("data file").or(get("datafile")) {
+            Some(f) if f.starts_with("LIST") || f.contains('%') => {
+                return Err(err(
+                    path,
+                    "multi-file data (`data file: LIST` or a pattern) is not supported",
+                ))
+            }
+            Some(f) => {
+                let p = path.parent().unwrap_or(Path::new(".")).join(f);
+                let file = std::fs::File::open(&p).map_err(|e| {
+                    err(
+                        path,
+                        format!(
+                            "data file {}: {}",
+                            p.display(),
+                            voxels::io_words(&e, "file")
+                        ),
+                    )
+                })?;
+                let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+                (Box::new(std::io::BufReader::new(file)), p, len)
+            }
+            None => (
+                Box::new(input),
+                path.to_path_buf(),
+                file_len.saturating_sub(header_len),
+            ),
+        };
+    let mut consumed = 0u64;
+    for _ in 0..line_skip {
+        line_buf.clear();
+        let got = (&mut src)
+            .take(MAX_HEADER + 1)
+            .read_until(b'\n', &mut line_buf)
+            .map_err(|e| err(&src_name, voxels::io_words(&e, "data")))?;
+        if got == 0 || got as u64 > MAX_HEADER {
+            return Err(err(&src_name, "`line skip` goes past the end of the data"));
         }
-        b
-    };
-    let floats = |size: usize, f: fn([u8; 8]) -> f32| -> Vec<f32> {
-        d.chunks_exact(size).map(|c| f(le(c))).collect()
-    };
-    let data = match ty {
-        Ty::U8 => VoxelData::U8(d.to_vec()),
-        Ty::I8 => VoxelData::I16(d.iter().map(|&b| b as i8 as i16).collect()),
-        Ty::I16 => VoxelData::I16(
-            d.chunks_exact(2)
-                .map(|c| {
-                    let b = le(c);
-                    i16::from_le_bytes([b[0], b[1]])
-                })
-                .collect(),
-        ),
-        Ty::U16 => VoxelData::F32(floats(2, |b| u16::from_le_bytes([b[0], b[1]]) as f32)),
-        Ty::I32 => VoxelData::F32(floats(4, |b| {
-            i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
-        })),
-        Ty::U32 => VoxelData::F32(floats(4, |b| {
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32
-        })),
-        Ty::F32 => VoxelData::F32(floats(4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        Ty::F64 => VoxelData::F32(floats(8, |b| f64::from_le_bytes(b) as f32)),
-    };
-    if let VoxelData::F32(v) = &data {
-        if v.iter().any(|x| x.is_nan()) {
-            return Err(err(path, "contains NaN voxels"));
-        }
+        consumed += got as u64;
     }
+    let want = n * ty.size();
+    let remaining = src_len.saturating_sub(consumed);
+    let bytes = if gzip {
+        voxels::check_fits(want as u64, remaining, true).map_err(|m| err(&src_name, m))?;
+        let mut dec = GzDecoder::new(src);
+        voxels::skip(&mut dec, byte_skip as u64, "`byte skip`").map_err(|m| err(&src_name, m))?;
+        let bytes = voxels::read_exact_bounded(&mut dec, want, "gzip data")
+            .map_err(|m| err(&src_name, m))?;
+        let mut extra = [0u8; 1];
+        if dec
+            .read(&mut extra)
+            .map_err(|e| err(&src_name, voxels::io_words(&e, "gzip data")))?
+            > 0
+        {
+            return Err(err(
+                &src_name,
+                format!(
+                    "the gzip data holds more than the {want} bytes that `sizes` and `type` \
+                     declare (after `byte skip: {byte_skip}`): the header does not describe it"
+                ),
+            ));
+        }
+        bytes
+    } else {
+        let skip = if byte_skip == -1 {
+            remaining.checked_sub(want as u64).ok_or_else(|| {
+                err(
+                    &src_name,
+                    format!("{remaining} bytes of data, {want} needed (truncated)"),
+                )
+            })?
+        } else {
+            byte_skip as u64
+        };
+        if remaining != skip + want as u64 && src_len != u64::MAX {
+            return Err(err(
+                &src_name,
+                format!(
+                    "{remaining} bytes of data, but `byte skip: {byte_skip}`, `sizes` and `type` \
+                     account for {} (truncated, or the header does not describe the data)",
+                    skip + want as u64
+                ),
+            ));
+        }
+        voxels::skip(&mut src, skip, "`byte skip`").map_err(|m| err(&src_name, m))?;
+        voxels::read_exact_bounded(src, want, "voxel data").map_err(|m| err(&src_name, m))?
+    };
+    let raw_ty = match ty {
+        Ty::I8 => RawType::I8,
+        Ty::U8 => RawType::U8,
+        Ty::I16 => RawType::I16,
+        Ty::U16 => RawType::U16,
+        Ty::I32 => RawType::I32,
+        Ty::U32 => RawType::U32,
+        Ty::F32 => RawType::F32,
+        Ty::F64 => RawType::F64,
+    };
+    let data = voxels::decode(&bytes, raw_ty, big_endian, None).map_err(|m| err(&src_name, m))?;
+    drop(bytes);
     let mut vol = Volume::new(dims, spacing, data).map_err(|e| err(path, e.to_string()))?;
     vol.affine = affine;
     Ok(vol)
@@ -502,7 +535,7 @@ mod tests {
         .unwrap();
         let full = std::fs::read(&p).unwrap();
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("trunc.nrrd", full[..full.len() - 10].to_vec(), "corrupt gzip"),
+            ("trunc.nrrd", full[..full.len() - 10].to_vec(), "ends early"),
             ("magic.nrrd", b"P5\n".to_vec(), "not a NRRD"),
             ("type.nrrd", {
                 let end = full.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
@@ -511,7 +544,7 @@ mod tests {
                 b
             }, "unsupported type"),
             ("neg.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1 1 1\nspace directions: (0,0,0) (0,1,0) (0,0,1)\nencoding: raw\n\n\x01".to_vec(), "spacing"),
-            ("huge.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 100000 100000 100000\nencoding: raw\n\n\x01".to_vec(), "absurd"),
+            ("huge.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 100000 100000 100000\nencoding: raw\n\n\x01".to_vec(), "limit"),
             ("short.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n\x01".to_vec(), "truncated"),
             ("nan.nrrd", {
                 let mut b = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 1 1 1\nendian: little\nencoding: raw\n\n".to_vec();
@@ -519,6 +552,21 @@ mod tests {
                 b
             }, "NaN"),
             ("dim.nrrd", b"NRRD0004\ntype: uint8\ndimension: 2\nsizes: 1 1\nencoding: raw\n\n\x01".to_vec(), "3D"),
+            // What cannot be read exactly is refused, never guessed.
+            ("skipword.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1 1 1\nbyte skip: two\nencoding: raw\n\n\x01".to_vec(), "byte skip"),
+            ("skipneg.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1 1 1\nbyte skip: -2\nencoding: raw\n\n\x01".to_vec(), "byte skip"),
+            ("linesword.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1 1 1\nline skip: x\nencoding: raw\n\n\x01".to_vec(), "line skip"),
+            ("trailing.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 1 1 1\nencoding: raw\n\n\x01\x02".to_vec(), "account for"),
+            ("inf.nrrd", {
+                let mut b = b"NRRD0004\ntype: double\ndimension: 3\nsizes: 1 1 1\nendian: little\nencoding: raw\n\n".to_vec();
+                b.extend_from_slice(&f64::NEG_INFINITY.to_le_bytes());
+                b
+            }, "infinite"),
+            ("bigint.nrrd", {
+                let mut b = b"NRRD0004\ntype: int\ndimension: 3\nsizes: 1 1 1\nendian: little\nencoding: raw\n\n".to_vec();
+                b.extend_from_slice(&33_554_433i32.to_le_bytes());
+                b
+            }, "2^24"),
         ];
         for (name, bytes, needle) in cases {
             let p = d.path().join(name);
@@ -526,5 +574,36 @@ mod tests {
             let e = read(&p).unwrap_err();
             assert!(e.contains(name) && e.contains(needle), "{name}: {e}");
         }
+    }
+
+    /// A detached header whose data file is gzip but says `byte skip: -1` (defined only for
+    /// raw data) was read from the wrong offset; gzip data longer than declared, or a raw
+    /// `.nii.gz` behind a header, was read silently. Each is refused.
+    #[test]
+    fn detached_data_that_cannot_be_read_exactly_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let v = sample(VoxelData::I16((0..60).map(|i| i * 3).collect()));
+        let nii = d.path().join("img.nii.gz");
+        crate::NiftiIo::write_nifti(&v, &nii).unwrap();
+        let header = |encoding: &str, skip: &str| {
+            format!(
+                "NRRD0004\ntype: short\ndimension: 3\nsizes: 3 4 5\nendian: little\n\
+                 encoding: {encoding}\nbyte skip: {skip}\ndata file: img.nii.gz\n"
+            )
+        };
+        for (name, enc, skip, needle) in [
+            ("gz_end.nhdr", "gzip", "-1", "only defined for raw"),
+            ("gz_zero.nhdr", "gzip", "0", "more than"),
+            ("raw_zero.nhdr", "raw", "0", "account for"),
+        ] {
+            let p = d.path().join(name);
+            std::fs::write(&p, header(enc, skip)).unwrap();
+            let e = read(&p).unwrap_err();
+            assert!(e.contains(needle), "{name}: {e}");
+        }
+        // The exact skip (the NIfTI header and its 4 extension bytes) reads the data exactly.
+        let p = d.path().join("exact.nhdr");
+        std::fs::write(&p, header("gzip", "352")).unwrap();
+        assert_eq!(read(&p).unwrap().data, v.data);
     }
 }

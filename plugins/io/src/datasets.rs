@@ -284,7 +284,9 @@ pub struct MsdDataset {
     pub labels: BTreeMap<u8, String>,
 }
 
-pub fn msd_dataset(root: &Path) -> Result<MsdDataset, String> {
+/// Reads `root/dataset.json`. An entry that leaves `root` (an absolute path, or `..`) is
+/// refused unless `allow_outside` (the load stage's `allow_outside_root`).
+pub fn msd_dataset(root: &Path, allow_outside: bool) -> Result<MsdDataset, String> {
     let path = root.join("dataset.json");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let j: serde_json::Value = serde_json::from_str(&text)
@@ -311,6 +313,15 @@ pub fn msd_dataset(root: &Path) -> Result<MsdDataset, String> {
                 path.display()
             ));
         };
+        for (field, rel) in [("image", img), ("label", lab)] {
+            if !allow_outside && escapes(rel) {
+                return Err(format!(
+                    "{}: training entry {i} `{field}: {rel}` points outside the dataset folder; \
+                     refused (set the load stage's `allow_outside_root: true` to allow it)",
+                    path.display()
+                ));
+            }
+        }
         let image = root.join(img);
         let id = image
             .file_name()
@@ -329,6 +340,22 @@ pub fn msd_dataset(root: &Path) -> Result<MsdDataset, String> {
     }
     cases.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(MsdDataset { cases, labels })
+}
+
+/// Whether a relative path from a dataset file leaves its folder: absolute, or with a `..`
+/// (checked on the words, so a folder that is a symlink stays allowed).
+fn escapes(rel: &str) -> bool {
+    use std::path::Component;
+    let p = Path::new(rel);
+    p.is_absolute()
+        || rel.starts_with('/')
+        || rel.starts_with('\\')
+        || p.components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::Prefix(_) | Component::RootDir
+            )
+        })
 }
 
 /// Loads an MSD case; `organs` are (name, source label values) after merging.
@@ -362,4 +389,36 @@ pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData
         present: vec![true; organs.len()],
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_json_entries_stay_inside_the_root_unless_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |image: &str| {
+            let j = serde_json::json!({
+                "labels": {"0": "background", "1": "organ"},
+                "training": [{"image": image, "label": "./labelsTr/a.nii.gz"}],
+            });
+            std::fs::write(d.path().join("dataset.json"), j.to_string()).unwrap();
+        };
+        for bad in [
+            "../../etc/secret.nii.gz",
+            "/etc/secret.nii.gz",
+            "imagesTr/../../x.nii.gz",
+        ] {
+            write(bad);
+            let e = msd_dataset(d.path(), false).err().unwrap();
+            assert!(
+                e.contains("dataset.json") && e.contains("outside") && e.contains(bad),
+                "{e}"
+            );
+            assert!(msd_dataset(d.path(), true).is_ok(), "{bad}");
+        }
+        write("./imagesTr/a.nii.gz");
+        assert_eq!(msd_dataset(d.path(), false).unwrap().cases.len(), 1);
+    }
 }

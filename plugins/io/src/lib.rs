@@ -128,6 +128,10 @@ pub struct LoadParams {
     pub test_fraction: f64,
     /// pddca: fail a case without img.nrrd (false: load masks alone).
     pub require_image: bool,
+    /// msd: allow `dataset.json` entries that point outside `root` (absolute paths, `..`);
+    /// refused by default.
+    #[schemars(extend("x-execution" = true))]
+    pub allow_outside_root: bool,
     /// Load at most this many cases (0: all).
     pub limit: usize,
     /// phantom: which synthetic dataset.
@@ -158,6 +162,7 @@ impl Default for LoadParams {
             val_fraction: 0.0,
             test_fraction: 0.2,
             require_image: true,
+            allow_outside_root: false,
             limit: 0,
             phantom: PhantomKind::HeadNeck,
             cases: 8,

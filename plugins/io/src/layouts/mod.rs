@@ -43,7 +43,11 @@ pub fn make(p: &LoadParams, root: Option<PathBuf>) -> Result<Box<dyn Layout>, St
     };
     Ok(match p.format {
         Format::Phantom => Box::new(phantom::Phantoms::new(p)),
-        Format::Msd => Box::new(msd::Msd::new(root()?, p.merge.clone())),
+        Format::Msd => Box::new(msd::Msd::new(
+            root()?,
+            p.merge.clone(),
+            p.allow_outside_root,
+        )),
         Format::Pddca => Box::new(organ_files::OrganFiles::new(
             root()?,
             OrganFilesSpec::pddca(),

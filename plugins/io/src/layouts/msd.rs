@@ -10,11 +10,16 @@ use std::path::PathBuf;
 pub struct Msd {
     root: PathBuf,
     merge: BTreeMap<String, Vec<u8>>,
+    allow_outside: bool,
 }
 
 impl Msd {
-    pub fn new(root: PathBuf, merge: BTreeMap<String, Vec<u8>>) -> Self {
-        Msd { root, merge }
+    pub fn new(root: PathBuf, merge: BTreeMap<String, Vec<u8>>, allow_outside: bool) -> Self {
+        Msd {
+            root,
+            merge,
+            allow_outside,
+        }
     }
 
     /// (organ name, source label values) after `merge`; default one organ per label.
@@ -35,7 +40,7 @@ impl Msd {
 
 impl Layout for Msd {
     fn discover(&self, _seed: u64) -> Result<Vec<Found>, String> {
-        Ok(datasets::msd_dataset(&self.root)?
+        Ok(datasets::msd_dataset(&self.root, self.allow_outside)?
             .cases
             .into_iter()
             .map(|c| Found {
@@ -47,7 +52,7 @@ impl Layout for Msd {
     }
 
     fn read(&self, _seed: u64, id: &str) -> Result<CaseData, String> {
-        let ds = datasets::msd_dataset(&self.root)?;
+        let ds = datasets::msd_dataset(&self.root, self.allow_outside)?;
         let organs = self.organs(&ds);
         let c = ds
             .cases
