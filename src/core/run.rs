@@ -296,6 +296,49 @@ impl Engine {
         Ok(Inputs::new(items).with_bindings(node.bindings.clone()))
     }
 
+    /// The per-case inputs of whole-dataset node `n` for `case`, each loaded from the cache
+    /// only when the stage asks (items not in the cache are loaded now).
+    fn lazy_inputs_for(&self, n: usize, case: &str) -> Result<Inputs, StageError> {
+        let node = &self.resolved.nodes[n];
+        let mut inputs = Inputs::default();
+        for &d in &node.deps {
+            let dep = &self.resolved.nodes[d];
+            if dep.shape == Shape::Gather {
+                continue;
+            }
+            let key = self.plan.nodes[d].items[self.item_index(d, case)?].key;
+            let in_memory = self.memory.lock().map_err(poisoned)?.get(&key).cloned();
+            let cached = dep.stage.cached()
+                && self
+                    .cache
+                    .contains(&key)
+                    .map_err(|e| StageError::msg(e.to_string()))?;
+            match in_memory {
+                None if cached => {
+                    let cache = self.cache.clone();
+                    let (stage, case) = (dep.id.clone(), case.to_string());
+                    inputs.push_lazy(
+                        dep.id.clone(),
+                        Arc::new(move || match cache.get(&key) {
+                            Ok(Some(bytes)) => Item::decode(&bytes).map_err(|e| {
+                                StageError::msg(format!(
+                                    "the cached item of `{stage}` for case `{case}` is unreadable: {e}"
+                                ))
+                            }),
+                            Ok(None) => Err(StageError::msg(format!(
+                                "the cached item of `{stage}` for case `{case}` is gone \
+                                 (removed while this run used it?); run again"
+                            ))),
+                            Err(e) => Err(StageError::msg(e.to_string())),
+                        }),
+                    );
+                }
+                _ => inputs.push(dep.id.clone(), self.load(d, case)?),
+            }
+        }
+        Ok(inputs.with_bindings(node.bindings.clone()))
+    }
+
     fn compute(&self, n: usize, i: usize) -> Result<Item, StageError> {
         if self.cancel.is_cancelled() {
             return Err(StageError::Cancelled);
@@ -331,9 +374,11 @@ impl Engine {
             }
             Shape::Gather => {
                 let members = &self.plan.nodes[n].members;
+                // Per-case inputs are lazy: the stage decodes what it needs, when it needs
+                // it, so memory follows the stage's use, not the dataset's size.
                 let per_case: Result<Vec<(CaseInfo, Inputs)>, StageError> = members
                     .par_iter()
-                    .map(|c| Ok((c.clone(), self.inputs_for(n, &c.id, |whole| !whole)?)))
+                    .map(|c| Ok((c.clone(), self.lazy_inputs_for(n, &c.id)?)))
                     .collect();
                 let global = self.inputs_for(n, ALL_CASES, |whole| whole)?;
                 node.stage.run_all(&ctx, &per_case?, &global)

@@ -11,7 +11,7 @@ use shapeflow_volume::{CaseData, SdmSet};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// How a stage maps inputs to outputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -152,11 +152,27 @@ impl Port {
     }
 }
 
+/// Loads a dependency's item on demand (from the cache).
+pub type Loader = Arc<dyn Fn() -> Result<Item, StageError> + Send + Sync>;
+
+/// One dependency's item: at hand, or loaded when first asked for.
+enum Slot {
+    Ready(Arc<Item>),
+    Lazy {
+        loaded: OnceLock<Arc<Item>>,
+        load: Loader,
+    },
+}
+
 /// A stage's inputs for one case: one item per dependency, in `after` order, and which
 /// dependency each declared [`Port`] is bound to.
+///
+/// A whole-dataset stage's per-case inputs are lazy: nothing is decoded until the stage asks.
+/// [`Inputs::case`] and [`Inputs::sdms`] then load without keeping (memory is the caller's:
+/// drop the value and it is gone); [`Inputs::get`] / [`Inputs::port`] keep what they load.
 #[derive(Default)]
 pub struct Inputs {
-    items: Vec<(String, Arc<Item>)>,
+    items: Vec<(String, Slot)>,
     /// port name -> stage id.
     bindings: Arc<Vec<(String, String)>>,
 }
@@ -164,9 +180,28 @@ pub struct Inputs {
 impl Inputs {
     pub fn new(items: Vec<(String, Arc<Item>)>) -> Self {
         Inputs {
-            items,
+            items: items
+                .into_iter()
+                .map(|(s, i)| (s, Slot::Ready(i)))
+                .collect(),
             bindings: Arc::default(),
         }
+    }
+
+    /// Adds dependency `stage`'s item.
+    pub fn push(&mut self, stage: String, item: Arc<Item>) {
+        self.items.push((stage, Slot::Ready(item)));
+    }
+
+    /// Adds dependency `stage`, whose item `load` reads when first needed.
+    pub fn push_lazy(&mut self, stage: String, load: Loader) {
+        self.items.push((
+            stage,
+            Slot::Lazy {
+                loaded: OnceLock::new(),
+                load,
+            },
+        ));
     }
 
     /// With the port bindings `validate` made.
@@ -175,12 +210,28 @@ impl Inputs {
         self
     }
 
-    /// The item of dependency `stage`.
+    fn slot(&self, stage: &str) -> Option<&Slot> {
+        self.items.iter().find(|(s, _)| s == stage).map(|(_, i)| i)
+    }
+
+    fn kept(slot: &Slot) -> Result<&Item, StageError> {
+        match slot {
+            Slot::Ready(i) => Ok(i),
+            Slot::Lazy { loaded, load } => {
+                if loaded.get().is_none() {
+                    let _ = loaded.set(Arc::new(load()?));
+                }
+                loaded
+                    .get()
+                    .map(|i| i.as_ref())
+                    .ok_or_else(|| StageError::msg("an input could not be kept"))
+            }
+        }
+    }
+
+    /// The item of dependency `stage` (loaded and kept, if lazy; `None` if it cannot be read).
     pub fn get(&self, stage: &str) -> Option<&Item> {
-        self.items
-            .iter()
-            .find(|(s, _)| s == stage)
-            .map(|(_, i)| i.as_ref())
+        self.slot(stage).and_then(|s| Self::kept(s).ok())
     }
 
     /// The stage id bound to `port`, if any.
@@ -197,29 +248,45 @@ impl Inputs {
         self.bound(port).and_then(|s| self.get(s))
     }
 
-    /// The item bound to `port`.
+    /// The item bound to `port` (loaded and kept, if lazy).
     pub fn port(&self, port: &str) -> Result<&Item, StageError> {
-        self.port_opt(port).ok_or_else(|| {
-            StageError::msg(format!(
-                "input `{port}` is not bound (list its stage under `after`)"
-            ))
-        })
+        let stage = self.bound(port).ok_or_else(|| unbound(port))?;
+        let slot = self.slot(stage).ok_or_else(|| unbound(port))?;
+        Self::kept(slot).map_err(|e| StageError::msg(format!("input `{port}`: {e}")))
     }
 
-    /// The case bound to `port`; its volumes are shared, not copied.
+    /// Runs `f` on the item bound to `port` without keeping it (if lazy and not yet kept).
+    fn with_port<T>(
+        &self,
+        port: &str,
+        f: impl FnOnce(&Item) -> Result<T, String>,
+    ) -> Result<T, StageError> {
+        let stage = self.bound(port).ok_or_else(|| unbound(port))?;
+        let at = |e: String| StageError::msg(format!("input `{port}`: {e}"));
+        match self.slot(stage).ok_or_else(|| unbound(port))? {
+            Slot::Ready(i) => f(i).map_err(at),
+            Slot::Lazy { loaded, load } => match loaded.get() {
+                Some(i) => f(i).map_err(at),
+                None => f(&load().map_err(|e| at(e.to_string()))?).map_err(at),
+            },
+        }
+    }
+
+    /// The case bound to `port`; its volumes are shared, not copied, and not kept here.
     pub fn case(&self, port: &str) -> Result<CaseData, StageError> {
-        CaseData::from_item(self.port(port)?)
-            .map_err(|e| StageError::msg(format!("input `{port}`: {e}")))
+        self.with_port(port, |i| CaseData::from_item(i).map_err(|e| e.to_string()))
     }
 
-    /// The signed distance maps bound to `port`.
+    /// The signed distance maps bound to `port` (not kept here).
     pub fn sdms(&self, port: &str) -> Result<SdmSet, StageError> {
-        SdmSet::from_item(self.port(port)?)
-            .map_err(|e| StageError::msg(format!("input `{port}`: {e}")))
+        self.with_port(port, |i| SdmSet::from_item(i).map_err(|e| e.to_string()))
     }
 
+    /// Every dependency's item (lazy ones loaded and kept; one that cannot be read is left out).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Item)> {
-        self.items.iter().map(|(s, i)| (s.as_str(), i.as_ref()))
+        self.items
+            .iter()
+            .filter_map(|(s, i)| Some((s.as_str(), Self::kept(i).ok()?)))
     }
 
     pub fn len(&self) -> usize {
@@ -229,6 +296,12 @@ impl Inputs {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+}
+
+fn unbound(port: &str) -> StageError {
+    StageError::msg(format!(
+        "input `{port}` is not bound (list its stage under `after`)"
+    ))
 }
 
 /// A stage failed. The message should name the file, case or field at fault.

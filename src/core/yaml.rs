@@ -220,10 +220,10 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
 fn user_words(e: &serde_saphyr::Error) -> String {
     match e {
         serde_saphyr::Error::DuplicateMappingKey { key: Some(k), .. } => {
-            format!("the key `{k}` appears twice in the same mapping; keep one")
+            format!("duplicate key `{k}`: it appears twice in the same mapping; keep one")
         }
         serde_saphyr::Error::DuplicateMappingKey { key: None, .. } => {
-            "a key appears twice in the same mapping; keep one".to_string()
+            "duplicate key: one appears twice in the same mapping; keep one".to_string()
         }
         serde_saphyr::Error::MultipleDocuments { .. } => {
             "the file holds more than one YAML document (a `---` line after the first); a \
