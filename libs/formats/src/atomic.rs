@@ -13,6 +13,20 @@ fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".part-{}-{name}", std::process::id()))
 }
 
+/// The name `path` will have once [`write_with`] renames it (its own name if not a
+/// temporary): writers of detached data name the data file after it.
+pub fn final_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".part-{}-", std::process::id());
+    match name.strip_prefix(&prefix) {
+        Some(rest) => path.with_file_name(rest),
+        None => path.to_path_buf(),
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with(path, |tmp| std::fs::write(tmp, bytes), |e| e)

@@ -1,11 +1,12 @@
-//! Medical image file formats behind one reader/writer trait: NIfTI-1 and NRRD, plus the
-//! atomic file writes every file meant for people goes through.
+//! Medical image file formats behind one reader/writer trait: NIfTI-1, NRRD and MetaImage,
+//! plus the atomic file writes every file meant for people goes through.
 //!
 //! This crate knows nothing about pipelines, stages or the cache: it turns files into
 //! [`Volume`]s and back. A new format is one new module implementing [`ImageFormat`] and
 //! one line in [`FORMATS`].
 
 pub mod atomic;
+pub mod metaimage;
 pub mod nifti;
 pub mod nrrd;
 pub mod voxels;
@@ -90,8 +91,26 @@ impl ImageFormat for Nrrd {
     }
 }
 
+/// ITK MetaImage, `.mha` (one file) and `.mhd` (data beside it).
+pub struct MetaImage;
+
+impl ImageFormat for MetaImage {
+    fn name(&self) -> &'static str {
+        "metaimage"
+    }
+    fn extensions(&self) -> &'static [&'static str] {
+        &[".mha", ".mhd"]
+    }
+    fn read(&self, path: &Path) -> Result<Volume, FormatError> {
+        metaimage::read(path).map_err(|m| file_err(path, m))
+    }
+    fn write(&self, volume: &Volume, path: &Path) -> Result<(), FormatError> {
+        metaimage::write(volume, path).map_err(|m| file_err(path, format!("cannot write: {m}")))
+    }
+}
+
 /// Every format this build reads and writes.
-pub static FORMATS: &[&dyn ImageFormat] = &[&Nifti, &Nrrd];
+pub static FORMATS: &[&dyn ImageFormat] = &[&Nifti, &Nrrd, &MetaImage];
 
 /// The format whose extension `path` ends with (case-insensitive).
 pub fn for_path(path: &Path) -> Option<&'static dyn ImageFormat> {

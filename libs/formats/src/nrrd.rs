@@ -434,7 +434,8 @@ pub fn write(vol: &Volume, path: &Path, opts: WriteOptions) -> Result<(), String
     if opts.detached {
         let name = format!(
             "{}.{}",
-            path.file_stem()
+            crate::atomic::final_path(path)
+                .file_stem()
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_default(),
             if opts.gzip { "raw.gz" } else { "raw" }
