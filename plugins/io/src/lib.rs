@@ -41,7 +41,7 @@ original grid is recorded so that predictions can be written back onto it.
 Formats:
   organ-files  <root>/[<split folder>/]<case>/<image> + <case>/<structures>/<Organ><extension>
            (OpenKBP, TotalSegmentator, PDDCA): image file name, structures folder, extension
-           (.nii.gz, .nii, .nrrd, .nhdr) and organ aliases are params. A missing organ file
+           (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd) and organ aliases are params. A missing organ file
            means not contoured: absent, never an empty mask. `folders` maps split folders
            (train/, validation/) to splits; `val_fraction` carves val out of train.
   pddca    <root>/<case>/img.nrrd + <root>/<case>/structures/<Organ>.nrrd (MICCAI 2015).
@@ -109,7 +109,7 @@ pub struct LoadParams {
     pub image: String,
     /// organ-files: the folder of organ masks inside each case folder.
     pub structures: String,
-    /// organ-files: the masks' file name ending (.nii.gz, .nii, .nrrd, .nhdr).
+    /// organ-files: the masks' file name ending (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd).
     pub extension: String,
     /// organ-files: split folders under `root` and the split each gives (train, val or
     /// test), e.g. {train: train, validation: test}; empty: case folders directly under root.

@@ -18,7 +18,7 @@ pub struct OrganFilesSpec {
     pub image: String,
     /// The folder of organ masks inside a case folder.
     pub structures: String,
-    /// The masks' file name ending (`.nrrd`, `.nii.gz`, `.nii`, `.nhdr`).
+    /// The masks' file name ending (`.nrrd`, `.nii.gz`, `.nii`, `.nhdr`, `.mha`, `.mhd`).
     pub extension: String,
     /// Split folders under the root: folder name -> split (`train`, `val`, `test`). Empty:
     /// the case folders sit directly under the root.
@@ -41,7 +41,7 @@ impl OrganFilesSpec {
         let ext = p.extension.to_ascii_lowercase();
         if shapeflow_formats::for_path(std::path::Path::new(&format!("x{ext}"))).is_none() {
             return Err(format!(
-                "extension `{}`: not an image format this build reads (.nii.gz, .nii, .nrrd, .nhdr)",
+                "extension `{}`: not an image format this build reads (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd)",
                 p.extension
             ));
         }
