@@ -255,3 +255,80 @@ fn metaimage_agrees_with_simpleitk_both_ways() {
         );
     }
 }
+
+/// An nnU-Net v2 raw dataset built (as symlinks) from the shared hippocampus loads the same
+/// cases as the MSD loader; its mistakes are named.
+#[test]
+fn nnunet_v2_dataset_loads_like_its_msd_original() {
+    use shapeflow_io::{layouts, Format, LoadParams};
+    let src = shared("hippocampus");
+    let ds = datasets::msd_dataset(&src, false).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("Dataset004_Hippocampus");
+    for sub in ["imagesTr", "labelsTr"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let cases = &ds.cases[..4];
+    for c in cases {
+        let id = &c.id;
+        std::os::unix::fs::symlink(&c.image, root.join(format!("imagesTr/{id}_0000.nii.gz")))
+            .unwrap();
+        std::os::unix::fs::symlink(&c.label, root.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
+    }
+    let json = |labels: serde_json::Value, n: usize, channels: serde_json::Value| {
+        let j = serde_json::json!({
+            "channel_names": channels, "labels": labels, "numTraining": n, "file_ending": ".nii.gz"
+        });
+        std::fs::write(root.join("dataset.json"), j.to_string()).unwrap();
+    };
+    let labels = serde_json::json!({"background": 0, "Anterior": 1, "Posterior": 2});
+    let one = serde_json::json!({"0": "MRI"});
+    json(labels.clone(), 4, one.clone());
+    let params = LoadParams {
+        format: Format::NnunetV2,
+        ..Default::default()
+    };
+    let layout = layouts::make(&params, Some(root.clone())).unwrap();
+    let found = layout.discover(0).unwrap();
+    assert_eq!(
+        found.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+        cases.iter().map(|c| c.id.as_str()).collect::<Vec<_>>()
+    );
+    let organs = vec![
+        ("Anterior".to_string(), vec![1u8]),
+        ("Posterior".into(), vec![2]),
+    ];
+    for c in cases {
+        let ours = layout.read(0, &c.id).unwrap();
+        let msd = datasets::load_msd(c, &organs).unwrap();
+        assert_eq!(ours.organs, msd.organs);
+        assert_eq!(ours.image, msd.image, "{}", c.id);
+        assert_eq!(ours.labels, msd.labels, "{}", c.id);
+    }
+    // Mistakes, each named.
+    for (labels, n, channels, needle) in [
+        (labels.clone(), 5, one.clone(), "`numTraining` is 5"),
+        (
+            serde_json::json!({"background": 0, "whole": [1, 2]}),
+            4,
+            one.clone(),
+            "region",
+        ),
+        (
+            serde_json::json!({"Anterior": 1}),
+            4,
+            one.clone(),
+            "background",
+        ),
+        (
+            labels.clone(),
+            4,
+            serde_json::json!({"0": "T1", "1": "T2"}),
+            "2 channels (T1, T2)",
+        ),
+    ] {
+        json(labels, n, channels);
+        let e = layout.discover(0).unwrap_err();
+        assert!(e.contains("dataset.json") && e.contains(needle), "{e}");
+    }
+}

@@ -44,6 +44,9 @@ Formats:
            (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd) and organ aliases are params. A missing organ file
            means not contoured: absent, never an empty mask. `folders` maps split folders
            (train/, validation/) to splits; `val_fraction` carves val out of train.
+  nnunet-v2  nnU-Net v2 raw: <root>/dataset.json (channel_names, labels as name -> value,
+           file_ending, numTraining), imagesTr/<case>_0000<ending>, labelsTr/<case><ending>.
+           One channel; region-based labels are refused (use `merge`).
   pddca    <root>/<case>/img.nrrd + <root>/<case>/structures/<Organ>.nrrd (MICCAI 2015).
            An organ without a file is recorded as absent, never as an empty mask. Where two
            masks overlap the smaller structure wins (chiasm > optic nerves > brainstem >
@@ -68,6 +71,7 @@ pub enum Format {
     Pddca,
     Msd,
     OrganFiles,
+    NnunetV2,
 }
 
 #[derive(
@@ -115,7 +119,7 @@ pub struct LoadParams {
     /// test), e.g. {train: train, validation: test}; empty: case folders directly under root.
     /// With `split: official`, `val_fraction` of the train folder's cases become `val`.
     pub folders: BTreeMap<String, String>,
-    /// msd: organ name -> source label values, e.g. {hippocampus: [1, 2]}; default one organ
+    /// msd, nnunet-v2: organ name -> source label values, e.g. {hippocampus: [1, 2]}; default one organ
     /// per label.
     pub merge: BTreeMap<String, Vec<u8>>,
     /// How cases get train/val/test: official is the dataset's own split (MICCAI 2015 for

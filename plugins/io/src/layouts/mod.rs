@@ -3,6 +3,7 @@
 //! `Format` and one arm in [`make`].
 
 mod msd;
+mod nnunet;
 mod organ_files;
 mod phantom;
 
@@ -48,6 +49,7 @@ pub fn make(p: &LoadParams, root: Option<PathBuf>) -> Result<Box<dyn Layout>, St
             p.merge.clone(),
             p.allow_outside_root,
         )),
+        Format::NnunetV2 => Box::new(nnunet::NnUnet::new(root()?, p.merge.clone())),
         Format::Pddca => Box::new(organ_files::OrganFiles::new(
             root()?,
             OrganFilesSpec::pddca(),
