@@ -52,6 +52,9 @@ enum Command {
     Plan(PipelineArgs),
     /// Check a pipeline file (plugins, params, dependencies, variants) and exit.
     Validate(ValidateArgs),
+    /// Read every case of the pipeline's datasets: shapes, spacings, orientations, intensities,
+    /// organs present/absent/empty, problems (exit 1 if any error), suggested settings.
+    Inspect(InspectArgs),
     /// List the available stages, or show one stage's help and params.
     Plugins {
         /// A stage name, e.g. `exec`.
@@ -83,6 +86,24 @@ struct PipelineArgs {
     /// Fail at once if another process holds the cache, instead of waiting.
     #[arg(long)]
     no_wait: bool,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// The pipeline YAML file: each of its case sources (e.g. `load`) is inspected.
+    file: PathBuf,
+    /// Override a param: `stage.param=value` (repeatable).
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    sets: Vec<String>,
+    /// Print JSON instead of the report.
+    #[arg(long)]
+    json: bool,
+    /// GPU memory the suggested patch size must fit (GiB).
+    #[arg(long, default_value_t = 24.0)]
+    gpu_memory: f64,
+    /// Worker threads reading cases (default: all cores).
+    #[arg(short, long)]
+    jobs: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +241,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8> {
         Command::Run(a) => cmd_run(a, registry),
         Command::Plan(a) => cmd_plan(a, registry),
         Command::Validate(a) => cmd_validate(a, registry),
+        Command::Inspect(a) => cmd_inspect(a, registry),
         Command::Plugins { name } => cmd_plugins(name.as_deref(), registry),
         Command::Cache(a) => cmd_cache(a),
     }
@@ -301,6 +323,88 @@ fn cmd_plan(a: PipelineArgs, registry: &Registry) -> Result<u8> {
     }
     println!("\n{all_n} items to compute, {all_c} from the cache");
     Ok(0)
+}
+
+fn cmd_inspect(a: InspectArgs, registry: &Registry) -> Result<u8> {
+    use rayon::prelude::*;
+    use shapeflow_core::{CaseData, CaseDataItem, Inputs, Kind, Shape, StageCtx};
+    let (r, _) = load(&a.file, &a.sets, registry)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.jobs.unwrap_or(0))
+        .build()
+        .context("cannot start worker threads")?;
+    let cancel = CancelToken::default();
+    let scratch = std::env::temp_dir();
+    let mut reports = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for node in &r.nodes {
+        if node.shape != Shape::Source || node.stage.output() != Kind::Case {
+            continue;
+        }
+        if !seen.insert(node.signature) {
+            continue; // the same source in several variants
+        }
+        let ctx = StageCtx {
+            base_dir: r.file.base_dir(),
+            stage_id: &node.id,
+            seed: node.seed,
+            scratch: scratch.clone(),
+            run_dir: scratch.clone(),
+            output_dir: scratch.clone(),
+            work_dir: scratch.clone(),
+            cancel: &cancel,
+            progress: Default::default(),
+        };
+        let cases = node
+            .stage
+            .discover(&ctx)
+            .map_err(|e| anyhow!("stage `{}`: {e}", node.id))?;
+        eprintln!("inspecting {} cases of stage `{}`", cases.len(), node.id);
+        let read: Vec<(crate::inspect::CaseFacts, Vec<String>)> = pool.install(|| {
+            cases
+                .par_iter()
+                .map(|c| {
+                    let data = node
+                        .stage
+                        .run_case(&ctx, c, &Inputs::default())
+                        .map_err(|e| e.to_string())
+                        .and_then(|it| CaseData::from_item(&it).map_err(|e| e.to_string()));
+                    let organs = data.as_ref().map(|d| d.organs.clone()).unwrap_or_default();
+                    (crate::inspect::case_facts(c, data), organs)
+                })
+                .collect()
+        });
+        let organs = read
+            .iter()
+            .find(|(f, _)| f.error.is_none())
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        let facts = read.into_iter().map(|(f, _)| f).collect();
+        reports.push(crate::inspect::inspect(
+            &node.id,
+            organs,
+            facts,
+            a.gpu_memory,
+        ));
+    }
+    if reports.is_empty() {
+        return Err(anyhow!(
+            "{}: no stage yields cases to inspect (e.g. `load`)",
+            a.file.display()
+        ));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for rep in &reports {
+            println!("{}", rep.markdown());
+        }
+    }
+    let errors: usize = reports.iter().map(|r| r.errors.len()).sum();
+    if errors > 0 {
+        eprintln!("inspect: {errors} error(s) found");
+    }
+    Ok(u8::from(errors > 0))
 }
 
 /// Settings of [`run_pipeline`].

@@ -1,6 +1,7 @@
 //! The `pipeline` command line, and the set of plugins this binary ships.
 
 pub mod cli;
+pub mod inspect;
 
 use shapeflow_core::{DuplicateStage, Registry};
 

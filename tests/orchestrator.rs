@@ -861,3 +861,102 @@ fn a_killed_runs_scratch_is_removed_by_the_next_run() {
         0
     );
 }
+
+/// `pipeline inspect` on a deliberately broken copy of four real hippocampus cases names
+/// each problem and exits 1: a label on another grid, a label value outside the table, a
+/// duplicated case; on the intact cases it reports none and exits 0.
+#[test]
+fn inspect_names_each_problem_of_a_broken_dataset() {
+    use shapeflow_core::VoxelData;
+    let src = shared("hippocampus");
+    let d = tempfile::tempdir().unwrap();
+    let ds = d.path().join("ds");
+    for sub in ["imagesTr", "labelsTr"] {
+        std::fs::create_dir_all(ds.join(sub)).unwrap();
+    }
+    let ids = ["hippocampus_001", "hippocampus_003", "hippocampus_004"];
+    let link = |from: &str, to: &str| {
+        std::os::unix::fs::symlink(src.join(from), ds.join(to)).unwrap();
+    };
+    for id in ids {
+        link(
+            &format!("imagesTr/{id}.nii.gz"),
+            &format!("imagesTr/{id}.nii.gz"),
+        );
+        link(
+            &format!("labelsTr/{id}.nii.gz"),
+            &format!("labelsTr/{id}.nii.gz"),
+        );
+    }
+    let entries = |ids: &[&str]| -> String {
+        ids.iter()
+            .map(|i| {
+                format!(r#"{{"image": "./imagesTr/{i}.nii.gz", "label": "./labelsTr/{i}.nii.gz"}}"#)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let json = |ids: &[&str]| {
+        let text = format!(
+            r#"{{"labels": {{"0": "background", "1": "Anterior", "2": "Posterior"}}, "training": [{}]}}"#,
+            entries(ids)
+        );
+        std::fs::write(ds.join("dataset.json"), text).unwrap();
+    };
+    json(&ids);
+    write(
+        d.path(),
+        "p.yaml",
+        "name: check\nstages:\n  load: {stage: load, params: {format: msd, root: ds, split: none}}\n",
+    );
+    let out = run_child(d.path(), &["inspect", "p.yaml"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("3 cases") && t.contains("None found"), "{t}");
+
+    // Break it: a duplicated case, a label value 3, a label on another grid.
+    link(
+        "imagesTr/hippocampus_001.nii.gz",
+        "imagesTr/hippocampus_901.nii.gz",
+    );
+    link(
+        "labelsTr/hippocampus_001.nii.gz",
+        "labelsTr/hippocampus_901.nii.gz",
+    );
+    let label = shapeflow_formats::read(&src.join("labelsTr/hippocampus_003.nii.gz")).unwrap();
+    let mut v: Vec<u8> = label.to_f32().iter().map(|&x| x as u8).collect();
+    v[0] = 3;
+    std::fs::remove_file(ds.join("labelsTr/hippocampus_003.nii.gz")).unwrap();
+    shapeflow_formats::write(
+        &label.with_data(VoxelData::U8(v)).unwrap(),
+        &ds.join("labelsTr/hippocampus_003.nii.gz"),
+    )
+    .unwrap();
+    let mut small =
+        shapeflow_core::Volume::new([5, 5, 5], label.spacing, VoxelData::U8(vec![0; 125])).unwrap();
+    small.affine = label.affine;
+    std::fs::remove_file(ds.join("labelsTr/hippocampus_004.nii.gz")).unwrap();
+    shapeflow_formats::write(&small, &ds.join("labelsTr/hippocampus_004.nii.gz")).unwrap();
+    json(&[
+        "hippocampus_001",
+        "hippocampus_003",
+        "hippocampus_004",
+        "hippocampus_901",
+    ]);
+    let out = run_child(d.path(), &["inspect", "p.yaml"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    for needle in [
+        "case `hippocampus_004` cannot be read",
+        "case `hippocampus_003`: label values not in the organ table (read as background): 3 (1 voxels)",
+        "cases `hippocampus_001`, `hippocampus_901` have the same image",
+    ] {
+        assert!(t.contains(needle), "{needle}: {t}");
+    }
+    let out = run_child(d.path(), &["inspect", "p.yaml", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let at = stdout.find("[\n  {").expect("a JSON list on stdout");
+    let j: serde_json::Value = serde_json::from_str(&stdout[at..]).unwrap();
+    assert_eq!(j[0]["errors"].as_array().unwrap().len(), 3, "{j}");
+    assert_eq!(j[0]["cases"], 4);
+}

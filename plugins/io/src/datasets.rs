@@ -372,6 +372,18 @@ pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData
     let VoxelData::U8(src) = &label.data else {
         unreachable!("as_labels gives u8")
     };
+    // Values no organ lists become background; how many of each is recorded (and
+    // `pipeline inspect` reports it), never lost silently.
+    let mut counts = [0usize; 256];
+    for &v in src {
+        counts[v as usize] += 1;
+    }
+    let listed: std::collections::HashSet<u8> =
+        organs.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let unlisted: serde_json::Map<String, serde_json::Value> = (1..256)
+        .filter(|&v| counts[v] > 0 && !listed.contains(&(v as u8)))
+        .map(|v| (v.to_string(), serde_json::json!(counts[v])))
+        .collect();
     let remapped: Vec<u8> = src.iter().map(|&v| map[v as usize]).collect();
     let labels = label
         .with_data(VoxelData::U8(remapped))
@@ -381,6 +393,14 @@ pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData
         "source".into(),
         serde_json::json!(case.image.display().to_string()),
     );
+    if !unlisted.is_empty() {
+        tracing::warn!(
+            "{}: label values {:?} are not in the organ table; read as background",
+            case.label.display(),
+            unlisted.keys().collect::<Vec<_>>()
+        );
+        notes.insert("unlisted_label_values".into(), unlisted.into());
+    }
     Ok(CaseData {
         original: Some(image.grid()),
         image: Some(Arc::new(image)),

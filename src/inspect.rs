@@ -1,0 +1,548 @@
+//! `pipeline inspect`: a dataset's fingerprint (what nnU-Net's planning step computes, and
+//! more), its problems, and suggested training settings with the reasoning.
+//!
+//! Works on the cases any source stage yields (`CaseData`); knows no stage by name.
+
+use serde::Serialize;
+use shapeflow_core::{CaseData, CaseInfo, VoxelData};
+use std::collections::BTreeMap;
+
+/// What one case is made of.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseFacts {
+    pub id: String,
+    pub split: Option<String>,
+    /// The error reading it, if it could not be read (the rest is then empty).
+    pub error: Option<String>,
+    pub dims: [usize; 3],
+    pub spacing: [f64; 3],
+    /// Where each voxel axis points, nibabel's way: `RAS`, `LPS`, ...
+    pub orientation: String,
+    /// Per organ: voxels, or `None` when the organ is absent (not contoured).
+    pub organ_voxels: Vec<Option<usize>>,
+    /// Label values in the file that the organ table does not list, with voxel counts.
+    pub unlisted_labels: BTreeMap<String, u64>,
+    #[serde(skip)]
+    image_hash: Option<String>,
+    #[serde(skip)]
+    foreground: Vec<f32>,
+}
+
+/// Most foreground voxels sampled per case for the intensity statistics.
+const SAMPLES_PER_CASE: usize = 20_000;
+
+/// The facts of one case (or its reading error).
+pub fn case_facts(info: &CaseInfo, case: Result<CaseData, String>) -> CaseFacts {
+    let mut f = CaseFacts {
+        id: info.id.clone(),
+        split: info.split.clone(),
+        error: None,
+        dims: [0; 3],
+        spacing: [0.0; 3],
+        orientation: String::new(),
+        organ_voxels: Vec::new(),
+        unlisted_labels: BTreeMap::new(),
+        image_hash: None,
+        foreground: Vec::new(),
+    };
+    let case = match case {
+        Ok(c) => c,
+        Err(e) => {
+            f.error = Some(e);
+            return f;
+        }
+    };
+    if let Some(g) = case.grid() {
+        f.dims = g.dims;
+        f.spacing = g.spacing();
+        f.orientation = axcodes(&g.affine);
+    }
+    let counts = case.organ_voxels();
+    f.organ_voxels = counts
+        .iter()
+        .zip(&case.present)
+        .map(|(&n, &p)| p.then_some(n))
+        .collect();
+    if let Some(u) = case
+        .notes
+        .get("unlisted_label_values")
+        .and_then(|v| v.as_object())
+    {
+        f.unlisted_labels = u
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+            .collect();
+    }
+    if let Some(img) = &case.image {
+        let bytes: Vec<u8> = match &img.data {
+            VoxelData::U8(v) => v.clone(),
+            VoxelData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            VoxelData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
+        f.image_hash = Some(blake3::hash(&bytes).to_hex().to_string());
+        if let Some(VoxelData::U8(l)) = case.labels.as_ref().map(|l| &l.data) {
+            let inside: Vec<usize> = (0..l.len()).filter(|&i| l[i] > 0).collect();
+            let step = inside.len().div_ceil(SAMPLES_PER_CASE).max(1);
+            f.foreground = inside
+                .iter()
+                .step_by(step)
+                .map(|&i| img.data.get_f32(i))
+                .collect();
+        }
+    }
+    f
+}
+
+/// nibabel's axis codes of an affine: for each voxel axis, the world direction it points to.
+fn axcodes(a: &[[f64; 4]; 4]) -> String {
+    (0..3)
+        .map(|c| {
+            let r = (0..3)
+                .max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))
+                .unwrap_or(0);
+            let pos = a[r][c] >= 0.0;
+            ["RL", "AP", "SI"][r]
+                .chars()
+                .nth(usize::from(!pos))
+                .unwrap_or('?')
+        })
+        .collect()
+}
+
+/// Settings a user can paste into the pipeline, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suggestion {
+    pub spacing: [f64; 3],
+    pub patch: [usize; 3],
+    pub depth: usize,
+    pub base_channels: usize,
+    pub batch: usize,
+    pub estimated_gib: f64,
+    pub reasoning: Vec<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub stage: String,
+    pub cases: usize,
+    pub organs: Vec<String>,
+    pub splits: BTreeMap<String, usize>,
+    pub spacing: Summary3,
+    pub shape: Summary3,
+    pub orientations: BTreeMap<String, usize>,
+    /// Pooled over the voxels inside any organ: mean, sd, 0.5 / 50 / 99.5 percentiles.
+    pub foreground_intensity: Option<BTreeMap<String, f64>>,
+    /// Per organ: cases present, absent, present but empty; median voxels when present.
+    pub organ_table: Vec<OrganRow>,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub suggestion: Option<Suggestion>,
+    pub per_case: Vec<CaseFacts>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary3 {
+    pub median: [f64; 3],
+    pub min: [f64; 3],
+    pub max: [f64; 3],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrganRow {
+    pub organ: String,
+    pub present: usize,
+    pub absent: usize,
+    pub empty: usize,
+    pub median_voxels: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let x = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (x - lo as f64)
+}
+
+fn summary3(rows: &[[f64; 3]]) -> Summary3 {
+    let col = |a: usize| -> Vec<f64> { rows.iter().map(|r| r[a]).collect() };
+    Summary3 {
+        median: std::array::from_fn(|a| median(&mut col(a))),
+        min: std::array::from_fn(|a| col(a).into_iter().fold(f64::INFINITY, f64::min)),
+        max: std::array::from_fn(|a| col(a).into_iter().fold(f64::NEG_INFINITY, f64::max)),
+    }
+}
+
+/// Puts the cases' facts together; `gpu_gib` sizes the suggestion.
+pub fn inspect(
+    stage: &str,
+    organs: Vec<String>,
+    facts: Vec<CaseFacts>,
+    gpu_gib: f64,
+) -> Inspection {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let ok: Vec<&CaseFacts> = facts.iter().filter(|f| f.error.is_none()).collect();
+    for f in &facts {
+        if let Some(e) = &f.error {
+            errors.push(format!("case `{}` cannot be read: {e}", f.id));
+        }
+        if !f.unlisted_labels.is_empty() {
+            errors.push(format!(
+                "case `{}`: label values not in the organ table (read as background): {}",
+                f.id,
+                f.unlisted_labels
+                    .iter()
+                    .map(|(v, n)| format!("{v} ({n} voxels)"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    // Duplicated images.
+    let mut by_hash: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for f in &ok {
+        if let Some(h) = &f.image_hash {
+            by_hash.entry(h).or_default().push(&f.id);
+        }
+    }
+    for ids in by_hash.values().filter(|v| v.len() > 1) {
+        errors.push(format!(
+            "cases {} have the same image voxel for voxel (a duplicated case)",
+            ids.iter()
+                .map(|i| format!("`{i}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let mut orientations: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &ok {
+        *orientations.entry(f.orientation.clone()).or_default() += 1;
+    }
+    if let Some((major, _)) = orientations.iter().max_by_key(|(_, n)| **n) {
+        let odd: Vec<String> = ok
+            .iter()
+            .filter(|f| &f.orientation != major)
+            .map(|f| format!("`{}` ({})", f.id, f.orientation))
+            .collect();
+        if !odd.is_empty() {
+            warnings.push(format!(
+                "{} case(s) oriented differently from the majority ({major}): {} (resampling \
+                 handles it; worth a look)",
+                odd.len(),
+                odd.join(", ")
+            ));
+        }
+    }
+    let mut organ_table = Vec::new();
+    for (k, organ) in organs.iter().enumerate() {
+        let (mut present, mut absent, mut empty, mut sizes) = (0, 0, 0, Vec::new());
+        for f in &ok {
+            match f.organ_voxels.get(k).copied().flatten() {
+                None => absent += 1,
+                Some(0) => {
+                    empty += 1;
+                    present += 1;
+                }
+                Some(n) => {
+                    present += 1;
+                    sizes.push(n as f64);
+                }
+            }
+        }
+        if empty > 0 {
+            let ids: Vec<&str> = ok
+                .iter()
+                .filter(|f| f.organ_voxels.get(k).copied().flatten() == Some(0))
+                .map(|f| f.id.as_str())
+                .collect();
+            warnings.push(format!(
+                "{organ}: contoured but empty in {empty} case(s): {}",
+                ids.join(", ")
+            ));
+        }
+        organ_table.push(OrganRow {
+            organ: organ.clone(),
+            present,
+            absent,
+            empty,
+            median_voxels: median(&mut sizes),
+        });
+    }
+    let mut splits = BTreeMap::new();
+    for f in &facts {
+        *splits
+            .entry(f.split.clone().unwrap_or_else(|| "none".into()))
+            .or_default() += 1;
+    }
+    let spacings: Vec<[f64; 3]> = ok.iter().map(|f| f.spacing).collect();
+    let shapes: Vec<[f64; 3]> = ok.iter().map(|f| f.dims.map(|d| d as f64)).collect();
+    let mut fg: Vec<f64> = ok
+        .iter()
+        .flat_map(|f| f.foreground.iter().map(|&v| v as f64))
+        .collect();
+    let foreground_intensity = (!fg.is_empty()).then(|| {
+        let n = fg.len() as f64;
+        let mean = fg.iter().sum::<f64>() / n;
+        let sd = (fg.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+        fg.sort_by(f64::total_cmp);
+        BTreeMap::from([
+            ("mean".to_string(), mean),
+            ("sd".to_string(), sd),
+            ("p00_5".to_string(), percentile(&fg, 0.005)),
+            ("median".to_string(), percentile(&fg, 0.5)),
+            ("p99_5".to_string(), percentile(&fg, 0.995)),
+        ])
+    });
+    let suggestion = (!ok.is_empty()).then(|| suggest(&spacings, &shapes, gpu_gib));
+    Inspection {
+        stage: stage.to_string(),
+        cases: facts.len(),
+        organs,
+        splits,
+        spacing: summary3(&spacings),
+        shape: summary3(&shapes),
+        orientations,
+        foreground_intensity,
+        organ_table,
+        errors,
+        warnings,
+        suggestion,
+        per_case: facts,
+    }
+}
+
+/// Estimated training memory per patch voxel and base channel, bytes: each resolution level
+/// keeps about 6 activations per voxel and channel for the backward pass (two convolutions,
+/// each with its norm and activation) in float32, in the encoder and again in the decoder,
+/// with channels doubling as voxels fall eightfold (so the levels sum to about 4/3 of the
+/// first). An estimate, not a measurement.
+const BYTES_PER_VOXEL_CHANNEL: f64 = 6.0 * 4.0 * 2.0 * 4.0 / 3.0;
+
+/// nnU-Net's rules, simplified: the median spacing (the 10th percentile along an axis more
+/// than 3 times coarser than the finest), a patch from the median shape that fits the GPU,
+/// as many poolings as keep 4 voxels per axis at the bottom (at most 6, the paper's).
+fn suggest(spacings: &[[f64; 3]], shapes: &[[f64; 3]], gpu_gib: f64) -> Suggestion {
+    let mut reasoning = Vec::new();
+    let med = summary3(spacings).median;
+    let mut spacing = med;
+    let finest = med.iter().copied().fold(f64::INFINITY, f64::min);
+    for a in 0..3 {
+        if med[a] > 3.0 * finest {
+            let mut col: Vec<f64> = spacings.iter().map(|s| s[a]).collect();
+            col.sort_by(f64::total_cmp);
+            spacing[a] = percentile(&col, 0.1);
+            reasoning.push(format!(
+                "axis {a} is {:.1} times coarser than the finest: its spacing is the 10th \
+                 percentile ({:.2} mm), not the median, as nnU-Net does for anisotropic data",
+                med[a] / finest,
+                spacing[a]
+            ));
+        }
+    }
+    reasoning.push(format!(
+        "target spacing {:.2} x {:.2} x {:.2} mm: the median over the cases",
+        spacing[0], spacing[1], spacing[2]
+    ));
+    let extent: Vec<[f64; 3]> = spacings
+        .iter()
+        .zip(shapes)
+        .map(|(s, d)| std::array::from_fn(|a| d[a] * s[a] / spacing[a]))
+        .collect();
+    let median_shape = summary3(&extent).median;
+    reasoning.push(format!(
+        "median shape at that spacing: {:.0} x {:.0} x {:.0} voxels",
+        median_shape[0], median_shape[1], median_shape[2]
+    ));
+    let base_channels = 32;
+    let batch = 2;
+    let budget = gpu_gib * 0.8 * (1u64 << 30) as f64;
+    let memory = |p: &[usize; 3]| -> f64 {
+        (p.iter().product::<usize>() * batch) as f64
+            * base_channels as f64
+            * BYTES_PER_VOXEL_CHANNEL
+    };
+    let depth_for = |p: &[usize; 3]| -> usize {
+        let m = *p.iter().min().unwrap_or(&4) as f64;
+        ((m / 4.0).log2().floor().max(1.0) as usize).min(6)
+    };
+    let round = |x: f64, k: usize| -> usize { ((x / k as f64).ceil() as usize).max(1) * k };
+    let mut patch: [usize; 3] = std::array::from_fn(|a| round(median_shape[a], 16));
+    let mut steps = 0;
+    while memory(&patch) > budget && steps < 64 {
+        // Shrink the axis longest in millimetres, by 16 voxels.
+        let a = (0..3)
+            .max_by(|&x, &y| {
+                (patch[x] as f64 * spacing[x]).total_cmp(&(patch[y] as f64 * spacing[y]))
+            })
+            .unwrap_or(0);
+        if patch[a] <= 16 {
+            break;
+        }
+        patch[a] -= 16;
+        steps += 1;
+    }
+    let depth = depth_for(&patch);
+    let gib = memory(&patch) / (1u64 << 30) as f64;
+    reasoning.push(format!(
+        "patch {} x {} x {}: the median shape rounded up to a multiple of 16{}; estimated \
+         training memory {gib:.1} GiB at batch {batch} and {base_channels} base channels \
+         (about {:.0} bytes per patch voxel and base channel, an estimate; budget 80% of \
+         {gpu_gib} GiB)",
+        patch[0],
+        patch[1],
+        patch[2],
+        if steps > 0 {
+            format!(", its longest axis (in mm) shrunk {steps} time(s) by 16 voxels to fit")
+        } else {
+            String::new()
+        },
+        BYTES_PER_VOXEL_CHANNEL * batch as f64
+    ));
+    reasoning.push(format!(
+        "depth {depth}: poolings that keep at least 4 voxels along the shortest patch axis \
+         (at most 6, the paper's)"
+    ));
+    Suggestion {
+        spacing,
+        patch,
+        depth,
+        base_channels,
+        batch,
+        estimated_gib: gib,
+        reasoning,
+    }
+}
+
+fn fmt3(v: [f64; 3], digits: usize) -> String {
+    format!("{:.digits$} x {:.digits$} x {:.digits$}", v[0], v[1], v[2])
+}
+
+impl Inspection {
+    /// The report for people.
+    pub fn markdown(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# Dataset of stage `{}`: {} cases\n",
+            self.stage, self.cases
+        );
+        let splits: Vec<String> = self
+            .splits
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "Splits: {}\n", splits.join(", "));
+        let _ = writeln!(s, "| | median | min | max |\n|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "| spacing (mm) | {} | {} | {} |",
+            fmt3(self.spacing.median, 2),
+            fmt3(self.spacing.min, 2),
+            fmt3(self.spacing.max, 2)
+        );
+        let _ = writeln!(
+            s,
+            "| shape (voxels) | {} | {} | {} |\n",
+            fmt3(self.shape.median, 0),
+            fmt3(self.shape.min, 0),
+            fmt3(self.shape.max, 0)
+        );
+        let o: Vec<String> = self
+            .orientations
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(s, "Orientations: {}\n", o.join(", "));
+        if let Some(fg) = &self.foreground_intensity {
+            let _ = writeln!(
+                s,
+                "Intensity inside the organs: mean {:.1}, sd {:.1}, 0.5% {:.1}, median {:.1}, 99.5% {:.1}\n",
+                fg["mean"], fg["sd"], fg["p00_5"], fg["median"], fg["p99_5"]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "| organ | present | absent (not contoured) | empty | median voxels |\n|---|---|---|---|---|"
+        );
+        for r in &self.organ_table {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.0} |",
+                r.organ, r.present, r.absent, r.empty, r.median_voxels
+            );
+        }
+        let _ = writeln!(s);
+        if let Some(g) = &self.suggestion {
+            let _ = writeln!(s, "## Suggested settings\n");
+            for r in &g.reasoning {
+                let _ = writeln!(s, "- {r}");
+            }
+            let _ = writeln!(
+                s,
+                "\n```yaml\n  resample: {{params: {{spacing: [{:.2}, {:.2}, {:.2}]}}}}\n  train:\n    params:\n      patch: [{}, {}, {}]\n      batch: {}\n      net: {{depth: {}, base_channels: {}}}\n```\n",
+                g.spacing[0], g.spacing[1], g.spacing[2], g.patch[0], g.patch[1], g.patch[2],
+                g.batch, g.depth, g.base_channels
+            );
+        }
+        let _ = writeln!(s, "## Problems\n");
+        if self.errors.is_empty() && self.warnings.is_empty() {
+            let _ = writeln!(s, "None found.");
+        }
+        for e in &self.errors {
+            let _ = writeln!(s, "- error: {e}");
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "- warning: {w}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_codes_follow_nibabel() {
+        let mut a = [[0.0; 4]; 4];
+        a[0][0] = -1.0;
+        a[1][1] = -1.0;
+        a[2][2] = 2.0;
+        assert_eq!(axcodes(&a), "LPS");
+        let mut b = [[0.0; 4]; 4];
+        b[1][0] = 1.0;
+        b[0][1] = 1.0;
+        b[2][2] = -1.0;
+        assert_eq!(axcodes(&b), "ARI");
+    }
+
+    #[test]
+    fn anisotropic_spacing_takes_the_tenth_percentile_and_the_patch_fits() {
+        let spacings: Vec<[f64; 3]> = (0..10).map(|i| [0.7, 0.7, 3.0 + i as f64 * 0.5]).collect();
+        let shapes: Vec<[f64; 3]> = vec![[512.0, 512.0, 100.0]; 10];
+        let g = suggest(&spacings, &shapes, 8.0);
+        assert!((g.spacing[2] - 3.45).abs() < 1e-9, "{:?}", g.spacing);
+        assert!(g.estimated_gib <= 8.0 * 0.8, "{g:?}");
+        assert!(g.patch.iter().all(|p| p % 16 == 0));
+        assert!((1..=6).contains(&g.depth));
+        let big = suggest(&spacings, &shapes, 80.0);
+        assert!(big.patch.iter().product::<usize>() > g.patch.iter().product::<usize>());
+    }
+}
