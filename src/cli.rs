@@ -52,6 +52,9 @@ enum Command {
     Plan(PipelineArgs),
     /// Check a pipeline file (plugins, params, dependencies, variants) and exit.
     Validate(ValidateArgs),
+    /// Apply a trained model to new images (no labels needed): the preprocessing it was
+    /// trained with is replayed, predictions land on each image's own grid.
+    Predict(PredictArgs),
     /// Read every case of the pipeline's datasets: shapes, spacings, orientations, intensities,
     /// organs present/absent/empty, problems (exit 1 if any error), suggested settings.
     Inspect(InspectArgs),
@@ -86,6 +89,20 @@ struct PipelineArgs {
     /// Fail at once if another process holds the cache, instead of waiting.
     #[arg(long)]
     no_wait: bool,
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    /// A trained model's folder, as a run writes it (runs/<run>/<train stage>/[<variant>/]).
+    #[arg(short, long = "model", required = true)]
+    models: Vec<PathBuf>,
+    /// An image, or a folder of images (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd;
+    /// nnU-Net's `<case>_0000` naming understood).
+    #[arg(short, long)]
+    input: PathBuf,
+    /// Where the predictions go (`<case>.nii.gz`, as `infer` writes them).
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -242,6 +259,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8> {
         Command::Plan(a) => cmd_plan(a, registry),
         Command::Validate(a) => cmd_validate(a, registry),
         Command::Inspect(a) => cmd_inspect(a, registry),
+        Command::Predict(a) => cmd_predict(a, registry),
         Command::Plugins { name } => cmd_plugins(name.as_deref(), registry),
         Command::Cache(a) => cmd_cache(a),
     }
@@ -322,6 +340,38 @@ fn cmd_plan(a: PipelineArgs, registry: &Registry) -> Result<u8> {
         );
     }
     println!("\n{all_n} items to compute, {all_c} from the cache");
+    Ok(0)
+}
+
+fn cmd_predict(a: PredictArgs, registry: &Registry) -> Result<u8> {
+    use crate::predict;
+    if a.models.len() > 1 {
+        return Err(anyhow!(
+            "{} models given: ensembles are not supported yet; give one `-m`",
+            a.models.len()
+        ));
+    }
+    let pkg = predict::Package::open(&a.models[0])?;
+    let images = predict::input_images(&a.input)?;
+    // Ctrl-C ends the process; every file is written atomically, so none is left half.
+    let cancel = CancelToken::default();
+    eprintln!(
+        "predicting {} case(s) with {}",
+        images.len(),
+        a.models[0].display()
+    );
+    let started = std::time::Instant::now();
+    let done = predict::predict(registry, &pkg, &images, &a.output, &cancel)?;
+    let total = started.elapsed().as_secs_f64();
+    for d in &done {
+        eprintln!("  {}: {:.1} s", d.id, d.seconds);
+    }
+    eprintln!(
+        "{} case(s) in {total:.1} s ({:.2} cases/s); predictions in {}",
+        done.len(),
+        done.len() as f64 / total.max(1e-9),
+        a.output.display()
+    );
     Ok(0)
 }
 

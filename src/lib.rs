@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod inspect;
+pub mod predict;
 
 use shapeflow_core::{DuplicateStage, Registry};
 

@@ -187,6 +187,121 @@ stages:
         shapeflow_core::Volume::read_nifti(&infer_dir.join("hn-ct-frm2_Mandible.nii.gz")).unwrap();
     assert_eq!(map.dims, img.dims);
     assert!(infer_dir.join("labels.json").is_file());
+
+    // The model package, applied to the CT file alone by `pipeline predict` (head-crop and
+    // resample replayed from it), gives the same prediction voxel for voxel.
+    let out = d.path().join("predicted");
+    let run = run_child(
+        d.path(),
+        &[
+            "predict",
+            "-m",
+            manifest.parent().unwrap().join("train").to_str().unwrap(),
+            "-i",
+            c.image.as_ref().unwrap().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let again = shapeflow_core::Volume::read_nifti(&out.join("img.nii.gz")).unwrap();
+    assert_eq!(again, pred);
+    // The continuous map too (an untrained model's labels may be all background; its map
+    // is not constant, and moves with any change in the replayed preprocessing).
+    let map_again = shapeflow_core::Volume::read_nifti(&out.join("img_Mandible.nii.gz")).unwrap();
+    let values = map.to_f32();
+    assert!(
+        values.iter().any(|&v| v != values[0]),
+        "a constant map proves nothing"
+    );
+    assert_eq!(map_again, map);
+}
+
+/// `pipeline predict` on the hippocampus test cases (never seen in training), given as a
+/// plain folder of images with nnU-Net's `_0000` naming: equal voxel for voxel to what
+/// `infer` wrote inside the training pipeline. Its errors are named.
+#[test]
+fn predict_on_unseen_cases_equals_infer_inside_the_pipeline() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+name: hippo-small
+stages:
+  load:
+    stage: load
+    params: {{format: msd, root: "{}", merge: {{hippocampus: [1, 2]}}, split: holdout, val_fraction: 0.0, test_fraction: 0.3, limit: 10}}
+  resample: {{stage: resample, after: [load], params: {{spacing: [1.5, 1.5, 1.5]}}}}
+  sdm: {{stage: edt-sdm, after: [resample]}}
+  augment: {{stage: augment, after: [resample, sdm]}}
+  train:
+    stage: train
+    after: [resample, sdm, augment]
+    params:
+      epochs: 1
+      iterations: 2
+      patch: [16, 16, 16]
+      net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}
+      device: cpu
+  infer: {{stage: infer, after: [resample, train], params: {{largest_component: true}}}}
+"#,
+        shared("hippocampus").display()
+    );
+    write(d.path(), "p.yaml", &yaml);
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let run_dir = manifest.parent().unwrap();
+    let predicted: Vec<String> = std::fs::read_dir(run_dir.join("infer"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("hippocampus_") && n.ends_with(".nii.gz"))
+        .collect();
+    assert_eq!(predicted.len(), 3, "{predicted:?}");
+    let input = d.path().join("new");
+    std::fs::create_dir_all(&input).unwrap();
+    for n in &predicted {
+        let id = n.trim_end_matches(".nii.gz");
+        std::os::unix::fs::symlink(
+            shared(&format!("hippocampus/imagesTr/{n}")),
+            input.join(format!("{id}_0000.nii.gz")),
+        )
+        .unwrap();
+    }
+    let out = d.path().join("out");
+    let model = run_dir.join("train");
+    let args = |m: &str, i: &str| {
+        vec![
+            "predict".to_string(),
+            "-m".into(),
+            m.into(),
+            "-i".into(),
+            i.into(),
+            "-o".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_child(d.path(), &a)
+    };
+    let o = run(args(model.to_str().unwrap(), input.to_str().unwrap()));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for n in &predicted {
+        let theirs = shapeflow_core::Volume::read_nifti(&run_dir.join("infer").join(n)).unwrap();
+        let ours = shapeflow_core::Volume::read_nifti(&out.join(n)).unwrap();
+        assert_eq!(ours, theirs, "{n}");
+    }
+    // Errors a user meets, named.
+    let o = run(args(d.path().to_str().unwrap(), input.to_str().unwrap()));
+    assert!(
+        o.status.code() == Some(1) && text(&o).contains("not a model package"),
+        "{}",
+        text(&o)
+    );
+    let empty = d.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run(args(model.to_str().unwrap(), empty.to_str().unwrap()));
+    assert!(text(&o).contains("no images"), "{}", text(&o));
 }
 
 const TRAIN_SLOW: &str = r#"

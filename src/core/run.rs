@@ -423,11 +423,91 @@ impl Engine {
                 .map_err(|e| StageError::msg(e.to_string()))?
         {
             plan::record(&self.resolved, n, planned, &self.cache);
+            if node.shape == Shape::Gather {
+                let item = self.load(n, ALL_CASES)?;
+                node.stage.publish(&self.ctx(n, &planned.key), &item)?;
+                self.write_lineage(n, &item);
+            }
             return Ok(false);
         }
         let item = Arc::new(self.compute(n, i)?);
         self.store(n, i, &item)?;
+        self.write_lineage(n, &item);
         Ok(true)
+    }
+
+    /// A context for work on node `n` outside `compute` (scratch is the run's own).
+    fn ctx(&self, n: usize, key: &CacheKey) -> StageCtx<'_> {
+        let node = &self.resolved.nodes[n];
+        StageCtx {
+            base_dir: self.resolved.file.base_dir(),
+            stage_id: &node.id,
+            seed: node.seed,
+            scratch: self.scratch_root.clone(),
+            run_dir: self.run_dir.clone(),
+            output_dir: self.output_dir(n),
+            work_dir: self.work_dir(key),
+            cancel: &self.cancel,
+            progress: Default::default(),
+        }
+    }
+
+    /// For a model (a whole-dataset item that other per-case stages apply): writes
+    /// `pipeline.json` beside its files, what `pipeline predict` replays on new images (the
+    /// per-case stages that made its inputs, and the stage that applies it, with their
+    /// params exactly as they ran), and `model.item`, the item itself.
+    fn write_lineage(&self, n: usize, item: &Item) {
+        let node = &self.resolved.nodes[n];
+        if node.shape != Shape::Gather || node.stage.output() != crate::data::Kind::Model {
+            return;
+        }
+        let nodes = &self.resolved.nodes;
+        // Per-case ancestors, in the resolved (topological) order.
+        let mut keep = vec![false; nodes.len()];
+        let mut stack: Vec<usize> = node.deps.clone();
+        while let Some(d) = stack.pop() {
+            if nodes[d].shape != Shape::Gather && !keep[d] {
+                keep[d] = true;
+                stack.extend(nodes[d].deps.iter().copied());
+            }
+        }
+        let step = |m: usize| {
+            let nd = &nodes[m];
+            serde_json::json!({
+                "id": nd.id,
+                "stage": nd.plugin,
+                "version": nd.version,
+                "params": nd.params,
+                "after": nd.deps.iter().map(|&d| nodes[d].id.clone()).collect::<Vec<_>>(),
+                "bindings": nd.bindings.as_ref(),
+            })
+        };
+        let preprocess: Vec<_> = (0..nodes.len()).filter(|&m| keep[m]).map(step).collect();
+        let apply: Vec<_> = (0..nodes.len())
+            .filter(|&m| nodes[m].shape == Shape::PerCase && nodes[m].deps.contains(&n))
+            .map(step)
+            .collect();
+        let doc = serde_json::json!({
+            "format": "shapeflow-pipeline/1",
+            "tool_version": env!("CARGO_PKG_VERSION"),
+            "pipeline": self.resolved.file.name,
+            "model_stage": node.id,
+            "variants": node.variants,
+            "preprocess": preprocess,
+            "apply": apply,
+        });
+        let dir = self.output_dir(n);
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| crate::atomic::write(&dir.join("model.item"), &item.encode()))
+            .and_then(|()| {
+                crate::atomic::write(
+                    &dir.join("pipeline.json"),
+                    &serde_json::to_vec_pretty(&doc).unwrap_or_default(),
+                )
+            });
+        if let Err(e) = written {
+            tracing::warn!(stage = %node.id, "cannot write {}: {e}", dir.join("pipeline.json").display());
+        }
     }
 
     fn run_node(&self, n: usize) -> Status {

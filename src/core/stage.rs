@@ -374,6 +374,13 @@ pub trait Stage: Send + Sync {
         Err(StageError::msg("this stage does not run per case"))
     }
 
+    /// [`Shape::Gather`]: writes this stage's files for people (in `ctx.output_dir`) for an
+    /// item the run took from the cache, so a run that reuses a trained model still shows
+    /// it. Default: nothing.
+    fn publish(&self, _ctx: &StageCtx, _item: &Item) -> Result<(), StageError> {
+        Ok(())
+    }
+
     /// [`Shape::Gather`] only: called once after a run in which this stage id ran for several
     /// variants and every one of them finished, with each variant's item, so that a stage
     /// can compare variants (the ablation table). Default: nothing.

@@ -56,14 +56,19 @@ pub fn write_log(
     Ok(())
 }
 
-/// model.safetensors, model.json, metrics.jsonl and loss.png in `out`.
-pub fn write_outputs(out: &Path, model: &Model, history: &[EpochRecord]) -> Result<(), StageError> {
+/// model.safetensors and model.json in `out`.
+pub fn write_model(out: &Path, model: &Model) -> Result<(), StageError> {
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     write_atomic(&out.join("model.safetensors"), &model.weights)?;
     write_atomic(
         &out.join("model.json"),
         &serde_json::to_vec_pretty(&model.config).unwrap_or_default(),
-    )?;
+    )
+}
+
+/// model.safetensors, model.json, metrics.jsonl and loss.png in `out`.
+pub fn write_outputs(out: &Path, model: &Model, history: &[EpochRecord]) -> Result<(), StageError> {
+    write_model(out, model)?;
     let png: PathBuf = out.join("loss.png");
     if let Err(e) = plot::training_curves(&png, history) {
         tracing::warn!("could not draw {}: {e}", png.display());

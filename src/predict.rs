@@ -1,0 +1,282 @@
+//! `pipeline predict`: a trained model applied to new images, outside the pipeline that
+//! trained it.
+//!
+//! A model package is the folder a run writes for a model stage
+//! (`runs/<run>/<train stage>/[<variant>/]`): `model.item` (the model as the cache holds
+//! it), `pipeline.json` (the per-case stages that prepared its training cases and the stage
+//! that applies it, each with its params as they ran) and the files for people. Predict
+//! reads each image as the dataset's source would, replays those stages from the registry
+//! with the same params, and runs the applying stage with its output folder set to the
+//! user's: the result is what `infer` inside the training pipeline writes for that image.
+//! No stage is named here.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use shapeflow_core::{
+    BuildCtx, CancelToken, CaseData, CaseDataItem, CaseInfo, Inputs, Item, Registry, Shape,
+    StageCtx,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One recorded stage of `pipeline.json`.
+#[derive(Debug, Clone, Deserialize)]
+struct Step {
+    id: String,
+    stage: String,
+    version: u32,
+    params: serde_json::Value,
+    after: Vec<String>,
+    bindings: Vec<(String, String)>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Lineage {
+    format: String,
+    tool_version: String,
+    model_stage: String,
+    preprocess: Vec<Step>,
+    apply: Vec<Step>,
+}
+
+/// A model package, read.
+pub struct Package {
+    dir: PathBuf,
+    lineage: Lineage,
+    model: Arc<Item>,
+}
+
+impl Package {
+    pub fn open(dir: &Path) -> Result<Package> {
+        let lp = dir.join("pipeline.json");
+        let text = std::fs::read_to_string(&lp).with_context(|| {
+            format!(
+                "{}: not a model package (no pipeline.json; runs write it beside a trained \
+                 model since 0.1: re-run the training pipeline, the model comes from the cache)",
+                dir.display()
+            )
+        })?;
+        let lineage: Lineage =
+            serde_json::from_str(&text).with_context(|| format!("{}: unreadable", lp.display()))?;
+        if lineage.format != "shapeflow-pipeline/1" {
+            bail!(
+                "{}: package format `{}` (written by shapeflow {}); this build reads \
+                 shapeflow-pipeline/1",
+                lp.display(),
+                lineage.format,
+                lineage.tool_version
+            );
+        }
+        if lineage.apply.is_empty() {
+            bail!(
+                "{}: the training pipeline has no stage that applies this model (e.g. `infer`)",
+                lp.display()
+            );
+        }
+        let ip = dir.join("model.item");
+        let bytes = std::fs::read(&ip).with_context(|| format!("{}", ip.display()))?;
+        let model = Item::decode(&bytes).map_err(|e| anyhow!("{}: {e}", ip.display()))?;
+        Ok(Package {
+            dir: dir.to_path_buf(),
+            lineage,
+            model: Arc::new(model),
+        })
+    }
+}
+
+/// Image files under `input` (or `input` itself), as (case id, path), sorted by id. nnU-Net's
+/// `<case>_0000.<ending>` naming gives the case id without `_0000`.
+pub fn input_images(input: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let id_of = |p: &Path| -> Option<String> {
+        let f = shapeflow_formats::for_path(p)?;
+        let name = p.file_name()?.to_string_lossy().to_string();
+        let lower = name.to_ascii_lowercase();
+        let end = f.extensions().iter().find(|e| lower.ends_with(*e))?;
+        let stem = &name[..name.len() - end.len()];
+        Some(stem.strip_suffix("_0000").unwrap_or(stem).to_string())
+    };
+    if input.is_file() {
+        let id = id_of(input)
+            .ok_or_else(|| anyhow!("{}: not an image this build reads", input.display()))?;
+        return Ok(vec![(id, input.to_path_buf())]);
+    }
+    let entries =
+        std::fs::read_dir(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let mut out: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter_map(|p| Some((id_of(&p)?, p)))
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        bail!(
+            "{}: no images (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd)",
+            input.display()
+        );
+    }
+    for w in out.windows(2) {
+        if w[0].0 == w[1].0 {
+            bail!(
+                "{} and {} are the same case `{}`",
+                w[0].1.display(),
+                w[1].1.display(),
+                w[0].0
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// What one predicted case took.
+pub struct Predicted {
+    pub id: String,
+    pub seconds: f64,
+}
+
+/// Applies `pkg` to every image of `images`, writing into `output`.
+pub fn predict(
+    registry: &Registry,
+    pkg: &Package,
+    images: &[(String, PathBuf)],
+    output: &Path,
+    cancel: &CancelToken,
+) -> Result<Vec<Predicted>> {
+    let l = &pkg.lineage;
+    let build = |s: &Step| -> Result<Arc<dyn shapeflow_core::Stage>> {
+        let f = registry.get(&s.stage).ok_or_else(|| {
+            anyhow!(
+                "the model needs stage `{}`, which this build does not have",
+                s.stage
+            )
+        })?;
+        if f.version() != s.version {
+            bail!(
+                "stage `{}` is version {} here, the model was made with version {}: its \
+                 preprocessing may differ; retrain, or use the shapeflow it was made with ({})",
+                s.stage,
+                f.version(),
+                s.version,
+                l.tool_version
+            );
+        }
+        let built = f
+            .build(
+                &s.params,
+                &BuildCtx {
+                    base_dir: pkg.dir.clone(),
+                },
+            )
+            .map_err(|e| {
+                anyhow!(
+                    "stage `{}` ({}): {}: {}",
+                    s.id,
+                    s.stage,
+                    e.path.join("."),
+                    e.message
+                )
+            })?;
+        Ok(built.stage)
+    };
+    let apply = &l.apply[0];
+    // Only what the applying stage reads: the chain behind its per-case inputs (a model's
+    // training-only inputs, such as SDMs, are not replayed).
+    let mut needed: std::collections::HashSet<&str> =
+        apply.after.iter().map(String::as_str).collect();
+    for s in l.preprocess.iter().rev() {
+        if needed.contains(s.id.as_str()) {
+            needed.extend(s.after.iter().map(String::as_str));
+        }
+    }
+    let mut steps = Vec::new();
+    for s in l
+        .preprocess
+        .iter()
+        .filter(|s| needed.contains(s.id.as_str()))
+    {
+        steps.push((s, build(s)?));
+    }
+    let applier = build(apply)?;
+    std::fs::create_dir_all(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("shapeflow-predict-")
+        .tempdir()
+        .context("cannot create a scratch folder")?;
+    let mut done = Vec::new();
+    for (id, path) in images {
+        let started = Instant::now();
+        let info = CaseInfo {
+            id: id.clone(),
+            split: None,
+            fingerprint: String::new(),
+        };
+        let ctx_for = |stage_id: &'static str, out: &Path| -> StageCtx<'_> {
+            StageCtx {
+                base_dir: pkg.dir.clone(),
+                stage_id,
+                seed: 0,
+                scratch: scratch.path().to_path_buf(),
+                run_dir: output.to_path_buf(),
+                output_dir: out.to_path_buf(),
+                work_dir: scratch.path().to_path_buf(),
+                cancel,
+                progress: Default::default(),
+            }
+        };
+        let mut items: HashMap<String, Arc<Item>> = HashMap::new();
+        for (s, stage) in &steps {
+            let item = if stage.shape() == Shape::Source {
+                // The image as the source would give it: no labels, its own grid recorded.
+                let image = shapeflow_formats::read(path).map_err(|e| anyhow!("{e}"))?;
+                let mut notes = serde_json::Map::new();
+                notes.insert(
+                    "source".into(),
+                    serde_json::json!(path.display().to_string()),
+                );
+                CaseData {
+                    original: Some(image.grid()),
+                    image: Some(Arc::new(image)),
+                    labels: None,
+                    organs: Vec::new(),
+                    present: Vec::new(),
+                    notes,
+                }
+                .to_item()
+            } else {
+                let inputs = inputs_of(s, &items)?;
+                stage
+                    .run_case(&ctx_for("predict", scratch.path()), &info, &inputs)
+                    .map_err(|e| anyhow!("case `{id}`, stage `{}`: {e}", s.id))?
+            };
+            items.insert(s.id.clone(), Arc::new(item));
+        }
+        items.insert(l.model_stage.clone(), pkg.model.clone());
+        let inputs = inputs_of(apply, &items)?;
+        applier
+            .run_case(&ctx_for("predict", output), &info, &inputs)
+            .map_err(|e| anyhow!("case `{id}`, stage `{}`: {e}", apply.id))?;
+        done.push(Predicted {
+            id: id.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(done)
+}
+
+fn inputs_of(s: &Step, items: &HashMap<String, Arc<Item>>) -> Result<Inputs> {
+    let mut inputs = Inputs::default();
+    for dep in &s.after {
+        let item = items.get(dep).ok_or_else(|| {
+            anyhow!(
+                "stage `{}` reads `{dep}`, which the package does not replay (a whole-dataset \
+                 input other than the model is not supported by predict)",
+                s.id
+            )
+        })?;
+        inputs.push(dep.clone(), item.clone());
+    }
+    Ok(inputs.with_bindings(Arc::new(s.bindings.clone())))
+}
