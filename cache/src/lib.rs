@@ -679,8 +679,18 @@ fn read_blob(path: &Path) -> std::result::Result<(EntryMeta, Vec<u8>), BlobError
     f.read_to_end(&mut payload).map_err(BlobError::Io)?;
     let bytes = match meta.compression {
         Compression::None => payload,
-        Compression::Zstd => zstd::bulk::decompress(&payload, meta.raw_bytes as usize)
-            .map_err(|e| BlobError::Bad(format!("zstd: {e}")))?,
+        // Streamed, and never past the recorded size: a damaged header cannot make the
+        // reader allocate what the blob does not hold.
+        Compression::Zstd => {
+            let mut out =
+                Vec::with_capacity((meta.raw_bytes as usize).min(payload.len().saturating_mul(64)));
+            zstd::stream::read::Decoder::new(&payload[..])
+                .map_err(|e| BlobError::Bad(format!("zstd: {e}")))?
+                .take(meta.raw_bytes.saturating_add(1))
+                .read_to_end(&mut out)
+                .map_err(|e| BlobError::Bad(format!("zstd: {e}")))?;
+            out
+        }
     };
     if bytes.len() as u64 != meta.raw_bytes {
         return Err(BlobError::Bad(format!(

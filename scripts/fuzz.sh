@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The fuzz campaign: every reader of user data (NIfTI, NRRD attached and detached, MetaImage,
+# dataset.json, the pipeline YAML, the cache's object format) under libFuzzer through
+# cargo-fuzz on the stable toolchain (`--sanitizer none`: Rust's own checks, no ASan).
+#
+#   scripts/fuzz.sh [RUNS=1000000] [TARGET...]     executions per target
+#   FUZZ_SECONDS=60 scripts/fuzz.sh                 a time budget per target instead (CI)
+#
+# Per input: 2 GB of memory, 10 s. New corpus entries go to tests/fuzz/corpus/<target>/;
+# a crash, leak, timeout or out-of-memory is written to tests/fuzz/artifacts/<target>/ and the
+# script exits 1. Found inputs belong in tests/fuzz/regressions/<target>/ (read by the test
+# `fuzz_corpus_and_regressions_read_without_panic`). Prints executions and findings per target.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-1000000}"
+shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nifti nrrd nrrd_detached metaimage dataset_json pipeline_yaml cache_object)
+if ! cargo fuzz --version > /dev/null 2>&1; then
+    echo "fuzz: installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked --version 0.13.1 >&2 || exit 2
+fi
+./scripts/setup-torch.sh > /dev/null   # the pipeline links libtorch (.cargo/config.toml)
+export LD_LIBRARY_PATH="$PWD/.venv/lib/python3.11/site-packages/torch/lib:${LD_LIBRARY_PATH:-}"
+LIMITS=(-rss_limit_mb=2048 -timeout=10 -max_len=65536)
+if [ -n "${FUZZ_SECONDS:-}" ]; then BUDGET=(-max_total_time="$FUZZ_SECONDS"); else BUDGET=(-runs="$RUNS"); fi
+status=0
+printf '%-15s %12s %8s %8s %s\n' target executions exec/s corpus findings
+for t in "${TARGETS[@]}"; do
+    mkdir -p "tests/fuzz/corpus/$t" "tests/fuzz/artifacts/$t"
+    log="tests/fuzz/artifacts/$t.log"
+    cargo fuzz run --fuzz-dir tests/fuzz --sanitizer none --release "$t" "tests/fuzz/corpus/$t" -- \
+        "${LIMITS[@]}" "${BUDGET[@]}" -artifact_prefix="tests/fuzz/artifacts/$t/" -print_final_stats=1 \
+        > "$log" 2>&1
+    rc=$?
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    corpus=$(find "tests/fuzz/corpus/$t" -type f | wc -l)
+    found=$(find "tests/fuzz/artifacts/$t" -type f | wc -l)
+    printf '%-15s %12s %8s %8s %s\n' "$t" "${execs:-?}" "${rate:-?}" "$corpus" "$found (rc $rc)"
+    if [ "$rc" -ne 0 ] || [ "$found" -ne 0 ]; then
+        status=1
+        tail -n 30 "$log" >&2
+    fi
+done
+exit "$status"
