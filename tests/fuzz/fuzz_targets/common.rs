@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+#[allow(dead_code)]
 pub fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -14,6 +15,7 @@ pub fn scratch() -> &'static PathBuf {
 }
 
 /// Writes `bytes` to `name` in the scratch folder and returns its path.
+#[allow(dead_code)]
 pub fn file(name: &str, bytes: &[u8]) -> PathBuf {
     let p = scratch().join(name);
     std::fs::write(&p, bytes).expect("write");
