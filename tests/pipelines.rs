@@ -242,7 +242,7 @@ stages:
       patch: [16, 16, 16]
       net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}
       device: cpu
-  infer: {{stage: infer, after: [resample, train], params: {{largest_component: true}}}}
+  infer: {{stage: infer, after: [resample, train], params: {{largest_component: true, tta: true}}}}
 "#,
         shared("hippocampus").display()
     );
