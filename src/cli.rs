@@ -611,6 +611,9 @@ fn cmd_plugins(name: Option<&str>, registry: &Registry) -> Result<u8> {
                 if p.execution {
                     default.push_str(", execution-only (not in the cache key)");
                 }
+                if p.assignment {
+                    default.push_str(", assigns splits (not in the cases' keys)");
+                }
                 println!(
                     "  {:<18} {:<18} {}\n  {:<18} {}",
                     p.name, p.ty, default, "", p.doc

@@ -242,7 +242,7 @@ stages:
       patch: [16, 16, 16]
       net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}
       device: cpu
-  infer: {{stage: infer, after: [resample, train], params: {{largest_component: true}}}}
+  infer: {{stage: infer, after: [resample, train], params: {{largest_component: true, tta: true}}}}
 "#,
         shared("hippocampus").display()
     );
@@ -515,4 +515,128 @@ fn seeds_share_preprocessing_and_split_training() {
         keys("load", "joint@1"),
         demo_keys(&[])[&("load".into(), "joint".into())]
     );
+}
+
+/// Cross-validation folds as variants (`split: kfold`, `fold` per variant): the folds'
+/// validation cases partition the dataset, and every per-case item (load, SDMs, sampler data)
+/// is computed once and shared, while each fold trains its own model.
+#[test]
+fn cross_validation_folds_share_every_per_case_item() {
+    let d = tempfile::tempdir().unwrap();
+    let file = |variants: &str| {
+        format!(
+            r#"
+name: cv
+stages:
+  load: {{stage: load, params: {{format: phantom, phantom: mri, cases: 6, dims: [24, 24, 24], split: kfold, folds: 3, test_fraction: 0.0}}}}
+  sdm: {{stage: edt-sdm, after: [load]}}
+  augment: {{stage: augment, after: [load, sdm]}}
+  train:
+    stage: train
+    after: [load, sdm, augment]
+    params: {{epochs: 1, iterations: 1, patch: [16, 16, 16], net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}, device: cpu}}
+variants:
+{variants}"#
+        )
+    };
+    write(d.path(), "one.yaml", &file("  f0: {load.fold: 0}\n"));
+    let r = run_in(d.path(), "one.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let all = "  f0: {load.fold: 0}\n  f1: {load.fold: 1}\n  f2: {load.fold: 2}\n";
+    write(d.path(), "all.yaml", &file(all));
+    // The folds' val cases partition the six cases.
+    let pf = shapeflow_core::PipelineFile::load(&d.path().join("all.yaml")).unwrap();
+    let resolved = shapeflow_core::resolve::resolve(&pf, &registry(), &[]).unwrap();
+    let plan = shapeflow_core::plan::make_plan(&resolved, &Default::default()).unwrap();
+    let mut val: Vec<String> = Vec::new();
+    for (i, n) in resolved
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.id == "load")
+    {
+        let v: Vec<String> = plan.nodes[i]
+            .items
+            .iter()
+            .filter(|it| it.case.split.as_deref() == Some("val"))
+            .map(|it| it.case.id.clone())
+            .collect();
+        assert_eq!(v.len(), 2, "{:?}: {v:?}", n.variants);
+        val.extend(v);
+    }
+    val.sort();
+    val.dedup();
+    assert_eq!(
+        val.len(),
+        6,
+        "every case is val in exactly one fold: {val:?}"
+    );
+    let r = run_in(d.path(), "all.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let counts = |stage: &str, v: &str| {
+        let n = r.node(stage, v).unwrap_or_else(|| panic!("{stage}/{v}"));
+        (n.computed, n.cached)
+    };
+    for v in ["f1", "f2"] {
+        for stage in ["load", "sdm", "augment"] {
+            assert_eq!(counts(stage, v), (0, 6), "{stage}/{v}: {}", r.table());
+        }
+        assert_eq!(counts("train", v), (1, 0), "train/{v}: {}", r.table());
+    }
+    assert_eq!(counts("train", "f0"), (0, 1), "{}", r.table());
+}
+
+/// `split: file` reads nnU-Net's `splits_final.json`: a fold's train and val lists, the
+/// rest test; a fold out of range, an unknown case or a case in both lists is named.
+#[test]
+fn splits_file_assigns_cases_and_names_its_mistakes() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = r#"
+name: split-file
+stages:
+  load: {stage: load, params: {format: phantom, phantom: mri, cases: 5, dims: [16, 16, 16], split: file, splits_file: splits.json, fold: 1}}
+"#;
+    write(d.path(), "p.yaml", yaml);
+    let splits = |json: &str| write(d.path(), "splits.json", json);
+    let plan_of = || -> Result<Vec<(String, String)>, String> {
+        let pf = shapeflow_core::PipelineFile::load(&d.path().join("p.yaml")).unwrap();
+        let r = shapeflow_core::resolve::resolve(&pf, &registry(), &[]).unwrap();
+        let p = shapeflow_core::plan::make_plan(&r, &Default::default())?;
+        Ok(p.nodes[0]
+            .items
+            .iter()
+            .map(|i| (i.case.id.clone(), i.case.split.clone().unwrap_or_default()))
+            .collect())
+    };
+    let ids: Vec<String> = {
+        splits(r#"[{"train": [], "val": []}, {"train": [], "val": []}]"#);
+        plan_of().unwrap().into_iter().map(|(id, _)| id).collect()
+    };
+    splits(&format!(
+        r#"[{{"train": [], "val": []}}, {{"train": ["{}", "{}"], "val": ["{}"]}}]"#,
+        ids[0], ids[1], ids[2]
+    ));
+    let got = plan_of().unwrap();
+    let split_of = |id: &str| got.iter().find(|(i, _)| i == id).unwrap().1.clone();
+    assert_eq!(split_of(&ids[0]), "train");
+    assert_eq!(split_of(&ids[2]), "val");
+    assert_eq!(split_of(&ids[4]), "test");
+    for (json, needle) in [
+        (
+            r#"[{"train": [], "val": []}]"#.to_string(),
+            "fold 1 asked for, the file has 1",
+        ),
+        (
+            r#"[{}, {"train": ["nope"], "val": []}]"#.to_string(),
+            "does not have: nope",
+        ),
+        (
+            format!(r#"[{{}}, {{"train": ["{0}"], "val": ["{0}"]}}]"#, ids[0]),
+            "in both",
+        ),
+    ] {
+        splits(&json);
+        let e = plan_of().unwrap_err();
+        assert!(e.contains("splits.json") && e.contains(needle), "{e}");
+    }
 }

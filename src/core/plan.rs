@@ -203,6 +203,10 @@ pub fn make_plan(resolved: &Resolved, cancel: &CancelToken) -> Result<Plan, Stri
                     for (case, keys) in &cases {
                         h.update(case.id.as_bytes());
                         h.update(b"\0");
+                        // Which split a case is in changes what a whole-dataset stage makes
+                        // of it (train or validate), though not the case's own items.
+                        h.update(case.split.as_deref().unwrap_or("-").as_bytes());
+                        h.update(b"\0");
                         for k in keys {
                             h.update(k.to_hex().as_bytes());
                         }

@@ -295,6 +295,7 @@ pub fn resolve(
             h.update(&factory.version().to_le_bytes());
             h.update(spec.id.as_bytes());
             h.update(built.keyed.to_string().as_bytes());
+            h.update(built.assignment.to_string().as_bytes());
             let seed = match (variant.seed, shape) {
                 (Some(s), Shape::PerCase | Shape::Gather) => s,
                 _ => file.seed,

@@ -416,11 +416,20 @@ pub struct ParamDoc {
     /// Execution-only: says how to run, not what comes out (threads, batch sizes). Not part
     /// of the cache key; still validated and recorded in the manifest.
     pub execution: bool,
+    /// Assignment-only (sources): decides which split each case is in, not what a case's
+    /// item holds. Not part of the items' keys (so variants that differ only in it, such as
+    /// cross-validation folds, share every per-case item), but part of the stage's identity,
+    /// and the split of every case a whole-dataset stage reads is part of its key.
+    pub assignment: bool,
 }
 
 /// The schema extension that marks a param execution-only:
 /// `#[schemars(extend("x-execution" = true))]` on the field.
 pub const EXECUTION_MARK: &str = "x-execution";
+
+/// The schema extension that marks a param assignment-only (see [`ParamDoc::assignment`]):
+/// `#[schemars(extend("x-assignment" = true))]` on the field.
+pub const ASSIGNMENT_MARK: &str = "x-assignment";
 
 /// The params a stage declares, in declaration order, from `P`'s JSON schema.
 pub fn param_docs<P: Params>() -> Vec<ParamDoc> {
@@ -470,6 +479,7 @@ pub fn param_docs<P: Params>() -> Vec<ParamDoc> {
                 doc: doc.trim().to_string(),
                 default: defaults.get(name).cloned().unwrap_or_default(),
                 execution: s.get(EXECUTION_MARK).and_then(|v| v.as_bool()) == Some(true),
+                assignment: s.get(ASSIGNMENT_MARK).and_then(|v| v.as_bool()) == Some(true),
             }
         })
         .collect()
@@ -583,6 +593,9 @@ pub struct Built {
     /// The output-defining params only (execution-only ones removed): what the cache key
     /// hashes.
     pub keyed: serde_json::Value,
+    /// The assignment-only params (see [`ParamDoc::assignment`]): part of the stage's
+    /// identity, not of its items' keys.
+    pub assignment: serde_json::Value,
 }
 
 /// Makes stages of one plugin name from their params.
@@ -670,15 +683,23 @@ impl<P: Params> StageFactory for StageDef<P> {
             message: e.to_string(),
         })?;
         let mut keyed = canonical.clone();
+        let mut assignment = serde_json::Map::new();
         if let Some(obj) = keyed.as_object_mut() {
-            for d in self.params().iter().filter(|d| d.execution) {
-                obj.remove(&d.name);
+            for d in self.params() {
+                if d.execution {
+                    obj.remove(&d.name);
+                } else if d.assignment {
+                    if let Some(v) = obj.remove(&d.name) {
+                        assignment.insert(d.name.clone(), v);
+                    }
+                }
             }
         }
         Ok(Built {
             stage: (self.build)(p, ctx)?,
             canonical,
             keyed,
+            assignment: serde_json::Value::Object(assignment),
         })
     }
 }

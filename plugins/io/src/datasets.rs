@@ -20,26 +20,75 @@ pub fn miccai2015_split(case: &str) -> &'static str {
     }
 }
 
-/// A cheap fingerprint of files: path, size, modification time. Missing files count too.
-pub fn fingerprint(files: &[PathBuf]) -> String {
+/// The fingerprint of a case's files, by content: each file's path relative to `root` (so a
+/// copy of the dataset elsewhere, or the same share mounted at another path, fingerprints
+/// the same) and the blake3 hash of its bytes. Missing files count too. Hashes are
+/// remembered by (path, size, modification and change times, inode) in [`memo_dir`], as DVC
+/// does, so an unchanged file is not read again; any write to a file changes its change
+/// time (which no tool can set back), so an edit that keeps size and modification time is
+/// caught too.
+pub fn fingerprint(root: &Path, files: &[PathBuf]) -> String {
+    use rayon::prelude::*;
+    let parts: Vec<String> = files
+        .par_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(root).unwrap_or(f);
+            let content = content_hash(f).unwrap_or_else(|| "missing".to_string());
+            format!("{}\0{content}\0", rel.to_string_lossy())
+        })
+        .collect();
     let mut h = blake3::Hasher::new();
-    for f in files {
-        h.update(f.to_string_lossy().as_bytes());
-        match std::fs::metadata(f) {
-            Ok(m) => {
-                h.update(&m.len().to_le_bytes());
-                if let Ok(t) = m.modified() {
-                    if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
-                        h.update(&d.as_nanos().to_le_bytes());
-                    }
-                }
-            }
-            Err(_) => {
-                h.update(b"missing");
-            }
-        }
+    for p in parts {
+        h.update(p.as_bytes());
     }
     h.finalize().to_hex()[..32].to_string()
+}
+
+/// Where content hashes are remembered: `SHAPEFLOW_HASH_MEMO`, else
+/// `$XDG_CACHE_HOME/shapeflow/content-hashes`, else `~/.cache/shapeflow/content-hashes`.
+pub fn memo_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHAPEFLOW_HASH_MEMO") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("shapeflow").join("content-hashes")
+}
+
+/// The blake3 hash of `f`'s bytes (hex), through the memo; `None` if it cannot be read.
+fn content_hash(f: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(f).ok()?;
+    let abs = std::fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf());
+    let mut k = blake3::Hasher::new();
+    k.update(b"shapeflow-content-memo-v1\0");
+    k.update(abs.to_string_lossy().as_bytes());
+    for x in [
+        m.len(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+        m.ino(),
+        m.dev(),
+    ] {
+        k.update(&x.to_le_bytes());
+    }
+    let memo = memo_dir().join(k.finalize().to_hex().as_str());
+    if let Ok(v) = std::fs::read_to_string(&memo) {
+        if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Some(v);
+        }
+    }
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(f).ok()?).ok()?;
+    let hex = h.finalize().to_hex().to_string();
+    // A memo that cannot be written only costs a re-read next time.
+    let _ = std::fs::create_dir_all(memo_dir())
+        .and_then(|()| shapeflow_formats::atomic::write(&memo, hex.as_bytes()));
+    Some(hex)
 }
 
 /// Reads a NIfTI or NRRD volume by its file name's ending.
@@ -414,6 +463,47 @@ pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// By content: a copy elsewhere fingerprints the same; an edit that keeps the size and
+    /// the modification time changes it; the memo is used (an unchanged file is not re-read).
+    #[test]
+    fn fingerprints_follow_content_not_place_or_times() {
+        let memo = tempfile::tempdir().unwrap();
+        std::env::set_var("SHAPEFLOW_HASH_MEMO", memo.path());
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [a.path(), b.path()] {
+            std::fs::create_dir_all(d.join("imagesTr")).unwrap();
+            std::fs::write(d.join("imagesTr/x.nii.gz"), b"0123456789").unwrap();
+        }
+        let files = |d: &Path| vec![d.join("imagesTr/x.nii.gz"), d.join("labelsTr/x.nii.gz")];
+        let fa = fingerprint(a.path(), &files(a.path()));
+        assert_eq!(
+            fa,
+            fingerprint(b.path(), &files(b.path())),
+            "a copy elsewhere"
+        );
+        assert!(
+            std::fs::read_dir(memo.path()).unwrap().count() >= 2,
+            "memo written"
+        );
+        // Same size, modification time put back: still seen (the change time moved).
+        let f = a.path().join("imagesTr/x.nii.gz");
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, b"0123456780").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_ne!(
+            fa,
+            fingerprint(a.path(), &files(a.path())),
+            "an edit keeping size and time"
+        );
+    }
 
     #[test]
     fn dataset_json_entries_stay_inside_the_root_unless_allowed() {

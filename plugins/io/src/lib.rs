@@ -84,6 +84,8 @@ pub enum Split {
     Official,
     Holdout,
     None,
+    File,
+    Kfold,
 }
 
 #[derive(
@@ -124,12 +126,29 @@ pub struct LoadParams {
     pub merge: BTreeMap<String, Vec<u8>>,
     /// How cases get train/val/test: official is the dataset's own split (MICCAI 2015 for
     /// pddca, the split folders for organ-files; a holdout where there is none), holdout
-    /// orders all cases by a hash of their id (exact fractions), none makes all train.
+    /// orders all cases by a hash of their id (exact fractions), none makes all train, file
+    /// takes fold `fold` of an nnU-Net `splits_final.json` (`splits_file`; cases in neither
+    /// list are test), kfold holds out `test_fraction` for test and makes fold `fold` of
+    /// `folds` (by a hash of the id) val. Split params only assign cases: folds as variants
+    /// share every per-case item.
+    #[schemars(extend("x-assignment" = true))]
     pub split: Split,
     /// holdout: fraction of cases for validation.
+    #[schemars(extend("x-assignment" = true))]
     pub val_fraction: f64,
-    /// holdout: fraction of cases for test.
+    /// holdout, kfold: fraction of cases for test.
+    #[schemars(extend("x-assignment" = true))]
     pub test_fraction: f64,
+    /// file: nnU-Net's `splits_final.json` (a list of folds, each `{train: [ids], val:
+    /// [ids]}`), relative to the pipeline file.
+    #[schemars(extend("x-assignment" = true))]
+    pub splits_file: Option<String>,
+    /// kfold: the number of folds.
+    #[schemars(extend("x-assignment" = true))]
+    pub folds: usize,
+    /// file, kfold: the fold whose cases are val (from 0).
+    #[schemars(extend("x-assignment" = true))]
+    pub fold: usize,
     /// pddca: fail a case without img.nrrd (false: load masks alone).
     pub require_image: bool,
     /// msd: allow `dataset.json` entries that point outside `root` (absolute paths, `..`);
@@ -167,6 +186,9 @@ impl Default for LoadParams {
             test_fraction: 0.2,
             require_image: true,
             allow_outside_root: false,
+            splits_file: None,
+            folds: 5,
+            fold: 0,
             limit: 0,
             phantom: PhantomKind::HeadNeck,
             cases: 8,
@@ -194,6 +216,30 @@ fn build_load(p: LoadParams, ctx: &BuildCtx) -> Result<Arc<dyn Stage>, ParamErro
             "val_fraction + test_fraction must be in [0, 1)",
         ));
     }
+    let splits_file = match p.split {
+        Split::File => {
+            let f = p.splits_file.as_deref().ok_or_else(|| {
+                bad(
+                    "splits_file",
+                    "`split: file` needs `splits_file:` (a splits_final.json)",
+                )
+            })?;
+            Some(ctx.path(f))
+        }
+        Split::Kfold => {
+            if p.folds < 2 || p.fold >= p.folds {
+                return Err(bad(
+                    "fold",
+                    format!(
+                        "`split: kfold` needs folds >= 2 and 0 <= fold < folds (folds {}, fold {})",
+                        p.folds, p.fold
+                    ),
+                ));
+            }
+            None
+        }
+        _ => None,
+    };
     if p.organs.len() > 255 || p.merge.len() > 255 {
         return Err(bad("organs", "at most 255 organs fit in one label map"));
     }
@@ -233,7 +279,11 @@ fn build_load(p: LoadParams, ctx: &BuildCtx) -> Result<Arc<dyn Stage>, ParamErro
         };
         bad(field, m)
     })?;
-    Ok(Arc::new(Load { p, layout }))
+    Ok(Arc::new(Load {
+        p,
+        layout,
+        splits_file,
+    }))
 }
 
 impl LoadParams {
@@ -250,6 +300,8 @@ impl LoadParams {
 struct Load {
     p: LoadParams,
     layout: Box<dyn layouts::Layout>,
+    /// `split: file`: the splits file, resolved.
+    splits_file: Option<std::path::PathBuf>,
 }
 
 /// Cases ordered by a hash of their id: the same order on every machine, whatever order
@@ -286,6 +338,79 @@ impl Load {
                 .into(),
             );
         }
+    }
+
+    /// `test_fraction` of the cases (hash order) are test; of the rest, in hash order, every
+    /// `folds`-th from `fold` is val, the others train.
+    fn kfold(&self, cases: &mut [CaseInfo]) {
+        let n_test = (cases.len() as f64 * self.p.test_fraction).round() as usize;
+        for (rank, i) in hash_order(cases, |_| true).into_iter().enumerate() {
+            let split = if rank < n_test {
+                "test"
+            } else if (rank - n_test) % self.p.folds == self.p.fold {
+                "val"
+            } else {
+                "train"
+            };
+            cases[i].split = Some(split.into());
+        }
+    }
+
+    /// Fold `fold` of an nnU-Net `splits_final.json`: its `train` and `val` lists; cases in
+    /// neither are test. Ids the file lists but the dataset lacks are an error.
+    fn from_file(&self, cases: &mut [CaseInfo]) -> Result<(), String> {
+        let path = self.splits_file.as_deref().ok_or("no splits_file")?;
+        let at = |m: String| format!("{}: {m}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+        let folds: Vec<BTreeMap<String, Vec<String>>> =
+            serde_json::from_str(&text).map_err(|e| {
+                at(format!(
+                    "expected a list of folds, each {{\"train\": [...], \"val\": [...]}}: {e}"
+                ))
+            })?;
+        let fold = folds.get(self.p.fold).ok_or_else(|| {
+            at(format!(
+                "fold {} asked for, the file has {}",
+                self.p.fold,
+                folds.len()
+            ))
+        })?;
+        let mut of: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        for split in ["train", "val"] {
+            for id in fold.get(split).map(Vec::as_slice).unwrap_or_default() {
+                if let Some(prev) = of.insert(id, split) {
+                    return Err(at(format!(
+                        "fold {}: case `{id}` is in both `{prev}` and `{split}`",
+                        self.p.fold
+                    )));
+                }
+            }
+        }
+        let known: std::collections::HashSet<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+        let mut unknown: Vec<&str> = of
+            .keys()
+            .copied()
+            .filter(|id| !known.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            let shown = unknown
+                .iter()
+                .take(5)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(at(format!(
+                "fold {} lists {} case(s) the dataset does not have: {shown}{}",
+                self.p.fold,
+                unknown.len(),
+                if unknown.len() > 5 { ", ..." } else { "" }
+            )));
+        }
+        for c in cases.iter_mut() {
+            c.split = Some(of.get(c.id.as_str()).copied().unwrap_or("test").to_string());
+        }
+        Ok(())
     }
 
     /// `val_fraction` of the `train` cases become `val` (hash order, exact count).
@@ -335,6 +460,8 @@ impl Stage for Load {
                 .for_each(|c| c.split = Some("train".into())),
             Split::Official if own_split => self.carve_val(&mut cases),
             Split::Official | Split::Holdout => self.holdout(&mut cases),
+            Split::Kfold => self.kfold(&mut cases),
+            Split::File => self.from_file(&mut cases).map_err(StageError::msg)?,
         }
         Ok(cases)
     }

@@ -15,6 +15,7 @@ pub mod sampler;
 pub mod stages;
 pub mod tiling;
 pub mod train;
+pub mod tta;
 pub mod unet;
 
 #[cfg(test)]

@@ -293,6 +293,10 @@ pub struct InferParams {
     pub batch: usize,
     /// Keep each organ's largest connected component.
     pub largest_component: bool,
+    /// Test-time mirroring: average the outputs over the volume flipped along every
+    /// combination of the three axes (8 passes), left and right organs (`_L`/`_R`,
+    /// `Left`/`Right`) swapped back where the left-right axis was flipped.
+    pub tta: bool,
     /// SDM heads: organ where sdm < this (0: the exact Heaviside of the paper). The reference
     /// SDM is 0 on the organ's boundary voxels, so 0 drops that layer; half the first outside
     /// step (e.g. 0.02 for normalised maps of ~25 mm reach) keeps it.
@@ -321,6 +325,7 @@ impl Default for InferParams {
             sigma: 0.125,
             batch: 2,
             largest_component: false,
+            tta: false,
             sdm_threshold: 0.0,
             original_grid: true,
             write_maps: false,
@@ -425,13 +430,22 @@ impl Stage for Infer {
             sigma: self.p.sigma,
             batch: self.p.batch.max(1),
         };
-        let mut maps = sliding_window(&x, image.dims, k, &wcfg, pad, &mut |p| {
-            if ctx.cancel.is_cancelled() {
-                return Err(tch::TchError::Kind("cancelled".into()));
-            }
-            model.predict(&loaded.net, p, patch, device, self.p.bf16)
-        })
-        .map_err(|e| {
+        let mut window = |x: &[f32]| {
+            sliding_window(x, image.dims, k, &wcfg, pad, &mut |p| {
+                if ctx.cancel.is_cancelled() {
+                    return Err(tch::TchError::Kind("cancelled".into()));
+                }
+                model.predict(&loaded.net, p, patch, device, self.p.bf16)
+            })
+        };
+        let maps = if self.p.tta {
+            let pairs = crate::tta::left_right_pairs(&model.config.organs);
+            let lr = crate::tta::left_right_axis(&image.affine);
+            crate::tta::mirrored(&x, image.dims, &[0, 1, 2], lr, &pairs, &mut window)
+        } else {
+            window(&x)
+        };
+        let mut maps = maps.map_err(|e| {
             if ctx.cancel.is_cancelled() {
                 StageError::Cancelled
             } else {

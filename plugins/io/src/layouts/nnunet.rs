@@ -156,7 +156,7 @@ impl Layout for NnUnet {
             .cases(&d)?
             .into_iter()
             .map(|c| Found {
-                fingerprint: datasets::fingerprint(&[c.image.clone(), c.label.clone()]),
+                fingerprint: datasets::fingerprint(&self.root, &[c.image.clone(), c.label.clone()]),
                 id: c.id,
                 split: None,
             })

@@ -122,7 +122,7 @@ impl Layout for OrganFiles {
                     .chain(c.masks.iter().flatten().cloned())
                     .collect();
                 Found {
-                    fingerprint: datasets::fingerprint(&files),
+                    fingerprint: datasets::fingerprint(&self.root, &files),
                     id: c.id,
                     split,
                 }
