@@ -614,6 +614,9 @@ fn cmd_plugins(name: Option<&str>, registry: &Registry) -> Result<u8> {
                 if p.assignment {
                     default.push_str(", assigns splits (not in the cases' keys)");
                 }
+                if p.locator {
+                    default.push_str(", where the data is (content fingerprinted, not the path)");
+                }
                 println!(
                     "  {:<18} {:<18} {}\n  {:<18} {}",
                     p.name, p.ty, default, "", p.doc

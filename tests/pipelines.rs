@@ -640,3 +640,63 @@ stages:
         assert!(e.contains("splits.json") && e.contains(needle), "{e}");
     }
 }
+
+/// Inputs are fingerprinted by content, relative to the dataset root: a copy of the dataset
+/// at another path (another mount point, another node) is served from the cache; an edited
+/// file is recomputed, alone.
+#[test]
+fn a_moved_dataset_is_served_from_the_cache() {
+    let d = tempfile::tempdir().unwrap();
+    let src = shared("hippocampus");
+    let copy = |to: &Path| {
+        for sub in ["imagesTr", "labelsTr"] {
+            std::fs::create_dir_all(to.join(sub)).unwrap();
+        }
+        let mut entries = Vec::new();
+        for id in ["hippocampus_001", "hippocampus_003", "hippocampus_004"] {
+            for sub in ["imagesTr", "labelsTr"] {
+                let f = format!("{sub}/{id}.nii.gz");
+                std::fs::copy(src.join(&f), to.join(&f)).unwrap();
+            }
+            entries.push(format!(
+                r#"{{"image": "./imagesTr/{id}.nii.gz", "label": "./labelsTr/{id}.nii.gz"}}"#
+            ));
+        }
+        let json = format!(
+            r#"{{"labels": {{"0": "background", "1": "a", "2": "p"}}, "training": [{}]}}"#,
+            entries.join(",")
+        );
+        std::fs::write(to.join("dataset.json"), json).unwrap();
+    };
+    copy(&d.path().join("first"));
+    copy(&d.path().join("mnt/elsewhere"));
+    let yaml = |root: &str| {
+        format!(
+            "name: moved\nstages:\n  load: {{stage: load, params: {{format: msd, root: {root}, split: none}}}}\n  resample: {{stage: resample, after: [load], params: {{spacing: [1.5, 1.5, 1.5]}}}}\n"
+        )
+    };
+    write(d.path(), "a.yaml", &yaml("first"));
+    write(d.path(), "b.yaml", &yaml("mnt/elsewhere"));
+    let r = run_in(d.path(), "a.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let r = run_in(d.path(), "b.yaml", &[]);
+    let n = r.node("resample", "default").unwrap();
+    assert_eq!((n.computed, n.cached), (0, 3), "{}", r.table());
+    // An edit keeping the size (one byte flipped in a label) recomputes that case only.
+    let f = d
+        .path()
+        .join("mnt/elsewhere/labelsTr/hippocampus_003.nii.gz");
+    let mut bytes = std::fs::read(&f).unwrap();
+    let label = shapeflow_formats::read(&f).unwrap();
+    let mut v: Vec<u8> = label.to_f32().iter().map(|&x| x as u8).collect();
+    v[0] = if v[0] == 0 { 1 } else { 0 };
+    shapeflow_formats::write(
+        &label.with_data(shapeflow_core::VoxelData::U8(v)).unwrap(),
+        &f,
+    )
+    .unwrap();
+    bytes.clear();
+    let r = run_in(d.path(), "b.yaml", &[]);
+    let n = r.node("resample", "default").unwrap();
+    assert_eq!((n.computed, n.cached), (1, 2), "{}", r.table());
+}

@@ -421,6 +421,11 @@ pub struct ParamDoc {
     /// cross-validation folds, share every per-case item), but part of the stage's identity,
     /// and the split of every case a whole-dataset stage reads is part of its key.
     pub assignment: bool,
+    /// Locator (sources): where the inputs are, not what they hold (their content is
+    /// fingerprinted), e.g. a dataset's root folder. Like an assignment-only param: part of
+    /// the stage's identity, not of its items' keys, so a dataset moved elsewhere is served
+    /// from the cache.
+    pub locator: bool,
 }
 
 /// The schema extension that marks a param execution-only:
@@ -430,6 +435,10 @@ pub const EXECUTION_MARK: &str = "x-execution";
 /// The schema extension that marks a param assignment-only (see [`ParamDoc::assignment`]):
 /// `#[schemars(extend("x-assignment" = true))]` on the field.
 pub const ASSIGNMENT_MARK: &str = "x-assignment";
+
+/// The schema extension that marks a param a locator (see [`ParamDoc::locator`]):
+/// `#[schemars(extend("x-locator" = true))]` on the field.
+pub const LOCATOR_MARK: &str = "x-locator";
 
 /// The params a stage declares, in declaration order, from `P`'s JSON schema.
 pub fn param_docs<P: Params>() -> Vec<ParamDoc> {
@@ -480,6 +489,7 @@ pub fn param_docs<P: Params>() -> Vec<ParamDoc> {
                 default: defaults.get(name).cloned().unwrap_or_default(),
                 execution: s.get(EXECUTION_MARK).and_then(|v| v.as_bool()) == Some(true),
                 assignment: s.get(ASSIGNMENT_MARK).and_then(|v| v.as_bool()) == Some(true),
+                locator: s.get(LOCATOR_MARK).and_then(|v| v.as_bool()) == Some(true),
             }
         })
         .collect()
@@ -593,8 +603,8 @@ pub struct Built {
     /// The output-defining params only (execution-only ones removed): what the cache key
     /// hashes.
     pub keyed: serde_json::Value,
-    /// The assignment-only params (see [`ParamDoc::assignment`]): part of the stage's
-    /// identity, not of its items' keys.
+    /// The assignment-only and locator params (see [`ParamDoc::assignment`],
+    /// [`ParamDoc::locator`]): part of the stage's identity, not of its items' keys.
     pub assignment: serde_json::Value,
 }
 
@@ -688,7 +698,7 @@ impl<P: Params> StageFactory for StageDef<P> {
             for d in self.params() {
                 if d.execution {
                     obj.remove(&d.name);
-                } else if d.assignment {
+                } else if d.assignment || d.locator {
                     if let Some(v) = obj.remove(&d.name) {
                         assignment.insert(d.name.clone(), v);
                     }

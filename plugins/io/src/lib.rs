@@ -104,7 +104,10 @@ pub enum PhantomKind {
 pub struct LoadParams {
     /// Dataset layout.
     pub format: Format,
-    /// Dataset directory (pddca, msd); relative to the pipeline file.
+    /// Dataset directory (pddca, msd); relative to the pipeline file. Where the data is, not
+    /// what it holds (files are fingerprinted by content): a dataset moved elsewhere is
+    /// served from the cache.
+    #[schemars(extend("x-locator" = true))]
     pub root: Option<String>,
     /// pddca, organ-files: organ names (file stems under the structures folder); default the
     /// 9 MICCAI 2015 organs.
