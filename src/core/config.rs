@@ -791,6 +791,17 @@ pub fn parse_set(s: &str) -> Result<Override, String> {
     })
 }
 
+/// Longest pipeline `name` (it is part of every run folder's name).
+const MAX_NAME: usize = 64;
+
+/// A pipeline name that is safe as part of a folder name on every system.
+fn valid_name(s: &str) -> bool {
+    (1..=MAX_NAME).contains(&s.len())
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -843,15 +854,4 @@ mod tests {
         assert!(parse_set("epochs=5").is_err());
         assert!(parse_set("train.epochs").is_err());
     }
-}
-
-/// Longest pipeline `name` (it is part of every run folder's name).
-const MAX_NAME: usize = 64;
-
-/// A pipeline name that is safe as part of a folder name on every system.
-fn valid_name(s: &str) -> bool {
-    (1..=MAX_NAME).contains(&s.len())
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }

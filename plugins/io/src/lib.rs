@@ -361,7 +361,7 @@ impl Load {
 
     /// Fold `fold` of an nnU-Net `splits_final.json`: its `train` and `val` lists; cases in
     /// neither are test. Ids the file lists but the dataset lacks are an error.
-    fn from_file(&self, cases: &mut [CaseInfo]) -> Result<(), String> {
+    fn split_from_file(&self, cases: &mut [CaseInfo]) -> Result<(), String> {
         let path = self.splits_file.as_deref().ok_or("no splits_file")?;
         let at = |m: String| format!("{}: {m}", path.display());
         let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
@@ -464,7 +464,7 @@ impl Stage for Load {
             Split::Official if own_split => self.carve_val(&mut cases),
             Split::Official | Split::Holdout => self.holdout(&mut cases),
             Split::Kfold => self.kfold(&mut cases),
-            Split::File => self.from_file(&mut cases).map_err(StageError::msg)?,
+            Split::File => self.split_from_file(&mut cases).map_err(StageError::msg)?,
         }
         Ok(cases)
     }

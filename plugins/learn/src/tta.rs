@@ -70,6 +70,9 @@ pub fn left_right_axis(affine: &[[f64; 4]; 4]) -> usize {
         .unwrap_or(0)
 }
 
+/// A network pass over a whole volume: one map per organ.
+pub type Pass<'a, E> = dyn FnMut(&[f32]) -> Result<Vec<Vec<f32>>, E> + 'a;
+
 /// Runs `predict` on `image` mirrored along every subset of `axes` and averages the
 /// outputs (one map per organ) brought back to the original orientation.
 pub fn mirrored<E>(
@@ -78,7 +81,7 @@ pub fn mirrored<E>(
     axes: &[usize],
     lr_axis: usize,
     pairs: &[(usize, usize)],
-    predict: &mut dyn FnMut(&[f32]) -> Result<Vec<Vec<f32>>, E>,
+    predict: &mut Pass<'_, E>,
 ) -> Result<Vec<Vec<f32>>, E> {
     let mut sum: Option<Vec<Vec<f32>>> = None;
     let combos = 1usize << axes.len();
