@@ -93,7 +93,8 @@ struct PipelineArgs {
 
 #[derive(Args, Debug)]
 struct PredictArgs {
-    /// A trained model's folder, as a run writes it (runs/<run>/<train stage>/[<variant>/]).
+    /// A trained model's folder, as a run writes it (runs/<run>/<train stage>/[<variant>/]);
+    /// several: an ensemble (their outputs averaged before organs are decided).
     #[arg(short, long = "model", required = true)]
     models: Vec<PathBuf>,
     /// An image, or a folder of images (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd;
@@ -345,23 +346,25 @@ fn cmd_plan(a: PipelineArgs, registry: &Registry) -> Result<u8> {
 
 fn cmd_predict(a: PredictArgs, registry: &Registry) -> Result<u8> {
     use crate::predict;
-    if a.models.len() > 1 {
-        return Err(anyhow!(
-            "{} models given: ensembles are not supported yet; give one `-m`",
-            a.models.len()
-        ));
-    }
-    let pkg = predict::Package::open(&a.models[0])?;
+    let pkgs: Vec<predict::Package> = a
+        .models
+        .iter()
+        .map(|m| predict::Package::open(m))
+        .collect::<Result<_>>()?;
     let images = predict::input_images(&a.input)?;
     // Ctrl-C ends the process; every file is written atomically, so none is left half.
     let cancel = CancelToken::default();
     eprintln!(
         "predicting {} case(s) with {}",
         images.len(),
-        a.models[0].display()
+        a.models
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
     );
     let started = std::time::Instant::now();
-    let done = predict::predict(registry, &pkg, &images, &a.output, &cancel)?;
+    let done = predict::predict(registry, &pkgs, &images, &a.output, &cancel)?;
     let total = started.elapsed().as_secs_f64();
     for d in &done {
         eprintln!("  {}: {:.1} s", d.id, d.seconds);

@@ -136,14 +136,82 @@ pub struct Predicted {
     pub seconds: f64,
 }
 
-/// Applies `pkg` to every image of `images`, writing into `output`.
+/// The steps of `l` that the applying stage reads (the chain behind its per-case inputs).
+fn needed(l: &Lineage) -> Vec<&Step> {
+    let apply = &l.apply[0];
+    let mut want: std::collections::HashSet<&str> =
+        apply.after.iter().map(String::as_str).collect();
+    for s in l.preprocess.iter().rev() {
+        if want.contains(s.id.as_str()) {
+            want.extend(s.after.iter().map(String::as_str));
+        }
+    }
+    l.preprocess
+        .iter()
+        .filter(|s| want.contains(s.id.as_str()))
+        .collect()
+}
+
+/// Whether two packages replay the same preprocessing and apply the same way; the
+/// differences in words if not.
+fn differences(a: &Package, b: &Package) -> Vec<String> {
+    let describe = |s: &Step| (s.stage.clone(), s.version, s.params.clone());
+    let (sa, sb) = (needed(&a.lineage), needed(&b.lineage));
+    let mut out = Vec::new();
+    if sa.len() != sb.len() {
+        out.push(format!(
+            "{} preprocessing stages against {}",
+            sa.len(),
+            sb.len()
+        ));
+    }
+    for (x, y) in sa.iter().zip(&sb) {
+        if describe(x) != describe(y) {
+            out.push(format!(
+                "stage `{}` ({}): {} against {}",
+                x.id, x.stage, x.params, y.params
+            ));
+        }
+    }
+    let (x, y) = (&a.lineage.apply[0], &b.lineage.apply[0]);
+    if describe(x) != describe(y) {
+        out.push(format!(
+            "`{}` ({}): {} against {}",
+            x.id, x.stage, x.params, y.params
+        ));
+    }
+    out
+}
+
+/// Applies the packages (one model, or an ensemble whose maps are averaged) to every image
+/// of `images`, writing into `output`. An ensemble's packages must replay the same
+/// preprocessing and apply the same way; the error says how they differ.
 pub fn predict(
     registry: &Registry,
-    pkg: &Package,
+    pkgs: &[Package],
     images: &[(String, PathBuf)],
     output: &Path,
     cancel: &CancelToken,
 ) -> Result<Vec<Predicted>> {
+    let pkg = pkgs.first().ok_or_else(|| anyhow!("no model given"))?;
+    for other in &pkgs[1..] {
+        let d = differences(pkg, other);
+        if !d.is_empty() {
+            bail!(
+                "{} and {} cannot form an ensemble: {}",
+                pkg.dir.display(),
+                other.dir.display(),
+                d.join("; ")
+            );
+        }
+    }
+    let model: Arc<Item> = if pkgs.len() == 1 {
+        pkg.model.clone()
+    } else {
+        Arc::new(Item::ensemble(
+            pkgs.iter().map(|p| Item::clone(&p.model)).collect(),
+        ))
+    };
     let l = &pkg.lineage;
     let build = |s: &Step| -> Result<Arc<dyn shapeflow_core::Stage>> {
         let f = registry.get(&s.stage).ok_or_else(|| {
@@ -181,21 +249,8 @@ pub fn predict(
         Ok(built.stage)
     };
     let apply = &l.apply[0];
-    // Only what the applying stage reads: the chain behind its per-case inputs (a model's
-    // training-only inputs, such as SDMs, are not replayed).
-    let mut needed: std::collections::HashSet<&str> =
-        apply.after.iter().map(String::as_str).collect();
-    for s in l.preprocess.iter().rev() {
-        if needed.contains(s.id.as_str()) {
-            needed.extend(s.after.iter().map(String::as_str));
-        }
-    }
     let mut steps = Vec::new();
-    for s in l
-        .preprocess
-        .iter()
-        .filter(|s| needed.contains(s.id.as_str()))
-    {
+    for s in needed(l) {
         steps.push((s, build(s)?));
     }
     let applier = build(apply)?;
@@ -253,7 +308,7 @@ pub fn predict(
             };
             items.insert(s.id.clone(), Arc::new(item));
         }
-        items.insert(l.model_stage.clone(), pkg.model.clone());
+        items.insert(l.model_stage.clone(), model.clone());
         let inputs = inputs_of(apply, &items)?;
         applier
             .run_case(&ctx_for("predict", output), &info, &inputs)

@@ -700,3 +700,112 @@ fn a_moved_dataset_is_served_from_the_cache() {
     let n = r.node("resample", "default").unwrap();
     assert_eq!((n.computed, n.cached), (1, 2), "{}", r.table());
 }
+
+/// `pipeline predict -m A -m B`: an ensemble's maps are the mean of its members' maps
+/// (each member predicted alone), and packages that replay different preprocessing are
+/// refused with the difference named.
+#[test]
+fn predict_ensemble_averages_its_members() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = |spacing: f64, name: &str| {
+        format!(
+            r#"
+name: {name}
+seeds: [1, 2]
+stages:
+  load:
+    stage: load
+    params: {{format: msd, root: "{}", merge: {{hippocampus: [1, 2]}}, split: holdout, val_fraction: 0.0, test_fraction: 0.3, limit: 6}}
+  resample: {{stage: resample, after: [load], params: {{spacing: [{spacing}, {spacing}, {spacing}]}}}}
+  sdm: {{stage: edt-sdm, after: [resample]}}
+  augment: {{stage: augment, after: [resample, sdm]}}
+  train:
+    stage: train
+    after: [resample, sdm, augment]
+    params:
+      epochs: 1
+      iterations: 2
+      patch: [16, 16, 16]
+      net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}
+      device: cpu
+  infer: {{stage: infer, after: [resample, train], params: {{write_maps: true}}}}
+"#,
+            shared("hippocampus").display()
+        )
+    };
+    write(d.path(), "p.yaml", &yaml(1.5, "ens"));
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let train = manifest.parent().unwrap().join("train");
+    let mut members: Vec<std::path::PathBuf> = std::fs::read_dir(&train)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("pipeline.json").is_file())
+        .collect();
+    members.sort();
+    assert_eq!(members.len(), 2, "{members:?}");
+    let image = shared("hippocampus/imagesTr/hippocampus_001.nii.gz");
+    let predict = |models: &[&Path], out: &Path| {
+        let mut args = vec!["predict".to_string()];
+        for m in models {
+            args.push("-m".into());
+            args.push(m.to_str().unwrap().into());
+        }
+        args.extend([
+            "-i".into(),
+            image.to_str().unwrap().into(),
+            "-o".into(),
+            out.to_str().unwrap().into(),
+        ]);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_child(d.path(), &a)
+    };
+    let map = |out: &Path| -> Vec<f32> {
+        shapeflow_core::Volume::read_nifti(&out.join("hippocampus_001_hippocampus.nii.gz"))
+            .unwrap()
+            .to_f32()
+    };
+    let (a, b, e) = (d.path().join("a"), d.path().join("b"), d.path().join("e"));
+    for (models, out) in [
+        (vec![members[0].as_path()], &a),
+        (vec![members[1].as_path()], &b),
+        (vec![members[0].as_path(), members[1].as_path()], &e),
+    ] {
+        let o = predict(&models, out);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let (ma, mb, me) = (map(&a), map(&b), map(&e));
+    assert_ne!(ma, mb, "two seeds, two models");
+    let worst = ma
+        .iter()
+        .zip(&mb)
+        .zip(&me)
+        .map(|((x, y), z)| ((x + y) / 2.0 - z).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "ensemble map differs from the mean by {worst}"
+    );
+    // A package with other preprocessing cannot join the ensemble.
+    write(d.path(), "q.yaml", &yaml(2.0, "other"));
+    let (r, manifest) = run_with_manifest(d.path(), "q.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let other = std::fs::read_dir(manifest.parent().unwrap().join("train"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("pipeline.json").is_file())
+        .unwrap();
+    let o = predict(
+        &[members[0].as_path(), other.as_path()],
+        &d.path().join("x"),
+    );
+    let t = text(&o);
+    assert!(
+        o.status.code() == Some(1)
+            && t.contains("cannot form an ensemble")
+            && t.contains("resample"),
+        "{t}"
+    );
+}

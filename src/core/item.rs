@@ -37,6 +37,28 @@ impl Item {
         }
     }
 
+    /// Several items of one kind for a stage that combines them (e.g. an ensemble of models
+    /// for `pipeline predict -m A -m B`): a bundle `ensemble/0`, `ensemble/1`, ...
+    pub fn ensemble(items: Vec<Item>) -> Item {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(
+            "ensemble".to_string(),
+            Item::Json(serde_json::json!(items.len())),
+        );
+        for (i, it) in items.into_iter().enumerate() {
+            m.insert(format!("ensemble/{i}"), it);
+        }
+        Item::Bundle(m)
+    }
+
+    /// The members of an [`Item::ensemble`], in order; `None` for any other item.
+    pub fn ensemble_members(&self) -> Option<Vec<&Item>> {
+        let n = self.part("ensemble")?.as_json()?.as_u64()? as usize;
+        (0..n)
+            .map(|i| self.part(&format!("ensemble/{i}")))
+            .collect()
+    }
+
     pub fn as_volume(&self) -> Option<&Volume> {
         match self {
             Item::Volume(v) => Some(v),

@@ -128,7 +128,7 @@ impl Plugin for LearnPlugin {
                 }
                 Ok(Arc::new(Infer {
                     p,
-                    net: Mutex::new(None),
+                    net: Mutex::new(Vec::new()),
                 }))
             },
         });
@@ -346,74 +346,42 @@ struct Loaded {
 
 struct Infer {
     p: InferParams,
-    net: Mutex<Option<Loaded>>,
+    /// Networks kept while the same models are used (one, or an ensemble's).
+    net: Mutex<Vec<Loaded>>,
 }
 
-impl Stage for Infer {
-    fn output(&self) -> Kind {
-        Kind::Predictions
-    }
-
-    fn ports(&self) -> Vec<Port> {
-        vec![
-            Port::new("cases", Kind::Case).from_param("cases", self.p.cases.as_deref()),
-            Port::new("model", Kind::Model).from_param("model", self.p.model.as_deref()),
-        ]
-    }
-
-    fn shape(&self) -> Shape {
-        Shape::PerCase
-    }
-    fn resource(&self) -> Option<String> {
-        Some("gpu".into())
-    }
-    fn accepts(&self, case: &CaseInfo) -> bool {
-        self.p.split == "all" || case.split.as_deref().unwrap_or("train") == self.p.split
-    }
-
-    fn run_case(
+impl Infer {
+    /// One model's output maps over the whole image (per organ), with test-time mirroring
+    /// if asked.
+    fn maps_of(
         &self,
         ctx: &StageCtx,
-        info: &CaseInfo,
-        inputs: &Inputs,
-    ) -> Result<Item, StageError> {
-        let model = Model::from_item(inputs.port("model")?)?;
-        let case = inputs.case("cases")?;
-        let image = case
-            .image
-            .as_ref()
-            .ok_or_else(|| StageError::msg("the case has no image"))?;
-        let sp = model.config.spacing;
-        if (0..3).any(|a| (image.spacing[a] - sp[a]).abs() > 0.01 * sp[a]) {
-            tracing::warn!(
-                case = %info.id,
-                "spacing {:?} differs from the model's training spacing {:?}",
-                image.spacing,
-                sp
-            );
-        }
-        let device = model::parse_device(&self.p.device).map_err(StageError::msg)?;
-        model::check_device(device)?;
-        if self.p.threads > 0 {
-            tch::set_num_threads(self.p.threads as i32);
-        }
+        model: &Model,
+        image: &Volume,
+        device: Device,
+    ) -> Result<Vec<Vec<f32>>, StageError> {
         let mut guard = self
             .net
             .lock()
             .map_err(|_| StageError::msg("a previous inference panicked"))?;
         let hash = blake3::hash(&model.weights);
-        if guard.as_ref().map(|l| (l.weights, l.device)) != Some((hash, device)) {
-            let (vs, net) = model.load(device, &ctx.scratch)?;
-            *guard = Some(Loaded {
-                weights: hash,
-                _vs: vs,
-                net,
-                device,
-            });
-        }
-        let loaded = guard
-            .as_ref()
-            .ok_or_else(|| StageError::msg("model not loaded"))?;
+        let at = match guard
+            .iter()
+            .position(|l| (l.weights, l.device) == (hash, device))
+        {
+            Some(i) => i,
+            None => {
+                let (vs, net) = model.load(device, &ctx.scratch)?;
+                guard.push(Loaded {
+                    weights: hash,
+                    _vs: vs,
+                    net,
+                    device,
+                });
+                guard.len() - 1
+            }
+        };
+        let loaded = &guard[at];
         let k = model.config.organs.len();
         let patch = self.p.patch.unwrap_or(model.config.patch);
         let mult = 1usize << model.config.unet.depth;
@@ -445,14 +413,111 @@ impl Stage for Infer {
         } else {
             window(&x)
         };
-        let mut maps = maps.map_err(|e| {
+        maps.map_err(|e| {
             if ctx.cancel.is_cancelled() {
                 StageError::Cancelled
             } else {
                 StageError::msg(format!("inference: {e}"))
             }
-        })?;
-        drop(guard);
+        })
+    }
+}
+
+impl Stage for Infer {
+    fn output(&self) -> Kind {
+        Kind::Predictions
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![
+            Port::new("cases", Kind::Case).from_param("cases", self.p.cases.as_deref()),
+            Port::new("model", Kind::Model).from_param("model", self.p.model.as_deref()),
+        ]
+    }
+
+    fn shape(&self) -> Shape {
+        Shape::PerCase
+    }
+    fn resource(&self) -> Option<String> {
+        Some("gpu".into())
+    }
+    fn accepts(&self, case: &CaseInfo) -> bool {
+        self.p.split == "all" || case.split.as_deref().unwrap_or("train") == self.p.split
+    }
+
+    fn run_case(
+        &self,
+        ctx: &StageCtx,
+        info: &CaseInfo,
+        inputs: &Inputs,
+    ) -> Result<Item, StageError> {
+        // One model, or an ensemble (several packages given to `pipeline predict`): their
+        // maps are averaged before organs are decided.
+        let item = inputs.port("model")?;
+        let models: Vec<Model> = match item.ensemble_members() {
+            Some(parts) => parts
+                .into_iter()
+                .map(Model::from_item)
+                .collect::<Result<_, _>>()?,
+            None => vec![Model::from_item(item)?],
+        };
+        let model = models
+            .first()
+            .ok_or_else(|| StageError::msg("an empty ensemble of models"))?;
+        for (i, m) in models.iter().enumerate().skip(1) {
+            let c = &m.config;
+            if c.organs != model.config.organs || c.mode.head() != model.config.mode.head() {
+                return Err(StageError::msg(format!(
+                    "ensemble member {i} predicts {:?} as {:?}, member 0 {:?} as {:?}: an \
+                     ensemble needs the same organs and the same kind of head",
+                    c.organs,
+                    c.mode.head(),
+                    model.config.organs,
+                    model.config.mode.head()
+                )));
+            }
+        }
+        let case = inputs.case("cases")?;
+        let image = case
+            .image
+            .as_ref()
+            .ok_or_else(|| StageError::msg("the case has no image"))?;
+        let sp = model.config.spacing;
+        if (0..3).any(|a| (image.spacing[a] - sp[a]).abs() > 0.01 * sp[a]) {
+            tracing::warn!(
+                case = %info.id,
+                "spacing {:?} differs from the model's training spacing {:?}",
+                image.spacing,
+                sp
+            );
+        }
+        let device = model::parse_device(&self.p.device).map_err(StageError::msg)?;
+        model::check_device(device)?;
+        if self.p.threads > 0 {
+            tch::set_num_threads(self.p.threads as i32);
+        }
+        let k = model.config.organs.len();
+        let mut maps: Vec<Vec<f32>> = Vec::new();
+        for m in &models {
+            let one = self.maps_of(ctx, m, image, device)?;
+            if maps.is_empty() {
+                maps = one;
+            } else {
+                for (acc, o) in maps.iter_mut().zip(one) {
+                    for (a, v) in acc.iter_mut().zip(o) {
+                        *a += v;
+                    }
+                }
+            }
+        }
+        if models.len() > 1 {
+            let n = models.len() as f32;
+            for m in maps.iter_mut() {
+                for v in m.iter_mut() {
+                    *v /= n;
+                }
+            }
+        }
         // Onto the original grid: resample the continuous maps, then decide organs there.
         let mut grid = image.grid();
         let head = model.config.mode.head();
@@ -512,7 +577,7 @@ impl Stage for Infer {
         let mut notes = serde_json::Map::new();
         notes.insert(
             "prediction".into(),
-            serde_json::json!({"mode": model.config.mode, "patch": patch, "overlap": self.p.overlap,
+            serde_json::json!({"mode": model.config.mode, "patch": self.p.patch.unwrap_or(model.config.patch), "models": models.len(), "tta": self.p.tta, "overlap": self.p.overlap,
                 "largest_component": self.p.largest_component, "sdm_threshold": self.p.sdm_threshold}),
         );
         Ok(CaseData {
