@@ -55,6 +55,9 @@ enum Command {
     /// Apply a trained model to new images (no labels needed): the preprocessing it was
     /// trained with is replayed, predictions land on each image's own grid.
     Predict(PredictArgs),
+    /// Export a trained model for deployment (TorchScript or ONNX) with its preprocessing in
+    /// a JSON beside it; runs Python with torch (`--python`).
+    Export(ExportArgs),
     /// Read every case of the pipeline's datasets: shapes, spacings, orientations, intensities,
     /// organs present/absent/empty, problems (exit 1 if any error), suggested settings.
     Inspect(InspectArgs),
@@ -104,6 +107,22 @@ struct PredictArgs {
     /// Where the predictions go (`<case>.nii.gz`, as `infer` writes them).
     #[arg(short, long)]
     output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// A trained model's folder (model.safetensors, model.json).
+    #[arg(short, long = "model")]
+    model: PathBuf,
+    /// torchscript or onnx.
+    #[arg(long, value_parser = ["torchscript", "onnx"])]
+    format: String,
+    /// The file to write (and `<file>.json` with the preprocessing beside it).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// A Python with torch (and `onnx` for ONNX).
+    #[arg(long, env = "SHAPEFLOW_EXPORT_PYTHON", default_value = "python3")]
+    python: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -261,6 +280,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8> {
         Command::Validate(a) => cmd_validate(a, registry),
         Command::Inspect(a) => cmd_inspect(a, registry),
         Command::Predict(a) => cmd_predict(a, registry),
+        Command::Export(a) => cmd_export(a),
         Command::Plugins { name } => cmd_plugins(name.as_deref(), registry),
         Command::Cache(a) => cmd_cache(a),
     }
@@ -341,6 +361,51 @@ fn cmd_plan(a: PipelineArgs, registry: &Registry) -> Result<u8> {
         );
     }
     println!("\n{all_n} items to compute, {all_c} from the cache");
+    Ok(0)
+}
+
+/// The exporter and the PyTorch UNet it loads, shipped inside the binary.
+const EXPORT_PY: &str = include_str!("../python/export.py");
+const UNET_PY: &str = include_str!("../python/shapeflow_unet.py");
+
+fn cmd_export(a: ExportArgs) -> Result<u8> {
+    for f in ["model.safetensors", "model.json"] {
+        if !a.model.join(f).is_file() {
+            return Err(anyhow!(
+                "{}: no {f} (a model folder, as `train` writes it)",
+                a.model.display()
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().context("cannot create a scratch folder")?;
+    std::fs::write(dir.path().join("export.py"), EXPORT_PY)?;
+    std::fs::write(dir.path().join("shapeflow_unet.py"), UNET_PY)?;
+    let out = std::process::Command::new(&a.python)
+        .arg(dir.path().join("export.py"))
+        .arg(&a.model)
+        .arg(&a.format)
+        .arg(&a.output)
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {} (export needs a Python with torch: --python PATH)",
+                a.python.display()
+            )
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(8).collect();
+        return Err(anyhow!(
+            "export with {} failed:\n{}",
+            a.python.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    eprintln!(
+        "wrote {} and {}.json (preprocessing, organs, how to decode the output)",
+        a.output.display(),
+        a.output.display()
+    );
     Ok(0)
 }
 

@@ -809,3 +809,94 @@ stages:
         "{t}"
     );
 }
+
+/// `pipeline export`: the network as TorchScript (run by torch) and ONNX (run by ONNX
+/// Runtime from PyPI) computes what the project's own network computes, within 1e-4, with
+/// the preprocessing written beside it.
+#[test]
+fn exported_networks_compute_what_ours_computes() {
+    use shapeflow_learn::fit::Mode;
+    use shapeflow_learn::model::{self, Model, ModelConfig, Norm};
+    use shapeflow_learn::tch::{nn, Device, Kind, Tensor};
+    use shapeflow_learn::unet::{UNet, UNetConfig};
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let unet = UNetConfig {
+        in_channels: 1,
+        out_channels: 2,
+        depth: 2,
+        base_channels: 4,
+        groups: 2,
+        slope: 0.01,
+        max_channels: 16,
+    };
+    let net = UNet::new(&vs.root(), unet);
+    let m = Model {
+        config: ModelConfig {
+            format: model::FORMAT.into(),
+            unet,
+            organs: vec!["Parotid_L".into(), "Parotid_R".into()],
+            mode: Mode::Joint,
+            k: 1500.0,
+            norm: Norm::Zscore,
+            patch: [16, 12, 8],
+            spacing: [1.0; 3],
+            trained: Default::default(),
+        },
+        weights: model::weights_bytes(&vs, d.path()).unwrap(),
+    };
+    let dir = d.path().join("model");
+    shapeflow_learn::history::write_model(&dir, &m).unwrap();
+    // Another size than the patch it was traced at: the exported graphs take any multiple.
+    let x = Tensor::randn([2, 1, 8, 16, 24], (Kind::Float, Device::Cpu));
+    let y = net.forward(&x);
+    let io = d.path().join("io.safetensors");
+    Tensor::write_safetensors(&[("input", &x), ("output", &y)], &io).unwrap();
+    for (format, file) in [("torchscript", "net.pt"), ("onnx", "net.onnx")] {
+        let out = d.path().join(file);
+        let o = run_child(
+            d.path(),
+            &[
+                "export",
+                "-m",
+                dir.to_str().unwrap(),
+                "--format",
+                format,
+                "-o",
+                out.to_str().unwrap(),
+                "--python",
+                py.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{format}: {}", text(&o));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{}.json", out.display())).unwrap())
+                .unwrap();
+        assert_eq!(
+            meta["output"]["organs"],
+            serde_json::json!(["Parotid_L", "Parotid_R"])
+        );
+        let check = std::process::Command::new(&py)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_export.py"))
+            .args([out.to_str().unwrap(), format, io.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_str(
+            String::from_utf8_lossy(&check.stdout)
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r["shape"], serde_json::json!([2, 2, 8, 16, 24]), "{format}");
+        let diff = r["max_abs_diff"].as_f64().unwrap();
+        assert!(r["max_abs"].as_f64().unwrap() > 0.01);
+        assert!(diff < 1e-4, "{format}: outputs differ by {diff}");
+    }
+}
