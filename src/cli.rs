@@ -107,6 +107,18 @@ struct PredictArgs {
     /// Where the predictions go (`<case>.nii.gz`, as `infer` writes them).
     #[arg(short, long)]
     output: PathBuf,
+    /// Test-time mirroring (8 passes; left/right organs swapped back).
+    #[arg(long)]
+    tta: bool,
+    /// Also write each organ's SDM or probability map.
+    #[arg(long)]
+    save_maps: bool,
+    /// cpu, cuda, cuda:N or auto (default: as the model was applied in its pipeline).
+    #[arg(long)]
+    device: Option<String>,
+    /// Windows per network call.
+    #[arg(long)]
+    batch: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -429,7 +441,20 @@ fn cmd_predict(a: PredictArgs, registry: &Registry) -> Result<u8> {
             .join(" + ")
     );
     let started = std::time::Instant::now();
-    let done = predict::predict(registry, &pkgs, &images, &a.output, &cancel)?;
+    let mut overrides: Vec<(String, serde_json::Value)> = Vec::new();
+    if a.tta {
+        overrides.push(("tta".into(), true.into()));
+    }
+    if a.save_maps {
+        overrides.push(("write_maps".into(), true.into()));
+    }
+    if let Some(d) = &a.device {
+        overrides.push(("device".into(), d.clone().into()));
+    }
+    if let Some(b) = a.batch {
+        overrides.push(("batch".into(), b.into()));
+    }
+    let done = predict::predict(registry, &pkgs, &images, &a.output, &overrides, &cancel)?;
     let total = started.elapsed().as_secs_f64();
     for d in &done {
         eprintln!("  {}: {:.1} s", d.id, d.seconds);

@@ -191,6 +191,7 @@ pub fn predict(
     pkgs: &[Package],
     images: &[(String, PathBuf)],
     output: &Path,
+    overrides: &[(String, serde_json::Value)],
     cancel: &CancelToken,
 ) -> Result<Vec<Predicted>> {
     let pkg = pkgs.first().ok_or_else(|| anyhow!("no model given"))?;
@@ -248,7 +249,20 @@ pub fn predict(
             })?;
         Ok(built.stage)
     };
-    let apply = &l.apply[0];
+    // The applying stage as it ran, with the user's overrides (device, batch, tta, maps).
+    let mut apply = l.apply[0].clone();
+    for (k, v) in overrides {
+        match apply.params.as_object_mut() {
+            Some(obj) if obj.contains_key(k) => {
+                obj.insert(k.clone(), v.clone());
+            }
+            _ => bail!(
+                "the stage that applies this model (`{}`) has no `{k}` param",
+                apply.stage
+            ),
+        }
+    }
+    let apply = &apply;
     let mut steps = Vec::new();
     for s in needed(l) {
         steps.push((s, build(s)?));
@@ -261,7 +275,24 @@ pub fn predict(
         .tempdir()
         .context("cannot create a scratch folder")?;
     let mut done = Vec::new();
+    // The next image is read while the network works on this one (one ahead: memory stays
+    // at two cases).
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let reader_images = images.to_vec();
+    let reader = std::thread::spawn(move || {
+        for (_, path) in reader_images {
+            let read = shapeflow_formats::read(&path).map_err(|e| e.to_string());
+            if tx.send(read).is_err() {
+                break;
+            }
+        }
+    });
     for (id, path) in images {
+        let read = rx
+            .recv()
+            .map_err(|_| anyhow!("the image reader stopped"))?
+            .map_err(|e| anyhow!("{e}"));
+        let mut read = Some(read);
         let started = Instant::now();
         let info = CaseInfo {
             id: id.clone(),
@@ -285,7 +316,9 @@ pub fn predict(
         for (s, stage) in &steps {
             let item = if stage.shape() == Shape::Source {
                 // The image as the source would give it: no labels, its own grid recorded.
-                let image = shapeflow_formats::read(path).map_err(|e| anyhow!("{e}"))?;
+                let image = read
+                    .take()
+                    .ok_or_else(|| anyhow!("case `{id}`: two sources in one package"))??;
                 let mut notes = serde_json::Map::new();
                 notes.insert(
                     "source".into(),
@@ -318,6 +351,8 @@ pub fn predict(
             seconds: started.elapsed().as_secs_f64(),
         });
     }
+    drop(rx);
+    let _ = reader.join();
     Ok(done)
 }
 

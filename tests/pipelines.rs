@@ -284,7 +284,14 @@ stages:
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         run_child(d.path(), &a)
     };
-    let o = run(args(model.to_str().unwrap(), input.to_str().unwrap()));
+    let mut a = args(model.to_str().unwrap(), input.to_str().unwrap());
+    a.extend([
+        "--device".into(),
+        "cpu".into(),
+        "--batch".into(),
+        "3".into(),
+    ]);
+    let o = run(a);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for n in &predicted {
         let theirs = shapeflow_core::Volume::read_nifti(&run_dir.join("infer").join(n)).unwrap();
