@@ -72,7 +72,10 @@ impl Plugin for LearnPlugin {
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<TrainParams> {
             name: "train",
-            version: 1,
+            // 2: flips mirror the left-right axis found from the affine (was voxel axis 0,
+            // which is anterior-posterior in OpenKBP's PLI volumes) and pair Left/Right organ
+            // names too.
+            version: 2,
             summary: "Train the shape-aware 3D UNet (dice | sdm | joint) on libtorch, resumable",
             help: TRAIN_HELP,
             build: |p, _| {

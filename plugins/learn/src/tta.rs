@@ -35,7 +35,14 @@ pub fn left_right_pairs(organs: &[String]) -> Vec<(usize, usize)> {
     // (is left, stem, naming style): a pair shares the stem and the style.
     let key = |name: &str| -> Option<(bool, String, u8)> {
         let l = name.to_ascii_lowercase();
-        for (suffix, left) in [("_l", true), ("_r", false), (" l", true), (" r", false)] {
+        for (suffix, left) in [
+            ("_l", true),
+            ("_r", false),
+            (" l", true),
+            (" r", false),
+            ("-lt", true),
+            ("-rt", false),
+        ] {
             if let Some(stem) = l.strip_suffix(suffix) {
                 return Some((left, stem.to_string(), 0));
             }

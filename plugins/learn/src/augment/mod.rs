@@ -122,6 +122,9 @@ pub struct TrainCase {
     /// What lies outside the volume: the image's minimum (air in a CT, background in an
     /// MRI), not 0, which in a windowed CT is soft tissue.
     pad: f32,
+    /// The voxel axis that runs left-right in the world (from the affine): what a
+    /// left-right flip mirrors. Axis 0 for RAS/LPS-ordered volumes, 1 for OpenKBP's PLI.
+    lr_axis: usize,
 }
 
 impl TrainCase {
@@ -188,6 +191,7 @@ impl TrainCase {
                 .fold(f32::INFINITY, f32::min)
                 .min(0.0),
             image_f32: image.to_f32(),
+            lr_axis: crate::tta::left_right_axis(&image.affine),
             image,
             labels,
             sdms: maps,
@@ -197,23 +201,15 @@ impl TrainCase {
         })
     }
 
-    /// Organ index pairs (left, right) found by name: `X_L`/`X_R`, `X-Lt`/`X-Rt`.
+    /// Organ index pairs (left, right) found by name: `X_L`/`X_R`, `X-Lt`/`X-Rt`,
+    /// `LeftX`/`RightX`, `Left X`/`Right X` (see [`crate::tta::left_right_pairs`]).
     pub fn left_right_pairs(&self) -> Vec<(usize, usize)> {
-        let mut pairs = Vec::new();
-        for (i, a) in self.organs.iter().enumerate() {
-            for (suffix_l, suffix_r) in [("_L", "_R"), ("-Lt", "-Rt")] {
-                if let Some(stem) = a.strip_suffix(suffix_l) {
-                    if let Some(j) = self
-                        .organs
-                        .iter()
-                        .position(|b| b == &format!("{stem}{suffix_r}"))
-                    {
-                        pairs.push((i, j));
-                    }
-                }
-            }
-        }
-        pairs
+        crate::tta::left_right_pairs(&self.organs)
+    }
+
+    /// The voxel axis a left-right flip mirrors.
+    pub fn left_right_axis(&self) -> usize {
+        self.lr_axis
     }
 }
 
@@ -359,14 +355,15 @@ pub fn sample(
         for y in 0..ps[1] {
             for x in 0..ps[0] {
                 let o = x + ps[0] * (y + ps[1] * z);
-                // Patch offset in mm (flip mirrors x), rotated and divided by the scale.
+                // Patch offset in mm (a flip mirrors the left-right axis), rotated and
+                // divided by the scale.
                 let mut q = [
                     (x as f64 - half[0]) * sp[0],
                     (y as f64 - half[1]) * sp[1],
                     (z as f64 - half[2]) * sp[2],
                 ];
                 if flipped {
-                    q[0] = -q[0];
+                    q[case.lr_axis] = -q[case.lr_axis];
                 }
                 let pos = [x, y, z];
                 let g: [f64; 3] = std::array::from_fn(|a| {

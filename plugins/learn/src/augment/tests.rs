@@ -176,3 +176,62 @@ fn sdm_values_scale_with_the_zoom() {
     }
     assert!(checked > 20);
 }
+
+/// A volume stored with its left-right axis second (OpenKBP's PLI order): the flip mirrors
+/// that axis, not voxel axis 0 (which there runs front to back), and organs named
+/// `LeftX`/`RightX` are swapped.
+#[test]
+fn flips_mirror_the_left_right_axis_of_the_affine() {
+    let mut c = phantom::head_neck(
+        5,
+        0,
+        phantom::HnSpec {
+            dims: [48, 48, 40],
+            spacing: [4.5, 4.5, 6.0],
+            noise_hu: 10.0,
+        },
+    );
+    // Relabel the voxel axes: axis 0 now runs posterior, axis 1 left (a PLI-like affine).
+    let reorient = |v: &Volume| {
+        let mut v = v.clone();
+        v.affine[0] = [0.0, -4.5, 0.0, 0.0];
+        v.affine[1] = [-4.5, 0.0, 0.0, 0.0];
+        Arc::new(v)
+    };
+    c.image = c.image.as_deref().map(reorient);
+    c.labels = c.labels.as_deref().map(reorient);
+    for o in c.organs.iter_mut() {
+        if let Some(stem) = o.strip_suffix("_L") {
+            *o = format!("Left{stem}");
+        } else if let Some(stem) = o.strip_suffix("_R") {
+            *o = format!("Right{stem}");
+        }
+    }
+    let s = shapeflow_sdm::case_sdms(&c, true).unwrap();
+    let case = TrainCase::new("pli", &c, &s).unwrap();
+    assert_eq!(case.left_right_axis(), 1);
+    assert_eq!(case.left_right_pairs(), vec![(3, 4), (5, 6), (7, 8)]);
+    let cases = vec![case];
+    let p = [15, 17, 11];
+    let plain = AugmentConfig {
+        foreground: 1.0,
+        ..AugmentConfig::none(p)
+    };
+    let flip = AugmentConfig {
+        flip: 1.0,
+        ..plain.clone()
+    };
+    for index in 0..10 {
+        let a = sample(&cases, &plain, 4, 0, index);
+        let b = sample(&cases, &flip, 4, 0, index);
+        for z in 0..p[2] {
+            for y in 0..p[1] {
+                for x in 0..p[0] {
+                    let o = x + p[0] * (y + p[1] * z);
+                    let m = x + p[0] * ((p[1] - 1 - y) + p[1] * z);
+                    assert_eq!(b.image[o], a.image[m], "mirrored along axis 1");
+                }
+            }
+        }
+    }
+}
