@@ -569,6 +569,9 @@ impl Engine {
                     .collect()
             };
         bar.finish_and_clear();
+        if node.shape == Shape::Gather {
+            release_free_memory();
+        }
         let failures: Vec<&(String, StageError)> = errors
             .iter()
             .filter(|(_, e)| !matches!(e, StageError::Cancelled))
@@ -590,6 +593,19 @@ impl Engine {
         } else {
             Status::Done
         }
+    }
+}
+
+/// Gives the memory a finished whole-dataset stage freed back to the system. glibc keeps
+/// freed blocks in its arenas; a run that trains several variants one after another then
+/// held every training set at once (measured on OpenKBP: 11 GB during the first training,
+/// 19.6 GB during the second, killed for memory at the third, on 24 GB).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it has no
+    // preconditions and touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
