@@ -230,8 +230,8 @@ pub fn shell_balanced_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor
         let n = w.sum_dim_intlist(dims, false, kind);
         let mean = (&term * &w).sum_dim_intlist(dims, false, kind) / n.clamp_min(1.0);
         let has = n.gt(0.0).to_kind(kind);
-        sum = sum + mean * &has;
-        count = count + has;
+        sum += mean * &has;
+        count += has;
     }
     let per_organ = sum / count.clamp_min(1.0);
     let organ_present = present
