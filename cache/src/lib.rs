@@ -656,6 +656,15 @@ enum BlobError {
     Bad(String),
 }
 
+/// Reads and checks one object file as [`Cache::get`] does (header, size, checksum): its
+/// payload, or why it is damaged. For fuzzing and tools; never returns a damaged payload.
+pub fn read_object(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    read_blob(path).map(|(_, b)| b).map_err(|e| match e {
+        BlobError::Io(e) => e.to_string(),
+        BlobError::Bad(m) => m,
+    })
+}
+
 fn read_blob(path: &Path) -> std::result::Result<(EntryMeta, Vec<u8>), BlobError> {
     let mut f = File::open(path).map_err(BlobError::Io)?;
     let file_len = f.metadata().map_err(BlobError::Io)?.len() as usize;
