@@ -212,17 +212,56 @@ fn read_nifti_file(path: &Path) -> Result<Volume, String> {
         volume.affine[1] = h.srow_y.map(|v| v as f64);
         volume.affine[2] = h.srow_z.map(|v| v as f64);
     } else if h.qform_code > 0 {
-        let m = h.qform_affine::<f64>();
-        for r in 0..4 {
-            for c in 0..4 {
-                volume.affine[r][c] = m[(r, c)];
-            }
-        }
+        volume.affine = qform_affine(&h, spacing)?;
     }
     if volume.affine.iter().flatten().any(|v| !v.is_finite()) {
         return Err("the header's sform/qform holds non-finite numbers".to_string());
     }
     Ok(volume)
+}
+
+/// The qform affine, as the NIfTI-1 standard defines it (quaternion b, c, d; a from them;
+/// qfac from pixdim[0]; offsets). Ours, because the `nifti` crate panics on a quaternion
+/// whose b^2 + c^2 + d^2 exceeds 1 (found by fuzzing): here that is an error.
+fn qform_affine(h: &nifti::NiftiHeader, spacing: [f64; 3]) -> Result<[[f64; 4]; 4], String> {
+    let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+    let n = b * b + c * c + d * d;
+    if !n.is_finite() || n > 1.0 + 1e-6 {
+        return Err(format!(
+            "the qform quaternion (b, c, d) = ({b}, {c}, {d}) is not a rotation (b^2 + c^2 + d^2 \
+             = {n} > 1): the header is corrupt"
+        ));
+    }
+    let a = (1.0 - n).max(0.0).sqrt();
+    let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+    let r = [
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - c * c - b * b,
+        ],
+    ];
+    let scale = [spacing[0], spacing[1], spacing[2] * qfac];
+    let offset = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
+    let mut m = [[0.0; 4]; 4];
+    for row in 0..3 {
+        for col in 0..3 {
+            m[row][col] = r[row][col] * scale[col];
+        }
+        m[row][3] = offset[row];
+    }
+    m[3][3] = 1.0;
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -437,5 +476,53 @@ mod tests {
         let e = Volume::read_nifti(&p).unwrap_err().to_string();
         assert!(e.contains("cut.nii.gz") && e.contains("ends early"), "{e}");
         assert!(!e.contains("Io(") && !e.contains("Kind("), "{e}");
+    }
+
+    /// Found by fuzzing: a qform quaternion with b^2 + c^2 + d^2 > 1 made the `nifti`
+    /// crate panic; it is a named error. A valid one gives the standard's affine (checked
+    /// against a 90 degree rotation about z by hand).
+    #[test]
+    fn a_corrupt_qform_quaternion_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_q = |b: f32, c: f32, d: f32, name: &str| {
+            let mut h = header_bytes([2, 1, 1], 2, 8);
+            h[252..254].copy_from_slice(&1i16.to_le_bytes()); // qform_code
+            for (at, v) in [
+                (256, b),
+                (260, c),
+                (264, d),
+                (268, 5.0),
+                (272, 6.0),
+                (276, 7.0),
+            ] {
+                h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            h.extend_from_slice(&[1, 2]);
+            let p = dir.path().join(name);
+            std::fs::write(&p, &h).unwrap();
+            Volume::read_nifti(&p)
+        };
+        let e = with_q(1e10, 0.0, 0.0, "q.nii").unwrap_err().to_string();
+        assert!(e.contains("q.nii") && e.contains("not a rotation"), "{e}");
+        // 90 degrees about z: a = d = sqrt(1/2): x -> y, y -> -x.
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        let v = with_q(0.0, 0.0, s, "rot.nii").unwrap();
+        let want = [
+            [0.0, -1.0, 0.0, 5.0],
+            [1.0, 0.0, 0.0, 6.0],
+            [0.0, 0.0, 1.0, 7.0],
+        ];
+        for r in 0..3 {
+            for c in 0..4 {
+                assert!((v.affine[r][c] - want[r][c]).abs() < 1e-6, "{:?}", v.affine);
+            }
+        }
+        // The fuzzer's input itself.
+        let crash = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../../tests/fuzz/regressions/nifti/crash-dee3e851723abdabe38e59e00708ecfd178e3006",
+        );
+        let p = dir.path().join("crash.nii");
+        std::fs::copy(&crash, &p).unwrap();
+        assert!(Volume::read_nifti(&p).is_err());
     }
 }
