@@ -512,9 +512,9 @@ mod tests {
             [1.0, 0.0, 0.0, 6.0],
             [0.0, 0.0, 1.0, 7.0],
         ];
-        for r in 0..3 {
-            for c in 0..4 {
-                assert!((v.affine[r][c] - want[r][c]).abs() < 1e-6, "{:?}", v.affine);
+        for (got, want) in v.affine.iter().zip(&want) {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-6, "{:?}", v.affine);
             }
         }
         // The fuzzer's input itself.
