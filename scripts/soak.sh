@@ -35,7 +35,9 @@ echo "soak: clean run took ${clean_s} s"
 fail=0
 for i in $(seq 1 "$N"); do
     delay=$(python3 -c "import random; print(round(random.uniform(0.5, $clean_s), 2))")
-    run "$WORK/cache" "$WORK/runs" > "$WORK/kill-$i.log" 2>&1 &
+    # The binary itself in the background (not a shell function: kill -9 must reach it).
+    "$BIN" -q run pipelines/demo.yaml "${SETS[@]}" --cache "$WORK/cache" --runs "$WORK/runs" \
+        --no-progress > "$WORK/kill-$i.log" 2>&1 &
     pid=$!
     sleep "$delay"
     if kill -9 "$pid" 2> /dev/null; then what="killed at ${delay} s"; else what="finished before ${delay} s"; fi
