@@ -20,42 +20,21 @@ fn err(path: &Path, m: impl Into<String>) -> String {
     format!("{}: {}", path.display(), m.into())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ty {
-    I8,
-    U8,
-    I16,
-    U16,
-    I32,
-    U32,
-    F32,
-    F64,
-}
-
-impl Ty {
-    fn parse(s: &str) -> Option<Ty> {
-        Some(match s {
-            "signed char" | "int8" | "int8_t" => Ty::I8,
-            "uchar" | "unsigned char" | "uint8" | "uint8_t" => Ty::U8,
-            "short" | "short int" | "signed short" | "signed short int" | "int16" | "int16_t" => {
-                Ty::I16
-            }
-            "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => Ty::U16,
-            "int" | "signed int" | "int32" | "int32_t" => Ty::I32,
-            "uint" | "unsigned int" | "uint32" | "uint32_t" => Ty::U32,
-            "float" => Ty::F32,
-            "double" => Ty::F64,
-            _ => return None,
-        })
-    }
-    fn size(self) -> usize {
-        match self {
-            Ty::I8 | Ty::U8 => 1,
-            Ty::I16 | Ty::U16 => 2,
-            Ty::I32 | Ty::U32 | Ty::F32 => 4,
-            Ty::F64 => 8,
+/// NRRD's type names, as the shared voxel type.
+fn parse_type(s: &str) -> Option<RawType> {
+    Some(match s {
+        "signed char" | "int8" | "int8_t" => RawType::I8,
+        "uchar" | "unsigned char" | "uint8" | "uint8_t" => RawType::U8,
+        "short" | "short int" | "signed short" | "signed short int" | "int16" | "int16_t" => {
+            RawType::I16
         }
-    }
+        "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => RawType::U16,
+        "int" | "signed int" | "int32" | "int32_t" => RawType::I32,
+        "uint" | "unsigned int" | "uint32" | "uint32_t" => RawType::U32,
+        "float" => RawType::F32,
+        "double" => RawType::F64,
+        _ => return None,
+    })
 }
 
 fn parse_vector(s: &str) -> Option<[f64; 3]> {
@@ -132,7 +111,7 @@ pub fn read(path: &Path) -> Result<Volume, String> {
     }
     let get = |k: &str| fields.get(k).map(String::as_str);
     let ty_s = get("type").ok_or_else(|| err(path, "missing `type`"))?;
-    let ty = Ty::parse(ty_s).ok_or_else(|| err(path, format!("unsupported type `{ty_s}`")))?;
+    let ty = parse_type(ty_s).ok_or_else(|| err(path, format!("unsupported type `{ty_s}`")))?;
     let dim: usize = get("dimension")
         .and_then(|d| d.parse().ok())
         .ok_or_else(|| err(path, "missing or bad `dimension`"))?;
@@ -346,17 +325,7 @@ pub fn read(path: &Path) -> Result<Volume, String> {
         voxels::skip(&mut src, skip, "`byte skip`").map_err(|m| err(&src_name, m))?;
         voxels::read_exact_bounded(src, want, "voxel data").map_err(|m| err(&src_name, m))?
     };
-    let raw_ty = match ty {
-        Ty::I8 => RawType::I8,
-        Ty::U8 => RawType::U8,
-        Ty::I16 => RawType::I16,
-        Ty::U16 => RawType::U16,
-        Ty::I32 => RawType::I32,
-        Ty::U32 => RawType::U32,
-        Ty::F32 => RawType::F32,
-        Ty::F64 => RawType::F64,
-    };
-    let data = voxels::decode(&bytes, raw_ty, big_endian, None).map_err(|m| err(&src_name, m))?;
+    let data = voxels::decode(&bytes, ty, big_endian, None).map_err(|m| err(&src_name, m))?;
     drop(bytes);
     let mut vol = Volume::new(dims, spacing, data).map_err(|e| err(path, e.to_string()))?;
     vol.affine = affine;
