@@ -74,8 +74,9 @@ impl Plugin for LearnPlugin {
             name: "train",
             // 2: flips mirror the left-right axis found from the affine (was voxel axis 0,
             // which is anterior-posterior in OpenKBP's PLI volumes) and pair Left/Right organ
-            // names too.
-            version: 2,
+            // names too. 3: zoomed SDM targets stay within [-1, 1] and the far field of a
+            // band-limited map stays saturated.
+            version: 3,
             summary: "Train the shape-aware 3D UNet (dice | sdm | joint) on libtorch, resumable",
             help: TRAIN_HELP,
             build: |p, _| {

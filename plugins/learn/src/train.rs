@@ -56,7 +56,9 @@ pub struct TrainConfig {
     /// Head and loss: dice, sdm, joint (the paper's ablation); sdm-balanced, joint-balanced
     /// (each organ's inside and outside weighted equally in the SDM terms);
     /// sdm-shell-balanced, joint-shell-balanced (inside, the band around it and the far field
-    /// weighted equally: for band-limited maps).
+    /// weighted equally: for band-limited maps); sdm-organ-scaled, joint-organ-scaled (each
+    /// organ's errors summed and divided by its near voxels, as Dice weighs them: for
+    /// band-limited maps).
     pub mode: Mode,
     /// Training epochs (the paper: 200 hippocampus, 600 head and neck).
     pub epochs: usize,

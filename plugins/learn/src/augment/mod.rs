@@ -260,6 +260,18 @@ fn trilinear(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f32 {
     acc as f32
 }
 
+/// A normalised SDM value seen through a zoom of `scale`: distances grow with the zoom,
+/// within [-1, 1] (what a tanh head can reach); a saturated value (the far field of a
+/// band-limited map, at least a band away) stays saturated, so that zooming out never turns
+/// the far field into the band around the organ.
+pub fn zoomed(v: f32, scale: f32) -> f32 {
+    if v.abs() >= 1.0 - 1e-4 {
+        v
+    } else {
+        (v * scale).clamp(-1.0, 1.0)
+    }
+}
+
 /// Draws sample `index` of `epoch` from `cases`. Deterministic in (seed, epoch, index).
 pub fn sample(
     cases: &[TrainCase],
@@ -396,7 +408,7 @@ pub fn sample(
                 for (c, dst) in out.sdms.iter_mut().enumerate() {
                     let srcc = *swap.get(&c).unwrap_or(&c);
                     if let Some(m) = case.sdms.get(srcc).and_then(|m| m.as_ref()) {
-                        dst[o] = trilinear(m, d, src) * scale as f32;
+                        dst[o] = zoomed(trilinear(m, d, src), scale as f32);
                     }
                 }
                 // Intensity: scale, shift, gamma (sign-preserving: images are normalised to
