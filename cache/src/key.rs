@@ -50,3 +50,17 @@ impl fmt::Display for CacheKey {
         f.write_str(&self.to_hex())
     }
 }
+
+impl serde::Serialize for CacheKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CacheKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CacheKey::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("not a cache key: `{s}`")))
+    }
+}

@@ -11,6 +11,13 @@
 //! <root>/LOCK.owner      who holds it: pid, command line, start time
 //! ```
 //!
+//! Jobs of a cluster run (`pipeline run --executor slurm`) open the same directory with
+//! [`Cache::open_shared`]: they read and write blobs, each written under a temporary name
+//! in its own shard directory (`objects/ab/.tmp-...`), fsynced and renamed there, and never
+//! touch the index or the lock, which stay the driver's. The driver adopts the blobs its
+//! jobs wrote ([`Cache::contains`] verifies a blob the index does not know, then indexes
+//! it). Two writers of one key write the same bytes: the last rename wins, harmlessly.
+//!
 //! Invariants:
 //! - A blob appears under `objects/` only complete and fsynced (write to `tmp/`, fsync, rename).
 //! - The index names a blob only after the blob is in place, so a crash leaves at worst an
@@ -148,16 +155,25 @@ pub struct GcReport {
     pub remaining_bytes: u64,
 }
 
-/// An open cache directory, held exclusively by this process.
+/// The index of a cache opened by its owner.
+struct Index {
+    db: sled::Db,
+    entries: sled::Tree,
+    records: sled::Tree,
+}
+
+/// An open cache directory: held exclusively by this process ([`Cache::open`]), or a job's
+/// shared view of blobs only ([`Cache::open_shared`]).
 pub struct Cache {
     root: PathBuf,
-    db: sled::Db,
-    index: sled::Tree,
-    records: sled::Tree,
+    index: Option<Index>,
     tmp_counter: AtomicU64,
     leftovers_removed: u64,
-    _lock: lock::CacheLock,
+    _lock: Option<lock::CacheLock>,
 }
+
+/// Temporary blobs of shared writers start with this, inside their shard directory.
+const SHARED_TMP_PREFIX: &str = ".tmp-";
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -183,6 +199,11 @@ impl Cache {
         for dir in [root.join("tmp"), root.join("scratch")] {
             for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
                 let p = e.path();
+                // Cluster jobs' scratch may belong to jobs still running: their driver
+                // removes it when the job ends.
+                if p == root.join("scratch").join(JOBS_SCRATCH) {
+                    continue;
+                }
                 let gone = if p.is_dir() {
                     fs::remove_dir_all(&p)
                 } else {
@@ -202,7 +223,7 @@ impl Cache {
                 path: index_path.clone(),
                 source,
             })?;
-        let index = db
+        let entries = db
             .open_tree("entries")
             .map_err(|source| CacheError::Index {
                 path: index_path.clone(),
@@ -216,12 +237,52 @@ impl Cache {
             })?;
         Ok(Cache {
             root,
-            db,
-            index,
-            records,
+            index: Some(Index {
+                db,
+                entries,
+                records,
+            }),
             tmp_counter: AtomicU64::new(0),
             leftovers_removed,
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+
+    /// A job's view of the cache at `root`, beside the process that holds it: blobs are read
+    /// (verified) and written (atomically, in their shard directory) without the index or
+    /// the lock. Index-wide operations (entries, gc, verify, repair) are the owner's.
+    pub fn open_shared(root: impl AsRef<Path>) -> Result<Cache> {
+        let root = root.as_ref().to_path_buf();
+        let objects = root.join("objects");
+        if !objects.is_dir() {
+            return Err(CacheError::io(
+                &objects,
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no cache here (a job's cache is the one its driver opened)",
+                ),
+            ));
+        }
+        Ok(Cache {
+            root,
+            index: None,
+            tmp_counter: AtomicU64::new(0),
+            leftovers_removed: 0,
+            _lock: None,
+        })
+    }
+
+    /// Whether this is a job's shared view ([`Cache::open_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.index.is_none()
+    }
+
+    fn owned(&self) -> Result<&Index> {
+        self.index.as_ref().ok_or_else(|| {
+            CacheError::Locked(format!(
+                "cache {}: this process shares it with its owner and cannot use its index",
+                self.root.display()
+            ))
         })
     }
 
@@ -237,15 +298,33 @@ impl Cache {
     }
 
     /// A new, empty scratch folder under `<root>/scratch/`, for one run's working files;
-    /// the caller removes it when done, and the next [`Cache::open`] removes it if not.
+    /// the caller removes it when done, and the next [`Cache::open`] removes it if not. A
+    /// shared view's is under [`Cache::job_scratch_dir`] of `SLURM_JOB_ID` (or its pid).
     pub fn scratch_dir(&self) -> Result<PathBuf> {
-        let dir = self.root.join("scratch").join(format!(
-            "{}-{}",
-            std::process::id(),
-            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = if self.is_shared() {
+            let job = std::env::var("SLURM_JOB_ID")
+                .ok()
+                .filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_alphanumeric()))
+                .unwrap_or_else(|| format!("pid{}", std::process::id()));
+            self.job_scratch_dir(&job).join(format!(
+                "{}",
+                self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+            ))
+        } else {
+            self.root.join("scratch").join(format!(
+                "{}-{}",
+                std::process::id(),
+                self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+            ))
+        };
         fs::create_dir_all(&dir).map_err(|e| CacheError::io(&dir, e))?;
         Ok(dir)
+    }
+
+    /// Where cluster job `job` keeps its scratch: `<root>/scratch/jobs/<job>`, left alone by
+    /// [`Cache::open`] (the job may still run); the driver removes it when the job ends.
+    pub fn job_scratch_dir(&self, job: &str) -> PathBuf {
+        self.root.join("scratch").join(JOBS_SCRATCH).join(job)
     }
 
     fn index_err(&self, source: sled::Error) -> CacheError {
@@ -263,8 +342,11 @@ impl Cache {
     /// Index metadata for `key`, if present.
     pub fn meta(&self, key: &CacheKey) -> Result<Option<EntryMeta>> {
         let hex = key.to_hex();
-        match self
-            .index
+        let Some(ix) = &self.index else {
+            return Ok(None);
+        };
+        match ix
+            .entries
             .get(hex.as_bytes())
             .map_err(|e| self.index_err(e))?
         {
@@ -279,8 +361,11 @@ impl Cache {
     pub fn contains(&self, key: &CacheKey) -> Result<bool> {
         let hex = key.to_hex();
         let path = self.object_path(&hex);
-        if self
-            .index
+        let Some(ix) = &self.index else {
+            return Ok(path.is_file());
+        };
+        if ix
+            .entries
             .contains_key(hex.as_bytes())
             .map_err(|e| self.index_err(e))?
         {
@@ -294,7 +379,7 @@ impl Cache {
                 meta.stored_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 meta.last_used = now_secs();
                 let v = serde_json::to_vec(&meta).unwrap_or_default();
-                self.index
+                ix.entries
                     .insert(hex.as_bytes(), v)
                     .map_err(|e| self.index_err(e))?;
                 Ok(true)
@@ -329,11 +414,22 @@ impl Cache {
         let final_path = self.object_path(&hex);
         let shard_dir = final_path.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&shard_dir).map_err(|e| CacheError::io(&shard_dir, e))?;
-        let tmp_path = self.root.join("tmp").join(format!(
-            "{hex}.{}.{}",
-            std::process::id(),
-            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-        ));
+        // Unique within the process (several views may write at once), then by host and pid.
+        static TMP_NAMES: AtomicU64 = AtomicU64::new(0);
+        let n = TMP_NAMES.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = if self.is_shared() {
+            // Beside its final name, so the rename stays within one directory (atomic on
+            // shared filesystems too); host and pid keep concurrent writers apart.
+            shard_dir.join(format!(
+                "{SHARED_TMP_PREFIX}{hex}.{}.{}.{n}",
+                host_name(),
+                std::process::id()
+            ))
+        } else {
+            self.root
+                .join("tmp")
+                .join(format!("{hex}.{}.{n}", std::process::id()))
+        };
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp_path)?;
             f.write_all(MAGIC)?;
@@ -351,10 +447,12 @@ impl Cache {
             let _ = fs::remove_file(&tmp_path);
             return Err(CacheError::io(&final_path, e));
         }
-        let value = serde_json::to_vec(&meta).unwrap_or_default();
-        self.index
-            .insert(hex.as_bytes(), value)
-            .map_err(|e| self.index_err(e))?;
+        if let Some(ix) = &self.index {
+            let value = serde_json::to_vec(&meta).unwrap_or_default();
+            ix.entries
+                .insert(hex.as_bytes(), value)
+                .map_err(|e| self.index_err(e))?;
+        }
         Ok(meta)
     }
 
@@ -365,12 +463,16 @@ impl Cache {
         if !self.contains(key)? {
             return Ok(None);
         }
-        let Some(raw_meta) = self
-            .index
-            .get(hex.as_bytes())
-            .map_err(|e| self.index_err(e))?
-        else {
-            return Ok(None);
+        let raw_meta = match &self.index {
+            Some(ix) => match ix
+                .entries
+                .get(hex.as_bytes())
+                .map_err(|e| self.index_err(e))?
+            {
+                Some(v) => Some(v),
+                None => return Ok(None),
+            },
+            None => None,
         };
         let path = self.object_path(&hex);
         let read = match read_blob(&path) {
@@ -395,12 +497,14 @@ impl Cache {
             });
         }
         // Touch last-used, without forcing a flush.
-        if let Ok(mut m) = serde_json::from_slice::<EntryMeta>(&raw_meta) {
-            let now = now_secs();
-            if now > m.last_used + 60 {
-                m.last_used = now;
-                if let Ok(v) = serde_json::to_vec(&m) {
-                    let _ = self.index.insert(hex.as_bytes(), v);
+        if let (Some(ix), Some(raw)) = (&self.index, raw_meta) {
+            if let Ok(mut m) = serde_json::from_slice::<EntryMeta>(&raw) {
+                let now = now_secs();
+                if now > m.last_used + 60 {
+                    m.last_used = now;
+                    if let Ok(v) = serde_json::to_vec(&m) {
+                        let _ = ix.entries.insert(hex.as_bytes(), v);
+                    }
                 }
             }
         }
@@ -408,9 +512,11 @@ impl Cache {
     }
 
     fn drop_entry(&self, hex: &str) -> Result<()> {
-        self.index
-            .remove(hex.as_bytes())
-            .map_err(|e| self.index_err(e))?;
+        if let Some(ix) = &self.index {
+            ix.entries
+                .remove(hex.as_bytes())
+                .map_err(|e| self.index_err(e))?;
+        }
         let _ = fs::remove_file(self.object_path(hex));
         Ok(())
     }
@@ -423,7 +529,7 @@ impl Cache {
     /// All index entries.
     pub fn entries(&self) -> Result<Vec<EntryMeta>> {
         let mut out = Vec::new();
-        for kv in self.index.iter() {
+        for kv in self.owned()?.entries.iter() {
             let (_, v) = kv.map_err(|e| self.index_err(e))?;
             if let Ok(m) = serde_json::from_slice::<EntryMeta>(&v) {
                 out.push(m);
@@ -471,16 +577,36 @@ impl Cache {
         };
         for shard in shards.flatten() {
             if let Ok(files) = fs::read_dir(shard.path()) {
-                out.extend(files.flatten().map(|f| f.path()));
+                out.extend(
+                    files
+                        .flatten()
+                        .map(|f| f.path())
+                        .filter(|p| !is_shared_tmp(p)),
+                );
             }
         }
         out
     }
 
+    /// Temporary blobs: the owner's in `tmp/`, and shared writers' in the shard
+    /// directories (a writer still running has one there for a moment).
     fn temp_files(&self) -> Vec<PathBuf> {
-        fs::read_dir(self.root.join("tmp"))
+        let mut out: Vec<PathBuf> = fs::read_dir(self.root.join("tmp"))
             .map(|d| d.flatten().map(|f| f.path()).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Ok(shards) = fs::read_dir(self.root.join("objects")) {
+            for shard in shards.flatten() {
+                if let Ok(files) = fs::read_dir(shard.path()) {
+                    out.extend(
+                        files
+                            .flatten()
+                            .map(|f| f.path())
+                            .filter(|p| is_shared_tmp(p)),
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// Checks every entry's blob (header and checksum) without changing anything.
@@ -528,8 +654,9 @@ impl Cache {
             match read_blob(&path) {
                 Ok((mut meta, _)) if meta.key == name => {
                     meta.stored_bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    let known = self
-                        .index
+                    let ix = self.owned()?;
+                    let known = ix
+                        .entries
                         .get(name.as_bytes())
                         .map_err(|e| self.index_err(e))?;
                     if let Some(prev) =
@@ -542,7 +669,7 @@ impl Cache {
                         report.adopted += 1;
                     }
                     let v = serde_json::to_vec(&meta).unwrap_or_default();
-                    self.index
+                    ix.entries
                         .insert(name.as_bytes(), v)
                         .map_err(|e| self.index_err(e))?;
                     valid.insert(name);
@@ -554,14 +681,23 @@ impl Cache {
         }
         for m in self.entries()? {
             if !valid.contains(&m.key) {
-                self.index
+                self.owned()?
+                    .entries
                     .remove(m.key.as_bytes())
                     .map_err(|e| self.index_err(e))?;
                 report.dropped += 1;
             }
         }
         for t in self.temp_files() {
-            if fs::remove_file(&t).is_ok() {
+            // A shared writer's temporary blob may belong to a job still writing it: only
+            // those an hour old are leftovers.
+            let stale = !is_shared_tmp(&t)
+                || fs::metadata(&t)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 3600);
+            if stale && fs::remove_file(&t).is_ok() {
                 report.temp_removed += 1;
             }
         }
@@ -572,16 +708,22 @@ impl Cache {
     /// Reads a named record (small metadata kept beside the entries, e.g. the last key
     /// computed for a stage and case, used to explain why an item is recomputed).
     pub fn record_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self
+        let Some(ix) = &self.index else {
+            return Ok(None);
+        };
+        Ok(ix
             .records
             .get(name.as_bytes())
             .map_err(|e| self.index_err(e))?
             .map(|v| v.to_vec()))
     }
 
-    /// Writes a named record.
+    /// Writes a named record (a shared view has none: its owner records).
     pub fn record_put(&self, name: &str, value: &[u8]) -> Result<()> {
-        self.records
+        let Some(ix) = &self.index else {
+            return Ok(());
+        };
+        ix.records
             .insert(name.as_bytes(), value)
             .map_err(|e| self.index_err(e))?;
         Ok(())
@@ -589,14 +731,46 @@ impl Cache {
 
     /// Makes the index durable.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(|e| self.index_err(e))?;
+        if let Some(ix) = &self.index {
+            ix.db.flush().map_err(|e| self.index_err(e))?;
+        }
         Ok(())
     }
 }
 
 impl Drop for Cache {
     fn drop(&mut self) {
-        let _ = self.db.flush();
+        if let Some(ix) = &self.index {
+            let _ = ix.db.flush();
+        }
+    }
+}
+
+/// The scratch folder of cluster jobs, under `<root>/scratch/`.
+const JOBS_SCRATCH: &str = "jobs";
+
+fn is_shared_tmp(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(SHARED_TMP_PREFIX))
+}
+
+/// This machine's name, for temporary file names (`HOSTNAME`, `/etc/hostname`, or `host`).
+fn host_name() -> String {
+    let raw = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    let clean: String = raw
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "host".into()
+    } else {
+        clean
     }
 }
 

@@ -98,7 +98,9 @@ fn gc_evicts_least_recently_used_first() {
         // Pretend entry i was last used at time i.
         let mut m2 = m.clone();
         m2.last_used = i as u64;
-        c.index
+        c.owned()
+            .unwrap()
+            .entries
             .insert(m.key.as_bytes(), serde_json::to_vec(&m2).unwrap())
             .unwrap();
     }
@@ -177,4 +179,100 @@ fn blob_without_index_entry_is_verified_and_adopted() {
         "a damaged orphan is never adopted"
     );
     assert!(c.verify().unwrap().is_clean());
+}
+
+/// Jobs of a cluster run write blobs through shared views while the driver holds the
+/// cache: many writers at once (some of the same keys), no index touched, then the owner
+/// adopts every blob and `verify` is clean.
+#[test]
+fn shared_writers_at_once_then_the_owner_adopts_and_verifies_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = open(dir.path());
+    let writers = 8;
+    std::thread::scope(|s| {
+        for w in 0..writers {
+            let root = dir.path().to_path_buf();
+            s.spawn(move || {
+                let c = Cache::open_shared(&root).unwrap();
+                assert!(c.is_shared());
+                for i in 0..40u32 {
+                    // Keys 0..20 are written by every writer; 20..40 by this one alone.
+                    let id = if i < 20 { i } else { 1000 * (w + 1) + i };
+                    let k = CacheKey::of(&id.to_le_bytes());
+                    let bytes: Vec<u8> = (0..5000u32).map(|j| (j * 7 + id) as u8).collect();
+                    c.put(&k, "stage", &format!("case{id}"), &bytes).unwrap();
+                    // A shared view reads what any writer stored, verified.
+                    assert_eq!(c.get(&k).unwrap().unwrap(), bytes);
+                }
+                // Records and the index are the owner's: a shared view neither keeps nor
+                // lists them.
+                c.record_put("r", b"x").unwrap();
+                assert!(c.record_get("r").unwrap().is_none());
+                assert!(c.entries().is_err());
+            });
+        }
+    });
+    assert_eq!(
+        owner.entries().unwrap().len(),
+        0,
+        "jobs never touch the index"
+    );
+    for id in (0..20u32).chain((1..=writers).flat_map(|w| (20..40).map(move |i| 1000 * w + i))) {
+        let k = CacheKey::of(&id.to_le_bytes());
+        assert!(owner.contains(&k).unwrap(), "blob {id} adopted");
+        let bytes: Vec<u8> = (0..5000u32).map(|j| (j * 7 + id) as u8).collect();
+        assert_eq!(owner.get(&k).unwrap().unwrap(), bytes);
+    }
+    assert_eq!(owner.entries().unwrap().len(), 20 + 20 * writers as usize);
+    let v = owner.verify().unwrap();
+    assert!(v.is_clean(), "{v:?}");
+    assert_eq!(v.temp_files, 0);
+}
+
+/// A shared writer that died mid-write leaves `.tmp-` files in a shard: never read as
+/// blobs, reported by verify, and removed by repair once stale (not while young: the job
+/// may still be writing it).
+#[test]
+fn a_dead_shared_writers_temporary_blob_is_never_a_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = open(dir.path());
+    let shard = dir.path().join("objects").join("ab");
+    fs::create_dir_all(&shard).unwrap();
+    let tmp = shard.join(format!("{SHARED_TMP_PREFIX}ab00.host.1.0"));
+    fs::write(&tmp, b"half a blob").unwrap();
+    let v = owner.verify().unwrap();
+    assert_eq!((v.orphans, v.temp_files), (0, 1), "{v:?}");
+    assert_eq!(
+        owner.repair().unwrap().temp_removed,
+        0,
+        "young: maybe still written"
+    );
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    assert_eq!(owner.repair().unwrap().temp_removed, 1);
+    assert!(owner.verify().unwrap().is_clean());
+    // The owner leaves running jobs' scratch alone when it opens the cache.
+    drop(owner);
+    let job = dir.path().join("scratch").join("jobs").join("42");
+    fs::create_dir_all(&job).unwrap();
+    let stale = dir.path().join("scratch").join("123-0");
+    fs::create_dir_all(&stale).unwrap();
+    let again = open(dir.path());
+    assert!(job.is_dir() && !stale.exists());
+    assert_eq!(again.leftovers_removed(), 1);
+    assert_eq!(again.job_scratch_dir("42"), job);
+}
+
+#[test]
+fn a_shared_view_needs_an_existing_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Cache::open_shared(dir.path().join("nothing"))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("no cache here"), "{e}");
 }
