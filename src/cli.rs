@@ -68,6 +68,36 @@ enum Command {
     },
     /// Inspect and maintain the cache.
     Cache(CacheArgs),
+    /// A cluster job's work (what `run --executor slurm` submits): compute some items of one
+    /// stage node into the shared cache.
+    #[command(hide = true)]
+    Job(JobArgs),
+}
+
+#[derive(Args, Debug)]
+struct JobArgs {
+    /// The pipeline YAML file (as the driver resolved it).
+    file: PathBuf,
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    sets: Vec<String>,
+    /// The shared cache (the driver's).
+    #[arg(long)]
+    cache: PathBuf,
+    /// The driver's run directory.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// The driver's plan (JSON).
+    #[arg(long)]
+    plan: PathBuf,
+    /// The stage node's index in the resolved graph.
+    #[arg(long)]
+    node: usize,
+    /// The node's signature, checked against this machine's resolution.
+    #[arg(long)]
+    signature: String,
+    /// Case ids, comma-separated (`*`: the whole-dataset item).
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +202,10 @@ struct RunArgs {
     /// one GPU at once (repeatable; default one stage per resource).
     #[arg(long = "slots", value_name = "RESOURCE=N", value_parser = parse_slots)]
     slots: Vec<(String, usize)>,
+    /// Where items are computed: `local` (this process) or `slurm` (jobs on a Slurm
+    /// cluster sharing the cache's filesystem). Default: the file's `executor:`, else local.
+    #[arg(long, value_parser = ["local", "slurm"])]
+    executor: Option<String>,
 }
 
 fn parse_slots(s: &str) -> Result<(String, usize), String> {
@@ -295,7 +329,44 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8> {
         Command::Export(a) => cmd_export(a),
         Command::Plugins { name } => cmd_plugins(name.as_deref(), registry),
         Command::Cache(a) => cmd_cache(a),
+        Command::Job(a) => cmd_job(a, registry),
     }
+}
+
+fn cmd_job(a: JobArgs, registry: &Registry) -> Result<u8> {
+    // The scheduler's CPU share, not the node's core count.
+    if let Some(n) = std::env::var("SLURM_CPUS_PER_TASK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global();
+    }
+    let (resolved, _) = load(&a.file, &a.sets, registry)?;
+    let bytes = std::fs::read(&a.plan)
+        .with_context(|| format!("cannot read the plan {}", a.plan.display()))?;
+    let plan: plan::Plan = serde_json::from_slice(&bytes)
+        .with_context(|| format!("cannot read the plan {}", a.plan.display()))?;
+    let cache = Cache::open_shared(&a.cache)
+        .with_context(|| format!("cannot open the shared cache {}", a.cache.display()))?;
+    let started = std::time::Instant::now();
+    let computed = run::execute_items(
+        Arc::new(resolved),
+        Arc::new(plan),
+        Arc::new(cache),
+        run::RunOptions::local(a.run_dir.clone()),
+        a.node,
+        &a.signature,
+        &a.cases,
+    )
+    .map_err(|e| anyhow!(e))?;
+    eprintln!(
+        "job: {computed} of {} item(s) computed in {:.1}s",
+        a.cases.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(0)
 }
 
 fn load(
@@ -561,6 +632,8 @@ pub struct RunSettings {
     pub cancel: CancelToken,
     /// Stages allowed to share each resource (see `run --slots`).
     pub slots: Vec<(String, usize)>,
+    /// `local` or `slurm`; `None`: the file's `executor:`.
+    pub executor: Option<String>,
 }
 
 impl Default for RunSettings {
@@ -572,6 +645,7 @@ impl Default for RunSettings {
             progress: false,
             cancel: CancelToken::default(),
             slots: Vec::new(),
+            executor: None,
         }
     }
 }
@@ -600,6 +674,24 @@ pub fn run_pipeline(
                 settings.runs.display()
             )
         })?;
+    let executor = match settings.executor.as_deref() {
+        None => r.file.executor.clone(),
+        Some("local") => shapeflow_core::slurm::Executor::Local,
+        Some("slurm") => match &r.file.executor {
+            e @ shapeflow_core::slurm::Executor::Slurm(_) => e.clone(),
+            _ => shapeflow_core::slurm::Executor::Slurm(Default::default()),
+        },
+        Some(other) => return Err(anyhow!("unknown executor `{other}` (local or slurm)")),
+    };
+    // What names this pipeline to a cluster job: the file, absolute, and the overrides.
+    let mut job_args = vec![std::path::absolute(file)
+        .unwrap_or_else(|_| file.to_path_buf())
+        .to_string_lossy()
+        .to_string()];
+    for s in sets {
+        job_args.push("--set".into());
+        job_args.push(s.clone());
+    }
     let r = Arc::new(r);
     let p = Arc::new(p);
     tracing::info!(pipeline = %r.file.name, run_dir = %run_dir.display(), "run started");
@@ -612,6 +704,8 @@ pub fn run_pipeline(
             cancel: settings.cancel,
             progress: settings.progress,
             slots: settings.slots.into_iter().collect(),
+            executor,
+            job_args,
         },
     );
     let m = manifest::write(
@@ -646,6 +740,7 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<u8> {
             progress: !a.no_progress,
             cancel: CancelToken::default(),
             slots: a.slots.clone(),
+            executor: a.executor.clone(),
         },
     )?;
     print!("{}", report.table());

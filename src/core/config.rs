@@ -93,6 +93,8 @@ pub struct StageSpec {
     /// The `params:` mapping (an empty mapping when absent).
     pub params: Node,
     pub after: Vec<(String, Pos)>,
+    /// `resources:`, what the stage's jobs ask a cluster scheduler for (not part of any key).
+    pub resources: Option<crate::slurm::Resources>,
 }
 
 /// `stage.param: value`, from a variant or `--set`.
@@ -130,6 +132,8 @@ pub struct PipelineFile {
     /// Never empty: a file without `variants:` has the single variant `default`.
     pub variants: Vec<VariantSpec>,
     pub explicit_variants: bool,
+    /// `executor:` (default local); `pipeline run --executor` overrides it.
+    pub executor: crate::slurm::Executor,
 }
 
 struct Errs<'a> {
@@ -156,8 +160,16 @@ const TOP_FIELDS: &[&str] = &[
     "cache",
     "stages",
     "variants",
+    "executor",
 ];
-const STAGE_FIELDS: &[&str] = &["stage", "plugin", "params", "after", "description"];
+const STAGE_FIELDS: &[&str] = &[
+    "stage",
+    "plugin",
+    "params",
+    "after",
+    "description",
+    "resources",
+];
 
 /// Whether `s` is exactly one `${...}` reference.
 fn is_single_reference(s: &str) -> bool {
@@ -338,6 +350,16 @@ impl PipelineFile {
             },
             None => None,
         };
+        let executor = match root.get("executor") {
+            Some(n) => match crate::slurm::parse_executor(&n.to_json()) {
+                Ok(e) => e,
+                Err(m) => {
+                    errs.push(n.pos, ErrorKind::WrongType, m);
+                    Default::default()
+                }
+            },
+            None => Default::default(),
+        };
         let stages = parse_stages(&mut errs, &root);
         let (mut variants, mut explicit_variants) = parse_variants(&mut errs, &root);
         if let Some(seeds) = parse_seeds(&mut errs, &root) {
@@ -375,6 +397,7 @@ impl PipelineFile {
             stages,
             variants,
             explicit_variants,
+            executor,
         })
     }
 
@@ -556,6 +579,20 @@ fn parse_stages(errs: &mut Errs, root: &Node) -> Vec<StageSpec> {
                 "`after` must be a stage id or a list of them",
             ),
         }
+        let resources = match node.get("resources") {
+            None => None,
+            Some(n) => match crate::slurm::parse_resources(&n.to_json()) {
+                Ok(r) => Some(r),
+                Err(m) => {
+                    errs.push(
+                        n.pos,
+                        ErrorKind::WrongType,
+                        format!("`resources` of stage `{id}`: {m}"),
+                    );
+                    None
+                }
+            },
+        };
         out.push(StageSpec {
             id,
             pos: key.pos,
@@ -563,6 +600,7 @@ fn parse_stages(errs: &mut Errs, root: &Node) -> Vec<StageSpec> {
             plugin_pos,
             params,
             after,
+            resources,
         });
     }
     out

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod plan;
 pub mod resolve;
 pub mod run;
+pub mod slurm;
 pub mod stage;
 pub mod yaml;
 

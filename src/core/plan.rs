@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 pub const ALL_CASES: &str = "*";
 
 /// One item a node produces.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PlannedItem {
     pub case: CaseInfo,
     pub key: CacheKey,
@@ -22,7 +22,7 @@ pub struct PlannedItem {
 }
 
 /// Items of one node, in case order (a single `*` item for a gather stage).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct NodePlan {
     pub items: Vec<PlannedItem>,
     /// Gather stages: the cases whose inputs the single item reads.
@@ -30,6 +30,7 @@ pub struct NodePlan {
 }
 
 /// Every node's items.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Plan {
     pub nodes: Vec<NodePlan>,
 }

@@ -9,18 +9,24 @@
 //! - A stage that declares a resource (the GPU) holds one of its slots for its whole run
 //!   (one slot unless `RunOptions::slots` says more), and its cases run one at a time.
 //! - A cached input that turns out corrupt or missing when read is recomputed on the spot.
+//! - With the Slurm executor, cached stages' missing items are computed by jobs that run
+//!   this binary (`pipeline job`) on a batch each and write blobs into the shared cache;
+//!   the driver alone owns the index and adopts what they wrote when they end. A batch's
+//!   job id is kept in `<cache>/jobs/` until it ends, so a driver started again re-attaches
+//!   to it rather than running its items twice at once.
 
 use crate::dag;
 use crate::item::Item;
 use crate::plan::{self, Plan, ALL_CASES};
 use crate::resolve::Resolved;
+use crate::slurm::{self, Executor, JobRecord, JobState, Slurm, SlurmSettings};
 use crate::stage::{CancelToken, CaseInfo, Inputs, Shape, StageCtx, StageError};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use shapeflow_cache::{Cache, CacheError, CacheKey};
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -149,6 +155,25 @@ pub struct RunOptions {
     /// How many stages may hold each resource at once (`gpu` -> 3 lets three small
     /// trainings share one GPU); a resource not named here has one slot.
     pub slots: HashMap<String, usize>,
+    /// Where cached stages' items are computed.
+    pub executor: Executor,
+    /// What names this pipeline to a job: the file (absolute) and the `--set` overrides, as
+    /// `pipeline job` takes them (`[FILE, --set, X, ...]`). Used by the Slurm executor.
+    pub job_args: Vec<String>,
+}
+
+impl RunOptions {
+    /// Local execution in `run_dir`, no progress bars.
+    pub fn local(run_dir: PathBuf) -> RunOptions {
+        RunOptions {
+            run_dir,
+            cancel: CancelToken::default(),
+            progress: false,
+            slots: HashMap::new(),
+            executor: Executor::Local,
+            job_args: Vec::new(),
+        }
+    }
 }
 
 /// A counting semaphore: the slots of one resource.
@@ -208,9 +233,69 @@ struct Engine {
     slots: HashMap<String, usize>,
     bars: MultiProgress,
     scratch_root: PathBuf,
+    executor: Executor,
+    job_args: Vec<String>,
+    /// Whether the cluster has GPUs (asked once, when the executor is Slurm).
+    cluster_gpus: bool,
+    /// `<run_dir>/slurm/plan.json`, written once for the run's jobs.
+    plan_file: Mutex<Option<PathBuf>>,
 }
 
 impl Engine {
+    fn new(
+        resolved: Arc<Resolved>,
+        plan: Arc<Plan>,
+        cache: Arc<Cache>,
+        opts: &RunOptions,
+        scratch_root: PathBuf,
+    ) -> Engine {
+        let n = resolved.nodes.len();
+        let draw = if opts.progress && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let index = plan
+            .nodes
+            .iter()
+            .map(|np| {
+                np.items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| (it.case.id.clone(), i))
+                    .collect()
+            })
+            .collect();
+        let cluster_gpus = matches!(opts.executor, Executor::Slurm(_)) && Slurm.has_gpus();
+        Engine {
+            resolved,
+            plan,
+            cache,
+            cancel: opts.cancel.clone(),
+            run_dir: opts.run_dir.clone(),
+            memory: Mutex::new(HashMap::new()),
+            index,
+            states: (0..n)
+                .map(|_| {
+                    Mutex::new(NodeState {
+                        status: None,
+                        computed: AtomicUsize::new(0),
+                        cached: AtomicUsize::new(0),
+                        wall: Duration::ZERO,
+                    })
+                })
+                .collect(),
+            resources: Mutex::new(HashMap::new()),
+            slots: opts.slots.clone(),
+            bars: MultiProgress::with_draw_target(draw),
+            scratch_root,
+            executor: opts.executor.clone(),
+            job_args: opts.job_args.clone(),
+            cluster_gpus,
+            plan_file: Mutex::new(None),
+        }
+    }
+
     fn item_index(&self, n: usize, case: &str) -> Result<usize, StageError> {
         let key = if self.resolved.nodes[n].shape == Shape::Gather {
             ALL_CASES
@@ -412,6 +497,20 @@ impl Engine {
         Ok(())
     }
 
+    /// What follows finding item `i` of node `n` in the cache: its record, and for a
+    /// whole-dataset item its published files and lineage.
+    fn finish_cached(&self, n: usize, i: usize) -> Result<(), StageError> {
+        let node = &self.resolved.nodes[n];
+        let planned = &self.plan.nodes[n].items[i];
+        plan::record(&self.resolved, n, planned, &self.cache);
+        if node.shape == Shape::Gather {
+            let item = self.load(n, ALL_CASES)?;
+            node.stage.publish(&self.ctx(n, &planned.key), &item)?;
+            self.write_lineage(n, &item);
+        }
+        Ok(())
+    }
+
     /// Makes item `i` of node `n` exist; true if it was computed now.
     fn ensure(&self, n: usize, i: usize) -> Result<bool, StageError> {
         let node = &self.resolved.nodes[n];
@@ -422,12 +521,7 @@ impl Engine {
                 .contains(&planned.key)
                 .map_err(|e| StageError::msg(e.to_string()))?
         {
-            plan::record(&self.resolved, n, planned, &self.cache);
-            if node.shape == Shape::Gather {
-                let item = self.load(n, ALL_CASES)?;
-                node.stage.publish(&self.ctx(n, &planned.key), &item)?;
-                self.write_lineage(n, &item);
-            }
+            self.finish_cached(n, i)?;
             return Ok(false);
         }
         let item = Arc::new(self.compute(n, i)?);
@@ -514,6 +608,11 @@ impl Engine {
         let node = &self.resolved.nodes[n];
         let items = &self.plan.nodes[n].items;
         let label = node.label(self.resolved.file.variants.len());
+        if let Executor::Slurm(s) = &self.executor {
+            if node.stage.cached() {
+                return self.run_node_slurm(n, s);
+            }
+        }
         let _held = node.stage.resource().map(|r| {
             let slots = self
                 .resources
@@ -529,15 +628,7 @@ impl Engine {
             tracing::debug!(stage = %label, resource = %r, "waiting for the resource");
             slots.acquire()
         });
-        let bar = self.bars.add(ProgressBar::new(items.len() as u64));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>24.bold} [{bar:30}] {pos}/{len} {elapsed} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(label.clone());
+        let bar = self.node_bar(n);
         tracing::debug!(stage = %label, plugin = %node.plugin, items = items.len(), "stage started");
         let state = &self.states[n];
         let one = |i: usize| -> Result<(), (String, StageError)> {
@@ -572,27 +663,415 @@ impl Engine {
         if node.shape == Shape::Gather {
             release_free_memory();
         }
-        let failures: Vec<&(String, StageError)> = errors
-            .iter()
-            .filter(|(_, e)| !matches!(e, StageError::Cancelled))
-            .collect();
-        if let Some((case, e)) = failures.first() {
-            let more = if failures.len() > 1 {
-                format!(" (and {} more cases)", failures.len() - 1)
-            } else {
-                String::new()
-            };
-            let what = if case == ALL_CASES {
-                String::new()
-            } else {
-                format!("case `{case}`: ")
-            };
-            Status::Failed(format!("{what}{e}{more}"))
-        } else if !errors.is_empty() {
-            Status::Cancelled
-        } else {
-            Status::Done
+        node_status(errors)
+    }
+
+    fn node_bar(&self, n: usize) -> ProgressBar {
+        let node = &self.resolved.nodes[n];
+        let bar = self
+            .bars
+            .add(ProgressBar::new(self.plan.nodes[n].items.len() as u64));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>24.bold} [{bar:30}] {pos}/{len} {elapsed} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(node.label(self.resolved.file.variants.len()));
+        bar
+    }
+
+    /// The run's plan as its jobs read it, written once: `<run_dir>/slurm/plan.json`.
+    fn plan_file(&self) -> Result<PathBuf, StageError> {
+        let mut slot = self.plan_file.lock().map_err(poisoned)?;
+        if let Some(p) = &*slot {
+            return Ok(p.clone());
         }
+        let path = self.run_dir.join("slurm").join("plan.json");
+        let json = serde_json::to_vec(&*self.plan)
+            .map_err(|e| StageError::msg(format!("cannot serialise the plan: {e}")))?;
+        crate::atomic::write(&path, &json)
+            .map_err(|e| StageError::msg(format!("cannot write {}: {e}", path.display())))?;
+        *slot = Some(path.clone());
+        Ok(path)
+    }
+
+    /// Node `n` through Slurm: the items the cache lacks go to jobs of `per_job` cases
+    /// (one job for a whole-dataset stage); the driver polls the queue, adopts what each
+    /// finished job wrote, and reports a failed job by id, state and the tail of its log.
+    fn run_node_slurm(&self, n: usize, s: &SlurmSettings) -> Status {
+        let node = &self.resolved.nodes[n];
+        let items = &self.plan.nodes[n].items;
+        let label = node.label(self.resolved.file.variants.len());
+        let state = &self.states[n];
+        let bar = self.node_bar(n);
+        let count = |computed: bool| {
+            if let Ok(s) = state.lock() {
+                if computed {
+                    s.computed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    s.cached.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        let mut errors: Vec<(String, StageError)> = Vec::new();
+        let mut missing = Vec::new();
+        for (i, it) in items.iter().enumerate() {
+            match self.cache.contains(&it.key) {
+                Ok(true) => match self.finish_cached(n, i) {
+                    Ok(()) => {
+                        count(false);
+                        bar.inc(1);
+                    }
+                    Err(e) => errors.push((it.case.id.clone(), e)),
+                },
+                Ok(false) => missing.push(i),
+                Err(e) => errors.push((it.case.id.clone(), StageError::msg(e.to_string()))),
+            }
+        }
+        if missing.is_empty() || !errors.is_empty() {
+            bar.finish_and_clear();
+            return node_status(errors);
+        }
+        let res = self.job_resources(n, s);
+        let per_job = if node.shape == Shape::Gather {
+            1
+        } else {
+            res.per_job.unwrap_or(s.per_job).max(1)
+        };
+        let jobs_dir = self.cache.root().join("jobs");
+        let log_dir = self.run_dir.join("slurm");
+        for d in [&jobs_dir, &log_dir] {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                bar.finish_and_clear();
+                return Status::Failed(format!("cannot create {}: {e}", d.display()));
+            }
+        }
+        let plan_file = match self.plan_file() {
+            Ok(p) => p,
+            Err(e) => return Status::Failed(e.to_string()),
+        };
+        let slurm = Slurm;
+        // A driver killed earlier may have left jobs running for some of these items:
+        // follow them rather than run their items twice at once.
+        let mut active = reattach(&slurm, &jobs_dir, &label, items, &mut missing);
+        for j in &active {
+            tracing::info!(stage = %label, job = %j.id, items = j.items.len(), "re-attaching to a running job");
+        }
+        for batch in missing.chunks(per_job) {
+            let mut h = node.signature.to_hex();
+            for &i in batch {
+                h.push_str(&items[i].key.to_hex());
+            }
+            let batch_key = CacheKey::of(h.as_bytes());
+            let record = jobs_dir.join(format!("{}.json", batch_key.to_hex()));
+            let cases: Vec<String> = batch.iter().map(|&i| items[i].case.id.clone()).collect();
+            let log = log_dir.join(format!("{}-{}-%j.log", sanitize(&label), batch_key.short()));
+            let command = match self.job_command(n, &plan_file, &cases, s) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push((cases[0].clone(), e));
+                    break;
+                }
+            };
+            let name = format!("sf-{}-{}", self.resolved.file.name, node.id);
+            let workdir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            match slurm.submit(&slurm::Submission {
+                name: &name,
+                log: &log,
+                workdir: &workdir,
+                resources: &res,
+                command: &command,
+            }) {
+                Ok(id) => {
+                    let log = PathBuf::from(log.to_string_lossy().replace("%j", &id));
+                    let rec = JobRecord {
+                        job: id.clone(),
+                        log: log.clone(),
+                        stage: label.clone(),
+                        cases,
+                        keys: batch.iter().map(|&i| items[i].key.to_hex()).collect(),
+                    };
+                    if let Ok(b) = serde_json::to_vec(&rec) {
+                        let _ = crate::atomic::write(&record, &b);
+                    }
+                    tracing::debug!(stage = %label, job = %id, items = batch.len(), "submitted");
+                    active.push(ActiveJob {
+                        id,
+                        items: batch.to_vec(),
+                        record,
+                        log,
+                    });
+                }
+                Err(e) => {
+                    errors.push((
+                        cases[0].clone(),
+                        StageError::msg(format!("cannot submit: {e}")),
+                    ));
+                    break;
+                }
+            }
+        }
+        let submit_failed = !errors.is_empty();
+        let mut backoff = slurm::Backoff::new(s.poll_max_s);
+        while !active.is_empty() {
+            if submit_failed || self.cancel.is_cancelled() {
+                // A failed submission or Ctrl-C: the jobs of this node are cancelled; what
+                // they already wrote stays (complete blobs only). A failed job does not
+                // stop the others: their items are kept, as a local run keeps the cases
+                // that worked.
+                let ids: Vec<String> = active.iter().map(|j| j.id.clone()).collect();
+                slurm.cancel(&ids);
+                for j in &active {
+                    let _ = std::fs::remove_file(&j.record);
+                    let _ = std::fs::remove_dir_all(self.cache.job_scratch_dir(&j.id));
+                }
+                if errors.is_empty() {
+                    errors.push((ALL_CASES.into(), StageError::Cancelled));
+                }
+                break;
+            }
+            let pause = backoff.step();
+            let until = Instant::now() + pause;
+            while Instant::now() < until && !self.cancel.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(100).min(pause));
+            }
+            let ids: Vec<String> = active.iter().map(|j| j.id.clone()).collect();
+            let states = match slurm.states(&ids) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(stage = %label, "cannot read the queue: {e}");
+                    continue;
+                }
+            };
+            let (running, pending) = states.values().fold((0, 0), |(r, p), st| {
+                (
+                    r + (st.state == "RUNNING") as usize,
+                    p + (st.state == "PENDING") as usize,
+                )
+            });
+            bar.set_message(format!("slurm: {running} running, {pending} pending"));
+            let mut still = Vec::new();
+            for j in active.drain(..) {
+                match states.get(&j.id) {
+                    Some(st) if st.active() => still.push(j),
+                    st => self.adopt_job(n, &j, st, &mut errors, &bar, &count),
+                }
+            }
+            active = still;
+        }
+        bar.finish_and_clear();
+        node_status(errors)
+    }
+
+    /// What a job asks for: the stage's `resources`, then the executor's, then defaults by
+    /// stage kind.
+    fn job_resources(&self, n: usize, s: &SlurmSettings) -> slurm::Resources {
+        let node = &self.resolved.nodes[n];
+        let stage = self
+            .resolved
+            .file
+            .stage(&node.id)
+            .and_then(|st| st.resources.clone())
+            .unwrap_or_default();
+        let mut r = stage.or(&s.resources);
+        if r.cpus.is_none() {
+            r.cpus = Some(if node.shape == Shape::Gather { 2 } else { 1 });
+        }
+        if r.gpus.is_none() {
+            let wants = node.stage.resource().as_deref() == Some("gpu");
+            r.gpus = Some((wants && self.cluster_gpus) as u32);
+        }
+        r
+    }
+
+    fn job_command(
+        &self,
+        n: usize,
+        plan_file: &Path,
+        cases: &[String],
+        s: &SlurmSettings,
+    ) -> Result<Vec<String>, StageError> {
+        let exe = match &s.binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| StageError::msg(format!("cannot find this binary: {e}")))?,
+        };
+        if self.job_args.is_empty() {
+            return Err(StageError::msg(
+                "the Slurm executor needs the pipeline file's path (RunOptions::job_args)",
+            ));
+        }
+        let mut c = vec![exe.to_string_lossy().to_string(), "job".to_string()];
+        c.extend(self.job_args.iter().cloned());
+        for (flag, v) in [
+            ("--cache", self.cache.root().to_string_lossy().to_string()),
+            ("--run-dir", self.run_dir.to_string_lossy().to_string()),
+            ("--plan", plan_file.to_string_lossy().to_string()),
+            ("--node", n.to_string()),
+            ("--signature", self.resolved.nodes[n].signature.to_hex()),
+            ("--cases", cases.join(",")),
+        ] {
+            c.push(flag.to_string());
+            c.push(v);
+        }
+        Ok(c)
+    }
+
+    /// A job of node `n` ended (or Slurm forgot it): adopt each item it wrote; an item it
+    /// did not write is an error naming the job, its state and its log's last lines.
+    fn adopt_job(
+        &self,
+        n: usize,
+        job: &ActiveJob,
+        st: Option<&JobState>,
+        errors: &mut Vec<(String, StageError)>,
+        bar: &ProgressBar,
+        count: &dyn Fn(bool),
+    ) {
+        let items = &self.plan.nodes[n].items;
+        let _ = std::fs::remove_file(&job.record);
+        let _ = std::fs::remove_dir_all(self.cache.job_scratch_dir(&job.id));
+        let mut lost = Vec::new();
+        for &i in &job.items {
+            let adopted = self
+                .cache
+                .contains(&items[i].key)
+                .map_err(|e| StageError::msg(e.to_string()))
+                .and_then(|there| {
+                    if there {
+                        self.finish_cached(n, i).map(|_| true)
+                    } else {
+                        Ok(false)
+                    }
+                });
+            match adopted {
+                Ok(true) => {
+                    count(true);
+                    bar.inc(1);
+                }
+                Ok(false) => lost.push(items[i].case.id.clone()),
+                Err(e) => errors.push((items[i].case.id.clone(), e)),
+            }
+        }
+        if lost.is_empty() {
+            return;
+        }
+        let (state, detail) = match st {
+            Some(s) => (s.state.clone(), s.detail.clone()),
+            None => ("GONE".into(), "Slurm no longer knows it".into()),
+        };
+        let tail = slurm::log_tail(&job.log, 12);
+        let what = if lost.len() == 1 && lost[0] == ALL_CASES {
+            String::new()
+        } else {
+            format!(" for {} case(s) ({})", lost.len(), lost.join(", "))
+        };
+        let msg = format!(
+            "Slurm job {} {state}{}{what}; log {}{}",
+            job.id,
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            },
+            job.log.display(),
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(":\n{tail}")
+            }
+        );
+        errors.push((ALL_CASES.into(), StageError::msg(msg)));
+    }
+}
+
+/// The jobs of stage `label` recorded in `jobs_dir` that still run, each with those of
+/// `missing` (item indices) it computes, which are taken out of `missing`; the records of
+/// jobs that ended are removed (what they wrote was adopted from the cache already).
+fn reattach(
+    slurm: &Slurm,
+    jobs_dir: &Path,
+    label: &str,
+    items: &[plan::PlannedItem],
+    missing: &mut Vec<usize>,
+) -> Vec<ActiveJob> {
+    let records: Vec<(PathBuf, JobRecord)> = std::fs::read_dir(jobs_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let rec = serde_json::from_slice::<JobRecord>(&std::fs::read(&p).ok()?).ok()?;
+            (rec.stage == label).then_some((p, rec))
+        })
+        .collect();
+    let mut out = Vec::new();
+    if records.is_empty() {
+        return out;
+    }
+    let ids: Vec<String> = records.iter().map(|(_, r)| r.job.clone()).collect();
+    let Ok(states) = slurm.states(&ids) else {
+        return out;
+    };
+    for (p, r) in records {
+        if !states.get(&r.job).is_some_and(|s| s.active()) {
+            let _ = std::fs::remove_file(p);
+            continue;
+        }
+        let mine: Vec<usize> = missing
+            .iter()
+            .copied()
+            .filter(|&i| r.keys.contains(&items[i].key.to_hex()))
+            .collect();
+        missing.retain(|i| !mine.contains(i));
+        if mine.is_empty() {
+            // Another run's job (the same stage under other params): not ours to follow.
+            continue;
+        }
+        out.push(ActiveJob {
+            id: r.job,
+            items: mine,
+            record: p,
+            log: r.log,
+        });
+    }
+    out
+}
+
+/// A submitted job the driver follows.
+struct ActiveJob {
+    id: String,
+    /// Item indices of its node.
+    items: Vec<usize>,
+    /// `<cache>/jobs/<batch>.json`, removed when it ends.
+    record: PathBuf,
+    log: PathBuf,
+}
+
+/// A node's status from its items' errors (cancellations aside, the first failure).
+fn node_status(errors: Vec<(String, StageError)>) -> Status {
+    let failures: Vec<&(String, StageError)> = errors
+        .iter()
+        .filter(|(_, e)| !matches!(e, StageError::Cancelled))
+        .collect();
+    if let Some((case, e)) = failures.first() {
+        let more = if failures.len() > 1 {
+            format!(" (and {} more cases)", failures.len() - 1)
+        } else {
+            String::new()
+        };
+        let what = if case == ALL_CASES {
+            String::new()
+        } else {
+            format!("case `{case}`: ")
+        };
+        Status::Failed(format!("{what}{e}{more}"))
+    } else if !errors.is_empty() {
+        Status::Cancelled
+    } else {
+        Status::Done
     }
 }
 
@@ -706,39 +1185,9 @@ fn combine_variants(engine: &Engine) {
     }
 }
 
-/// Runs every node of `plan`. Never panics on stage errors: they become statuses.
-pub fn execute(
-    resolved: Arc<Resolved>,
-    plan: Arc<Plan>,
-    cache: Arc<Cache>,
-    opts: RunOptions,
-) -> RunReport {
-    let started = Instant::now();
-    let n = resolved.nodes.len();
-    let draw = if opts.progress && std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let index = plan
-        .nodes
-        .iter()
-        .map(|np| {
-            np.items
-                .iter()
-                .enumerate()
-                .map(|(i, it)| (it.case.id.clone(), i))
-                .collect()
-        })
-        .collect();
-    if cache.leftovers_removed() > 0 {
-        tracing::info!(
-            "removed {} temporary files and scratch folders left in the cache by an interrupted run",
-            cache.leftovers_removed()
-        );
-    }
-    // Scratch lives in the cache's folder, so an interrupted run's is found and removed.
-    let scratch_root = match cache.scratch_dir() {
+/// Scratch lives in the cache's folder, so an interrupted run's is found and removed.
+fn scratch_root(cache: &Cache) -> PathBuf {
+    match cache.scratch_dir() {
         Ok(d) => d,
         Err(e) => {
             static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -750,30 +1199,105 @@ pub fn execute(
             tracing::warn!("{e}; scratch goes to {}", d.display());
             d
         }
+    }
+}
+
+/// A cluster job's work (`pipeline job`): computes and stores the items of node `n` for
+/// `cases` (`*` for a whole-dataset node) in `cache`, a shared view beside the driver, and
+/// nothing else (the driver records, publishes and indexes them when the job ends). Items
+/// already there are skipped. `signature` must be node `n`'s: a job whose pipeline resolves
+/// differently from its driver's (the file or the environment changed) refuses to run.
+/// Returns how many items it computed.
+pub fn execute_items(
+    resolved: Arc<Resolved>,
+    plan: Arc<Plan>,
+    cache: Arc<Cache>,
+    opts: RunOptions,
+    n: usize,
+    signature: &str,
+    cases: &[String],
+) -> Result<usize, String> {
+    let node = resolved.nodes.get(n).ok_or_else(|| {
+        format!(
+            "the pipeline has {} stage nodes here, the driver asked for node {n}: it resolves differently on this machine",
+            resolved.nodes.len()
+        )
+    })?;
+    if node.signature.to_hex() != signature || plan.nodes.len() != resolved.nodes.len() {
+        return Err(format!(
+            "stage `{}` resolves differently here than in the driver (signature {} vs {}): the pipeline file, its --set overrides or the environment differ",
+            node.id,
+            node.signature.short(),
+            signature.get(..12).unwrap_or(signature)
+        ));
+    }
+    let scratch_root = scratch_root(&cache);
+    let engine = Engine::new(resolved.clone(), plan, cache, &opts, scratch_root.clone());
+    let items: Vec<usize> = cases
+        .iter()
+        .map(|c| engine.item_index(n, c).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let one = |i: usize| -> Result<bool, String> {
+        let planned = &engine.plan.nodes[n].items[i];
+        let fail = |e: StageError| format!("case `{}`: {e}", planned.case.id);
+        if engine
+            .cache
+            .contains(&planned.key)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(false);
+        }
+        let item = Arc::new(engine.compute(n, i).map_err(fail)?);
+        engine.store(n, i, &item).map_err(fail)?;
+        Ok(true)
     };
-    let engine = Arc::new(Engine {
-        resolved: resolved.clone(),
+    let results: Vec<Result<bool, String>> = if node.stage.resource().is_some() || items.len() <= 1
+    {
+        items.iter().map(|&i| one(i)).collect()
+    } else {
+        items.par_iter().map(|&i| one(i)).collect()
+    };
+    let _ = std::fs::remove_dir_all(&scratch_root);
+    if let Some(job_dir) = scratch_root.parent() {
+        let _ = std::fs::remove_dir(job_dir); // only if no other scratch is in it
+    }
+    let mut computed = 0;
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(c) => computed += c as usize,
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(computed)
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// Runs every node of `plan`. Never panics on stage errors: they become statuses.
+pub fn execute(
+    resolved: Arc<Resolved>,
+    plan: Arc<Plan>,
+    cache: Arc<Cache>,
+    opts: RunOptions,
+) -> RunReport {
+    let started = Instant::now();
+    if cache.leftovers_removed() > 0 {
+        tracing::info!(
+            "removed {} temporary files and scratch folders left in the cache by an interrupted run",
+            cache.leftovers_removed()
+        );
+    }
+    let scratch_root = scratch_root(&cache);
+    let engine = Arc::new(Engine::new(
+        resolved.clone(),
         plan,
         cache,
-        cancel: opts.cancel.clone(),
-        run_dir: opts.run_dir.clone(),
-        memory: Mutex::new(HashMap::new()),
-        index,
-        states: (0..n)
-            .map(|_| {
-                Mutex::new(NodeState {
-                    status: None,
-                    computed: AtomicUsize::new(0),
-                    cached: AtomicUsize::new(0),
-                    wall: Duration::ZERO,
-                })
-            })
-            .collect(),
-        resources: Mutex::new(HashMap::new()),
-        slots: opts.slots.clone(),
-        bars: MultiProgress::with_draw_target(draw),
-        scratch_root: scratch_root.clone(),
-    });
+        &opts,
+        scratch_root.clone(),
+    ));
     let deps: Vec<Vec<usize>> = resolved.nodes.iter().map(|nd| nd.deps.clone()).collect();
     let eng = engine.clone();
     let job: dag::Job = Arc::new(move |i: usize| {
