@@ -155,7 +155,7 @@ fn key_hex_roundtrip() {
 }
 
 #[test]
-fn blob_without_index_entry_is_verified_and_adopted() {
+fn blob_without_index_entry_is_adopted_on_its_header_and_checked_when_read() {
     let dir = tempfile::tempdir().unwrap();
     let k = CacheKey::of(b"k");
     let bad = CacheKey::of(b"bad");
@@ -174,11 +174,28 @@ fn blob_without_index_entry_is_verified_and_adopted() {
     let c = open(dir.path());
     assert!(c.contains(&k).unwrap());
     assert_eq!(c.get(&k).unwrap().unwrap(), vec![3u8; 5000]);
-    assert!(
-        !c.contains(&bad).unwrap(),
-        "a damaged orphan is never adopted"
-    );
+    // Adopted on its header; its damaged payload is caught by the read, which drops it.
+    assert!(c.contains(&bad).unwrap());
+    assert!(matches!(c.get(&bad), Err(CacheError::Corrupt { .. })));
+    assert!(!c.contains(&bad).unwrap(), "dropped once found damaged");
     assert!(c.verify().unwrap().is_clean());
+    // A blob whose header is damaged is never adopted.
+    drop(c);
+    let hk = CacheKey::of(b"header");
+    {
+        let c = open(dir.path());
+        c.put(&hk, "s", "c", &[5u8; 50]).unwrap();
+        let p = c.object_path(&hk.to_hex());
+        let mut b = fs::read(&p).unwrap();
+        b[12] ^= 0x55;
+        fs::write(&p, b).unwrap();
+    }
+    fs::remove_dir_all(dir.path().join("index")).unwrap();
+    let c = open(dir.path());
+    assert!(
+        !c.contains(&hk).unwrap(),
+        "a damaged header is never adopted"
+    );
 }
 
 /// Jobs of a cluster run write blobs through shared views while the driver holds the
