@@ -70,6 +70,9 @@ MinJobAge=3600
 MailProg=/bin/true
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
+# Without a default, a job that does not ask for memory is given the whole node's, and jobs
+# run one at a time.
+DefMemPerCPU=$((mem / cpus))
 DependencyParameters=kill_invalid_depend
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool

@@ -237,8 +237,6 @@ struct Engine {
     job_args: Vec<String>,
     /// Whether the cluster has GPUs (asked once, when the executor is Slurm).
     cluster_gpus: bool,
-    /// `<run_dir>/slurm/plan.json`, written once for the run's jobs.
-    plan_file: Mutex<Option<PathBuf>>,
 }
 
 impl Engine {
@@ -292,7 +290,6 @@ impl Engine {
             executor: opts.executor.clone(),
             job_args: opts.job_args.clone(),
             cluster_gpus,
-            plan_file: Mutex::new(None),
         }
     }
 
@@ -682,19 +679,58 @@ impl Engine {
         bar
     }
 
-    /// The run's plan as its jobs read it, written once: `<run_dir>/slurm/plan.json`.
-    fn plan_file(&self) -> Result<PathBuf, StageError> {
-        let mut slot = self.plan_file.lock().map_err(poisoned)?;
-        if let Some(p) = &*slot {
-            return Ok(p.clone());
+    /// What a job computing `batch` (item indices of node `n`) needs of the plan, written
+    /// to `path`: node `n`'s items for its cases and its ancestors' items those read (every
+    /// member case's for a whole-dataset node); other nodes empty. A job reads only this, so
+    /// what each job reads grows with its batch, not with the run.
+    fn write_plan_slice(&self, n: usize, batch: &[usize], path: &Path) -> Result<(), StageError> {
+        let nodes = &self.resolved.nodes;
+        let mut wanted = vec![false; nodes.len()];
+        let mut stack = vec![n];
+        while let Some(m) = stack.pop() {
+            if !std::mem::replace(&mut wanted[m], true) {
+                stack.extend(nodes[m].deps.iter().copied());
+            }
         }
-        let path = self.run_dir.join("slurm").join("plan.json");
-        let json = serde_json::to_vec(&*self.plan)
+        let cases: Option<std::collections::HashSet<&str>> = (nodes[n].shape != Shape::Gather)
+            .then(|| {
+                batch
+                    .iter()
+                    .map(|&i| self.plan.nodes[n].items[i].case.id.as_str())
+                    .collect()
+            });
+        let slice = Plan {
+            nodes: self
+                .plan
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(m, np)| {
+                    if !wanted[m] {
+                        return plan::NodePlan::default();
+                    }
+                    let keep =
+                        |id: &str| id == ALL_CASES || cases.as_ref().is_none_or(|c| c.contains(id));
+                    plan::NodePlan {
+                        items: np
+                            .items
+                            .iter()
+                            .filter(|it| keep(&it.case.id))
+                            .cloned()
+                            .collect(),
+                        members: if m == n {
+                            np.members.clone()
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec(&slice)
             .map_err(|e| StageError::msg(format!("cannot serialise the plan: {e}")))?;
-        crate::atomic::write(&path, &json)
-            .map_err(|e| StageError::msg(format!("cannot write {}: {e}", path.display())))?;
-        *slot = Some(path.clone());
-        Ok(path)
+        crate::atomic::write(path, &json)
+            .map_err(|e| StageError::msg(format!("cannot write {}: {e}", path.display())))
     }
 
     /// Node `n` through Slurm: the items the cache lacks go to jobs of `per_job` cases
@@ -742,16 +778,12 @@ impl Engine {
         };
         let jobs_dir = self.cache.root().join("jobs");
         let log_dir = self.run_dir.join("slurm");
-        for d in [&jobs_dir, &log_dir] {
+        for d in [&jobs_dir, &log_dir.join("plans")] {
             if let Err(e) = std::fs::create_dir_all(d) {
                 bar.finish_and_clear();
                 return Status::Failed(format!("cannot create {}: {e}", d.display()));
             }
         }
-        let plan_file = match self.plan_file() {
-            Ok(p) => p,
-            Err(e) => return Status::Failed(e.to_string()),
-        };
         let slurm = Slurm;
         // A driver killed earlier may have left jobs running for some of these items:
         // follow them rather than run their items twice at once.
@@ -767,6 +799,13 @@ impl Engine {
             let batch_key = CacheKey::of(h.as_bytes());
             let record = jobs_dir.join(format!("{}.json", batch_key.to_hex()));
             let cases: Vec<String> = batch.iter().map(|&i| items[i].case.id.clone()).collect();
+            let plan_file = log_dir
+                .join("plans")
+                .join(format!("{}.json", batch_key.short()));
+            if let Err(e) = self.write_plan_slice(n, batch, &plan_file) {
+                errors.push((cases[0].clone(), e));
+                break;
+            }
             let log = log_dir.join(format!("{}-{}-%j.log", sanitize(&label), batch_key.short()));
             let command = match self.job_command(n, &plan_file, &cases, s) {
                 Ok(c) => c,
