@@ -525,7 +525,27 @@ fn cmd_predict(a: PredictArgs, registry: &Registry) -> Result<u8> {
     if let Some(b) = a.batch {
         overrides.push(("batch".into(), b.into()));
     }
-    let done = predict::predict(registry, &pkgs, &images, &a.output, &overrides, &cancel)?;
+    use shapeflow_core::indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(
+        Some(images.len() as u64),
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:.bold} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("predict");
+    let done = predict::predict(
+        registry, &pkgs, &images, &a.output, &overrides, &cancel, &bar,
+    )?;
+    bar.finish_and_clear();
     let total = started.elapsed().as_secs_f64();
     for d in &done {
         eprintln!("  {}: {:.1} s", d.id, d.seconds);

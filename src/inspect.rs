@@ -55,7 +55,7 @@ pub fn case_facts(info: &CaseInfo, case: Result<CaseData, String>) -> CaseFacts 
     if let Some(g) = case.grid() {
         f.dims = g.dims;
         f.spacing = g.spacing();
-        f.orientation = axcodes(&g.affine);
+        f.orientation = g.axcodes();
     }
     let counts = case.organ_voxels();
     f.organ_voxels = counts
@@ -94,21 +94,6 @@ pub fn case_facts(info: &CaseInfo, case: Result<CaseData, String>) -> CaseFacts 
 }
 
 /// nibabel's axis codes of an affine: for each voxel axis, the world direction it points to.
-fn axcodes(a: &[[f64; 4]; 4]) -> String {
-    (0..3)
-        .map(|c| {
-            let r = (0..3)
-                .max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))
-                .unwrap_or(0);
-            let pos = a[r][c] >= 0.0;
-            ["RL", "AP", "SI"][r]
-                .chars()
-                .nth(usize::from(!pos))
-                .unwrap_or('?')
-        })
-        .collect()
-}
-
 /// Settings a user can paste into the pipeline, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Suggestion {
@@ -521,6 +506,13 @@ mod tests {
 
     #[test]
     fn axis_codes_follow_nibabel() {
+        let axcodes = |affine: &[[f64; 4]; 4]| {
+            shapeflow_core::Grid {
+                dims: [1, 1, 1],
+                affine: *affine,
+            }
+            .axcodes()
+        };
         let mut a = [[0.0; 4]; 4];
         a[0][0] = -1.0;
         a[1][1] = -1.0;

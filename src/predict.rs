@@ -193,6 +193,7 @@ pub fn predict(
     output: &Path,
     overrides: &[(String, serde_json::Value)],
     cancel: &CancelToken,
+    bar: &shapeflow_core::indicatif::ProgressBar,
 ) -> Result<Vec<Predicted>> {
     let pkg = pkgs.first().ok_or_else(|| anyhow!("no model given"))?;
     for other in &pkgs[1..] {
@@ -350,6 +351,8 @@ pub fn predict(
             id: id.clone(),
             seconds: started.elapsed().as_secs_f64(),
         });
+        bar.set_message(id.clone());
+        bar.inc(1);
     }
     drop(rx);
     let _ = reader.join();

@@ -298,6 +298,28 @@ stages:
         let ours = shapeflow_core::Volume::read_nifti(&out.join(n)).unwrap();
         assert_eq!(ours, theirs, "{n}");
     }
+    // An image far outside the training images (its header claims 4 mm slices; they had
+    // 1 mm): predicted, with a warning that gives the numbers.
+    let odd_dir = d.path().join("odd");
+    std::fs::create_dir_all(&odd_dir).unwrap();
+    let first = shapeflow_core::Volume::read_nifti(&input.join(format!(
+        "{}_0000.nii.gz",
+        predicted[0].trim_end_matches(".nii.gz")
+    )))
+    .unwrap();
+    let mut thick = first.clone();
+    for r in 0..3 {
+        thick.affine[r][2] *= 4.0;
+    }
+    thick.spacing[2] *= 4.0;
+    thick.write_nifti(&odd_dir.join("thick.nii.gz")).unwrap();
+    let o = run(args(model.to_str().unwrap(), odd_dir.to_str().unwrap()));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("far outside the training images'") && text(&o).contains("axis z"),
+        "{}",
+        text(&o)
+    );
     // Errors a user meets, named.
     let o = run(args(d.path().to_str().unwrap(), input.to_str().unwrap()));
     assert!(
@@ -850,6 +872,7 @@ fn exported_networks_compute_what_ours_computes() {
             patch: [16, 12, 8],
             spacing: [1.0; 3],
             trained: Default::default(),
+            training_data: None,
         },
         weights: model::weights_bytes(&vs, d.path()).unwrap(),
     };

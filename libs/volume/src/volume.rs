@@ -64,6 +64,24 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// The direction each voxel axis points to, as nibabel's `aff2axcodes` writes it
+    /// (`RAS`: i to the right, j anterior, k superior; `PLI` for OpenKBP's volumes).
+    pub fn axcodes(&self) -> String {
+        let a = &self.affine;
+        (0..3)
+            .map(|c| {
+                let r = (0..3)
+                    .max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))
+                    .unwrap_or(0);
+                let pos = a[r][c] >= 0.0;
+                ["RL", "AP", "SI"][r]
+                    .chars()
+                    .nth(usize::from(!pos))
+                    .unwrap_or('?')
+            })
+            .collect()
+    }
+
     /// World position (mm) of continuous voxel coordinates `ijk`.
     pub fn world(&self, ijk: [f64; 3]) -> [f64; 3] {
         std::array::from_fn(|r| {

@@ -107,6 +107,85 @@ pub struct ModelConfig {
     /// Training summary: epochs, steps, final loss, validation Dice.
     #[serde(default)]
     pub trained: serde_json::Value,
+    /// The images it learned from, on their own grids (absent in models made before 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_data: Option<TrainingData>,
+}
+
+/// What the training images looked like on their own grids (before any crop or resample):
+/// applying a model to an image far outside this is warned about, with the numbers.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct TrainingData {
+    pub cases: usize,
+    /// Smallest and largest spacing per voxel axis (mm).
+    pub spacing_min: [f64; 3],
+    pub spacing_max: [f64; 3],
+    /// Each orientation seen (`Grid::axcodes`) and how many images had it.
+    pub orientations: BTreeMap<String, usize>,
+}
+
+/// How far outside the training spacings an image may be before a warning: 1.5 times
+/// beyond the smallest or the largest.
+const SPACING_SLACK: f64 = 1.5;
+
+impl TrainingData {
+    pub fn add(&mut self, g: &shapeflow_core::Grid) {
+        let sp = g.spacing();
+        for a in 0..3 {
+            if self.cases == 0 {
+                self.spacing_min[a] = sp[a];
+                self.spacing_max[a] = sp[a];
+            } else {
+                self.spacing_min[a] = self.spacing_min[a].min(sp[a]);
+                self.spacing_max[a] = self.spacing_max[a].max(sp[a]);
+            }
+        }
+        *self.orientations.entry(g.axcodes()).or_default() += 1;
+        self.cases += 1;
+    }
+
+    /// What is unusual about an image on grid `g`, in words (empty: nothing).
+    pub fn check(&self, g: &shapeflow_core::Grid) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.cases == 0 {
+            return out;
+        }
+        let o = g.axcodes();
+        if !self.orientations.contains_key(&o) {
+            let seen: Vec<String> = self
+                .orientations
+                .iter()
+                .map(|(k, n)| format!("{k} ({n})"))
+                .collect();
+            out.push(format!(
+                "its orientation {o} is not among the training images' ({}): the network \
+                 sees it turned; reorient it, or train on such images",
+                seen.join(", ")
+            ));
+        }
+        let sp = g.spacing();
+        let far: Vec<usize> = (0..3)
+            .filter(|&a| {
+                sp[a] < self.spacing_min[a] / SPACING_SLACK
+                    || sp[a] > self.spacing_max[a] * SPACING_SLACK
+            })
+            .collect();
+        if !far.is_empty() {
+            let fmt = |v: [f64; 3]| format!("{:.2} x {:.2} x {:.2}", v[0], v[1], v[2]);
+            out.push(format!(
+                "its spacing {} mm is far outside the training images' {} to {} mm (axis {}): \
+                 resampling makes up or throws away that much detail",
+                fmt(sp),
+                fmt(self.spacing_min),
+                fmt(self.spacing_max),
+                far.iter()
+                    .map(|a| ["x", "y", "z"][*a])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        out
+    }
 }
 
 pub const FORMAT: &str = "shapeflow-unet/1";
@@ -265,4 +344,51 @@ pub fn check_device(d: Device) -> Result<(), StageError> {
 /// heads, probability above 0.5 (the largest wins).
 pub fn labels_from_outputs(mode: Mode, out: &[Vec<f32>], sdm_level: f32) -> Vec<u8> {
     mode.head().decode(out, sdm_level)
+}
+
+#[cfg(test)]
+mod training_data_tests {
+    use super::*;
+    use shapeflow_core::Grid;
+
+    fn grid(sp: [f64; 3], flip_x: bool) -> Grid {
+        let mut affine = [[0.0; 4]; 4];
+        for a in 0..3 {
+            affine[a][a] = sp[a];
+        }
+        if flip_x {
+            affine[0][0] = -sp[0];
+        }
+        affine[3][3] = 1.0;
+        Grid {
+            dims: [10, 10, 10],
+            affine,
+        }
+    }
+
+    #[test]
+    fn images_far_from_the_training_data_are_named_with_their_numbers() {
+        let mut seen = TrainingData::default();
+        seen.add(&grid([1.0, 1.0, 2.5], false));
+        seen.add(&grid([1.2, 1.2, 3.0], false));
+        assert_eq!(seen.cases, 2);
+        assert_eq!(
+            (seen.spacing_min, seen.spacing_max),
+            ([1.0, 1.0, 2.5], [1.2, 1.2, 3.0])
+        );
+        // Within 1.5 times the range: nothing to say.
+        assert!(seen.check(&grid([0.8, 1.1, 4.4], false)).is_empty());
+        // 5 mm slices, 1.5 x beyond 3.0 mm: named, with both ranges.
+        let w = seen.check(&grid([1.0, 1.0, 5.0], false));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("5.00") && w[0].contains("3.00") && w[0].contains("axis z"),
+            "{}",
+            w[0]
+        );
+        // A mirrored image: its orientation is not the training images'.
+        let w = seen.check(&grid([1.0, 1.0, 2.5], true));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("LAS") && w[0].contains("RAS (2)"), "{}", w[0]);
+    }
 }

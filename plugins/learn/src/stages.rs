@@ -191,6 +191,7 @@ impl Stage for Train {
         let mut organs: Option<Vec<String>> = None;
         let mut norm: Option<Norm> = None;
         let mut spacing = [1.0; 3];
+        let mut seen = crate::model::TrainingData::default();
         for (info, inputs) in cases {
             let at = |e: StageError| StageError::msg(format!("case `{}`: {e}", info.id));
             let case = inputs.case("cases").map_err(at)?;
@@ -198,6 +199,7 @@ impl Stage for Train {
                 .image
                 .as_ref()
                 .ok_or_else(|| at(StageError::msg("the case has no image")))?;
+            seen.add(&case.original.unwrap_or_else(|| image.grid()));
             match &organs {
                 None => organs = Some(case.organs.clone()),
                 Some(o) if *o != case.organs => {
@@ -270,8 +272,10 @@ impl Stage for Train {
                 .bar(cfg.epochs as u64, &format!("{} epochs", ctx.stage_id)),
             on_epoch: None,
         };
-        let trained = train::train(cfg, train_cases, val, norm, spacing, &session)?;
+        let mut trained = train::train(cfg, train_cases, val, norm, spacing, &session)?;
         session.bar.finish_and_clear();
+        trained.model.config.training_data = Some(seen);
+        crate::history::write_model(&ctx.output_dir, &trained.model)?;
         Ok(trained.model.to_item())
     }
 }
@@ -486,6 +490,11 @@ impl Stage for Infer {
             .image
             .as_ref()
             .ok_or_else(|| StageError::msg("the case has no image"))?;
+        if let Some(seen) = &model.config.training_data {
+            for w in seen.check(&case.original.unwrap_or_else(|| image.grid())) {
+                tracing::warn!(case = %info.id, "{w}");
+            }
+        }
         let sp = model.config.spacing;
         if (0..3).any(|a| (image.spacing[a] - sp[a]).abs() > 0.01 * sp[a]) {
             tracing::warn!(

@@ -394,6 +394,7 @@ pub fn train(
         patch: cfg.patch,
         spacing,
         trained: serde_json::Value::Null,
+        training_data: None,
     };
     let (vs, net) = init_net(cfg, unet, s.seed, device);
     let mut adam = Adam::new(&vs, cfg.lr);
@@ -729,6 +730,7 @@ mod tests {
                 patch: cfg.patch,
                 spacing,
                 trained: Default::default(),
+                training_data: None,
             };
             validate(&net, &mc, &val, Device::Cpu, false).unwrap()[0].unwrap()
         };

@@ -44,6 +44,7 @@ fn saved_model_loads_in_pytorch_with_the_same_outputs() {
             patch: [16, 12, 8],
             spacing: [1.0; 3],
             trained: Default::default(),
+            training_data: None,
         },
         weights: model::weights_bytes(&vs, dir.path()).unwrap(),
     };
