@@ -131,14 +131,11 @@ const SPACING_SLACK: f64 = 1.5;
 impl TrainingData {
     pub fn add(&mut self, g: &shapeflow_core::Grid) {
         let sp = g.spacing();
-        for a in 0..3 {
-            if self.cases == 0 {
-                self.spacing_min[a] = sp[a];
-                self.spacing_max[a] = sp[a];
-            } else {
-                self.spacing_min[a] = self.spacing_min[a].min(sp[a]);
-                self.spacing_max[a] = self.spacing_max[a].max(sp[a]);
-            }
+        if self.cases == 0 {
+            (self.spacing_min, self.spacing_max) = (sp, sp);
+        } else {
+            self.spacing_min = std::array::from_fn(|a| self.spacing_min[a].min(sp[a]));
+            self.spacing_max = std::array::from_fn(|a| self.spacing_max[a].max(sp[a]));
         }
         *self.orientations.entry(g.axcodes()).or_default() += 1;
         self.cases += 1;
