@@ -298,6 +298,45 @@ stages:
         let ours = shapeflow_core::Volume::read_nifti(&out.join(n)).unwrap();
         assert_eq!(ours, theirs, "{n}");
     }
+    // The same model as a package inside another pipeline (`infer.package`): the same
+    // predictions; the package's content is in the key, so a second run computes nothing.
+    let q = format!(
+        r#"
+name: hippo-apply
+stages:
+  load:
+    stage: load
+    params: {{format: msd, root: "{}", merge: {{hippocampus: [1, 2]}}, split: holdout, val_fraction: 0.0, test_fraction: 0.3, limit: 10}}
+  resample: {{stage: resample, after: [load], params: {{spacing: [1.5, 1.5, 1.5]}}}}
+  infer: {{stage: infer, after: [resample], params: {{package: "{}", largest_component: true, tta: true}}}}
+"#,
+        shared("hippocampus").display(),
+        model.display()
+    );
+    write(d.path(), "q.yaml", &q);
+    let (r2, manifest2) = run_with_manifest(d.path(), "q.yaml", &[]);
+    assert!(r2.ok(), "{}", r2.table());
+    assert_eq!(r2.node("infer", "default").unwrap().computed, 3);
+    for n in &predicted {
+        let theirs = shapeflow_core::Volume::read_nifti(&run_dir.join("infer").join(n)).unwrap();
+        let ours =
+            shapeflow_core::Volume::read_nifti(&manifest2.parent().unwrap().join("infer").join(n))
+                .unwrap();
+        assert_eq!(ours, theirs, "{n}");
+    }
+    let (r3, _) = run_with_manifest(d.path(), "q.yaml", &[]);
+    assert_eq!(r3.node("infer", "default").unwrap().computed, 0);
+    write(
+        d.path(),
+        "bad.yaml",
+        &q.replace(model.to_str().unwrap(), d.path().to_str().unwrap()),
+    );
+    let o = run_child(d.path(), &["validate", "bad.yaml"]);
+    assert!(
+        o.status.code() == Some(2) && text(&o).contains("a model package is the folder"),
+        "{}",
+        text(&o)
+    );
     // An image far outside the training images (its header claims 4 mm slices; they had
     // 1 mm): predicted, with a warning that gives the numbers.
     let odd_dir = d.path().join("odd");

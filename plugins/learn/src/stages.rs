@@ -105,7 +105,7 @@ impl Plugin for LearnPlugin {
             version: 1,
             summary: "Sliding-window inference, back onto the original grid, NIfTI out",
             help: INFER_HELP,
-            build: |p, _| {
+            build: |p, ctx| {
                 if let Err(e) = model::parse_device(&p.device) {
                     return Err(ParamError {
                         path: vec!["device".into()],
@@ -130,8 +130,36 @@ impl Plugin for LearnPlugin {
                         message: "must be test, val, train or all".into(),
                     });
                 }
+                let packaged = match &p.package {
+                    None => None,
+                    Some(dir) => {
+                        let at = |message: String| ParamError {
+                            path: vec!["package".into()],
+                            message,
+                        };
+                        if p.model.is_some() {
+                            return Err(at(
+                                "name a `train` input (`model`) or a package, not both".into(),
+                            ));
+                        }
+                        let file = ctx.path(dir).join("model.item");
+                        let bytes = std::fs::read(&file).map_err(|e| {
+                            at(format!(
+                                "cannot read {} ({e}): a model package is the folder a run \
+                                 writes for a trained model",
+                                file.display()
+                            ))
+                        })?;
+                        let item = Item::decode(&bytes)
+                            .map_err(|e| at(format!("{}: {e}", file.display())))?;
+                        Model::from_item(&item)
+                            .map_err(|e| at(format!("{}: {e}", file.display())))?;
+                        Some((Arc::new(item), blake3::hash(&bytes).to_hex().to_string()))
+                    }
+                };
                 Ok(Arc::new(Infer {
                     p,
+                    packaged,
                     net: Mutex::new(Vec::new()),
                 }))
             },
@@ -288,6 +316,11 @@ pub struct InferParams {
     pub cases: Option<String>,
     /// The `train` stage (default: the whole-dataset input).
     pub model: Option<String>,
+    /// A trained model package instead of a `train` input: the folder a run writes for a
+    /// model (`runs/<run>/<train stage>/[<variant>/]`, what `pipeline predict -m` takes).
+    /// Its content is part of the cache key. The pipeline must prepare the cases as the
+    /// model's training did (its `pipeline.json` lists those stages and params).
+    pub package: Option<String>,
     /// Which cases to segment.
     pub split: String,
     /// Window size (default: the model's patch).
@@ -327,6 +360,7 @@ impl Default for InferParams {
         InferParams {
             cases: None,
             model: None,
+            package: None,
             split: "test".into(),
             patch: None,
             overlap: 0.5,
@@ -354,6 +388,8 @@ struct Loaded {
 
 struct Infer {
     p: InferParams,
+    /// The model of `package`, and the hash of its bytes (part of every key).
+    packaged: Option<(Arc<Item>, String)>,
     /// Networks kept while the same models are used (one, or an ensemble's).
     net: Mutex<Vec<Loaded>>,
 }
@@ -437,10 +473,21 @@ impl Stage for Infer {
     }
 
     fn ports(&self) -> Vec<Port> {
+        let cases = Port::new("cases", Kind::Case).from_param("cases", self.p.cases.as_deref());
+        if self.packaged.is_some() {
+            return vec![cases];
+        }
         vec![
-            Port::new("cases", Kind::Case).from_param("cases", self.p.cases.as_deref()),
+            cases,
             Port::new("model", Kind::Model).from_param("model", self.p.model.as_deref()),
         ]
+    }
+
+    fn key_material(&self) -> String {
+        self.packaged
+            .as_ref()
+            .map(|(_, hash)| format!("package {hash}"))
+            .unwrap_or_default()
     }
 
     fn shape(&self) -> Shape {
@@ -461,7 +508,10 @@ impl Stage for Infer {
     ) -> Result<Item, StageError> {
         // One model, or an ensemble (several packages given to `pipeline predict`): their
         // maps are averaged before organs are decided.
-        let item = inputs.port("model")?;
+        let item: &Item = match &self.packaged {
+            Some((item, _)) => item,
+            None => inputs.port("model")?,
+        };
         let models: Vec<Model> = match item.ensemble_members() {
             Some(parts) => parts
                 .into_iter()
