@@ -80,6 +80,9 @@ struct JobArgs {
     file: PathBuf,
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     sets: Vec<String>,
+    /// The driver's variant selection.
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<String>,
     /// The shared cache (the driver's).
     #[arg(long)]
     cache: PathBuf,
@@ -122,6 +125,9 @@ struct PipelineArgs {
     /// Fail at once if another process holds the cache, instead of waiting.
     #[arg(long)]
     no_wait: bool,
+    /// Only these variants (comma-separated; with `seeds:`, a name selects all its seeds).
+    #[arg(long, value_delimiter = ',')]
+    variants: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -343,7 +349,7 @@ fn cmd_job(a: JobArgs, registry: &Registry) -> Result<u8> {
             .num_threads(n.max(1))
             .build_global();
     }
-    let (resolved, _) = load(&a.file, &a.sets, registry)?;
+    let (resolved, _) = load_variants(&a.file, &a.sets, &a.variants, registry)?;
     let bytes = std::fs::read(&a.plan)
         .with_context(|| format!("cannot read the plan {}", a.plan.display()))?;
     let plan: plan::Plan = serde_json::from_slice(&bytes)
@@ -374,7 +380,36 @@ fn load(
     sets: &[String],
     registry: &Registry,
 ) -> Result<(resolve::Resolved, Vec<Override>)> {
-    let pf = PipelineFile::load(file)?;
+    load_variants(file, sets, &[], registry)
+}
+
+/// [`load`], keeping only the variants named in `only` (all when empty).
+fn load_variants(
+    file: &Path,
+    sets: &[String],
+    only: &[String],
+    registry: &Registry,
+) -> Result<(resolve::Resolved, Vec<Override>)> {
+    let mut pf = PipelineFile::load(file)?;
+    if !only.is_empty() {
+        let base = |name: &str| name.split('@').next().unwrap_or(name).to_string();
+        for want in only {
+            if !pf
+                .variants
+                .iter()
+                .any(|v| v.name == *want || base(&v.name) == *want)
+            {
+                let names: Vec<&str> = pf.variants.iter().map(|v| v.name.as_str()).collect();
+                return Err(anyhow!(
+                    "--variants: `{want}` is not a variant of {}; it has: {}",
+                    file.display(),
+                    names.join(", ")
+                ));
+            }
+        }
+        pf.variants
+            .retain(|v| only.iter().any(|w| *w == v.name || *w == base(&v.name)));
+    }
     let overrides: Vec<Override> = sets
         .iter()
         .map(|s| parse_set(s))
@@ -414,7 +449,7 @@ fn cmd_validate(a: ValidateArgs, registry: &Registry) -> Result<u8> {
 }
 
 fn cmd_plan(a: PipelineArgs, registry: &Registry) -> Result<u8> {
-    let (r, _) = load(&a.file, &a.sets, registry)?;
+    let (r, _) = load_variants(&a.file, &a.sets, &a.variants, registry)?;
     let cache = open_cache(&cache_dir(&a, &r), a.no_wait)?;
     let p = plan::make_plan(&r, &CancelToken::default()).map_err(|e| anyhow!(e))?;
     let why = plan::explain(&r, &p, &cache);
@@ -654,6 +689,8 @@ pub struct RunSettings {
     pub slots: Vec<(String, usize)>,
     /// `local` or `slurm`; `None`: the file's `executor:`.
     pub executor: Option<String>,
+    /// Only these variants (empty: all).
+    pub variants: Vec<String>,
 }
 
 impl Default for RunSettings {
@@ -666,6 +703,7 @@ impl Default for RunSettings {
             cancel: CancelToken::default(),
             slots: Vec::new(),
             executor: None,
+            variants: Vec::new(),
         }
     }
 }
@@ -679,7 +717,7 @@ pub fn run_pipeline(
     settings: RunSettings,
 ) -> Result<(run::RunReport, PathBuf)> {
     let started = chrono::Local::now();
-    let (r, _) = load(file, sets, registry)?;
+    let (r, _) = load_variants(file, sets, &settings.variants, registry)?;
     let dir = settings
         .cache
         .clone()
@@ -711,6 +749,10 @@ pub fn run_pipeline(
     for s in sets {
         job_args.push("--set".into());
         job_args.push(s.clone());
+    }
+    if !settings.variants.is_empty() {
+        job_args.push("--variants".into());
+        job_args.push(settings.variants.join(","));
     }
     let r = Arc::new(r);
     let p = Arc::new(p);
@@ -761,6 +803,7 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<u8> {
             cancel: CancelToken::default(),
             slots: a.slots.clone(),
             executor: a.executor.clone(),
+            variants: a.pipeline.variants.clone(),
         },
     )?;
     print!("{}", report.table());

@@ -969,3 +969,33 @@ fn exported_networks_compute_what_ours_computes() {
         assert!(diff < 1e-4, "{format}: outputs differ by {diff}");
     }
 }
+
+/// `--variants` runs a subset of a file's variants (what a CPU-sized study profile needs);
+/// an unknown name is refused with the list.
+#[test]
+fn variants_flag_selects_a_subset_and_names_unknown_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let demo = pipelines_dir().join("demo.yaml");
+    let demo = demo.to_str().unwrap();
+    let o = run_child(
+        d.path(),
+        &["plan", demo, "--variants", "dice,joint", "--cache", "c"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        t.contains("train[dice]") && t.contains("train[joint]"),
+        "{t}"
+    );
+    assert!(!t.contains("[sdm]"), "{t}");
+    let o = run_child(
+        d.path(),
+        &["plan", demo, "--variants", "nope", "--cache", "c"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("`nope` is not a variant") && text(&o).contains("dice, sdm, joint"),
+        "{}",
+        text(&o)
+    );
+}
