@@ -657,7 +657,7 @@ mod tests {
     /// k = 50 and balanced SDM terms learn both (0.89 / 0.86 here).
     #[test]
     fn joint_head_learns_two_organs_of_different_size_with_band_limited_balanced_terms() {
-        let run = |band: Option<f64>, k: f64, mode: Mode| -> Vec<Option<f64>> {
+        let run = |band: Option<f64>, k: f64, lambda: f64, mode: Mode| -> Vec<Option<f64>> {
             let (cases, val) = two_organs(band);
             let dir = tempfile::tempdir().unwrap();
             let cancel = CancelToken::default();
@@ -672,6 +672,7 @@ mod tests {
             };
             let mut cfg = config(12);
             cfg.k = k;
+            cfg.lambda = lambda;
             cfg.mode = mode;
             cfg.val_every = 12;
             let t = train(&cfg, cases, val, Norm::None, [2.0; 3], &s).unwrap();
@@ -682,11 +683,19 @@ mod tests {
                 .clone()
                 .unwrap()
         };
-        let band = run(Some(20.0), 50.0, Mode::JointBalanced);
+        let band = run(Some(20.0), 50.0, 10.0, Mode::JointBalanced);
         eprintln!("band-limited, k 50, balanced: Dice per organ {band:?}");
         assert!(
             band.iter().all(|d| d.unwrap_or(0.0) > 0.5),
             "both organs learned: {band:?}"
+        );
+        // The setting chosen on OpenKBP (docs/results/openkbp): shell-balanced terms, k = 5,
+        // lambda = 0.1.
+        let shell = run(Some(20.0), 5.0, 0.1, Mode::JointShellBalanced);
+        eprintln!("band-limited, k 5, lambda 0.1, shell-balanced: Dice per organ {shell:?}");
+        assert!(
+            shell.iter().all(|d| d.unwrap_or(0.0) > 0.5),
+            "both organs learned: {shell:?}"
         );
     }
 
