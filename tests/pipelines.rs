@@ -999,3 +999,44 @@ fn variants_flag_selects_a_subset_and_names_unknown_ones() {
         text(&o)
     );
 }
+
+/// `executor:` and per-stage `resources:` are checked with the file's other fields: a
+/// mistake is a validation error (exit 2) with its line, before anything runs.
+#[test]
+fn executor_and_resources_mistakes_fail_validation_with_their_line() {
+    let d = tempfile::tempdir().unwrap();
+    let good = "name: r
+executor: {kind: slurm, per_job: 5, resources: {partition: short}}
+stages:
+  load:
+    stage: load
+    params: {format: phantom, cases: 2, dims: [16, 16, 16], split: none}
+    resources: {cpus: 2, memory: 4G, time: \"1:00:00\", sbatch: [\"--qos=low\"]}
+";
+    write(d.path(), "good.yaml", good);
+    let o = run_child(d.path(), &["validate", "good.yaml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for (bad, says, line) in [
+        (good.replace("cpus: 2", "cpus: 0"), "at least 1", ":7:"),
+        (good.replace("memory: 4G", "memory: lots"), "4G", ":7:"),
+        (
+            good.replace("kind: slurm", "kind: pbs"),
+            "kind: slurm",
+            ":2:",
+        ),
+        (
+            good.replace("per_job: 5", "perjob: 5"),
+            "unknown field `perjob`",
+            ":2:",
+        ),
+    ] {
+        write(d.path(), "bad.yaml", &bad);
+        let o = run_child(d.path(), &["validate", "bad.yaml"]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        assert!(
+            t.contains(says) && t.contains(line),
+            "{says} at {line}: {t}"
+        );
+    }
+}
