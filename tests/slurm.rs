@@ -432,3 +432,63 @@ fn ctrl_c_leaves_no_job_in_the_queue() {
     });
     verify_clean(d.path(), &conf);
 }
+
+/// A dataset moved to another root (another mount point on another node) is served from
+/// the cache: inputs are fingerprinted by content, relative to their root.
+#[test]
+fn a_moved_dataset_root_is_served_from_the_cache() {
+    let Some(conf) = cluster() else { return };
+    let _one = serial();
+    let d = tempfile::tempdir().unwrap();
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/hippocampus")
+        .canonicalize();
+    let Ok(shared) = shared else {
+        eprintln!("*** SKIPPED: ../shared/data/hippocampus not found ***");
+        return;
+    };
+    // A two-case dataset whose files are links to the real ones.
+    let a = d.path().join("mount-a/hippo");
+    for sub in ["imagesTr", "labelsTr"] {
+        std::fs::create_dir_all(a.join(sub)).unwrap();
+        for n in ["hippocampus_001.nii.gz", "hippocampus_003.nii.gz"] {
+            std::os::unix::fs::symlink(shared.join(sub).join(n), a.join(sub).join(n)).unwrap();
+        }
+    }
+    std::fs::write(
+        a.join("dataset.json"),
+        r#"{"name": "h", "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+            "modality": {"0": "MRI"}, "numTraining": 2,
+            "training": [
+              {"image": "./imagesTr/hippocampus_001.nii.gz", "label": "./labelsTr/hippocampus_001.nii.gz"},
+              {"image": "./imagesTr/hippocampus_003.nii.gz", "label": "./labelsTr/hippocampus_003.nii.gz"}]}"#,
+    )
+    .unwrap();
+    let yaml = "name: sfmove
+executor: {kind: slurm, per_job: 1, poll_max_s: 0.5}
+stages:
+  load: {stage: load, params: {format: msd, root: \"${HIPPO_ROOT}\", split: none}}
+  resample: {stage: resample, after: [load], params: {spacing: [2.0, 2.0, 2.0]}}
+";
+    std::fs::write(d.path().join("p.yaml"), yaml).unwrap();
+    let run = |root: &Path| {
+        let o = pipeline(
+            d.path(),
+            &conf,
+            &["run", "p.yaml", "--cache", "cache", "--no-progress"],
+        )
+        .env("HIPPO_ROOT", root)
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let first = run(&a);
+    assert!(first.contains("4 computed, 0 from cache"), "{first}");
+    let b = d.path().join("mount-b/elsewhere/hippo");
+    std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+    std::fs::rename(&a, &b).unwrap();
+    let second = run(&b);
+    assert!(second.contains("0 computed, 4 from cache"), "{second}");
+    verify_clean(d.path(), &conf);
+}
