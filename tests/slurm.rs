@@ -289,6 +289,11 @@ fn a_failed_job_is_named_and_its_dependents_skipped() {
         row("step").contains(" 3 "),
         "the other jobs' items: {table}"
     );
+    // The summary lists the stage's jobs by state and id.
+    assert!(
+        table.contains("step: 4 Slurm job(s), 3 COMPLETED, 1 FAILED (ids "),
+        "{table}"
+    );
     // The three cases that worked are in the cache: a rerun computes none of them.
     let o = pipeline(
         d.path(),

@@ -64,6 +64,18 @@ pub struct NodeReport {
     pub computed: usize,
     pub cached: usize,
     pub wall_s: f64,
+    /// With the Slurm executor: the jobs that computed this node's items.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobReport>,
+}
+
+/// A cluster job as the run summary and the manifest record it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobReport {
+    pub id: String,
+    /// Slurm's final state (COMPLETED, FAILED, TIMEOUT, ...; GONE if Slurm forgot it).
+    pub state: String,
+    pub items: usize,
 }
 
 /// The outcome of a run.
@@ -132,6 +144,24 @@ impl RunReport {
                 .collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
+        }
+        for n in &self.nodes {
+            if !n.jobs.is_empty() {
+                let mut by_state: std::collections::BTreeMap<&str, usize> = Default::default();
+                for j in &n.jobs {
+                    *by_state.entry(j.state.as_str()).or_default() += 1;
+                }
+                let states: Vec<String> =
+                    by_state.iter().map(|(s, k)| format!("{k} {s}")).collect();
+                let ids: Vec<&str> = n.jobs.iter().map(|j| j.id.as_str()).collect();
+                out.push_str(&format!(
+                    "{}: {} Slurm job(s), {} (ids {})\n",
+                    n.label,
+                    n.jobs.len(),
+                    states.join(", "),
+                    ids.join(" ")
+                ));
+            }
         }
         for n in &self.nodes {
             match &n.status {
@@ -213,6 +243,7 @@ impl Drop for SlotGuard {
 
 struct NodeState {
     status: Option<Status>,
+    jobs: Vec<JobReport>,
     computed: AtomicUsize,
     cached: AtomicUsize,
     wall: Duration,
@@ -277,6 +308,7 @@ impl Engine {
                 .map(|_| {
                     Mutex::new(NodeState {
                         status: None,
+                        jobs: Vec::new(),
                         computed: AtomicUsize::new(0),
                         cached: AtomicUsize::new(0),
                         wall: Duration::ZERO,
@@ -972,6 +1004,13 @@ impl Engine {
         let items = &self.plan.nodes[n].items;
         let _ = std::fs::remove_file(&job.record);
         let _ = std::fs::remove_dir_all(self.cache.job_scratch_dir(&job.id));
+        if let Ok(mut s) = self.states[n].lock() {
+            s.jobs.push(JobReport {
+                id: job.id.clone(),
+                state: st.map(|s| s.state.clone()).unwrap_or_else(|| "GONE".into()),
+                items: job.items.len(),
+            });
+        }
         let mut lost = Vec::new();
         for &i in &job.items {
             let adopted = self
@@ -1398,18 +1437,20 @@ pub fn execute(
         .enumerate()
         .map(|(i, nd)| {
             let s = engine.states[i].lock();
-            let (status, computed, cached, wall) = match s {
+            let (status, computed, cached, wall, jobs) = match s {
                 Ok(s) => (
                     s.status.clone().unwrap_or(Status::Cancelled),
                     s.computed.load(Ordering::Relaxed),
                     s.cached.load(Ordering::Relaxed),
                     s.wall,
+                    s.jobs.clone(),
                 ),
                 Err(_) => (
                     Status::Failed("internal state poisoned".into()),
                     0,
                     0,
                     Duration::ZERO,
+                    Vec::new(),
                 ),
             };
             NodeReport {
@@ -1421,6 +1462,7 @@ pub fn execute(
                 computed,
                 cached,
                 wall_s: wall.as_secs_f64(),
+                jobs,
             }
         })
         .collect();
