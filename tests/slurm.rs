@@ -3,7 +3,7 @@
 //! are skipped; under CI (`CI` set) a Slurm that cannot start is a failure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -260,13 +260,7 @@ fn a_failed_job_is_named_and_its_dependents_skipped() {
     )
     .unwrap();
     write_exec_pipeline(d.path(), "sffail", 4, 1, "step.sh");
-    let o = pipeline(
-        d.path(),
-        &conf,
-        &["run", "p.yaml", "--cache", "cache", "--no-progress"],
-    )
-    .output()
-    .unwrap();
+    let o = run_p(d.path(), &conf, &[]).output().unwrap();
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("Slurm job") && t.contains("FAILED"), "{t}");
@@ -275,18 +269,16 @@ fn a_failed_job_is_named_and_its_dependents_skipped() {
         "the log's tail: {t}"
     );
     assert!(t.contains("phantom002"), "{t}");
-    let table = String::from_utf8_lossy(&o.stdout);
-    let row = |stage: &str| {
-        table
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(stage))
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert!(row("step").to_lowercase().contains("failed"), "{table}");
-    assert!(row("after").to_lowercase().contains("skipped"), "{table}");
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    let status = |stage: &str| row(&table, stage).get(2).cloned().unwrap_or_default();
+    assert!(status("step").to_lowercase().contains("failed"), "{table}");
     assert!(
-        row("step").contains(" 3 "),
+        status("after").to_lowercase().contains("skipped"),
+        "{table}"
+    );
+    assert_eq!(
+        counts(&table, "step").0,
+        3,
         "the other jobs' items: {table}"
     );
     // The summary lists the stage's jobs by state and id.
@@ -295,34 +287,37 @@ fn a_failed_job_is_named_and_its_dependents_skipped() {
         "{table}"
     );
     // The three cases that worked are in the cache: a rerun computes none of them.
-    let o = pipeline(
-        d.path(),
-        &conf,
-        &[
-            "run",
-            "p.yaml",
-            "--cache",
-            "cache",
-            "--no-progress",
-            "--executor",
-            "local",
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = run_p(d.path(), &conf, &["--executor", "local"])
+        .output()
+        .unwrap();
     let t2 = String::from_utf8_lossy(&o.stdout).to_string();
-    let step = t2
-        .lines()
-        .find(|l| l.starts_with("step"))
-        .unwrap_or_default()
-        .to_string();
-    let cols: Vec<&str> = step.split_whitespace().collect();
-    assert_eq!(cols.get(3..5), Some(&["0", "3"][..]), "{t2}");
+    assert_eq!(counts(&t2, "step"), (0, 3), "{t2}");
     verify_clean(d.path(), &conf);
 }
 
-fn spawn(dir: &Path, conf: &Path, args: &[&str]) -> Child {
-    pipeline(dir, conf, args).spawn().unwrap()
+/// The columns of stage `stage`'s row in a run's summary table (empty if absent).
+fn row(table: &str, stage: &str) -> Vec<String> {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(stage))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// (computed, cached) of stage `stage` in a run's summary table.
+fn counts(table: &str, stage: &str) -> (usize, usize) {
+    let r = row(table, stage);
+    let n = |i: usize| r.get(i).and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+    (n(3), n(4))
+}
+
+/// `pipeline run p.yaml --cache cache --no-progress` and `extra`, in `dir`.
+fn run_p(dir: &Path, conf: &Path, extra: &[&str]) -> Command {
+    let mut args = vec!["run", "p.yaml", "--cache", "cache", "--no-progress"];
+    args.extend_from_slice(extra);
+    pipeline(dir, conf, &args)
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -350,23 +345,13 @@ fn a_killed_driver_loses_nothing_and_runs_no_item_twice() {
     )
     .unwrap();
     write_exec_pipeline(d.path(), "sfkill", 6, 1, "step.sh");
-    let mut driver = spawn(
-        d.path(),
-        &conf,
-        &["run", "p.yaml", "--cache", "cache", "--no-progress"],
-    );
+    let mut driver = run_p(d.path(), &conf, &[]).spawn().unwrap();
     wait_for("two items to start", Duration::from_secs(120), || {
         lines(&ran).len() >= 3
     });
     driver.kill().unwrap();
     driver.wait().unwrap();
-    let o = pipeline(
-        d.path(),
-        &conf,
-        &["run", "p.yaml", "--cache", "cache", "--no-progress"],
-    )
-    .output()
-    .unwrap();
+    let o = run_p(d.path(), &conf, &[]).output().unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     let mut seen = lines(&ran);
@@ -376,14 +361,7 @@ fn a_killed_driver_loses_nothing_and_runs_no_item_twice() {
     assert_eq!(seen, once, "an item ran twice: {seen:?}");
     assert_eq!(seen.len(), 6, "{seen:?}");
     let table = String::from_utf8_lossy(&o.stdout);
-    let step: Vec<String> = table
-        .lines()
-        .find(|l| l.starts_with("step"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let (computed, cached): (usize, usize) = (step[3].parse().unwrap(), step[4].parse().unwrap());
+    let (computed, cached) = counts(&table, "step");
     assert_eq!(computed + cached, 6, "{table}");
     assert!(
         cached >= 1,
@@ -405,11 +383,7 @@ fn ctrl_c_leaves_no_job_in_the_queue() {
     )
     .unwrap();
     write_exec_pipeline(d.path(), "sfint", 4, 1, "step.sh");
-    let driver = spawn(
-        d.path(),
-        &conf,
-        &["run", "p.yaml", "--cache", "cache", "--no-progress"],
-    );
+    let driver = run_p(d.path(), &conf, &[]).spawn().unwrap();
     wait_for("a running job", Duration::from_secs(120), || {
         jobs_named(&conf, "sf-sfint-step")
             .iter()
@@ -477,14 +451,10 @@ stages:
 ";
     std::fs::write(d.path().join("p.yaml"), yaml).unwrap();
     let run = |root: &Path| {
-        let o = pipeline(
-            d.path(),
-            &conf,
-            &["run", "p.yaml", "--cache", "cache", "--no-progress"],
-        )
-        .env("HIPPO_ROOT", root)
-        .output()
-        .unwrap();
+        let o = run_p(d.path(), &conf, &[])
+            .env("HIPPO_ROOT", root)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", text(&o));
         String::from_utf8_lossy(&o.stdout).to_string()
     };

@@ -306,10 +306,8 @@ impl Cache {
                 .ok()
                 .filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_alphanumeric()))
                 .unwrap_or_else(|| format!("pid{}", std::process::id()));
-            self.job_scratch_dir(&job).join(format!(
-                "{}",
-                self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-            ))
+            self.job_scratch_dir(&job)
+                .join(self.tmp_counter.fetch_add(1, Ordering::Relaxed).to_string())
         } else {
             self.root.join("scratch").join(format!(
                 "{}-{}",
@@ -845,6 +843,12 @@ pub fn read_object(path: &Path) -> std::result::Result<Vec<u8>, String> {
 /// A blob's header (its metadata) without its payload.
 fn read_header(path: &Path) -> std::result::Result<EntryMeta, BlobError> {
     let mut f = File::open(path).map_err(BlobError::Io)?;
+    open_blob(&mut f).map(|(meta, _)| meta)
+}
+
+/// Reads and checks the magic and the header of the blob open in `f`, leaving `f` at the
+/// payload; returns the metadata and the payload's length.
+fn open_blob(f: &mut File) -> std::result::Result<(EntryMeta, usize), BlobError> {
     let file_len = f.metadata().map_err(BlobError::Io)?.len() as usize;
     let mut head = [0u8; 8];
     f.read_exact(&mut head)
@@ -859,29 +863,16 @@ fn read_header(path: &Path) -> std::result::Result<EntryMeta, BlobError> {
     let mut header = vec![0u8; hlen];
     f.read_exact(&mut header)
         .map_err(|_| BlobError::Bad("truncated header".into()))?;
-    serde_json::from_slice(&header).map_err(|e| BlobError::Bad(format!("unreadable header: {e}")))
+    let meta = serde_json::from_slice(&header)
+        .map_err(|e| BlobError::Bad(format!("unreadable header: {e}")))?;
+    Ok((meta, file_len - 8 - hlen))
 }
 
 fn read_blob(path: &Path) -> std::result::Result<(EntryMeta, Vec<u8>), BlobError> {
     let mut f = File::open(path).map_err(BlobError::Io)?;
-    let file_len = f.metadata().map_err(BlobError::Io)?.len() as usize;
-    let mut head = [0u8; 8];
-    f.read_exact(&mut head)
-        .map_err(|_| BlobError::Bad("truncated".into()))?;
-    if &head[..4] != MAGIC {
-        return Err(BlobError::Bad("bad magic".into()));
-    }
-    let hlen = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-    if 8 + hlen > file_len {
-        return Err(BlobError::Bad("truncated header".into()));
-    }
-    let mut header = vec![0u8; hlen];
-    f.read_exact(&mut header)
-        .map_err(|_| BlobError::Bad("truncated header".into()))?;
-    let meta: EntryMeta = serde_json::from_slice(&header)
-        .map_err(|e| BlobError::Bad(format!("unreadable header: {e}")))?;
+    let (meta, payload_len) = open_blob(&mut f)?;
     // Read the payload straight into its own buffer: no copy for raw payloads.
-    let mut payload = Vec::with_capacity(file_len - 8 - hlen);
+    let mut payload = Vec::with_capacity(payload_len);
     f.read_to_end(&mut payload).map_err(BlobError::Io)?;
     let bytes = match meta.compression {
         Compression::None => payload,
