@@ -140,6 +140,23 @@ impl Mode {
     }
 }
 
+/// `per_organ` ([organs]) averaged over the organs present somewhere in the batch.
+fn mean_over_present_organs(per_organ: Tensor, present: &Tensor) -> Tensor {
+    let kind = per_organ.kind();
+    let organ_present = present
+        .to_kind(kind)
+        .sum_dim_intlist([0i64].as_slice(), false, kind)
+        .clamp_max(1.0);
+    (per_organ * &organ_present).sum(kind) / organ_present.sum(kind).clamp_min(1.0)
+}
+
+/// L1 + product per voxel, the product shifted by 1/3 so that a perfect prediction costs 0
+/// (the product term of p = y is -1/3).
+fn shifted_terms(pred: &Tensor, target: &Tensor) -> Tensor {
+    let yp = pred * target;
+    (pred - target).abs() - &yp / (&yp + pred.square() + target.square() + EPS) + 1.0 / 3.0
+}
+
 /// Per-(case, organ) weights broadcast over the voxels, and their count.
 fn mask(present: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
     let m = present
@@ -162,12 +179,7 @@ pub fn dice_loss(prob: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
     let total = pm.sum_dim_intlist(dims, false, prob.kind())
         + (target * &m).sum_dim_intlist(dims, false, prob.kind());
     let dice = (inter * 2.0 + SMOOTH) / (total + SMOOTH);
-    let organ_present = present
-        .to_kind(prob.kind())
-        .sum_dim_intlist([0i64].as_slice(), false, prob.kind())
-        .clamp_max(1.0);
-    ((-dice + 1.0) * &organ_present).sum(prob.kind())
-        / organ_present.sum(prob.kind()).clamp_min(1.0)
+    mean_over_present_organs(-dice + 1.0, present)
 }
 
 /// Mean absolute error of the SDM over the voxels of present organs.
@@ -209,11 +221,7 @@ pub fn balanced_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor) -> T
     let mean_out = (&term * &outside).sum_dim_intlist(dims, false, kind) / n_out.clamp_min(1.0);
     let has_in = n_in.gt(0.0).to_kind(kind);
     let per_organ = &mean_in * &has_in * 0.5 + &mean_out * (-&has_in * 0.5 + 1.0);
-    let organ_present = present
-        .to_kind(kind)
-        .sum_dim_intlist([0i64].as_slice(), false, kind)
-        .clamp_max(1.0);
-    (per_organ * &organ_present).sum(kind) / organ_present.sum(kind).clamp_min(1.0)
+    mean_over_present_organs(per_organ, present)
 }
 
 /// Where a band-limited map saturates: targets at or above this are the far field.
@@ -241,9 +249,7 @@ pub fn shell_balanced_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor
     let (m, _) = mask(present, pred);
     let dims: &[i64] = &[0, 2, 3, 4];
     let kind = pred.kind();
-    let yp = pred * target;
-    let term =
-        (pred - target).abs() - &yp / (&yp + pred.square() + target.square() + EPS) + 1.0 / 3.0;
+    let term = shifted_terms(pred, target);
     let mut sum = Tensor::zeros([pred.size()[1]], (kind, pred.device()));
     let mut count = Tensor::zeros([pred.size()[1]], (kind, pred.device()));
     let mut n_near = Tensor::zeros([pred.size()[1]], (kind, pred.device()));
@@ -262,11 +268,7 @@ pub fn shell_balanced_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor
     let far_sum = far_sum.sum_dim_intlist(dims, false, kind);
     let per_organ = sum / count.clamp_min(1.0)
         + far_sum / n_near.maximum(&(&n_all * NEAR_FLOOR)).clamp_min(1.0);
-    let organ_present = present
-        .to_kind(kind)
-        .sum_dim_intlist([0i64].as_slice(), false, kind)
-        .clamp_max(1.0);
-    (per_organ * &organ_present).sum(kind) / organ_present.sum(kind).clamp_min(1.0)
+    mean_over_present_organs(per_organ, present)
 }
 
 /// In [`organ_scaled_sdm_terms`], the far field (a band or more away) costs only where the
@@ -297,9 +299,7 @@ pub fn organ_scaled_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor) 
     let (m, _) = mask(present, pred);
     let dims: &[i64] = &[0, 2, 3, 4];
     let kind = pred.kind();
-    let yp = pred * target;
-    let near_term =
-        (pred - target).abs() - &yp / (&yp + pred.square() + target.square() + EPS) + 1.0 / 3.0;
+    let near_term = shifted_terms(pred, target);
     let far_term = (-pred + FAR_MARGIN).relu();
     let is_near = target.lt(FAR).to_kind(kind);
     let term = &near_term * &is_near + far_term * (-&is_near + 1.0);
@@ -311,11 +311,7 @@ pub fn organ_scaled_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor) 
         .maximum(&(&n_all * NEAR_FLOOR))
         .clamp_min(1.0);
     let per_organ = (&term * &m).sum_dim_intlist(dims, false, kind) / denominator;
-    let organ_present = present
-        .to_kind(kind)
-        .sum_dim_intlist([0i64].as_slice(), false, kind)
-        .clamp_max(1.0);
-    (per_organ * &organ_present).sum(kind) / organ_present.sum(kind).clamp_min(1.0)
+    mean_over_present_organs(per_organ, present)
 }
 
 /// The joint loss: Dice of the smooth Heaviside sigmoid(-k p) against the segmentation,
