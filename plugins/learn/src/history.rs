@@ -2,7 +2,7 @@
 //! directory, and in the output directory for people), and the trained model's files.
 
 use crate::io::{io_err, write_atomic};
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 use crate::plot;
 use serde::{Deserialize, Serialize};
 use shapeflow_core::StageError;
@@ -60,9 +60,14 @@ pub fn write_log(
 pub fn write_model(out: &Path, model: &Model) -> Result<(), StageError> {
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     write_atomic(&out.join("model.safetensors"), &model.weights)?;
+    write_model_config(out, &model.config)
+}
+
+/// model.json alone in `out` (after the config changed, the weights not).
+pub fn write_model_config(out: &Path, config: &ModelConfig) -> Result<(), StageError> {
     write_atomic(
         &out.join("model.json"),
-        &serde_json::to_vec_pretty(&model.config).unwrap_or_default(),
+        &serde_json::to_vec_pretty(config).unwrap_or_default(),
     )
 }
 

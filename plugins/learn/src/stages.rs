@@ -303,7 +303,7 @@ impl Stage for Train {
         let mut trained = train::train(cfg, train_cases, val, norm, spacing, &session)?;
         session.bar.finish_and_clear();
         trained.model.config.training_data = Some(seen);
-        crate::history::write_model(&ctx.output_dir, &trained.model)?;
+        crate::history::write_model_config(&ctx.output_dir, &trained.model.config)?;
         Ok(trained.model.to_item())
     }
 }
