@@ -19,18 +19,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `n` cases through 5 per-case stages and a gather: 5n + 1 items.
+fn chain(n: usize) -> String {
+    format!(
+        "name: bench
+stages:
+  src: {{plugin: numbers, params: {{n: {n}}}}}
+  s1: {{plugin: add, after: [src], params: {{add: 1}}}}
+  s2: {{plugin: add, after: [s1], params: {{add: 1}}}}
+  s3: {{plugin: add, after: [s2], params: {{add: 1}}}}
+  s4: {{plugin: add, after: [s3], params: {{add: 1}}}}
+  total: {{plugin: sum, after: [s4]}}
+"
+    )
+}
+
 fn cached_rerun(threads: usize) {
     let d = tempfile::tempdir().unwrap();
-    let text = "name: bench
-stages:
-  src: {plugin: numbers, params: {n: 200}}
-  s1: {plugin: add, after: [src], params: {add: 1}}
-  s2: {plugin: add, after: [s1], params: {add: 1}}
-  s3: {plugin: add, after: [s2], params: {add: 1}}
-  s4: {plugin: add, after: [s3], params: {add: 1}}
-  total: {plugin: sum, after: [s4]}
-";
-    common::write(d.path(), "p.yaml", text);
+    common::write(d.path(), "p.yaml", &chain(200));
     let settings = || RunSettings {
         cache: Some(d.path().join("cache")),
         runs: d.path().join("runs"),
@@ -166,16 +172,7 @@ fn throughput() {
 /// and the plan's JSON, which a Slurm run writes once for its jobs to read.
 fn plan_100k(threads: usize) {
     let d = tempfile::tempdir().unwrap();
-    let text = "name: big
-stages:
-  src: {plugin: numbers, params: {n: 20000}}
-  s1: {plugin: add, after: [src], params: {add: 1}}
-  s2: {plugin: add, after: [s1], params: {add: 1}}
-  s3: {plugin: add, after: [s2], params: {add: 1}}
-  s4: {plugin: add, after: [s3], params: {add: 1}}
-  total: {plugin: sum, after: [s4]}
-";
-    common::write(d.path(), "p.yaml", text);
+    common::write(d.path(), "p.yaml", &chain(20_000));
     let reg = common::registry();
     let pf = shapeflow_core::PipelineFile::load(&d.path().join("p.yaml")).unwrap();
     let resolved = shapeflow_core::resolve::resolve(&pf, &reg, &[]).unwrap();
