@@ -223,14 +223,20 @@ stages:
 #[test]
 fn predict_on_unseen_cases_equals_infer_inside_the_pipeline() {
     let d = tempfile::tempdir().unwrap();
-    let yaml = format!(
+    // The cases and their preparation, shared by the training pipeline and the one that
+    // applies its package.
+    let prepare = format!(
         r#"
-name: hippo-small
-stages:
   load:
     stage: load
     params: {{format: msd, root: "{}", merge: {{hippocampus: [1, 2]}}, split: holdout, val_fraction: 0.0, test_fraction: 0.3, limit: 10}}
-  resample: {{stage: resample, after: [load], params: {{spacing: [1.5, 1.5, 1.5]}}}}
+  resample: {{stage: resample, after: [load], params: {{spacing: [1.5, 1.5, 1.5]}}}}"#,
+        shared("hippocampus").display()
+    );
+    let yaml = format!(
+        r#"
+name: hippo-small
+stages:{prepare}
   sdm: {{stage: edt-sdm, after: [resample]}}
   augment: {{stage: augment, after: [resample, sdm]}}
   train:
@@ -243,8 +249,7 @@ stages:
       net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}
       device: cpu
   infer: {{stage: infer, after: [resample, train], params: {{largest_component: true, tta: true}}}}
-"#,
-        shared("hippocampus").display()
+"#
     );
     write(d.path(), "p.yaml", &yaml);
     let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
@@ -303,14 +308,9 @@ stages:
     let q = format!(
         r#"
 name: hippo-apply
-stages:
-  load:
-    stage: load
-    params: {{format: msd, root: "{}", merge: {{hippocampus: [1, 2]}}, split: holdout, val_fraction: 0.0, test_fraction: 0.3, limit: 10}}
-  resample: {{stage: resample, after: [load], params: {{spacing: [1.5, 1.5, 1.5]}}}}
+stages:{prepare}
   infer: {{stage: infer, after: [resample], params: {{package: "{}", largest_component: true, tta: true}}}}
 "#,
-        shared("hippocampus").display(),
         model.display()
     );
     write(d.path(), "q.yaml", &q);
