@@ -136,10 +136,14 @@ struct PredictArgs {
     /// several: an ensemble (their outputs averaged before organs are decided).
     #[arg(short, long = "model", required = true)]
     models: Vec<PathBuf>,
-    /// An image, or a folder of images (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd;
-    /// nnU-Net's `<case>_0000` naming understood).
+    /// An image; a folder of images (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd; nnU-Net's
+    /// `<case>_0000` naming understood); an MSD / nnU-Net dataset (its imagesTs/); or a
+    /// folder of case folders (`<case>/ct.nii.gz`, as PDDCA and OpenKBP are laid out).
     #[arg(short, long)]
     input: PathBuf,
+    /// In case folders: the image's file name (default: the folder's only image).
+    #[arg(long)]
+    image: Option<String>,
     /// Where the predictions go (`<case>.nii.gz`, as `infer` writes them).
     #[arg(short, long)]
     output: PathBuf,
@@ -534,7 +538,7 @@ fn cmd_predict(a: PredictArgs, registry: &Registry) -> Result<u8> {
         .iter()
         .map(|m| predict::Package::open(m))
         .collect::<Result<_>>()?;
-    let images = predict::input_images(&a.input)?;
+    let images = predict::input_images(&a.input, a.image.as_deref())?;
     // Ctrl-C ends the process; every file is written atomically, so none is left half.
     let cancel = CancelToken::default();
     eprintln!(

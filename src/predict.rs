@@ -86,35 +86,113 @@ impl Package {
     }
 }
 
-/// Image files under `input` (or `input` itself), as (case id, path), sorted by id. nnU-Net's
-/// `<case>_0000.<ending>` naming gives the case id without `_0000`.
-pub fn input_images(input: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let id_of = |p: &Path| -> Option<String> {
-        let f = shapeflow_formats::for_path(p)?;
-        let name = p.file_name()?.to_string_lossy().to_string();
-        let lower = name.to_ascii_lowercase();
-        let end = f.extensions().iter().find(|e| lower.ends_with(*e))?;
-        let stem = &name[..name.len() - end.len()];
-        Some(stem.strip_suffix("_0000").unwrap_or(stem).to_string())
-    };
+/// The images `input` names, as (case id, path), sorted by id:
+/// - an image file: that one case;
+/// - a folder of images: one case per file (nnU-Net's `<case>_0000.<ending>` naming gives
+///   the case id without `_0000`);
+/// - an MSD / nnU-Net dataset (a folder with `dataset.json`): its unlabeled test images,
+///   `imagesTs/` (MSD's `test` entries are those files);
+/// - a folder of case folders (PDDCA, OpenKBP: `<case>/ct.nii.gz` + `<case>/structures/`):
+///   one case per folder, its image the file named `image`, else the folder's only image.
+pub fn input_images(input: &Path, image: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
     if input.is_file() {
-        let id = id_of(input)
+        let id = image_case_id(input)
             .ok_or_else(|| anyhow!("{}: not an image this build reads", input.display()))?;
         return Ok(vec![(id, input.to_path_buf())]);
     }
+    if input.join("dataset.json").is_file() {
+        let ts = input.join("imagesTs");
+        if !ts.is_dir() {
+            bail!(
+                "{}: a dataset without imagesTs/ (its unlabeled test images); to predict its \
+                 training images, give {}",
+                input.display(),
+                input.join("imagesTr").display()
+            );
+        }
+        return images_in(&ts);
+    }
+    let listed = list_dir(input)?;
+    let files: Vec<&PathBuf> = listed.iter().filter(|p| p.is_file()).collect();
+    let folders: Vec<&PathBuf> = listed.iter().filter(|p| p.is_dir()).collect();
+    if files.iter().all(|p| image_case_id(p).is_none()) && !folders.is_empty() {
+        let mut out = Vec::new();
+        for f in folders {
+            let id = f
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let chosen = match image {
+                Some(name) => {
+                    let p = f.join(name);
+                    if !p.is_file() {
+                        bail!("case folder {}: no image `{name}`", f.display());
+                    }
+                    p
+                }
+                None => {
+                    let found: Vec<PathBuf> = list_dir(f)?
+                        .into_iter()
+                        .filter(|p| p.is_file() && image_case_id(p).is_some())
+                        .collect();
+                    match found.as_slice() {
+                        [one] => one.clone(),
+                        [] => bail!(
+                            "case folder {}: no image (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd) \
+                             at its top level",
+                            f.display()
+                        ),
+                        many => bail!(
+                            "case folder {}: {} images ({}); say which with --image NAME",
+                            f.display(),
+                            many.len(),
+                            many.iter()
+                                .filter_map(|p| p.file_name())
+                                .map(|n| n.to_string_lossy().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
+                }
+            };
+            out.push((id, chosen));
+        }
+        out.sort();
+        return Ok(out);
+    }
+    images_in(input)
+}
+
+/// The case id of an image file, if it is one this build reads.
+fn image_case_id(p: &Path) -> Option<String> {
+    let f = shapeflow_formats::for_path(p)?;
+    let name = p.file_name()?.to_string_lossy().to_string();
+    let lower = name.to_ascii_lowercase();
+    let end = f.extensions().iter().find(|e| lower.ends_with(*e))?;
+    let stem = &name[..name.len() - end.len()];
+    Some(stem.strip_suffix("_0000").unwrap_or(stem).to_string())
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries =
-        std::fs::read_dir(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let mut out: Vec<(String, PathBuf)> = entries
-        .flatten()
-        .map(|e| e.path())
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut out: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The images directly in `dir`, one case each.
+fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out: Vec<(String, PathBuf)> = list_dir(dir)?
+        .into_iter()
         .filter(|p| p.is_file())
-        .filter_map(|p| Some((id_of(&p)?, p)))
+        .filter_map(|p| Some((image_case_id(&p)?, p)))
         .collect();
     out.sort();
     if out.is_empty() {
         bail!(
-            "{}: no images (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd)",
-            input.display()
+            "{}: no images (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd), no case folders holding one",
+            dir.display()
         );
     }
     for w in out.windows(2) {

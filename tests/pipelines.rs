@@ -249,6 +249,8 @@ stages:{prepare}
       net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}
       device: cpu
   infer: {{stage: infer, after: [resample, train], params: {{largest_component: true, tta: true}}}}
+  evaluate: {{stage: evaluate, after: [load, infer]}}
+  report: {{stage: report, after: [evaluate], params: {{figures: false}}}}
 "#
     );
     write(d.path(), "p.yaml", &yaml);
@@ -303,6 +305,31 @@ stages:{prepare}
         let ours = shapeflow_core::Volume::read_nifti(&out.join(n)).unwrap();
         assert_eq!(ours, theirs, "{n}");
     }
+    // Train -> predict -> evaluate: `predict`'s folder read back by `load`'s `predictions`
+    // format and scored against the dataset gives the metrics the training pipeline's own
+    // evaluation gave.
+    let scoring = format!(
+        r#"
+name: score
+stages:
+  load:
+    stage: load
+    params: {{format: msd, root: "{}", merge: {{hippocampus: [1, 2]}}, split: holdout, val_fraction: 0.0, test_fraction: 0.3, limit: 10}}
+  prediction: {{stage: load, params: {{format: predictions, root: "{}"}}}}
+  evaluate: {{stage: evaluate, after: [load, prediction]}}
+  report: {{stage: report, after: [evaluate], params: {{figures: false}}}}
+"#,
+        shared("hippocampus").display(),
+        out.display()
+    );
+    write(d.path(), "score.yaml", &scoring);
+    let (rs, scored) = run_with_manifest(d.path(), "score.yaml", &[]);
+    assert!(rs.ok(), "{}", rs.table());
+    assert_eq!(rs.node("evaluate", "default").unwrap().computed, 3);
+    let csv = |run: &Path| std::fs::read_to_string(run.join("report/metrics.csv")).unwrap();
+    let inside = csv(run_dir);
+    assert_eq!(inside.lines().count(), 4, "{inside}");
+    assert_eq!(csv(scored.parent().unwrap()), inside);
     // The same model as a package inside another pipeline (`infer.package`): the same
     // predictions; the package's content is in the key, so a second run computes nothing.
     let q = format!(
@@ -370,6 +397,47 @@ stages:{prepare}
     std::fs::create_dir_all(&empty).unwrap();
     let o = run(args(model.to_str().unwrap(), empty.to_str().unwrap()));
     assert!(text(&o).contains("no images"), "{}", text(&o));
+    // A package from an incompatible version: a newer package format, or a preprocessing
+    // stage whose version differs from this build's (its output may differ), is refused
+    // with both versions named; nothing is written.
+    let lineage: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("pipeline.json")).unwrap())
+            .unwrap();
+    let edited = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| -> std::path::PathBuf {
+        let dir = d.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&model).unwrap().flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+        }
+        let mut l = lineage.clone();
+        edit(&mut l);
+        std::fs::write(dir.join("pipeline.json"), l.to_string()).unwrap();
+        dir
+    };
+    let newer = edited("newer", &|l| l["format"] = "shapeflow-pipeline/2".into());
+    let stale = edited("stale", &|l| {
+        let steps = l["preprocess"].as_array_mut().unwrap();
+        let resample = steps.iter_mut().find(|s| s["stage"] == "resample").unwrap();
+        let v = resample["version"].as_u64().unwrap();
+        resample["version"] = (v + 1).into();
+    });
+    let refused = d.path().join("refused");
+    for (pkg, expect) in [
+        (&newer, "package format `shapeflow-pipeline/2`"),
+        (&stale, "the model was made with version"),
+    ] {
+        let mut a = args(pkg.to_str().unwrap(), input.to_str().unwrap());
+        a[6] = refused.to_str().unwrap().into();
+        let o = run(a);
+        assert!(
+            o.status.code() == Some(1) && text(&o).contains(expect),
+            "{}",
+            text(&o)
+        );
+        assert!(!refused.exists(), "a refused package wrote {refused:?}");
+    }
 }
 
 const TRAIN_SLOW: &str = r#"

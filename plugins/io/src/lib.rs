@@ -54,6 +54,9 @@ Formats:
            `split: official` gives the challenge split: 38 train, 10 test (0522c0555-0746).
   msd      Medical Segmentation Decathlon / nnU-Net raw: dataset.json, imagesTr/, labelsTr/.
            Image and label must share one grid. `merge` renames or merges labels.
+  predictions  <root>/<case>.nii.gz label maps + <root>/labels.json, as `pipeline predict`
+           and `infer` write them (per-organ maps <case>_<organ>.nii.gz are skipped): no
+           images; the prediction input of `evaluate` against a reference dataset.
   phantom  Deterministic synthetic data from the pipeline's seed: `head-neck` (CT in HU with
            the 9 MICCAI 2015 organs) or `mri` (one hippocampus-like organ).
 
@@ -72,6 +75,7 @@ pub enum Format {
     Msd,
     OrganFiles,
     NnunetV2,
+    Predictions,
 }
 
 #[derive(

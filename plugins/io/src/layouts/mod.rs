@@ -6,6 +6,7 @@ mod msd;
 mod nnunet;
 mod organ_files;
 mod phantom;
+mod predictions;
 
 pub use organ_files::OrganFilesSpec;
 
@@ -55,6 +56,7 @@ pub fn make(p: &LoadParams, root: Option<PathBuf>) -> Result<Box<dyn Layout>, St
             OrganFilesSpec::pddca(),
             p,
         )),
+        Format::Predictions => Box::new(predictions::Predictions::new(root()?)),
         Format::OrganFiles => Box::new(organ_files::OrganFiles::new(
             root()?,
             OrganFilesSpec::from_params(p)?,
