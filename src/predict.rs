@@ -451,3 +451,61 @@ fn inputs_of(s: &Step, items: &HashMap<String, Arc<Item>>) -> Result<Inputs> {
     }
     Ok(inputs.with_bindings(Arc::new(s.bindings.clone())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"").unwrap();
+    }
+
+    /// Each kind of input gives its cases; ambiguous or empty ones are named errors.
+    #[test]
+    fn inputs_are_files_folders_case_folders_or_datasets() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        // Case folders (OpenKBP): the one image at the top level, masks below ignored.
+        touch(&r.join("cases/pt_2/ct.nii.gz"));
+        touch(&r.join("cases/pt_2/structures/Brainstem.nii.gz"));
+        touch(&r.join("cases/pt_1/ct.nii.gz"));
+        let got = input_images(&r.join("cases"), None).unwrap();
+        assert_eq!(
+            got,
+            [
+                ("pt_1".to_string(), r.join("cases/pt_1/ct.nii.gz")),
+                ("pt_2".to_string(), r.join("cases/pt_2/ct.nii.gz")),
+            ]
+        );
+        touch(&r.join("cases/pt_1/dose.nii.gz"));
+        let e = input_images(&r.join("cases"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pt_1") && e.contains("--image"), "{e}");
+        let got = input_images(&r.join("cases"), Some("ct.nii.gz")).unwrap();
+        assert_eq!(got.len(), 2);
+        // An MSD / nnU-Net dataset: its imagesTs.
+        touch(&r.join("msd/dataset.json"));
+        touch(&r.join("msd/imagesTr/a_0000.nii.gz"));
+        let e = input_images(&r.join("msd"), None).unwrap_err().to_string();
+        assert!(e.contains("imagesTs") && e.contains("imagesTr"), "{e}");
+        touch(&r.join("msd/imagesTs/b_0000.nii.gz"));
+        let got = input_images(&r.join("msd"), None).unwrap();
+        assert_eq!(
+            got,
+            [("b".to_string(), r.join("msd/imagesTs/b_0000.nii.gz"))]
+        );
+        // A folder of images; a single file.
+        touch(&r.join("flat/x.nrrd"));
+        touch(&r.join("flat/notes.txt"));
+        assert_eq!(input_images(&r.join("flat"), None).unwrap().len(), 1);
+        assert_eq!(
+            input_images(&r.join("flat/x.nrrd"), None).unwrap()[0].0,
+            "x"
+        );
+        std::fs::create_dir_all(r.join("none")).unwrap();
+        let e = input_images(&r.join("none"), None).unwrap_err().to_string();
+        assert!(e.contains("no images"), "{e}");
+    }
+}

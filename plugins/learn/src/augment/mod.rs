@@ -10,9 +10,13 @@
 
 use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
-use shapeflow_core::{CaseData, SdmSet, Volume, VoxelData};
+use shapeflow_core::{CaseData, SdmSet, VoxelData};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
+
+mod store;
+pub use store::{quantise, MapView, StoreWriter, TrainStore};
 
 pub use shapeflow_core::rng::Rng;
 
@@ -107,18 +111,23 @@ pub fn organ_voxels(labels: &[u8], organs: usize) -> Vec<Vec<u32>> {
     out
 }
 
-/// A training case: normalised image, labels, SDMs (f32, same grid) and organ table.
+/// A training case: normalised image, labels, SDMs (same grid) and organ table. The voxels
+/// live in a [`TrainStore`] shared by every case of a training set (in memory or mapped
+/// from a file); the case holds where its arrays are.
 pub struct TrainCase {
     pub id: String,
-    pub image: Arc<Volume>,
-    pub labels: Arc<Volume>,
-    pub sdms: Vec<Option<Vec<f32>>>,
+    pub dims: [usize; 3],
+    pub spacing: [f64; 3],
     pub organs: Vec<String>,
     pub present: Vec<bool>,
     /// Voxel indices of each organ, for foreground sampling.
     organ_voxels: Vec<Vec<u32>>,
-    /// The image as f32, converted once.
-    image_f32: Vec<f32>,
+    store: Arc<TrainStore>,
+    /// Byte ranges in the store: the image as f32, the labels as u8, each organ's SDM as
+    /// 16-bit with its scale (None: absent organ, or a head that needs no maps).
+    image: Range<usize>,
+    labels: Range<usize>,
+    sdms: Vec<Option<(Range<usize>, f32)>>,
     /// What lies outside the volume: the image's minimum (air in a CT, background in an
     /// MRI), not 0, which in a windowed CT is soft tissue.
     pad: f32,
@@ -127,27 +136,71 @@ pub struct TrainCase {
     lr_axis: usize,
 }
 
-impl TrainCase {
-    /// From a case and its SDMs (same grid). The image is used as is: normalise it first.
-    pub fn new(id: &str, case: &CaseData, sdms: &SdmSet) -> Result<TrainCase, String> {
-        Self::with_organ_voxels(id, case, sdms, None)
+/// Builds a training set case by case into one [`TrainStore`], holding one case's voxels
+/// at a time.
+pub struct TrainSetBuilder {
+    writer: StoreWriter,
+    /// Whether SDMs are kept (heads trained on SDM targets need them; a Dice head not).
+    keep_maps: bool,
+    cases: Vec<Pending>,
+}
+
+/// A case whose voxels are written, waiting for the store to be finished.
+struct Pending {
+    id: String,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    organs: Vec<String>,
+    present: Vec<bool>,
+    organ_voxels: Vec<Vec<u32>>,
+    image: Range<usize>,
+    labels: Range<usize>,
+    sdms: Vec<Option<(Range<usize>, f32)>>,
+    pad: f32,
+    lr_axis: usize,
+}
+
+impl TrainSetBuilder {
+    /// Voxels in memory.
+    pub fn in_memory(keep_maps: bool) -> TrainSetBuilder {
+        TrainSetBuilder {
+            writer: StoreWriter::in_memory(),
+            keep_maps,
+            cases: Vec::new(),
+        }
     }
 
-    /// As [`TrainCase::new`], with each organ's voxel indices precomputed (by the `augment`
-    /// stage, see [`organ_voxels`]) instead of found again from the labels.
-    pub fn with_organ_voxels(
+    /// Voxels in an unnamed, memory-mapped file under `dir`.
+    pub fn in_file(dir: &std::path::Path, keep_maps: bool) -> Result<TrainSetBuilder, String> {
+        Ok(TrainSetBuilder {
+            writer: StoreWriter::in_file(dir).map_err(|e| {
+                format!(
+                    "cannot create the training set file in {}: {e}",
+                    dir.display()
+                )
+            })?,
+            keep_maps,
+            cases: Vec::new(),
+        })
+    }
+
+    /// Adds a case (its image normalised already) and its SDMs (same grid), with each
+    /// organ's voxel indices precomputed (by the `augment` stage, see [`organ_voxels`])
+    /// or found from the labels (`None`).
+    pub fn add(
+        &mut self,
         id: &str,
         case: &CaseData,
         sdms: &SdmSet,
         voxels: Option<Vec<Vec<u32>>>,
-    ) -> Result<TrainCase, String> {
+    ) -> Result<(), String> {
         let image = case
             .image
-            .clone()
+            .as_ref()
             .ok_or_else(|| format!("case {id} has no image"))?;
         let labels = case
             .labels
-            .clone()
+            .as_ref()
             .ok_or_else(|| format!("case {id} has no labels"))?;
         if !image.grid().same_as(&labels.grid(), 1e-3) {
             return Err(format!("case {id}: image and labels differ in grid"));
@@ -166,39 +219,105 @@ impl TrainCase {
             }
             None => organ_voxels(l, case.organs.len()),
         };
-        let maps = sdms
-            .maps
+        let io = |e: std::io::Error| format!("case {id}: cannot write the training set: {e}");
+        let img = image.to_f32();
+        let pad = img
             .iter()
-            .map(|m| {
-                m.as_ref()
-                    .map(|v| {
-                        if v.dims != image.dims {
-                            Err(format!("case {id}: SDM grid differs from the image"))
-                        } else {
-                            Ok(v.to_f32())
-                        }
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TrainCase {
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(f32::INFINITY, f32::min)
+            .min(0.0);
+        let image_at = self.writer.f32s(&img).map_err(io)?;
+        drop(img);
+        let labels_at = self.writer.u8s(l).map_err(io)?;
+        let mut maps = Vec::with_capacity(sdms.maps.len());
+        for m in &sdms.maps {
+            maps.push(match m {
+                Some(v) if self.keep_maps => {
+                    if v.dims != image.dims {
+                        return Err(format!("case {id}: SDM grid differs from the image"));
+                    }
+                    let (q, scale) = store::quantise(&v.to_f32());
+                    Some((self.writer.i16s(&q).map_err(io)?, scale))
+                }
+                _ => None,
+            });
+        }
+        self.cases.push(Pending {
             id: id.to_string(),
-            pad: image
-                .to_f32()
-                .iter()
-                .copied()
-                .filter(|v| v.is_finite())
-                .fold(f32::INFINITY, f32::min)
-                .min(0.0),
-            image_f32: image.to_f32(),
-            lr_axis: crate::tta::left_right_axis(&image.affine),
-            image,
-            labels,
-            sdms: maps,
+            dims: image.dims,
+            spacing: image.spacing,
             organs: case.organs.clone(),
             present: case.present.clone(),
             organ_voxels,
+            image: image_at,
+            labels: labels_at,
+            sdms: maps,
+            pad,
+            lr_axis: crate::tta::left_right_axis(&image.affine),
+        });
+        Ok(())
+    }
+
+    /// The cases, sharing the finished store.
+    pub fn finish(self) -> Result<Vec<TrainCase>, String> {
+        let store = Arc::new(
+            self.writer
+                .finish()
+                .map_err(|e| format!("cannot finish the training set: {e}"))?,
+        );
+        Ok(self
+            .cases
+            .into_iter()
+            .map(|p| TrainCase {
+                id: p.id,
+                dims: p.dims,
+                spacing: p.spacing,
+                organs: p.organs,
+                present: p.present,
+                organ_voxels: p.organ_voxels,
+                store: store.clone(),
+                image: p.image,
+                labels: p.labels,
+                sdms: p.sdms,
+                pad: p.pad,
+                lr_axis: p.lr_axis,
+            })
+            .collect())
+    }
+}
+
+impl TrainCase {
+    /// One case in memory, from a case and its SDMs (same grid). The image is used as is:
+    /// normalise it first.
+    pub fn new(id: &str, case: &CaseData, sdms: &SdmSet) -> Result<TrainCase, String> {
+        let mut b = TrainSetBuilder::in_memory(true);
+        b.add(id, case, sdms, None)?;
+        Ok(b.finish()?.remove(0))
+    }
+
+    /// The normalised image, x fastest.
+    pub fn image(&self) -> &[f32] {
+        self.store.f32s(&self.image)
+    }
+
+    /// The label map (0 background, k = organs[k - 1]).
+    pub fn labels(&self) -> &[u8] {
+        self.store.u8s(&self.labels)
+    }
+
+    /// Organ `k`'s SDM, if held.
+    pub fn sdm(&self, k: usize) -> Option<MapView<'_>> {
+        let (r, scale) = self.sdms.get(k)?.as_ref()?;
+        Some(MapView {
+            q: self.store.i16s(r),
+            scale: *scale,
         })
+    }
+
+    /// The store this case's voxels are in.
+    pub fn store(&self) -> &TrainStore {
+        &self.store
     }
 
     /// Organ index pairs (left, right) found by name: `X_L`/`X_R`, `X-Lt`/`X-Rt`,
@@ -243,6 +362,12 @@ fn rotation(ax: f64, ay: f64, az: f64) -> [[f64; 3]; 3] {
 /// Trilinear interpolation of `data` (dims `d`) at continuous voxel coordinates `p`,
 /// clamped to the volume.
 fn trilinear(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f32 {
+    trilinear_by(d, p, |i| data[i])
+}
+
+/// [`trilinear`] over voxels read by `at` (index, x fastest).
+#[inline]
+fn trilinear_by(d: [usize; 3], p: [f64; 3], at: impl Fn(usize) -> f32) -> f32 {
     let f: [f64; 3] = std::array::from_fn(|a| p[a].clamp(0.0, (d[a] - 1) as f64));
     let i0: [usize; 3] = std::array::from_fn(|a| f[a].floor() as usize);
     let t: [f64; 3] = std::array::from_fn(|a| f[a] - i0[a] as f64);
@@ -254,7 +379,7 @@ fn trilinear(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f32 {
             .map(|a| if o[a] == 1 { t[a] } else { 1.0 - t[a] })
             .product();
         if w != 0.0 {
-            acc += w * data[idx[0] + d[0] * (idx[1] + d[1] * idx[2])] as f64;
+            acc += w * at(idx[0] + d[0] * (idx[1] + d[1] * idx[2])) as f64;
         }
     }
     acc as f32
@@ -282,8 +407,8 @@ pub fn sample(
 ) -> Sample {
     let mut rng = sample_rng(seed, epoch, index);
     let case = &cases[rng.below(cases.len())];
-    let d = case.image.dims;
-    let sp = case.image.spacing;
+    let d = case.dims;
+    let sp = case.spacing;
     // Patch centre: an organ voxel (organ chosen uniformly among present, non-empty ones) or
     // a uniform voxel.
     let candidates: Vec<usize> = (0..case.organs.len())
@@ -333,10 +458,8 @@ pub fn sample(
     let noise_seed = rng.next_u64();
 
     let n = ps[0] * ps[1] * ps[2];
-    let VoxelData::U8(labels) = &case.labels.data else {
-        unreachable!("checked in TrainCase::new")
-    };
-    let img = &case.image_f32;
+    let labels = case.labels();
+    let img = case.image();
     let swap: BTreeMap<usize, usize> = if flipped {
         case.left_right_pairs()
             .into_iter()
@@ -407,8 +530,8 @@ pub fn sample(
                 };
                 for (c, dst) in out.sdms.iter_mut().enumerate() {
                     let srcc = *swap.get(&c).unwrap_or(&c);
-                    if let Some(m) = case.sdms.get(srcc).and_then(|m| m.as_ref()) {
-                        dst[o] = zoomed(trilinear(m, d, src), scale as f32);
+                    if let Some(m) = case.sdm(srcc) {
+                        dst[o] = zoomed(trilinear_by(d, src, |i| m.get(i)), scale as f32);
                     }
                 }
                 // Intensity: scale, shift, gamma (sign-preserving: images are normalised to

@@ -1,4 +1,5 @@
 use super::*;
+use shapeflow_core::Volume;
 use shapeflow_io::phantom;
 
 fn cases(n: u64) -> Vec<TrainCase> {
@@ -51,11 +52,9 @@ fn identity_patch_is_a_plain_crop() {
     // Find where the crop came from: the patch's labels and image equal the volume's at an
     // integer offset, since with no rotation or scale the source points are voxel centres.
     let case = &c[0];
-    let d = case.image.dims;
-    let VoxelData::U8(l) = &case.labels.data else {
-        panic!()
-    };
-    let img = case.image.to_f32();
+    let d = case.dims;
+    let l = case.labels();
+    let img = case.image();
     let mut found = false;
     'search: for oz in 0..=d[2] - 5 {
         for oy in 0..=d[1] - 7 {
