@@ -125,7 +125,7 @@ struct PipelineArgs {
     /// Fail at once if another process holds the cache, instead of waiting.
     #[arg(long)]
     no_wait: bool,
-    /// Only these variants (comma-separated; with `seeds:`, a name selects all its seeds).
+    /// Only these variants (comma-separated; a name selects all its seeds and cross-validation folds).
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
 }
@@ -396,13 +396,15 @@ fn load_variants(
 ) -> Result<(resolve::Resolved, Vec<Override>)> {
     let mut pf = PipelineFile::load(file)?;
     if !only.is_empty() {
-        let base = |name: &str| name.split('@').next().unwrap_or(name).to_string();
+        // A variant's name selects its seeds (`dice@1`) and folds (`dice:f0`), and a fold
+        // its seeds.
+        let selects = |want: &str, name: &str| {
+            let no_seed = name.split('@').next().unwrap_or(name);
+            let no_fold = no_seed.split(':').next().unwrap_or(no_seed);
+            want == name || want == no_seed || want == no_fold
+        };
         for want in only {
-            if !pf
-                .variants
-                .iter()
-                .any(|v| v.name == *want || base(&v.name) == *want)
-            {
+            if !pf.variants.iter().any(|v| selects(want, &v.name)) {
                 let names: Vec<&str> = pf.variants.iter().map(|v| v.name.as_str()).collect();
                 return Err(anyhow!(
                     "--variants: `{want}` is not a variant of {}; it has: {}",
@@ -412,7 +414,7 @@ fn load_variants(
             }
         }
         pf.variants
-            .retain(|v| only.iter().any(|w| *w == v.name || *w == base(&v.name)));
+            .retain(|v| only.iter().any(|w| selects(w, &v.name)));
     }
     let overrides: Vec<Override> = sets
         .iter()

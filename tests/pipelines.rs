@@ -837,6 +837,85 @@ fn a_moved_dataset_is_served_from_the_cache() {
     assert_eq!((n.computed, n.cached), (1, 2), "{}", r.table());
 }
 
+/// `cross_validation: {stage: load, folds: 3}`: every variant once per fold, sharing every
+/// per-case item; each fold's model segments its own val cases, and the report pools the
+/// folds (every case once: the cross-validation result) and lists each fold's mean.
+#[test]
+fn cross_validation_runs_every_fold_and_pools_them_in_the_report() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = r#"
+name: cv
+cross_validation: {stage: load, folds: 3}
+stages:
+  load: {stage: load, params: {format: phantom, phantom: mri, cases: 6, dims: [24, 24, 24], test_fraction: 0.0}}
+  sdm: {stage: edt-sdm, after: [load]}
+  augment: {stage: augment, after: [load, sdm]}
+  train:
+    stage: train
+    after: [load, sdm, augment]
+    params: {epochs: 1, iterations: 1, patch: [16, 16, 16], net: {depth: 2, base_channels: 4, max_channels: 8, groups: 2}, device: cpu}
+  infer: {stage: infer, after: [load, train], params: {split: val}}
+  evaluate: {stage: evaluate, after: [load, infer]}
+  report: {stage: report, after: [evaluate], params: {figures: false}}
+variants:
+  dice: {train.mode: dice}
+  joint: {train.mode: joint}
+"#;
+    write(d.path(), "cv.yaml", yaml);
+    let (r, manifest) = run_with_manifest(d.path(), "cv.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    // Six cases loaded, and their SDMs computed, once: the folds' nodes (each shared by
+    // both variants) plan the same keys, and run one after another.
+    for stage in ["load", "sdm", "augment"] {
+        let computed: usize = (0..3)
+            .map(|i| r.node(stage, &format!("dice:f{i}")).unwrap().computed)
+            .sum();
+        assert_eq!(computed, 6, "{stage}: {}", r.table());
+    }
+    for f in ["dice:f0", "dice:f1", "dice:f2"] {
+        assert_eq!(
+            r.node("infer", f).unwrap().computed + r.node("infer", f).unwrap().cached,
+            2,
+            "{f}"
+        );
+    }
+    let report = manifest.parent().unwrap().join("report");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("variants.json")).unwrap())
+            .unwrap();
+    let folds = json["per_fold_means"].as_array().unwrap();
+    assert!(
+        folds
+            .iter()
+            .any(|f| f["variant"] == "dice" && f["per_fold"].as_array().unwrap().len() == 3),
+        "{json}"
+    );
+    let md = std::fs::read_to_string(report.join("variants.md")).unwrap();
+    assert!(
+        md.contains("## Cross-validation folds") && md.contains("| dice |"),
+        "{md}"
+    );
+    // `--variants dice` selects dice's three folds.
+    let o = run_child(d.path(), &["plan", "cv.yaml", "--variants", "dice"]);
+    let t = text(&o);
+    assert!(
+        o.status.code() == Some(0) && t.contains("dice:f2") && !t.contains("joint:f0"),
+        "{t}"
+    );
+    // Mistakes are named with their line.
+    write(
+        d.path(),
+        "bad.yaml",
+        &yaml.replace("{stage: load, folds: 3}", "{stage: lod, folds: 1}"),
+    );
+    let o = run_child(d.path(), &["validate", "bad.yaml"]);
+    assert!(
+        o.status.code() == Some(2) && text(&o).contains("no stage `lod`"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// `pipeline predict -m A -m B`: an ensemble's maps are the mean of its members' maps
 /// (each member predicted alone), and packages that replay different preprocessing are
 /// refused with the difference named.

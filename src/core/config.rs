@@ -157,6 +157,7 @@ const TOP_FIELDS: &[&str] = &[
     "description",
     "seed",
     "seeds",
+    "cross_validation",
     "cache",
     "stages",
     "variants",
@@ -362,6 +363,40 @@ impl PipelineFile {
         };
         let stages = parse_stages(&mut errs, &root);
         let (mut variants, mut explicit_variants) = parse_variants(&mut errs, &root);
+        if let Some((stage, k, pos)) = parse_cross_validation(&mut errs, &root, &stages) {
+            // Every variant once per fold: `<variant>:f<i>` (`cv:f<i>` without variants), the
+            // source stage told to split by k-fold and which fold is `val`. Those params only
+            // assign splits, so the folds share every per-case item.
+            let set = |param: &str, value: Value| Override {
+                stage: stage.clone(),
+                param: param.into(),
+                value: Node::new(value, pos),
+                pos,
+                origin: "cross_validation".into(),
+            };
+            variants = variants
+                .iter()
+                .flat_map(|v| {
+                    let set = &set;
+                    (0..k).map(move |i| {
+                        let mut overrides = v.overrides.clone();
+                        overrides.push(set("split", Value::Str("kfold".into())));
+                        overrides.push(set("folds", Value::Int(k as i64)));
+                        overrides.push(set("fold", Value::Int(i as i64)));
+                        VariantSpec {
+                            name: if explicit_variants {
+                                format!("{}:f{i}", v.name)
+                            } else {
+                                format!("cv:f{i}")
+                            },
+                            overrides,
+                            ..v.clone()
+                        }
+                    })
+                })
+                .collect();
+            explicit_variants = true;
+        }
         if let Some(seeds) = parse_seeds(&mut errs, &root) {
             // Every variant once per seed: `<variant>@<seed>`.
             variants = variants
@@ -668,11 +703,14 @@ fn parse_variants(errs: &mut Errs, root: &Node) -> (Vec<VariantSpec>, bool) {
                 ),
             ),
         }
-        if key.name.contains('@') {
+        if key.name.contains('@') || key.name.contains(':') {
             errs.push(
                 key.pos,
                 ErrorKind::BadVariant,
-                format!("variant name `{}`: `@` is kept for seeds", key.name),
+                format!(
+                    "variant name `{}`: `@` is kept for seeds and `:` for cross-validation folds",
+                    key.name
+                ),
             );
         }
         out.push(VariantSpec {
@@ -683,6 +721,63 @@ fn parse_variants(errs: &mut Errs, root: &Node) -> (Vec<VariantSpec>, bool) {
         });
     }
     (out, true)
+}
+
+/// `cross_validation: {stage: load, folds: 5}`: the source stage whose cases are split
+/// and the number of folds (2 or more).
+fn parse_cross_validation(
+    errs: &mut Errs,
+    root: &Node,
+    stages: &[StageSpec],
+) -> Option<(String, usize, Pos)> {
+    let node = root.get("cross_validation")?;
+    let usage = "`cross_validation` is a mapping: {stage: <the load stage>, folds: <2 or more>}";
+    let Value::Map(fields) = &node.value else {
+        errs.push(node.pos, ErrorKind::WrongType, usage);
+        return None;
+    };
+    for (k, _) in fields {
+        if k.name != "stage" && k.name != "folds" {
+            errs.push(
+                k.pos,
+                ErrorKind::WrongType,
+                format!("`cross_validation.{}` is not a field; {usage}", k.name),
+            );
+        }
+    }
+    let stage = match node.get("stage").map(|n| (&n.value, n.pos)) {
+        Some((Value::Str(s), pos)) => {
+            if !stages.iter().any(|st| st.id == *s) {
+                errs.push(
+                    pos,
+                    ErrorKind::WrongType,
+                    format!("`cross_validation.stage`: no stage `{s}` in this file"),
+                );
+                return None;
+            }
+            s.clone()
+        }
+        _ => {
+            errs.push(node.pos, ErrorKind::WrongType, usage);
+            return None;
+        }
+    };
+    let folds = match node.get("folds").map(|n| (&n.value, n.pos)) {
+        Some((Value::Int(k), _)) if *k >= 2 => *k as usize,
+        Some((_, pos)) => {
+            errs.push(
+                pos,
+                ErrorKind::WrongType,
+                "`cross_validation.folds` is a whole number, 2 or more",
+            );
+            return None;
+        }
+        None => {
+            errs.push(node.pos, ErrorKind::WrongType, usage);
+            return None;
+        }
+    };
+    Some((stage, folds, node.pos))
 }
 
 /// `seeds: [1, 2, 3]`: distinct non-negative integers.

@@ -1199,6 +1199,37 @@ fn blocked_by(engine: &Engine, n: usize) -> Option<Status> {
     None
 }
 
+/// Per node, the earlier nodes that plan some of the same item keys (cross-validation
+/// folds, variants that share per-case items under different split params): it runs after
+/// them and finds those items in the cache instead of computing them a second time at the
+/// same moment. An order only: their failure does not skip it (`blocked_by` reads the
+/// data dependencies). Nodes are in topological order, so an edge from an earlier node
+/// never closes a cycle.
+fn shared_key_order(plan: &Plan) -> Vec<Vec<usize>> {
+    let mut owner: HashMap<CacheKey, usize> = HashMap::new();
+    plan.nodes
+        .iter()
+        .enumerate()
+        .map(|(n, np)| {
+            let mut earlier: Vec<usize> = Vec::new();
+            for it in &np.items {
+                match owner.get(&it.key) {
+                    Some(&m) if m != n => {
+                        if !earlier.contains(&m) {
+                            earlier.push(m);
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        owner.insert(it.key, n);
+                    }
+                }
+            }
+            earlier
+        })
+        .collect()
+}
+
 /// Calls `combine_variants` for every gather stage id that ran, and finished, for several
 /// variants. Errors are logged: the run's own results are complete either way.
 fn combine_variants(engine: &Engine) {
@@ -1376,7 +1407,14 @@ pub fn execute(
         &opts,
         scratch_root.clone(),
     ));
-    let deps: Vec<Vec<usize>> = resolved.nodes.iter().map(|nd| nd.deps.clone()).collect();
+    let mut deps: Vec<Vec<usize>> = resolved.nodes.iter().map(|nd| nd.deps.clone()).collect();
+    for (n, earlier) in shared_key_order(&engine.plan).into_iter().enumerate() {
+        for m in earlier {
+            if !deps[n].contains(&m) {
+                deps[n].push(m);
+            }
+        }
+    }
     let eng = engine.clone();
     let job: dag::Job = Arc::new(move |i: usize| {
         let eng = eng.clone();

@@ -370,13 +370,30 @@ pub type SeedMeans = BTreeMap<(String, String, String), Vec<(String, f64)>>;
 pub fn pool_seeds(
     outputs: &[(String, serde_json::Value)],
 ) -> Option<(Vec<(String, serde_json::Value)>, SeedMeans)> {
-    if !outputs.iter().any(|(v, _)| v.contains('@')) {
+    pool_by(outputs, '@')
+}
+
+/// Cross-validation folds (`<variant>:f<i>`, from `cross_validation:`) pooled as
+/// [`pool_seeds`] pools seeds, keyed `<case>:<fold>`: the pooled series is the
+/// cross-validation result (each fold's model on its own cases), and the per-fold means
+/// show the spread over folds. `None` when no variant name carries a fold.
+pub fn pool_folds(
+    outputs: &[(String, serde_json::Value)],
+) -> Option<(Vec<(String, serde_json::Value)>, SeedMeans)> {
+    pool_by(outputs, ':')
+}
+
+fn pool_by(
+    outputs: &[(String, serde_json::Value)],
+    sep: char,
+) -> Option<(Vec<(String, serde_json::Value)>, SeedMeans)> {
+    if !outputs.iter().any(|(v, _)| v.contains(sep)) {
         return None;
     }
     let mut pooled: Vec<(String, serde_json::Value)> = Vec::new();
     let mut per_seed: SeedMeans = BTreeMap::new();
     for (name, doc) in outputs {
-        let (base, seed) = name.split_once('@').unwrap_or((name.as_str(), ""));
+        let (base, seed) = name.split_once(sep).unwrap_or((name.as_str(), ""));
         let at = match pooled.iter().position(|(v, _)| v == base) {
             Some(i) => i,
             None => {
@@ -406,7 +423,8 @@ pub fn pool_seeds(
                         ));
                 }
                 for (case, v) in cases {
-                    pooled[at].1["per_case"][organ][metric][format!("{case}@{seed}")] = v.clone();
+                    pooled[at].1["per_case"][organ][metric][format!("{case}{sep}{seed}")] =
+                        v.clone();
                 }
             }
         }
@@ -416,8 +434,14 @@ pub fn pool_seeds(
 
 /// Markdown: per variant, organ and metric, the per-seed means, their range and sd.
 pub fn seed_spread_table(per_seed: &SeedMeans) -> String {
-    let mut md = String::from(
-        "| variant | organ | metric | mean per seed | range | sd over seeds |\n|---|---|---|---|---|---|\n",
+    spread_table(per_seed, "seed")
+}
+
+/// Markdown: per variant, organ and metric, the means per `what` (seed, fold), their
+/// range and sd.
+pub fn spread_table(per_seed: &SeedMeans, what: &str) -> String {
+    let mut md = format!(
+        "| variant | organ | metric | mean per {what} | range | sd over {what}s |\n|---|---|---|---|---|---|\n",
     );
     for ((variant, organ, metric), seeds) in per_seed {
         let vals: Vec<f64> = seeds.iter().map(|(_, m)| *m).collect();
@@ -591,9 +615,27 @@ impl Stage for Report {
             .map(|(v, i)| (v.clone(), i.as_json().cloned().unwrap_or_default()))
             .collect();
         let pooled = pool_seeds(&docs);
-        let (table, mut json) = match &pooled {
+        let seeds_pooled = pooled
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .unwrap_or(docs.clone());
+        let folds = pool_folds(&seeds_pooled);
+        let (table, mut json) = match &folds {
             Some((p, _)) => compare_variants(p),
-            None => compare_variants(&docs),
+            None => compare_variants(&seeds_pooled),
+        };
+        let folds_md = match &folds {
+            Some((_, per_fold)) => {
+                json["per_fold_means"] = serde_json::json!(per_fold
+                    .iter()
+                    .map(|((v, o, m), s)| serde_json::json!({"variant": v, "organ": o, "metric": m, "per_fold": s}))
+                    .collect::<Vec<_>>());
+                format!(
+                    "\n\n## Cross-validation folds\n\nEach variant ran once per fold (`cross_validation:`); above, the folds' cases are pooled: the cross-validation result. Here, each fold's mean over its cases:\n\n{}",
+                    spread_table(per_fold, "fold")
+                )
+            }
+            None => String::new(),
         };
         let seeds_md = match &pooled {
             Some((_, per_seed)) => {
@@ -608,7 +650,7 @@ impl Stage for Report {
             }
             None => String::new(),
         };
-        let table = format!("{table}{seeds_md}");
+        let table = format!("{table}{folds_md}{seeds_md}");
         let title = self
             .0
             .title
@@ -848,7 +890,42 @@ mod tests {
 
 #[cfg(test)]
 mod compare_tests {
-    use super::{compare_variants, pool_seeds, seed_spread_table};
+    use super::{compare_variants, pool_folds, pool_seeds, seed_spread_table, spread_table};
+
+    /// Folds (each with its own cases) pool into one cross-validation series per variant;
+    /// with seeds as well, seeds pool first, then folds.
+    #[test]
+    fn folds_pool_into_the_cross_validation_result() {
+        let doc = |c: &str, v: f64| serde_json::json!({"per_case": {"organ": {"dice": {c: v}}}});
+        let outputs = vec![
+            ("dice:f0@1".to_string(), doc("a", 0.2)),
+            ("dice:f0@2".to_string(), doc("a", 0.4)),
+            ("dice:f1@1".to_string(), doc("b", 0.8)),
+            ("dice:f1@2".to_string(), doc("b", 1.0)),
+        ];
+        let (by_seed, _) = pool_seeds(&outputs).unwrap();
+        assert_eq!(by_seed.len(), 2);
+        let (pooled, per_fold) = pool_folds(&by_seed).unwrap();
+        assert_eq!(pooled.len(), 1);
+        assert_eq!(pooled[0].0, "dice");
+        let cases = pooled[0].1["per_case"]["organ"]["dice"]
+            .as_object()
+            .unwrap();
+        assert_eq!(cases.len(), 4, "{cases:?}");
+        assert_eq!(cases["b@2:f1"], 1.0);
+        let f = &per_fold[&("dice".into(), "organ".into(), "dice".into())];
+        assert_eq!(f.len(), 2);
+        assert!(
+            (f[0].1 - 0.3).abs() < 1e-12 && (f[1].1 - 0.9).abs() < 1e-12,
+            "{f:?}"
+        );
+        let md = spread_table(&per_fold, "fold");
+        assert!(
+            md.contains("mean per fold") && md.contains("f0: 0.300, f1: 0.900"),
+            "{md}"
+        );
+        assert!(pool_folds(&outputs[..0]).is_none());
+    }
 
     #[test]
     fn seeds_pool_by_case_and_seed_and_report_their_spread() {
