@@ -916,6 +916,72 @@ variants:
     );
 }
 
+/// An nnU-Net v2 dataset with `imagesTs/` (no labels), built from the shared hippocampus:
+/// its test images are test cases whatever the split policy; every stage takes them
+/// (SDMs none, no training on them), `infer` segments them, and `evaluate` records their
+/// organs as not annotated instead of failing.
+#[test]
+fn unlabeled_test_images_are_segmented_and_not_scored() {
+    let d = tempfile::tempdir().unwrap();
+    let ds = shapeflow_io::datasets::msd_dataset(&shared("hippocampus"), false).unwrap();
+    let root = d.path().join("Dataset004_Hippocampus");
+    for sub in ["imagesTr", "labelsTr", "imagesTs"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for (i, c) in ds.cases[..8].iter().enumerate() {
+        let id = &c.id;
+        if i < 6 {
+            std::os::unix::fs::symlink(&c.image, root.join(format!("imagesTr/{id}_0000.nii.gz")))
+                .unwrap();
+            std::os::unix::fs::symlink(&c.label, root.join(format!("labelsTr/{id}.nii.gz")))
+                .unwrap();
+        } else {
+            std::os::unix::fs::symlink(&c.image, root.join(format!("imagesTs/{id}_0000.nii.gz")))
+                .unwrap();
+        }
+    }
+    let tests: Vec<String> = ds.cases[6..8].iter().map(|c| c.id.clone()).collect();
+    std::fs::write(
+        root.join("dataset.json"),
+        r#"{"channel_names": {"0": "MRI"}, "labels": {"background": 0, "anterior": 1, "posterior": 2}, "numTraining": 6, "file_ending": ".nii.gz"}"#,
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"
+name: unlabeled
+stages:
+  load: {{stage: load, params: {{format: nnunet-v2, root: "{}", split: holdout, val_fraction: 0.0, test_fraction: 0.0}}}}
+  sdm: {{stage: edt-sdm, after: [load]}}
+  augment: {{stage: augment, after: [load, sdm]}}
+  train:
+    stage: train
+    after: [load, sdm, augment]
+    params: {{epochs: 1, iterations: 1, patch: [16, 16, 16], net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}, device: cpu}}
+  infer: {{stage: infer, after: [load, train]}}
+  evaluate: {{stage: evaluate, after: [load, infer]}}
+  report: {{stage: report, after: [evaluate], params: {{figures: false}}}}
+"#,
+        root.display()
+    );
+    write(d.path(), "p.yaml", &yaml);
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    assert_eq!(r.node("load", "default").unwrap().computed, 8);
+    assert_eq!(r.node("infer", "default").unwrap().computed, 2);
+    let run = manifest.parent().unwrap();
+    for id in &tests {
+        assert!(run.join(format!("infer/{id}.nii.gz")).is_file(), "{id}");
+    }
+    let csv = std::fs::read_to_string(run.join("report/metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    assert!(
+        rows.iter()
+            .all(|l| tests.iter().any(|t| l.starts_with(t.as_str())) && l.contains(",absent,")),
+        "{csv}"
+    );
+}
+
 /// `pipeline predict -m A -m B`: an ensemble's maps are the mean of its members' maps
 /// (each member predicted alone), and packages that replay different preprocessing are
 /// refused with the difference named.

@@ -142,10 +142,24 @@ pub fn evaluate_case(
     prediction: &CaseData,
     p: &EvalParams,
 ) -> Result<CaseRecord, StageError> {
-    let rl = reference
-        .labels
-        .as_ref()
-        .ok_or_else(|| StageError::msg("the reference has no labels"))?;
+    let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let convention = match p.surface {
+        Surface::BoundaryVoxels => name(serde_json::to_value(p.convention).unwrap_or_default()),
+        Surface::SurfaceElements => "surface-distance".into(),
+    };
+    // An unlabeled reference case (an MSD `test` entry, nnU-Net's imagesTs): nothing to
+    // compare, every organ recorded as not annotated.
+    let Some(rl) = reference.labels.as_ref() else {
+        return Ok(CaseRecord {
+            convention,
+            surface: name(serde_json::to_value(p.surface).unwrap_or_default()),
+            organs: reference
+                .organs
+                .iter()
+                .map(|o| (o.clone(), OrganRecord::absent("absent")))
+                .collect(),
+        });
+    };
     let pl = prediction
         .labels
         .as_ref()
@@ -188,11 +202,6 @@ pub fn evaluate_case(
     {
         out.insert(organ, OrganRecord::measured(&m));
     }
-    let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let convention = match p.surface {
-        Surface::BoundaryVoxels => name(serde_json::to_value(p.convention).unwrap_or_default()),
-        Surface::SurfaceElements => "surface-distance".into(),
-    };
     Ok(CaseRecord {
         convention,
         surface: name(serde_json::to_value(p.surface).unwrap_or_default()),

@@ -329,6 +329,8 @@ pub struct MsdCase {
 /// The MSD `dataset.json`: training cases and label names.
 pub struct MsdDataset {
     pub cases: Vec<MsdCase>,
+    /// The `test` entries: images without labels, as (case id, image path).
+    pub tests: Vec<(String, PathBuf)>,
     /// Label value -> name, background excluded.
     pub labels: BTreeMap<u8, String>,
 }
@@ -372,23 +374,70 @@ pub fn msd_dataset(root: &Path, allow_outside: bool) -> Result<MsdDataset, Strin
             }
         }
         let image = root.join(img);
-        let id = image
-            .file_name()
-            .map(|n| {
-                n.to_string_lossy()
-                    .trim_end_matches(".gz")
-                    .trim_end_matches(".nii")
-                    .to_string()
-            })
-            .unwrap_or_else(|| format!("case{i}"));
         cases.push(MsdCase {
-            id,
+            id: msd_id(&image, i),
             image,
             label: root.join(lab),
         });
     }
     cases.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(MsdDataset { cases, labels })
+    // `test`: a list of image paths (MSD), or of {image: path}.
+    let mut tests = Vec::new();
+    for (i, t) in j["test"].as_array().into_iter().flatten().enumerate() {
+        let Some(rel) = t.as_str().or_else(|| t["image"].as_str()) else {
+            return Err(format!(
+                "{}: test entry {i} must be an image path (or {{\"image\": path}})",
+                path.display()
+            ));
+        };
+        if !allow_outside && escapes(rel) {
+            return Err(format!(
+                "{}: test entry {i} `{rel}` points outside the dataset folder; refused (set \
+                 the load stage's `allow_outside_root: true` to allow it)",
+                path.display()
+            ));
+        }
+        let image = root.join(rel);
+        tests.push((msd_id(&image, i), image));
+    }
+    tests.sort();
+    Ok(MsdDataset {
+        cases,
+        tests,
+        labels,
+    })
+}
+
+/// An MSD case id: the image's file name without `.nii(.gz)`.
+fn msd_id(image: &Path, i: usize) -> String {
+    image
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .trim_end_matches(".gz")
+                .trim_end_matches(".nii")
+                .to_string()
+        })
+        .unwrap_or_else(|| format!("case{i}"))
+}
+
+/// An image without labels (a test case): labels `None`, every organ not annotated.
+pub fn load_unlabeled(image: &Path, organs: &[String]) -> Result<CaseData, String> {
+    let v = read_volume(image)?;
+    let mut notes = serde_json::Map::new();
+    notes.insert(
+        "source".into(),
+        serde_json::json!(image.display().to_string()),
+    );
+    notes.insert("unlabeled".into(), true.into());
+    Ok(CaseData {
+        original: Some(v.grid()),
+        image: Some(Arc::new(v)),
+        labels: None,
+        organs: organs.to_vec(),
+        present: vec![false; organs.len()],
+        notes,
+    })
 }
 
 /// Whether a relative path from a dataset file leaves its folder: absolute, or with a `..`

@@ -45,15 +45,20 @@ Formats:
            means not contoured: absent, never an empty mask. `folders` maps split folders
            (train/, validation/) to splits; `val_fraction` carves val out of train.
   nnunet-v2  nnU-Net v2 raw: <root>/dataset.json (channel_names, labels as name -> value,
-           file_ending, numTraining), imagesTr/<case>_0000<ending>, labelsTr/<case><ending>.
-           One channel; region-based labels are refused (use `merge`).
+           file_ending, numTraining), imagesTr/<case>_0000<ending>, labelsTr/<case><ending>;
+           imagesTs/<case>_0000<ending> are test cases without labels. One channel;
+           region-based labels are refused (use `merge`).
   pddca    <root>/<case>/img.nrrd + <root>/<case>/structures/<Organ>.nrrd (MICCAI 2015).
            An organ without a file is recorded as absent, never as an empty mask. Where two
            masks overlap the smaller structure wins (chiasm > optic nerves > brainstem >
            submandibular > parotid > others); the count is in the case notes.
            `split: official` gives the challenge split: 38 train, 10 test (0522c0555-0746).
   msd      Medical Segmentation Decathlon / nnU-Net raw: dataset.json, imagesTr/, labelsTr/.
-           Image and label must share one grid. `merge` renames or merges labels.
+           Image and label must share one grid. `merge` renames or merges labels. `test`
+           entries (imagesTs/) are test cases without labels.
+
+Images without labels are always `test` cases, whatever `split` says: `infer` segments them,
+`evaluate` records their organs as not annotated, nothing trains on them.
   predictions  <root>/<case>.nii.gz label maps + <root>/labels.json, as `pipeline predict`
            and `infer` write them (per-organ maps <case>_<organ>.nii.gz are skipped): no
            images; the prediction input of `evaluate` against a reference dataset.
@@ -449,8 +454,10 @@ impl Stage for Load {
 
     fn discover(&self, ctx: &StageCtx) -> Result<Vec<CaseInfo>, StageError> {
         let found = self.layout.discover(ctx.seed).map_err(StageError::msg)?;
-        let own_split = found.iter().any(|f| f.split.is_some());
-        let mut cases: Vec<CaseInfo> = found
+        // Unlabeled images are test cases whatever the policy; the policy splits the rest.
+        let (labeled, unlabeled): (Vec<_>, Vec<_>) = found.into_iter().partition(|f| f.labeled);
+        let own_split = labeled.iter().any(|f| f.split.is_some());
+        let mut cases: Vec<CaseInfo> = labeled
             .into_iter()
             .map(|f| CaseInfo {
                 id: f.id,
@@ -461,6 +468,14 @@ impl Stage for Load {
         if self.p.limit > 0 {
             cases.truncate(self.p.limit);
         }
+        let unlabeled: Vec<CaseInfo> = unlabeled
+            .into_iter()
+            .map(|f| CaseInfo {
+                id: f.id,
+                split: Some("test".into()),
+                fingerprint: f.fingerprint,
+            })
+            .collect();
         match self.p.split {
             Split::None => cases
                 .iter_mut()
@@ -470,6 +485,7 @@ impl Stage for Load {
             Split::Kfold => self.kfold(&mut cases),
             Split::File => self.split_from_file(&mut cases).map_err(StageError::msg)?,
         }
+        cases.extend(unlabeled);
         Ok(cases)
     }
 

@@ -123,10 +123,19 @@ pub fn band_limit(s: &mut SdmSet, band_mm: f64) {
 }
 
 pub fn case_sdms(case: &CaseData, normalize: bool) -> Result<SdmSet, StageError> {
-    let labels = case
-        .labels
-        .as_ref()
-        .ok_or_else(|| StageError::msg("this case has no label map"))?;
+    let units = if normalize {
+        SdmUnits::Normalized
+    } else {
+        SdmUnits::Mm
+    };
+    // An unlabeled case (a test image without labels): no organ annotated, no map.
+    let Some(labels) = case.labels.as_ref() else {
+        return Ok(SdmSet {
+            organs: case.organs.clone(),
+            maps: vec![None; case.organs.len()],
+            units,
+        });
+    };
     let VoxelData::U8(l) = &labels.data else {
         return Err(StageError::msg("label map must be u8"));
     };
@@ -156,11 +165,7 @@ pub fn case_sdms(case: &CaseData, normalize: bool) -> Result<SdmSet, StageError>
     Ok(SdmSet {
         organs: case.organs.clone(),
         maps,
-        units: if normalize {
-            SdmUnits::Normalized
-        } else {
-            SdmUnits::Mm
-        },
+        units,
     })
 }
 

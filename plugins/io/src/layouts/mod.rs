@@ -22,6 +22,9 @@ pub struct Found {
     pub split: Option<String>,
     /// Changes whenever the case's source files change.
     pub fingerprint: String,
+    /// False for an image without labels (an MSD `test` entry, nnU-Net's `imagesTs/`):
+    /// always `test`, whatever the split policy, for `infer` to segment.
+    pub labeled: bool,
 }
 
 /// One on-disk (or generated) dataset layout.

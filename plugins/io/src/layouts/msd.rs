@@ -40,20 +40,33 @@ impl Msd {
 
 impl Layout for Msd {
     fn discover(&self, _seed: u64) -> Result<Vec<Found>, String> {
-        Ok(datasets::msd_dataset(&self.root, self.allow_outside)?
+        let ds = datasets::msd_dataset(&self.root, self.allow_outside)?;
+        let tests = ds.tests.into_iter().map(|(id, image)| Found {
+            labeled: false,
+            fingerprint: datasets::fingerprint(&self.root, &[image]),
+            id,
+            split: None,
+        });
+        Ok(ds
             .cases
             .into_iter()
             .map(|c| Found {
+                labeled: true,
                 fingerprint: datasets::fingerprint(&self.root, &[c.image.clone(), c.label.clone()]),
                 id: c.id,
                 split: None,
             })
+            .chain(tests)
             .collect())
     }
 
     fn read(&self, _seed: u64, id: &str) -> Result<CaseData, String> {
         let ds = datasets::msd_dataset(&self.root, self.allow_outside)?;
         let organs = self.organs(&ds);
+        if let Some((_, image)) = ds.tests.iter().find(|(t, _)| t == id) {
+            let names: Vec<String> = organs.iter().map(|(n, _)| n.clone()).collect();
+            return datasets::load_unlabeled(image, &names);
+        }
         let c = ds
             .cases
             .iter()

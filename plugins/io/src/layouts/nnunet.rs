@@ -1,5 +1,6 @@
 //! nnU-Net v2 raw datasets: `dataset.json` (`channel_names`, `labels` as name -> value,
-//! `file_ending`, `numTraining`), `imagesTr/<case>_0000<ending>`, `labelsTr/<case><ending>`.
+//! `file_ending`, `numTraining`), `imagesTr/<case>_0000<ending>`, `labelsTr/<case><ending>`,
+//! and `imagesTs/<case>_0000<ending>` (no labels: test cases for `infer`).
 
 use super::{Found, Layout};
 use crate::datasets::{self, MsdCase};
@@ -149,23 +150,63 @@ impl NnUnet {
     }
 }
 
+impl NnUnet {
+    /// `imagesTs/<case>_0000<ending>`: images without labels, as (case id, path).
+    fn tests(&self, d: &Description) -> Result<Vec<(String, PathBuf)>, String> {
+        let dir = self.root.join("imagesTs");
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let suffix = format!("_0000{}", d.ending);
+        let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                Some((name.strip_suffix(&suffix)?.to_string(), e.path()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
 impl Layout for NnUnet {
     fn discover(&self, _seed: u64) -> Result<Vec<Found>, String> {
         let d = self.description()?;
+        let tests = self.tests(&d)?.into_iter().map(|(id, image)| Found {
+            labeled: false,
+            fingerprint: datasets::fingerprint(&self.root, &[image]),
+            id,
+            split: None,
+        });
         Ok(self
             .cases(&d)?
             .into_iter()
             .map(|c| Found {
+                labeled: true,
                 fingerprint: datasets::fingerprint(&self.root, &[c.image.clone(), c.label.clone()]),
                 id: c.id,
                 split: None,
             })
+            .chain(tests)
             .collect())
     }
 
     fn read(&self, _seed: u64, id: &str) -> Result<CaseData, String> {
         let d = self.description()?;
         let suffix = format!("_0000{}", d.ending);
+        let test = self.root.join("imagesTs").join(format!("{id}{suffix}"));
+        if !self
+            .root
+            .join("imagesTr")
+            .join(format!("{id}{suffix}"))
+            .exists()
+            && test.exists()
+        {
+            let names: Vec<String> = self.organs(&d).into_iter().map(|(n, _)| n).collect();
+            return datasets::load_unlabeled(&test, &names);
+        }
         let case = MsdCase {
             id: id.to_string(),
             image: self.root.join("imagesTr").join(format!("{id}{suffix}")),

@@ -122,6 +122,7 @@ impl Layout for OrganFiles {
                     .chain(c.masks.iter().flatten().cloned())
                     .collect();
                 Found {
+                    labeled: true,
                     fingerprint: datasets::fingerprint(&self.root, &files),
                     id: c.id,
                     split,

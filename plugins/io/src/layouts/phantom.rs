@@ -42,6 +42,7 @@ impl Layout for Phantoms {
             .map(|i| Found {
                 id: format!("phantom{i:03}"),
                 split: None,
+                labeled: true,
                 fingerprint: format!("seed {seed} index {i}"),
             })
             .collect())

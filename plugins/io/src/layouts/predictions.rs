@@ -91,6 +91,7 @@ impl Layout for Predictions {
             .iter()
             .filter(|s| !is_map(s))
             .map(|id| Found {
+                labeled: true,
                 fingerprint: datasets::fingerprint(
                     &self.root,
                     &[self.file(id), self.root.join("labels.json")],
