@@ -10,10 +10,10 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV" >&2
 fi
-STAMP="$VENV/.installed-v5"
+STAMP="$VENV/.installed-v6"
 if [ ! -f "$STAMP" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "numpy>=2,<3" "scipy>=1.13" "pynrrd==1.1.3" "nibabel>=5" "edt==3.1.2" "simpleitk>=2.4" "medpy==0.5.2" "surface-distance==0.1" "monai==1.6.1" "onnx>=1.17" "onnxruntime>=1.20" >&2
+    "numpy>=2,<3" "scipy>=1.13" "pynrrd==1.1.3" "nibabel>=5" "edt==3.1.2" "simpleitk>=2.4" "medpy==0.5.2" "surface-distance==0.1" "monai==1.6.1" "onnx>=1.17" "onnxruntime>=1.20" "pydicom>=3" "rt-utils==1.2.7" >&2
   touch "$STAMP"
 fi
 echo "$PWD/$VENV/bin/python"

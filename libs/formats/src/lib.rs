@@ -1,11 +1,13 @@
 //! Medical image file formats behind one reader/writer trait: NIfTI-1, NRRD and MetaImage,
-//! plus the atomic file writes every file meant for people goes through.
+//! plus the atomic file writes every file meant for people goes through, and DICOM-RT
+//! (a folder of slices and its structure set; `dicom`).
 //!
 //! This crate knows nothing about pipelines, stages or the cache: it turns files into
 //! [`Volume`]s and back. A new format is one new module implementing [`ImageFormat`] and
 //! one line in [`FORMATS`].
 
 pub mod atomic;
+pub mod dicom;
 pub mod metaimage;
 pub mod nifti;
 pub mod nrrd;

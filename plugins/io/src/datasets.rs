@@ -210,7 +210,7 @@ pub fn organ_file_cases(
 
 /// Label priority for overlapping masks: bigger structures first, so that smaller ones
 /// (chiasm, optic nerves) keep their voxels where two annotations touch.
-fn priority(organ: &str) -> u8 {
+pub(crate) fn priority(organ: &str) -> u8 {
     let o = organ.to_ascii_lowercase();
     if o.contains("chiasm") {
         6

@@ -59,6 +59,12 @@ Formats:
 
 Images without labels are always `test` cases, whatever `split` says: `infer` segments them,
 `evaluate` records their organs as not annotated, nothing trains on them.
+  dicom-rt  <root>/<case>/: one DICOM image series (CT or MR slices, uncompressed; sorted by
+           position, rescale applied; irregular spacing and gantry tilt refused) and an
+           RTSTRUCT whose closed contours are rasterised onto it (holes as contours inside
+           contours; a voxel whose centre is on a contour is inside). ROI names match
+           `organs` case-insensitively or through `aliases`; no ROI = absent organ; no
+           RTSTRUCT = an unlabeled test case.
   predictions  <root>/<case>.nii.gz label maps + <root>/labels.json, as `pipeline predict`
            and `infer` write them (per-organ maps <case>_<organ>.nii.gz are skipped): no
            images; the prediction input of `evaluate` against a reference dataset.
@@ -81,6 +87,7 @@ pub enum Format {
     OrganFiles,
     NnunetV2,
     Predictions,
+    DicomRt,
 }
 
 #[derive(
@@ -118,10 +125,10 @@ pub struct LoadParams {
     /// served from the cache.
     #[schemars(extend("x-locator" = true))]
     pub root: Option<String>,
-    /// pddca, organ-files: organ names (file stems under the structures folder); default the
+    /// pddca, organ-files, dicom-rt: organ names (file stems under the structures folder); default the
     /// 9 MICCAI 2015 organs.
     pub organs: Vec<String>,
-    /// pddca, organ-files: other file stems per organ, e.g. {BrainStem: [Brainstem]}.
+    /// pddca, organ-files, dicom-rt: other file stems (ROI names) per organ, e.g. {BrainStem: [Brainstem]}.
     pub aliases: BTreeMap<String, Vec<String>>,
     /// organ-files: the image's file name inside each case folder.
     pub image: String,

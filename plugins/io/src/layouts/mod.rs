@@ -2,6 +2,7 @@
 //! only [`Layout`]; a new layout is a new file here implementing it, plus its name in
 //! `Format` and one arm in [`make`].
 
+mod dicom_rt;
 mod msd;
 mod nnunet;
 mod organ_files;
@@ -60,6 +61,11 @@ pub fn make(p: &LoadParams, root: Option<PathBuf>) -> Result<Box<dyn Layout>, St
             p,
         )),
         Format::Predictions => Box::new(predictions::Predictions::new(root()?)),
+        Format::DicomRt => Box::new(dicom_rt::DicomRt::new(
+            root()?,
+            p.organ_names(),
+            p.aliases.clone(),
+        )),
         Format::OrganFiles => Box::new(organ_files::OrganFiles::new(
             root()?,
             OrganFilesSpec::from_params(p)?,

@@ -1,0 +1,568 @@
+//! DICOM-RT, the native format of radiotherapy data: an image series (a folder of CT or MR
+//! slices) read into one [`Volume`], and an RTSTRUCT's contours rasterised onto that
+//! series' grid. Reading only; through the `dicom-object` crate (dicom-rs).
+//!
+//! The series: slices sorted by their position along the slice normal (row x column
+//! cosines), rescale slope and intercept applied (HU kept as exact integers when they are
+//! integers), orientation and spacing from the headers. Refused, with the file and the
+//! field named: compressed pixel data, slices that differ in size, orientation or pixel
+//! spacing, irregular slice spacing, gantry tilt, several series in one folder.
+//!
+//! The structures: each ROI's `CLOSED_PLANAR` contours are polygons on the slices; a voxel
+//! belongs to the ROI where its centre lies inside an odd number of the slice's polygons
+//! (holes are contours inside contours) or on a polygon's edge (writers that trace mask
+//! boundaries, as rt-utils and most planning systems do, put the edge through the centres
+//! of the boundary voxels).
+
+use crate::{file_err, FormatError};
+use dicom_dictionary_std::tags;
+use dicom_object::{open_file, InMemDicomObject, OpenFileOptions};
+use shapeflow_volume::{Grid, Volume, VoxelData};
+use std::path::{Path, PathBuf};
+
+/// What a folder holds: image slices by series, and structure sets.
+#[derive(Debug, Default)]
+pub struct Folder {
+    /// (SeriesInstanceUID, modality, files), sorted by UID.
+    pub series: Vec<(String, String, Vec<PathBuf>)>,
+    pub structure_sets: Vec<PathBuf>,
+}
+
+/// One ROI of a structure set: its name and closed contours (patient LPS mm).
+#[derive(Debug, Clone)]
+pub struct Roi {
+    pub number: i64,
+    pub name: String,
+    pub contours: Vec<Vec<[f64; 3]>>,
+    /// Contours that are not closed polygons (points, open lines), not rasterised.
+    pub skipped: usize,
+}
+
+fn has_dicom_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 132];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head[128..] == b"DICM"
+}
+
+fn text(obj: &InMemDicomObject, tag: dicom_object::Tag) -> Option<String> {
+    obj.get(tag).and_then(|e| e.to_str().ok()).map(|s| {
+        s.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .to_string()
+    })
+}
+
+fn floats(obj: &InMemDicomObject, tag: dicom_object::Tag) -> Option<Vec<f64>> {
+    obj.get(tag).and_then(|e| e.to_multi_float64().ok())
+}
+
+/// Lists the DICOM files directly in `dir` (others are ignored): image series and
+/// structure sets.
+pub fn scan(dir: &Path) -> Result<Folder, FormatError> {
+    let mut out = Folder::default();
+    let entries = std::fs::read_dir(dir).map_err(|e| file_err(dir, e.to_string()))?;
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && has_dicom_magic(p))
+        .collect();
+    files.sort();
+    for f in files {
+        let obj = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(&f)
+            .map_err(|e| file_err(&f, format!("not a readable DICOM file: {e}")))?;
+        let modality = text(&obj, tags::MODALITY).unwrap_or_default();
+        if modality == "RTSTRUCT" {
+            out.structure_sets.push(f);
+            continue;
+        }
+        if obj.get(tags::IMAGE_POSITION_PATIENT).is_none() {
+            continue; // not an image slice (a plan, a dose, a report)
+        }
+        let uid = text(&obj, tags::SERIES_INSTANCE_UID).unwrap_or_default();
+        match out.series.iter_mut().find(|(u, _, _)| *u == uid) {
+            Some((_, _, list)) => list.push(f),
+            None => out.series.push((uid, modality, vec![f])),
+        }
+    }
+    out.series.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+struct Slice {
+    path: PathBuf,
+    position: [f64; 3],
+    along: f64,
+}
+
+fn need<T>(v: Option<T>, path: &Path, field: &str) -> Result<T, FormatError> {
+    v.ok_or_else(|| file_err(path, format!("missing or unreadable `{field}`")))
+}
+
+/// Reads one image series (its slice files) as a volume on its own grid (RAS+ mm).
+pub fn read_series(files: &[PathBuf]) -> Result<Volume, FormatError> {
+    let first = files
+        .first()
+        .ok_or_else(|| file_err(Path::new("."), "an empty series"))?;
+    // Geometry of every slice, from the headers (pixel data not read yet).
+    let mut slices = Vec::with_capacity(files.len());
+    let mut shape: Option<(Vec<f64>, Vec<f64>, u32, u32)> = None;
+    let mut normal = [0.0; 3];
+    for f in files {
+        let obj = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(f)
+            .map_err(|e| file_err(f, format!("not a readable DICOM file: {e}")))?;
+        let ipp = need(
+            floats(&obj, tags::IMAGE_POSITION_PATIENT),
+            f,
+            "ImagePositionPatient",
+        )?;
+        let iop = need(
+            floats(&obj, tags::IMAGE_ORIENTATION_PATIENT),
+            f,
+            "ImageOrientationPatient",
+        )?;
+        let ps = need(floats(&obj, tags::PIXEL_SPACING), f, "PixelSpacing")?;
+        let rows: u32 = need(obj.get(tags::ROWS).and_then(|e| e.to_int().ok()), f, "Rows")?;
+        let cols: u32 = need(
+            obj.get(tags::COLUMNS).and_then(|e| e.to_int().ok()),
+            f,
+            "Columns",
+        )?;
+        if ipp.len() != 3 || iop.len() != 6 || ps.len() != 2 {
+            return Err(file_err(
+                f,
+                "ImagePositionPatient needs 3 values, ImageOrientationPatient 6, PixelSpacing 2",
+            ));
+        }
+        match &shape {
+            None => {
+                let (r, c) = (&iop[0..3], &iop[3..6]);
+                normal = [
+                    r[1] * c[2] - r[2] * c[1],
+                    r[2] * c[0] - r[0] * c[2],
+                    r[0] * c[1] - r[1] * c[0],
+                ];
+                let norm = normal.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let dot: f64 = (0..3).map(|i| r[i] * c[i]).sum();
+                if (norm - 1.0).abs() > 1e-3 || dot.abs() > 1e-3 {
+                    return Err(file_err(
+                        f,
+                        "ImageOrientationPatient is not two orthogonal unit vectors",
+                    ));
+                }
+                if ps.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                    return Err(file_err(f, format!("PixelSpacing {ps:?} is not positive")));
+                }
+                shape = Some((iop.clone(), ps.clone(), rows, cols));
+            }
+            Some((o, s, r, c)) => {
+                let differs = |a: &[f64], b: &[f64], tol: f64| {
+                    a.iter().zip(b).any(|(x, y)| (x - y).abs() > tol)
+                };
+                if differs(o, &iop, 1e-4) {
+                    return Err(file_err(
+                        f,
+                        format!("ImageOrientationPatient {iop:?} differs from the first slice's {o:?} ({})", first.display()),
+                    ));
+                }
+                if differs(s, &ps, 1e-4) || *r != rows || *c != cols {
+                    return Err(file_err(
+                        f,
+                        format!(
+                            "{rows} x {cols} pixels of {ps:?} mm, the first slice ({}) {r} x {c} of {s:?}",
+                            first.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let position = [ipp[0], ipp[1], ipp[2]];
+        let along = (0..3).map(|i| position[i] * normal[i]).sum();
+        slices.push(Slice {
+            path: f.clone(),
+            position,
+            along,
+        });
+    }
+    let (iop, ps, rows, cols) = shape.ok_or_else(|| file_err(first, "no slices"))?;
+    slices.sort_by(|a, b| a.along.total_cmp(&b.along));
+    // Spacing between slices: regular, no two at one place, no tilt.
+    let dz = if slices.len() > 1 {
+        (slices[slices.len() - 1].along - slices[0].along) / (slices.len() - 1) as f64
+    } else {
+        1.0 // one slice: any thickness; SliceThickness is not a spacing
+    };
+    for w in slices.windows(2) {
+        let step = w[1].along - w[0].along;
+        if step.abs() < 1e-3 {
+            return Err(file_err(
+                &w[1].path,
+                format!("at the same position as {}", w[0].path.display()),
+            ));
+        }
+        if (step - dz).abs() > 0.01 * dz.max(0.1) {
+            return Err(file_err(
+                &w[1].path,
+                format!(
+                    "irregular slice spacing: {step:.3} mm from the previous slice, {dz:.3} mm on \
+                     average; resample the series to regular slices first"
+                ),
+            ));
+        }
+    }
+    for s in &slices[1..] {
+        let d: [f64; 3] = std::array::from_fn(|i| s.position[i] - slices[0].position[i]);
+        let along = s.along - slices[0].along;
+        let off: f64 = (0..3)
+            .map(|i| (d[i] - along * normal[i]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if off > 0.01 {
+            return Err(file_err(
+                &s.path,
+                format!(
+                    "slice positions do not follow the slice normal ({off:.3} mm off; gantry \
+                     tilt?): not supported"
+                ),
+            ));
+        }
+    }
+    let (rows, cols) = (rows as usize, cols as usize);
+    let n = (rows as u64) * (cols as u64) * slices.len() as u64;
+    if n > crate::max_voxels() {
+        return Err(file_err(
+            first,
+            format!(
+                "{cols} x {rows} x {} voxels, more than the limit of {} (--max-voxels)",
+                slices.len(),
+                crate::max_voxels()
+            ),
+        ));
+    }
+    // Voxels, slice by slice.
+    let mut raw: Vec<f64> = Vec::with_capacity(n as usize);
+    let mut integral = true;
+    for s in &slices {
+        let obj = open_file(&s.path)
+            .map_err(|e| file_err(&s.path, format!("not a readable DICOM file: {e}")))?;
+        let ts = obj
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string();
+        if ts != "1.2.840.10008.1.2" && ts != "1.2.840.10008.1.2.1" {
+            return Err(file_err(
+                &s.path,
+                format!(
+                    "pixel data in transfer syntax {ts} (compressed or big-endian): only \
+                     uncompressed little-endian is read; decompress first, e.g. \
+                     `gdcmconv --raw` or `dcmdjpeg`"
+                ),
+            ));
+        }
+        let bits: u16 = need(
+            obj.get(tags::BITS_ALLOCATED).and_then(|e| e.to_int().ok()),
+            &s.path,
+            "BitsAllocated",
+        )?;
+        let signed: u16 = obj
+            .get(tags::PIXEL_REPRESENTATION)
+            .and_then(|e| e.to_int().ok())
+            .unwrap_or(0);
+        let samples: u16 = obj
+            .get(tags::SAMPLES_PER_PIXEL)
+            .and_then(|e| e.to_int().ok())
+            .unwrap_or(1);
+        if bits != 16 || samples != 1 {
+            return Err(file_err(
+                &s.path,
+                format!("{bits} bits, {samples} samples per pixel: only 16-bit greyscale is read"),
+            ));
+        }
+        let slope = floats(&obj, tags::RESCALE_SLOPE)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(1.0);
+        let intercept = floats(&obj, tags::RESCALE_INTERCEPT)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0.0);
+        integral &= slope.fract() == 0.0 && intercept.fract() == 0.0;
+        let bytes = need(
+            obj.get(tags::PIXEL_DATA).and_then(|e| e.to_bytes().ok()),
+            &s.path,
+            "PixelData",
+        )?;
+        if bytes.len() < rows * cols * 2 {
+            return Err(file_err(
+                &s.path,
+                format!(
+                    "PixelData holds {} bytes, {rows} x {cols} 16-bit pixels need {}",
+                    bytes.len(),
+                    rows * cols * 2
+                ),
+            ));
+        }
+        raw.extend(bytes[..rows * cols * 2].chunks_exact(2).map(|b| {
+            let v = if signed == 1 {
+                i16::from_le_bytes([b[0], b[1]]) as f64
+            } else {
+                u16::from_le_bytes([b[0], b[1]]) as f64
+            };
+            v * slope + intercept
+        }));
+    }
+    let fits_i16 = integral && raw.iter().all(|&v| (-32768.0..=32767.0).contains(&v));
+    let data = if fits_i16 {
+        VoxelData::I16(raw.iter().map(|&v| v as i16).collect())
+    } else {
+        VoxelData::F32(raw.iter().map(|&v| v as f32).collect())
+    };
+    // Voxel (x = column, y = row, z = slice) to LPS, then RAS (x and y negated).
+    let (rc, cc) = (&iop[0..3], &iop[3..6]);
+    let axes = [
+        [rc[0] * ps[1], rc[1] * ps[1], rc[2] * ps[1]],
+        [cc[0] * ps[0], cc[1] * ps[0], cc[2] * ps[0]],
+        [normal[0] * dz, normal[1] * dz, normal[2] * dz],
+    ];
+    let origin = slices[0].position;
+    let lps_to_ras = [-1.0, -1.0, 1.0];
+    let mut affine = [[0.0; 4]; 4];
+    for r in 0..3 {
+        for (c, axis) in axes.iter().enumerate() {
+            affine[r][c] = axis[r] * lps_to_ras[r];
+        }
+        affine[r][3] = origin[r] * lps_to_ras[r];
+    }
+    affine[3][3] = 1.0;
+    Ok(Volume {
+        dims: [cols, rows, slices.len()],
+        spacing: [ps[1], ps[0], dz.abs()],
+        affine,
+        data,
+    })
+}
+
+/// The ROIs of an RTSTRUCT file.
+pub fn read_rtstruct(path: &Path) -> Result<Vec<Roi>, FormatError> {
+    let obj =
+        open_file(path).map_err(|e| file_err(path, format!("not a readable DICOM file: {e}")))?;
+    if text(&obj, tags::MODALITY).as_deref() != Some("RTSTRUCT") {
+        return Err(file_err(path, "not an RTSTRUCT (Modality)"));
+    }
+    let mut rois = Vec::new();
+    let set = obj
+        .get(tags::STRUCTURE_SET_ROI_SEQUENCE)
+        .and_then(|e| e.items())
+        .ok_or_else(|| file_err(path, "no StructureSetROISequence"))?;
+    for item in set {
+        let number: i64 = need(
+            item.get(tags::ROI_NUMBER).and_then(|e| e.to_int().ok()),
+            path,
+            "ROINumber",
+        )?;
+        let name = text(item, tags::ROI_NAME).unwrap_or_else(|| format!("ROI {number}"));
+        rois.push(Roi {
+            number,
+            name,
+            contours: Vec::new(),
+            skipped: 0,
+        });
+    }
+    for item in obj
+        .get(tags::ROI_CONTOUR_SEQUENCE)
+        .and_then(|e| e.items())
+        .unwrap_or(&[])
+    {
+        let number: i64 = need(
+            item.get(tags::REFERENCED_ROI_NUMBER)
+                .and_then(|e| e.to_int().ok()),
+            path,
+            "ReferencedROINumber",
+        )?;
+        let Some(roi) = rois.iter_mut().find(|r| r.number == number) else {
+            return Err(file_err(
+                path,
+                format!(
+                    "contours for ROI number {number}, which StructureSetROISequence does not list"
+                ),
+            ));
+        };
+        for c in item
+            .get(tags::CONTOUR_SEQUENCE)
+            .and_then(|e| e.items())
+            .unwrap_or(&[])
+        {
+            if text(c, tags::CONTOUR_GEOMETRIC_TYPE).as_deref() != Some("CLOSED_PLANAR") {
+                roi.skipped += 1;
+                continue;
+            }
+            let data = need(floats(c, tags::CONTOUR_DATA), path, "ContourData")?;
+            // One or two points are a contour too (a voxel, a line of voxels): writers
+            // that trace masks produce them for thin structures.
+            if data.len() % 3 != 0 || data.is_empty() {
+                return Err(file_err(
+                    path,
+                    format!(
+                        "ROI `{}`: ContourData with {} values (x, y, z per point)",
+                        roi.name,
+                        data.len()
+                    ),
+                ));
+            }
+            roi.contours
+                .push(data.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect());
+        }
+    }
+    Ok(rois)
+}
+
+/// The mask (0/1, x fastest) of `roi` on `grid`. Errors name the ROI: a contour that is not
+/// on a slice of the grid, or outside it.
+pub fn rasterise(roi: &Roi, grid: &Grid) -> Result<Vec<u8>, String> {
+    let d = grid.dims;
+    let inv = grid
+        .inverse()
+        .ok_or_else(|| "the image grid is singular".to_string())?;
+    let to_voxel = |p: [f64; 3]| -> [f64; 3] {
+        let ras = [-p[0], -p[1], p[2]];
+        std::array::from_fn(|r| {
+            inv[r][0] * ras[0] + inv[r][1] * ras[1] + inv[r][2] * ras[2] + inv[r][3]
+        })
+    };
+    // Polygons per slice, in voxel coordinates (x, y).
+    let mut per_slice: Vec<Vec<Vec<[f64; 2]>>> = vec![Vec::new(); d[2]];
+    for c in &roi.contours {
+        let v: Vec<[f64; 3]> = c.iter().map(|&p| to_voxel(p)).collect();
+        let z = v.iter().map(|p| p[2]).sum::<f64>() / v.len() as f64;
+        let k = z.round();
+        if v.iter().any(|p| (p[2] - k).abs() > 0.25) {
+            return Err(format!(
+                "ROI `{}`: a contour at slice coordinate {z:.2} is not on a slice of the image",
+                roi.name
+            ));
+        }
+        if k < 0.0 || k as usize >= d[2] {
+            return Err(format!(
+                "ROI `{}`: a contour lies outside the image (slice {k})",
+                roi.name
+            ));
+        }
+        per_slice[k as usize].push(v.iter().map(|p| [p[0], p[1]]).collect());
+    }
+    let mut mask = vec![0u8; d[0] * d[1] * d[2]];
+    let plane = d[0] * d[1];
+    for (k, polys) in per_slice.iter().enumerate() {
+        if polys.is_empty() {
+            continue;
+        }
+        let m = &mut mask[k * plane..(k + 1) * plane];
+        // Interior: even-odd over every polygon of the slice (holes cancel).
+        for j in 0..d[1] {
+            let y = j as f64;
+            let mut xs: Vec<f64> = Vec::new();
+            for poly in polys {
+                for e in 0..poly.len() {
+                    let (p, q) = (poly[e], poly[(e + 1) % poly.len()]);
+                    if (p[1] <= y) != (q[1] <= y) {
+                        xs.push(p[0] + (y - p[1]) * (q[0] - p[0]) / (q[1] - p[1]));
+                    }
+                }
+            }
+            xs.sort_by(f64::total_cmp);
+            for pair in xs.chunks_exact(2) {
+                let lo = pair[0].ceil().max(0.0) as usize;
+                let hi = pair[1].floor();
+                if hi < 0.0 {
+                    continue;
+                }
+                for i in lo..=(hi as usize).min(d[0] - 1) {
+                    if (i as f64) < pair[1] || (i as f64 - pair[1]).abs() < 1e-9 {
+                        m[j * d[0] + i] ^= 1;
+                    }
+                }
+            }
+        }
+        // Edges: voxel centres on a polygon's edge are inside.
+        for poly in polys {
+            for e in 0..poly.len() {
+                let (p, q) = (poly[e], poly[(e + 1) % poly.len()]);
+                let steps = (q[0] - p[0]).abs().max((q[1] - p[1]).abs()).ceil() as usize * 4 + 1;
+                for s in 0..=steps {
+                    let t = s as f64 / steps as f64;
+                    let x = p[0] + t * (q[0] - p[0]);
+                    let y = p[1] + t * (q[1] - p[1]);
+                    let (xi, yi) = (x.round(), y.round());
+                    let on_edge = {
+                        // Distance from the centre (xi, yi) to the segment.
+                        let (dx, dy) = (q[0] - p[0], q[1] - p[1]);
+                        let len2 = dx * dx + dy * dy;
+                        let u = if len2 > 0.0 {
+                            (((xi - p[0]) * dx + (yi - p[1]) * dy) / len2).clamp(0.0, 1.0)
+                        } else {
+                            0.0
+                        };
+                        let (cx, cy) = (p[0] + u * dx, p[1] + u * dy);
+                        ((xi - cx).powi(2) + (yi - cy).powi(2)).sqrt() < 1e-3
+                    };
+                    if on_edge
+                        && xi >= 0.0
+                        && yi >= 0.0
+                        && (xi as usize) < d[0]
+                        && (yi as usize) < d[1]
+                    {
+                        m[yi as usize * d[0] + xi as usize] = 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(d: [usize; 3]) -> Grid {
+        // LPS-aligned voxels of 1 mm: x to patient left (RAS -x), y posterior, z superior.
+        let mut a = [[0.0; 4]; 4];
+        a[0][0] = -1.0;
+        a[1][1] = -1.0;
+        a[2][2] = 1.0;
+        a[3][3] = 1.0;
+        Grid { dims: d, affine: a }
+    }
+
+    /// A square with a square hole, the contour through boundary voxel centres: the ring
+    /// exactly; a contour between slices is refused.
+    #[test]
+    fn contours_fill_with_holes_and_edges() {
+        let g = grid([10, 10, 2]);
+        let square = |a: f64, b: f64, z: f64| vec![[a, a, z], [b, a, z], [b, b, z], [a, b, z]];
+        let roi = Roi {
+            number: 1,
+            name: "ring".into(),
+            contours: vec![square(1.0, 8.0, 1.0), square(3.0, 6.0, 1.0)],
+            skipped: 0,
+        };
+        let m = rasterise(&roi, &g).unwrap();
+        let at = |x: usize, y: usize, z: usize| m[x + 10 * (y + 10 * z)];
+        for y in 0..10 {
+            for x in 0..10 {
+                let outer = (1..=8).contains(&x) && (1..=8).contains(&y);
+                let hole = (4..=5).contains(&x) && (4..=5).contains(&y);
+                assert_eq!(at(x, y, 1), u8::from(outer && !hole), "({x}, {y})");
+                assert_eq!(at(x, y, 0), 0);
+            }
+        }
+        let off = Roi {
+            contours: vec![square(1.0, 8.0, 0.5)],
+            ..roi
+        };
+        assert!(rasterise(&off, &g).unwrap_err().contains("not on a slice"));
+    }
+}
