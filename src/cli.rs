@@ -107,7 +107,7 @@ struct JobArgs {
 struct ValidateArgs {
     /// The pipeline YAML file.
     file: PathBuf,
-    /// Override a param: `stage.param=value` (repeatable).
+    /// Override a param: `stage.param=value` (repeatable), or the seed: `seed=N`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     sets: Vec<String>,
 }
@@ -116,7 +116,8 @@ struct ValidateArgs {
 struct PipelineArgs {
     /// The pipeline YAML file.
     file: PathBuf,
-    /// Override a param: `stage.param=value` (repeatable; applies to every variant).
+    /// Override a param: `stage.param=value` (repeatable; applies to every variant), or the
+    /// pipeline's seed: `seed=N`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     sets: Vec<String>,
     /// Cache directory (default: the file's `cache:`, else .pipeline/cache).
@@ -181,7 +182,7 @@ struct ExportArgs {
 struct InspectArgs {
     /// The pipeline YAML file: each of its case sources (e.g. `load`) is inspected.
     file: PathBuf,
-    /// Override a param: `stage.param=value` (repeatable).
+    /// Override a param: `stage.param=value` (repeatable), or the seed: `seed=N`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     sets: Vec<String>,
     /// Print JSON instead of the report.
@@ -416,7 +417,20 @@ fn load_variants(
         pf.variants
             .retain(|v| only.iter().any(|w| selects(w, &v.name)));
     }
-    let overrides: Vec<Override> = sets
+    // `--set seed=N` replaces the file's top-level `seed:`; the rest are stage params.
+    let mut stage_sets = Vec::new();
+    for s in sets {
+        match s.strip_prefix("seed=") {
+            Some(v) => {
+                pf.seed = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow!("--set {s}: the seed is a non-negative whole number"))?;
+            }
+            None => stage_sets.push(s),
+        }
+    }
+    let overrides: Vec<Override> = stage_sets
         .iter()
         .map(|s| parse_set(s))
         .collect::<Result<_, _>>()

@@ -982,6 +982,53 @@ stages:
     );
 }
 
+/// `--set seed=N` replaces the file's seed: what draws random numbers (training) runs again,
+/// the rest comes from the cache; a seed that is not a number is named.
+#[test]
+fn set_seed_replaces_the_files_seed() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+name: seeded
+seed: 1
+stages:
+  load: {{stage: load, params: {{format: msd, root: "{}", merge: {{hippocampus: [1, 2]}}, split: none, limit: 3}}}}
+  sdm: {{stage: edt-sdm, after: [load]}}
+  augment: {{stage: augment, after: [load, sdm]}}
+  train:
+    stage: train
+    after: [load, sdm, augment]
+    params: {{epochs: 1, iterations: 1, patch: [16, 16, 16], net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}, device: cpu}}
+"#,
+        shared("hippocampus").display()
+    );
+    write(d.path(), "p.yaml", &yaml);
+    let (r, m1) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let (r, m2) = run_with_manifest(d.path(), "p.yaml", &["seed=7"]);
+    assert!(r.ok(), "{}", r.table());
+    assert_eq!(
+        r.node("train", "default").unwrap().computed,
+        1,
+        "{}",
+        r.table()
+    );
+    assert_eq!(
+        r.node("load", "default").unwrap().computed,
+        0,
+        "{}",
+        r.table()
+    );
+    let seed = |m: &Path| std::fs::read_to_string(m).unwrap().contains("\"seed\": 7");
+    assert!(!seed(&m1) && seed(&m2));
+    let o = run_child(d.path(), &["plan", "p.yaml", "--set", "seed=seven"]);
+    assert!(
+        o.status.code() != Some(0) && text(&o).contains("the seed is a non-negative whole number"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// `pipeline predict -m A -m B`: an ensemble's maps are the mean of its members' maps
 /// (each member predicted alone), and packages that replay different preprocessing are
 /// refused with the difference named.
