@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fuzz campaign: every reader of user data (NIfTI, NRRD attached and detached, MetaImage,
+# The fuzz campaign: every reader of user data (NIfTI, NRRD attached and detached, MetaImage, DICOM,
 # dataset.json, the pipeline YAML, the cache's object format) under libFuzzer through
 # cargo-fuzz on the stable toolchain (`--sanitizer none`: Rust's own checks, no ASan).
 #
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-1000000}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nifti nrrd nrrd_detached metaimage dataset_json pipeline_yaml cache_object)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nifti nrrd nrrd_detached metaimage dicom dataset_json pipeline_yaml cache_object)
 if ! cargo fuzz --version > /dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz" >&2
     cargo install cargo-fuzz --locked --version 0.13.2 >&2 || exit 2

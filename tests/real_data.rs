@@ -364,6 +364,23 @@ fn fuzz_corpus_and_regressions_read_without_panic() {
                 n += 1;
             }
         }
+        if let Ok(files) = std::fs::read_dir(base.join(kind).join("dicom")) {
+            let dir = d.path().join("dcm");
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in files.flatten() {
+                let p = dir.join("input.dcm");
+                std::fs::copy(f.path(), &p).unwrap();
+                let _ = shapeflow_formats::dicom::scan(&dir);
+                let grid = shapeflow_formats::dicom::read_series(std::slice::from_ref(&p))
+                    .map(|v| v.grid());
+                if let (Ok(rois), Ok(g)) = (shapeflow_formats::dicom::read_rtstruct(&p), &grid) {
+                    for r in &rois {
+                        let _ = shapeflow_formats::dicom::rasterise(r, g);
+                    }
+                }
+                n += 1;
+            }
+        }
         if let Ok(files) = std::fs::read_dir(base.join(kind).join("dataset_json")) {
             let root = d.path().join("ds");
             std::fs::create_dir_all(root.join("imagesTr")).unwrap();

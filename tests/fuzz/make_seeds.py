@@ -61,6 +61,19 @@ ds.pop("test", None)
     "channel_names": {"0": "MRI"}, "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
     "numTraining": 0, "file_ending": ".nii.gz"}))
 
+# DICOM: a small CT series and its RTSTRUCT, written by pydicom and rt-utils (the writer the
+# DICOM-RT test uses), from a cut of the hippocampus case; one slice and the structure set.
+import subprocess, sys, tempfile  # noqa: E401,E402
+with tempfile.TemporaryDirectory() as t:
+    t = pathlib.Path(t)
+    nib.save(nib.Nifti1Image(a.astype(np.int16), img.affine), t / "img.nii.gz")
+    nib.save(nib.Nifti1Image(lab.astype(np.uint8), img.affine), t / "lab.nii.gz")
+    subprocess.run([sys.executable, str(here.parent / "py" / "write_dicom_rt.py"), str(t / "img.nii.gz"),
+                    str(t / "dcm"), f"hippocampus={t / 'lab.nii.gz'}"], check=True, capture_output=True)
+    (c / "dicom").mkdir(exist_ok=True)
+    shutil.copy(t / "dcm" / "ct_0003.dcm", c / "dicom" / "ct_slice.dcm")
+    shutil.copy(t / "dcm" / "rtstruct.dcm", c / "dicom" / "rtstruct.dcm")
+
 for p in (here.parent.parent / "pipelines").glob("*.yaml"):
     shutil.copy(p, c / "pipeline_yaml" / p.name)
 print("seeds written")

@@ -436,6 +436,12 @@ pub fn rasterise(roi: &Roi, grid: &Grid) -> Result<Vec<u8>, String> {
     // Polygons per slice, in voxel coordinates (x, y).
     let mut per_slice: Vec<Vec<Vec<[f64; 2]>>> = vec![Vec::new(); d[2]];
     for c in &roi.contours {
+        if c.iter().flatten().any(|x| !x.is_finite()) {
+            return Err(format!(
+                "ROI `{}`: a contour point is not a finite number",
+                roi.name
+            ));
+        }
         let v: Vec<[f64; 3]> = c.iter().map(|&p| to_voxel(p)).collect();
         let z = v.iter().map(|p| p[2]).sum::<f64>() / v.len() as f64;
         let k = z.round();
@@ -490,9 +496,14 @@ pub fn rasterise(roi: &Roi, grid: &Grid) -> Result<Vec<u8>, String> {
         for poly in polys {
             for e in 0..poly.len() {
                 let (p, q) = (poly[e], poly[(e + 1) % poly.len()]);
-                let steps = (q[0] - p[0]).abs().max((q[1] - p[1]).abs()).ceil() as usize * 4 + 1;
+                // The part of the edge over the slice (a contour may leave the image).
+                let Some((t0, t1)) = clip(p, q, [d[0] as f64, d[1] as f64]) else {
+                    continue;
+                };
+                let len = (t1 - t0) * (q[0] - p[0]).abs().max((q[1] - p[1]).abs());
+                let steps = len.ceil() as usize * 4 + 1;
                 for s in 0..=steps {
-                    let t = s as f64 / steps as f64;
+                    let t = t0 + (t1 - t0) * s as f64 / steps as f64;
                     let x = p[0] + t * (q[0] - p[0]);
                     let y = p[1] + t * (q[1] - p[1]);
                     let (xi, yi) = (x.round(), y.round());
@@ -521,6 +532,31 @@ pub fn rasterise(roi: &Roi, grid: &Grid) -> Result<Vec<u8>, String> {
         }
     }
     Ok(mask)
+}
+
+/// The parameter range [t0, t1] of the segment p + t (q - p), t in [0, 1], that lies in
+/// [-1, w] x [-1, h] (Liang-Barsky); `None` when it misses.
+fn clip(p: [f64; 2], q: [f64; 2], size: [f64; 2]) -> Option<(f64, f64)> {
+    let (mut t0, mut t1) = (0.0f64, 1.0f64);
+    for a in 0..2 {
+        let delta = q[a] - p[a];
+        for (num, den) in [(p[a] + 1.0, -delta), (size[a] - p[a], delta)] {
+            // Inside where den * t <= num.
+            if den == 0.0 {
+                if num < 0.0 {
+                    return None;
+                }
+            } else {
+                let t = num / den;
+                if den > 0.0 {
+                    t1 = t1.min(t);
+                } else {
+                    t0 = t0.max(t);
+                }
+            }
+        }
+    }
+    (t0 <= t1).then_some((t0, t1))
 }
 
 #[cfg(test)]
@@ -561,8 +597,21 @@ mod tests {
         }
         let off = Roi {
             contours: vec![square(1.0, 8.0, 0.5)],
-            ..roi
+            ..roi.clone()
         };
         assert!(rasterise(&off, &g).unwrap_err().contains("not on a slice"));
+        // A contour far beyond the image is clipped (no time spent outside it); one that
+        // covers the slice fills it; a non-finite point is refused.
+        let huge = Roi {
+            contours: vec![square(-1e12, 1e12, 0.0)],
+            ..roi.clone()
+        };
+        let m = rasterise(&huge, &g).unwrap();
+        assert!(m[..100].iter().all(|&v| v == 1) && m[100..].iter().all(|&v| v == 0));
+        let bad = Roi {
+            contours: vec![vec![[f64::INFINITY, 0.0, 0.0], [1.0, 1.0, 0.0]]],
+            ..roi
+        };
+        assert!(rasterise(&bad, &g).unwrap_err().contains("finite"));
     }
 }
