@@ -148,7 +148,8 @@ struct PredictArgs {
     /// Where the predictions go (`<case>.nii.gz`, as `infer` writes them).
     #[arg(short, long)]
     output: PathBuf,
-    /// Test-time mirroring (8 passes; left/right organs swapped back).
+    /// Test-time mirroring (left-right, as training augmented: 2 passes; left/right organs
+    /// swapped back).
     #[arg(long)]
     tta: bool,
     /// Also write each organ's SDM or probability map.

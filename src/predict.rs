@@ -293,14 +293,24 @@ pub fn predict(
         ))
     };
     let l = &pkg.lineage;
-    let build = |s: &Step| -> Result<Arc<dyn shapeflow_core::Stage>> {
+    // Preprocessing must be replayed by the version that prepared the training cases; the
+    // stage that applies the model is this build's (a newer one applies the same weights,
+    // with its fixes), said on stderr.
+    let build = |s: &Step, strict: bool| -> Result<Arc<dyn shapeflow_core::Stage>> {
         let f = registry.get(&s.stage).ok_or_else(|| {
             anyhow!(
                 "the model needs stage `{}`, which this build does not have",
                 s.stage
             )
         })?;
-        if f.version() != s.version {
+        if f.version() != s.version && !strict {
+            eprintln!(
+                "note: applying with stage `{}` version {} (the model's pipeline ran version {})",
+                s.stage,
+                f.version(),
+                s.version
+            );
+        } else if f.version() != s.version {
             bail!(
                 "stage `{}` is version {} here, the model was made with version {}: its \
                  preprocessing may differ; retrain, or use the shapeflow it was made with ({})",
@@ -344,9 +354,9 @@ pub fn predict(
     let apply = &apply;
     let mut steps = Vec::new();
     for s in needed(l) {
-        steps.push((s, build(s)?));
+        steps.push((s, build(s, true)?));
     }
-    let applier = build(apply)?;
+    let applier = build(apply, false)?;
     std::fs::create_dir_all(output)
         .with_context(|| format!("cannot create {}", output.display()))?;
     let scratch = tempfile::Builder::new()

@@ -423,6 +423,20 @@ stages:{prepare}
         let v = resample["version"].as_u64().unwrap();
         resample["version"] = (v + 1).into();
     });
+    // The stage that applies the model is this build's: an older version of it is used
+    // with a note (a newer build applies the same weights, with its fixes).
+    let older = edited("older-infer", &|l| {
+        let v = l["apply"][0]["version"].as_u64().unwrap();
+        l["apply"][0]["version"] = (v + 7).into();
+    });
+    let mut a = args(older.to_str().unwrap(), input.to_str().unwrap());
+    a[6] = d.path().join("older-out").to_str().unwrap().into();
+    let o = run(a);
+    assert!(
+        o.status.code() == Some(0) && text(&o).contains("note: applying with stage `infer`"),
+        "{}",
+        text(&o)
+    );
     let refused = d.path().join("refused");
     for (pkg, expect) in [
         (&newer, "package format `shapeflow-pipeline/2`"),
@@ -1172,6 +1186,7 @@ fn exported_networks_compute_what_ours_computes() {
             spacing: [1.0; 3],
             trained: Default::default(),
             training_data: None,
+            left_right_flip: None,
         },
         weights: model::weights_bytes(&vs, d.path()).unwrap(),
     };

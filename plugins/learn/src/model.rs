@@ -110,6 +110,11 @@ pub struct ModelConfig {
     /// The images it learned from, on their own grids (absent in models made before 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_data: Option<TrainingData>,
+    /// Whether training mirrored left-right (the augmentation's `flip` > 0): the one
+    /// mirroring test-time augmentation may average over. Absent in older models: assumed
+    /// (the default `flip` is 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_right_flip: Option<bool>,
 }
 
 /// What the training images looked like on their own grids (before any crop or resample):

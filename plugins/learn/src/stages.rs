@@ -103,7 +103,9 @@ impl Plugin for LearnPlugin {
         });
         registry.add(StageDef::<InferParams> {
             name: "infer",
-            version: 1,
+            // 2: test-time mirroring along the left-right axis only (it mirrored all three
+            // axes, which the training never did: it erased organs on OpenKBP).
+            version: 2,
             summary: "Sliding-window inference, back onto the original grid, NIfTI out",
             help: INFER_HELP,
             build: |p, ctx| {
@@ -340,9 +342,9 @@ pub struct InferParams {
     pub batch: usize,
     /// Keep each organ's largest connected component.
     pub largest_component: bool,
-    /// Test-time mirroring: average the outputs over the volume flipped along every
-    /// combination of the three axes (8 passes), left and right organs (`_L`/`_R`,
-    /// `Left`/`Right`) swapped back where the left-right axis was flipped.
+    /// Test-time mirroring: average the outputs over the volume as is and mirrored
+    /// left-right (2 passes: the mirroring training augmented with), left and right organs
+    /// (`_L`/`_R`, `Left`/`Right`) swapped back.
     pub tta: bool,
     /// SDM heads: organ where sdm < this (0: the exact Heaviside of the paper). The reference
     /// SDM is 0 on the organ's boundary voxels, so 0 drops that layer; half the first outside
@@ -459,7 +461,15 @@ impl Infer {
         let maps = if self.p.tta {
             let pairs = crate::tta::left_right_pairs(&model.config.organs);
             let lr = crate::tta::left_right_axis(&image.affine);
-            crate::tta::mirrored(&x, image.dims, &[0, 1, 2], lr, &pairs, &mut window)
+            // Only the mirroring the network was trained to be invariant to: the
+            // augmentation flips left-right (organs swapped), never along the other axes,
+            // whose mirror images (upside down, back to front) it has never seen.
+            let axes: &[usize] = if model.config.left_right_flip.unwrap_or(true) {
+                &[lr]
+            } else {
+                &[]
+            };
+            crate::tta::mirrored(&x, image.dims, axes, lr, &pairs, &mut window)
         } else {
             window(&x)
         };

@@ -395,6 +395,7 @@ pub fn train(
         spacing,
         trained: serde_json::Value::Null,
         training_data: None,
+        left_right_flip: Some(cfg.augment.flip > 0.0),
     };
     let (vs, net) = init_net(cfg, unet, s.seed, device);
     let mut adam = Adam::new(&vs, cfg.lr);
@@ -740,6 +741,7 @@ mod tests {
                 spacing,
                 trained: Default::default(),
                 training_data: None,
+                left_right_flip: None,
             };
             validate(&net, &mc, &val, Device::Cpu, false).unwrap()[0].unwrap()
         };

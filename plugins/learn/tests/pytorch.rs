@@ -45,6 +45,7 @@ fn saved_model_loads_in_pytorch_with_the_same_outputs() {
             spacing: [1.0; 3],
             trained: Default::default(),
             training_data: None,
+            left_right_flip: None,
         },
         weights: model::weights_bytes(&vs, dir.path()).unwrap(),
     };
