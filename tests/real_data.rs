@@ -8,6 +8,10 @@ use shapeflow_formats::NiftiIo;
 use shapeflow_io::{datasets, nrrd, phantom::HN_ORGANS};
 use std::collections::BTreeMap;
 
+/// As the `pipeline` binary: readers may cap single allocations (the DICOM regression input).
+#[global_allocator]
+static ALLOC: shapeflow_formats::alloc::Capped = shapeflow_formats::alloc::Capped;
+
 fn organs() -> Vec<String> {
     HN_ORGANS.iter().map(|s| s.to_string()).collect()
 }
@@ -523,4 +527,44 @@ fn dicom_rt_written_by_pydicom_and_rt_utils_reads_back_the_originals() {
     let found = layout.discover(0).unwrap();
     assert!(found.iter().any(|f| f.id == "frm2" && !f.labeled));
     assert!(layout.read(0, "frm2").unwrap().labels.is_none());
+}
+
+/// The `dicom` fuzz target's finding: a 1 kB file whose element declares 2.5 GB made the
+/// DICOM crate reserve and zero that much (2.6 GB resident) before failing. With single
+/// allocations capped near the file's size while parsing, it is an error naming the file,
+/// and the process's peak memory does not move.
+#[test]
+fn a_dicom_element_longer_than_its_file_is_refused_without_allocating_it() {
+    use shapeflow_formats::dicom;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/regressions/dicom");
+    let input = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("oom-"))
+        .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("slice.dcm");
+    std::fs::copy(&input, &p).unwrap();
+    let peak = || -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let before = peak();
+    let _ = dicom::scan(d.path());
+    assert!(dicom::read_series(std::slice::from_ref(&p)).is_err());
+    let e = dicom::read_rtstruct(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("slice.dcm") && e.contains("not a readable DICOM file"),
+        "{e}"
+    );
+    let grew_mb = (peak() - before) / 1024;
+    assert!(
+        grew_mb < 256,
+        "reading a 1 kB file raised the peak by {grew_mb} MB"
+    );
 }

@@ -16,9 +16,27 @@
 
 use crate::{file_err, FormatError};
 use dicom_dictionary_std::tags;
-use dicom_object::{open_file, InMemDicomObject, OpenFileOptions};
+use dicom_object::{InMemDicomObject, OpenFileOptions};
 use shapeflow_volume::{Grid, Volume, VoxelData};
 use std::path::{Path, PathBuf};
+
+/// Opens a DICOM file with single allocations capped near its size: no element of an
+/// uncompressed file can hold more than the file does (see [`crate::alloc`]).
+fn open(path: &Path, until_pixels: bool) -> Result<dicom_object::DefaultDicomObject, FormatError> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| file_err(path, e.to_string()))?
+        .len() as usize;
+    crate::alloc::with_cap(size.saturating_mul(2).saturating_add(16 << 20), || {
+        let o = OpenFileOptions::new();
+        let o = if until_pixels {
+            o.read_until(tags::PIXEL_DATA)
+        } else {
+            o
+        };
+        o.open_file(path)
+    })
+    .map_err(|e| file_err(path, format!("not a readable DICOM file: {e}")))
+}
 
 /// What a folder holds: image slices by series, and structure sets.
 #[derive(Debug, Default)]
@@ -70,10 +88,7 @@ pub fn scan(dir: &Path) -> Result<Folder, FormatError> {
         .collect();
     files.sort();
     for f in files {
-        let obj = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(&f)
-            .map_err(|e| file_err(&f, format!("not a readable DICOM file: {e}")))?;
+        let obj = open(&f, true)?;
         let modality = text(&obj, tags::MODALITY).unwrap_or_default();
         if modality == "RTSTRUCT" {
             out.structure_sets.push(f);
@@ -112,10 +127,7 @@ pub fn read_series(files: &[PathBuf]) -> Result<Volume, FormatError> {
     let mut shape: Option<(Vec<f64>, Vec<f64>, u32, u32)> = None;
     let mut normal = [0.0; 3];
     for f in files {
-        let obj = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(f)
-            .map_err(|e| file_err(f, format!("not a readable DICOM file: {e}")))?;
+        let obj = open(f, true)?;
         let ipp = need(
             floats(&obj, tags::IMAGE_POSITION_PATIENT),
             f,
@@ -248,8 +260,7 @@ pub fn read_series(files: &[PathBuf]) -> Result<Volume, FormatError> {
     let mut raw: Vec<f64> = Vec::with_capacity(n as usize);
     let mut integral = true;
     for s in &slices {
-        let obj = open_file(&s.path)
-            .map_err(|e| file_err(&s.path, format!("not a readable DICOM file: {e}")))?;
+        let obj = open(&s.path, false)?;
         let ts = obj
             .meta()
             .transfer_syntax()
@@ -348,8 +359,7 @@ pub fn read_series(files: &[PathBuf]) -> Result<Volume, FormatError> {
 
 /// The ROIs of an RTSTRUCT file.
 pub fn read_rtstruct(path: &Path) -> Result<Vec<Roi>, FormatError> {
-    let obj =
-        open_file(path).map_err(|e| file_err(path, format!("not a readable DICOM file: {e}")))?;
+    let obj = open(path, false)?;
     if text(&obj, tags::MODALITY).as_deref() != Some("RTSTRUCT") {
         return Err(file_err(path, "not an RTSTRUCT (Modality)"));
     }

@@ -6,6 +6,7 @@
 //! [`Volume`]s and back. A new format is one new module implementing [`ImageFormat`] and
 //! one line in [`FORMATS`].
 
+pub mod alloc;
 pub mod atomic;
 pub mod dicom;
 pub mod metaimage;

@@ -7,6 +7,9 @@ use shapeflow_formats::dicom;
 #[path = "common.rs"]
 mod common;
 
+#[global_allocator]
+static ALLOC: shapeflow_formats::alloc::Capped = shapeflow_formats::alloc::Capped;
+
 fuzz_target!(|data: &[u8]| {
     shapeflow_formats::set_max_voxels(1 << 22);
     let p = common::file("input.dcm", data);
