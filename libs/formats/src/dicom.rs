@@ -20,12 +20,151 @@ use dicom_object::{InMemDicomObject, OpenFileOptions};
 use shapeflow_volume::{Grid, Volume, VoxelData};
 use std::path::{Path, PathBuf};
 
-/// Opens a DICOM file with single allocations capped near its size: no element of an
-/// uncompressed file can hold more than the file does (see [`crate::alloc`]).
+/// Checks that every element's declared length fits in what holds it (the file, its item or
+/// sequence), walking the element headers as DICOM lays them out: the DICOM crate sizes
+/// buffers from declared lengths before reading, some with infallible allocations, so a
+/// 1 kB file declaring a 1.5 GB string would abort the process.
+fn check_lengths(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Err("no DICM preamble".into());
+    }
+    // The meta group is explicit VR little endian; it names the data set's transfer syntax.
+    let mut pos = 132;
+    let mut ts = String::new();
+    while pos + 8 <= bytes.len() && u16::from_le_bytes([bytes[pos], bytes[pos + 1]]) == 0x0002 {
+        let (len, header) = element_len(bytes, pos, true, false)?;
+        let elem = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
+        let start = pos + header;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or("a file meta element declares more bytes than the file holds")?;
+        if elem == 0x0010 {
+            ts = String::from_utf8_lossy(&bytes[start..end])
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        pos = end;
+    }
+    let (explicit, big) = match ts.as_str() {
+        "1.2.840.10008.1.2" => (false, false),
+        "1.2.840.10008.1.2.2" => {
+            return Err(
+                "a big-endian data set (transfer syntax 1.2.840.10008.1.2.2, retired) is not read"
+                    .into(),
+            )
+        }
+        "1.2.840.10008.1.2.1.99" => {
+            return Err(
+                "a deflated data set (transfer syntax 1.2.840.10008.1.2.1.99) is not read".into(),
+            )
+        }
+        _ => (true, false),
+    };
+    walk(bytes, pos, bytes.len(), explicit, big, 0).map(|_| ())
+}
+
+const UNDEFINED: usize = 0xFFFF_FFFF;
+
+/// (value length, header length) of the element at `pos`.
+fn element_len(b: &[u8], pos: usize, explicit: bool, big: bool) -> Result<(usize, usize), String> {
+    let short = || "an element header runs past the end of its container".to_string();
+    let u16_at = |p: usize| -> Result<usize, String> {
+        let s = b.get(p..p + 2).ok_or_else(short)?;
+        Ok(if big {
+            u16::from_be_bytes([s[0], s[1]])
+        } else {
+            u16::from_le_bytes([s[0], s[1]])
+        } as usize)
+    };
+    let u32_at = |p: usize| -> Result<usize, String> {
+        let s = b.get(p..p + 4).ok_or_else(short)?;
+        let a = [s[0], s[1], s[2], s[3]];
+        Ok(if big {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        } as usize)
+    };
+    let group = u16::from_le_bytes([
+        *b.get(pos).ok_or_else(short)?,
+        *b.get(pos + 1).ok_or_else(short)?,
+    ]);
+    if !explicit || group == 0xFFFE {
+        return Ok((u32_at(pos + 4)?, 8));
+    }
+    let vr = b.get(pos + 4..pos + 6).ok_or_else(short)?;
+    match vr {
+        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR"
+        | b"UT" | b"UV" => Ok((u32_at(pos + 8)?, 12)),
+        _ => Ok((u16_at(pos + 6)?, 8)),
+    }
+}
+
+/// Walks elements from `pos` to `end`; returns where it stopped (after a delimiter, for
+/// containers of undefined length).
+fn walk(
+    b: &[u8],
+    mut pos: usize,
+    end: usize,
+    explicit: bool,
+    big: bool,
+    depth: usize,
+) -> Result<usize, String> {
+    if depth > 32 {
+        return Err("sequences nested more than 32 deep".into());
+    }
+    let beyond = || "an element declares more bytes than its container holds".to_string();
+    while pos < end {
+        let tag = |p: usize| -> (u16, u16) {
+            let g = u16::from_le_bytes([b[p], b[p + 1]]);
+            let e = u16::from_le_bytes([b[p + 2], b[p + 3]]);
+            if big && g != 0xFFFE {
+                (g.swap_bytes(), e.swap_bytes())
+            } else {
+                (g, e)
+            }
+        };
+        if pos + 8 > end {
+            return Err("an element header runs past the end of its container".into());
+        }
+        let (g, e) = tag(pos);
+        let (len, header) = element_len(b, pos, explicit, big)?;
+        if g == 0xFFFE && (e == 0xE00D || e == 0xE0DD) {
+            return Ok(pos + 8); // item or sequence delimiter
+        }
+        let start = pos + header;
+        let is_sq = explicit && g != 0xFFFE && b.get(pos + 4..pos + 6) == Some(b"SQ");
+        if len == UNDEFINED {
+            // A sequence, an item or encapsulated pixel data: walk what it holds up to its
+            // delimiter.
+            pos = walk(b, start, end, explicit, big, depth + 1)?;
+            continue;
+        }
+        let stop = start
+            .checked_add(len)
+            .filter(|&s| s <= end)
+            .ok_or_else(beyond)?;
+        // Items, and sequences (explicit SQ, or values that start with an item tag), hold
+        // elements whose lengths must fit too.
+        let holds_items = g == 0xFFFE && e == 0xE000
+            || is_sq
+            || (len >= 8 && b[start..start + 4] == [0xFE, 0xFF, 0x00, 0xE0]);
+        if holds_items && len > 0 && !(g == 0x7FE0 && e == 0x0010) {
+            walk(b, start, stop, explicit, big, depth + 1)?;
+        }
+        pos = stop;
+    }
+    Ok(pos)
+}
+
+/// Opens a DICOM file, its element lengths checked first ([`check_lengths`]) and single
+/// allocations capped near its size while parsing (see [`crate::alloc`]).
 fn open(path: &Path, until_pixels: bool) -> Result<dicom_object::DefaultDicomObject, FormatError> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| file_err(path, e.to_string()))?
-        .len() as usize;
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, e.to_string()))?;
+    check_lengths(&bytes).map_err(|m| file_err(path, format!("not a readable DICOM file: {m}")))?;
+    let size = bytes.len();
+    drop(bytes);
     crate::alloc::with_cap(size.saturating_mul(2).saturating_add(16 << 20), || {
         let o = OpenFileOptions::new();
         let o = if until_pixels {
