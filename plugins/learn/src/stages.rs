@@ -464,12 +464,8 @@ impl Infer {
             // Only the mirroring the network was trained to be invariant to: the
             // augmentation flips left-right (organs swapped), never along the other axes,
             // whose mirror images (upside down, back to front) it has never seen.
-            let axes: &[usize] = if model.config.left_right_flip.unwrap_or(true) {
-                &[lr]
-            } else {
-                &[]
-            };
-            crate::tta::mirrored(&x, image.dims, axes, lr, &pairs, &mut window)
+            let axes = crate::tta::mirror_axes(model.config.left_right_flip, lr);
+            crate::tta::mirrored(&x, image.dims, &axes, lr, &pairs, &mut window)
         } else {
             window(&x)
         };

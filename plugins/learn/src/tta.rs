@@ -79,6 +79,17 @@ pub fn left_right_axis(affine: &[[f64; 4]; 4]) -> usize {
         .unwrap_or(0)
 }
 
+/// The axes test-time mirroring may flip: only the left-right one, and only for a network
+/// trained with left-right flips (`left_right_flip`; unknown in older models: yes, the
+/// default). Never the others: training never shows a network a head upside down.
+pub fn mirror_axes(left_right_flip: Option<bool>, lr_axis: usize) -> Vec<usize> {
+    if left_right_flip.unwrap_or(true) {
+        vec![lr_axis]
+    } else {
+        Vec::new()
+    }
+}
+
 /// A network pass over a whole volume: one map per organ.
 pub type Pass<'a, E> = dyn FnMut(&[f32]) -> Result<Vec<Vec<f32>>, E> + 'a;
 
@@ -200,5 +211,15 @@ mod tests {
         assert_eq!(avg, plain);
         let blurred = mirrored(&image, dims, &[0], 0, &[], &mut net).unwrap();
         assert_eq!(blurred, vec![vec![0.5; 8], vec![0.5; 8]]);
+    }
+
+    /// Mirroring follows training: the left-right axis for a network trained with flips
+    /// (or not known to be trained without), nothing otherwise; never all three axes (that
+    /// erased every organ on OpenKBP).
+    #[test]
+    fn mirroring_only_along_what_training_flipped() {
+        assert_eq!(mirror_axes(Some(true), 1), vec![1]);
+        assert_eq!(mirror_axes(None, 0), vec![0]);
+        assert!(mirror_axes(Some(false), 1).is_empty());
     }
 }
