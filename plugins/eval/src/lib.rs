@@ -624,41 +624,33 @@ impl Stage for Report {
             .map(|(v, i)| (v.clone(), i.as_json().cloned().unwrap_or_default()))
             .collect();
         let pooled = pool_seeds(&docs);
-        let seeds_pooled = pooled
-            .as_ref()
-            .map(|(p, _)| p.clone())
-            .unwrap_or(docs.clone());
+        let seeds_pooled = match &pooled {
+            Some((p, _)) => p.clone(),
+            None => docs.clone(),
+        };
         let folds = pool_folds(&seeds_pooled);
         let (table, mut json) = match &folds {
             Some((p, _)) => compare_variants(p),
             None => compare_variants(&seeds_pooled),
         };
-        let folds_md = match &folds {
-            Some((_, per_fold)) => {
-                json["per_fold_means"] = serde_json::json!(per_fold
-                    .iter()
-                    .map(|((v, o, m), s)| serde_json::json!({"variant": v, "organ": o, "metric": m, "per_fold": s}))
-                    .collect::<Vec<_>>());
-                format!(
-                    "\n\n## Cross-validation folds\n\nEach variant ran once per fold (`cross_validation:`); above, the folds' cases are pooled: the cross-validation result. Here, each fold's mean over its cases:\n\n{}",
-                    spread_table(per_fold, "fold")
-                )
-            }
-            None => String::new(),
+        // Per variant, organ and metric, each fold's (or seed's) mean: in the JSON under
+        // `per_<what>_means`, and a section of the table.
+        let mut spread = |means: &SeedMeans, what: &str, heading: &str, text: &str| -> String {
+            json[format!("per_{what}_means")] = serde_json::json!(means
+                .iter()
+                .map(|((v, o, m), s)| serde_json::json!({"variant": v, "organ": o, "metric": m, format!("per_{what}"): s}))
+                .collect::<Vec<_>>());
+            format!(
+                "\n\n## {heading}\n\n{text}\n\n{}",
+                spread_table(means, what)
+            )
         };
-        let seeds_md = match &pooled {
-            Some((_, per_seed)) => {
-                json["per_seed_means"] = serde_json::json!(per_seed
-                    .iter()
-                    .map(|((v, o, m), s)| serde_json::json!({"variant": v, "organ": o, "metric": m, "per_seed": s}))
-                    .collect::<Vec<_>>());
-                format!(
-                    "\n\n## Spread over seeds\n\nEach variant ran once per seed (`seeds:`); above, cases and seeds are pooled (mean ± sd over (case, seed) pairs; Wilcoxon paired by case and seed). Here, each seed's mean over the cases:\n\n{}",
-                    seed_spread_table(per_seed)
-                )
-            }
-            None => String::new(),
-        };
+        let folds_md = folds.as_ref().map_or(String::new(), |(_, per_fold)| {
+            spread(per_fold, "fold", "Cross-validation folds", "Each variant ran once per fold (`cross_validation:`); above, the folds' cases are pooled: the cross-validation result. Here, each fold's mean over its cases:")
+        });
+        let seeds_md = pooled.as_ref().map_or(String::new(), |(_, per_seed)| {
+            spread(per_seed, "seed", "Spread over seeds", "Each variant ran once per seed (`seeds:`); above, cases and seeds are pooled (mean ± sd over (case, seed) pairs; Wilcoxon paired by case and seed). Here, each seed's mean over the cases:")
+        });
         let table = format!("{table}{folds_md}{seeds_md}");
         let title = self
             .0

@@ -210,7 +210,33 @@ pub fn organ_file_cases(
 
 /// Label priority for overlapping masks: bigger structures first, so that smaller ones
 /// (chiasm, optic nerves) keep their voxels where two annotations touch.
-pub(crate) fn priority(organ: &str) -> u8 {
+/// One label map (0 background, k = organs[k - 1]) from per-organ masks (nonzero =
+/// inside; `None` = not contoured), and how many voxels two organs claimed: where masks
+/// overlap, the organ of higher [`priority`] (the smaller structure) wins.
+pub(crate) fn labels_from_masks(
+    n: usize,
+    organs: &[String],
+    masks: &[Option<&[u8]>],
+) -> (Vec<u8>, usize) {
+    let mut labels = vec![0u8; n];
+    let mut order: Vec<usize> = (0..organs.len()).collect();
+    order.sort_by_key(|&k| priority(&organs[k]));
+    let mut overlaps = 0usize;
+    for k in order {
+        let Some(m) = masks.get(k).copied().flatten() else {
+            continue;
+        };
+        for (l, &v) in labels.iter_mut().zip(m) {
+            if v != 0 {
+                overlaps += usize::from(*l != 0);
+                *l = (k + 1) as u8;
+            }
+        }
+    }
+    (labels, overlaps)
+}
+
+fn priority(organ: &str) -> u8 {
     let o = organ.to_ascii_lowercase();
     if o.contains("chiasm") {
         6
@@ -282,26 +308,17 @@ pub fn load_organ_files(
                 .map(|(v, p)| (v.clone(), p.clone()))
         })
         .ok_or_else(|| format!("case {}: neither an image nor any organ mask", case.id))?;
-    let n = reference.0.len();
-    let mut labels = vec![0u8; n];
-    let mut order: Vec<usize> = (0..organs.len()).collect();
-    order.sort_by_key(|&k| priority(&organs[k]));
-    let mut overlaps = 0usize;
-    for k in order {
-        let Some((m, p)) = &masks[k] else { continue };
+    let mut voxels: Vec<Option<&[u8]>> = Vec::with_capacity(masks.len());
+    for (m, p) in masks.iter().flatten() {
         check_same_grid(&reference.0, &reference.1, m, p)?;
-        let VoxelData::U8(d) = &m.data else {
-            unreachable!("as_labels gives u8")
-        };
-        for (l, &v) in labels.iter_mut().zip(d) {
-            if v != 0 {
-                if *l != 0 {
-                    overlaps += 1;
-                }
-                *l = (k + 1) as u8;
-            }
-        }
     }
+    for m in &masks {
+        voxels.push(m.as_ref().map(|(m, _)| match &m.data {
+            VoxelData::U8(d) => d.as_slice(),
+            _ => unreachable!("as_labels gives u8"),
+        }));
+    }
+    let (labels, overlaps) = labels_from_masks(reference.0.len(), organs, &voxels);
     let grid_vol = reference.0;
     let labels = grid_vol
         .with_data(VoxelData::U8(labels))

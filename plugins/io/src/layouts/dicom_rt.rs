@@ -145,19 +145,8 @@ impl Layout for DicomRt {
                 }
             });
         }
-        let mut labels = vec![0u8; image.len()];
-        let mut order: Vec<usize> = (0..self.organs.len()).collect();
-        order.sort_by_key(|&k| datasets::priority(&self.organs[k]));
-        let mut overlaps = 0usize;
-        for k in order {
-            let Some(m) = &masks[k] else { continue };
-            for (l, &v) in labels.iter_mut().zip(m) {
-                if v != 0 {
-                    overlaps += usize::from(*l != 0);
-                    *l = (k + 1) as u8;
-                }
-            }
-        }
+        let views: Vec<Option<&[u8]>> = masks.iter().map(|m| m.as_deref()).collect();
+        let (labels, overlaps) = datasets::labels_from_masks(image.len(), &self.organs, &views);
         let unmatched: Vec<&str> = rois
             .iter()
             .filter(|r| {
