@@ -15,39 +15,51 @@
 //! of the boundary voxels).
 
 use crate::{file_err, FormatError};
-use dicom_dictionary_std::tags;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::VR;
+use dicom_dictionary_std::{tags, StandardDataDictionary};
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use shapeflow_volume::{Grid, Volume, VoxelData};
 use std::path::{Path, PathBuf};
 
-/// Checks that every element's declared length fits in what holds it (the file, its item or
-/// sequence), walking the element headers as DICOM lays them out: the DICOM crate sizes
-/// buffers from declared lengths before reading, some with infallible allocations, so a
-/// 1 kB file declaring a 1.5 GB string would abort the process.
+/// Checks, before `dicom-rs` reads a file, that every length it will read fits in what holds
+/// it (the file, its item or sequence): the crate sizes buffers from declared lengths before
+/// reading, some with infallible allocations, so a 1 kB file declaring a 1.5 GB string
+/// would abort the process. The walk follows the crate's own parse step by step (how it
+/// finds the end of the meta group, which VRs have short headers, the dictionary's VR in
+/// implicit VR, what it reads as a sequence) and refuses what it would read differently: a
+/// numeric value whose length is not a multiple of its width (the crate reads whole values
+/// and would go on from the middle of one, where any bytes make a length; found by the
+/// `dicom` fuzz target), a delimiter where none is expected, a container without its end.
 fn check_lengths(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err("no DICM preamble".into());
     }
-    // The meta group is explicit VR little endian; it names the data set's transfer syntax.
-    let mut pos = 132;
-    let mut ts = String::new();
-    while pos + 8 <= bytes.len() && u16::from_le_bytes([bytes[pos], bytes[pos + 1]]) == 0x0002 {
-        let (len, header) = element_len(bytes, pos, true, false)?;
-        let elem = u16::from_le_bytes([bytes[pos + 2], bytes[pos + 3]]);
-        let start = pos + header;
-        let end = start
-            .checked_add(len)
-            .filter(|&e| e <= bytes.len())
-            .ok_or("a file meta element declares more bytes than the file holds")?;
-        if elem == 0x0010 {
-            ts = String::from_utf8_lossy(&bytes[start..end])
+    // The meta group (explicit VR little endian): its group length first, then elements
+    // until that many bytes are read, as dicom-rs reads it.
+    let (len, header, vr) = element_header(bytes, 132, true)?;
+    if tag_at(bytes, 132) != (0x0002, 0x0000) || vr != VR::UL || len != 4 {
+        return Err("the file meta group does not begin with its group length (0002,0000)".into());
+    }
+    let group = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
+    let mut pos = 132 + header + 4;
+    let (mut read, mut ts) = (0usize, String::new());
+    while read < group {
+        let (len, header, _) = element_header(bytes, pos, true)?;
+        if len == UNDEFINED {
+            return Err("a file meta element of undefined length".into());
+        }
+        let end = fits(pos + header, len, bytes.len())?;
+        if tag_at(bytes, pos) == (0x0002, 0x0010) {
+            ts = String::from_utf8_lossy(&bytes[pos + header..end])
                 .trim_end_matches(['\0', ' '])
                 .to_string();
         }
+        read = read.saturating_add(header + len);
         pos = end;
     }
-    let (explicit, big) = match ts.as_str() {
-        "1.2.840.10008.1.2" => (false, false),
+    let explicit = match ts.as_str() {
+        "1.2.840.10008.1.2" => false,
         "1.2.840.10008.1.2.2" => {
             return Err(
                 "a big-endian data set (transfer syntax 1.2.840.10008.1.2.2, retired) is not read"
@@ -59,101 +71,167 @@ fn check_lengths(bytes: &[u8]) -> Result<(), String> {
                 "a deflated data set (transfer syntax 1.2.840.10008.1.2.1.99) is not read".into(),
             )
         }
-        _ => (true, false),
+        _ => true,
     };
-    walk(bytes, pos, bytes.len(), explicit, big, 0).map(|_| ())
+    walk(bytes, pos, bytes.len(), explicit, Container::DataSet, 0).map(|_| ())
 }
 
 const UNDEFINED: usize = 0xFFFF_FFFF;
 
-/// (value length, header length) of the element at `pos`.
-fn element_len(b: &[u8], pos: usize, explicit: bool, big: bool) -> Result<(usize, usize), String> {
-    let short = || "an element header runs past the end of its container".to_string();
-    let u16_at = |p: usize| -> Result<usize, String> {
-        let s = b.get(p..p + 2).ok_or_else(short)?;
-        Ok(if big {
-            u16::from_be_bytes([s[0], s[1]])
-        } else {
-            u16::from_le_bytes([s[0], s[1]])
-        } as usize)
-    };
+/// What holds the elements being walked.
+#[derive(Clone, Copy, PartialEq)]
+enum Container {
+    /// The data set itself: a stray delimiter of length 0 is skipped (dicom-rs ignores it).
+    DataSet,
+    /// A sequence: only items, up to its end or its sequence delimiter.
+    Sequence,
+    /// Encapsulated pixel data: items whose content is raw fragments.
+    Fragments,
+    /// An item of a sequence: elements, up to its end or its item delimiter.
+    Item,
+}
+
+fn tag_at(b: &[u8], pos: usize) -> (u16, u16) {
+    (
+        u16::from_le_bytes([b[pos], b[pos + 1]]),
+        u16::from_le_bytes([b[pos + 2], b[pos + 3]]),
+    )
+}
+
+/// `start + len`, when it is no further than `end`.
+fn fits(start: usize, len: usize, end: usize) -> Result<usize, String> {
+    start
+        .checked_add(len)
+        .filter(|&e| e <= end)
+        .ok_or_else(|| "an element declares more bytes than its container holds".to_string())
+}
+
+/// (value length, header length, VR) of the element at `pos` (at least 8 bytes there), as
+/// dicom-rs decodes it: explicit VR from the bytes (an unknown VR is UN), implicit VR
+/// from the standard dictionary (pixel and overlay data OW, unknown tags UN).
+fn element_header(b: &[u8], pos: usize, explicit: bool) -> Result<(usize, usize, VR), String> {
+    let short = || "an element header runs past the end of the file".to_string();
     let u32_at = |p: usize| -> Result<usize, String> {
         let s = b.get(p..p + 4).ok_or_else(short)?;
-        let a = [s[0], s[1], s[2], s[3]];
-        Ok(if big {
-            u32::from_be_bytes(a)
-        } else {
-            u32::from_le_bytes(a)
-        } as usize)
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
     };
-    let group = u16::from_le_bytes([
-        *b.get(pos).ok_or_else(short)?,
-        *b.get(pos + 1).ok_or_else(short)?,
-    ]);
-    if !explicit || group == 0xFFFE {
-        return Ok((u32_at(pos + 4)?, 8));
+    if b.len() < pos.saturating_add(8) {
+        return Err(short());
     }
-    let vr = b.get(pos + 4..pos + 6).ok_or_else(short)?;
+    let (g, e) = tag_at(b, pos);
+    if g == 0xFFFE {
+        return Ok((u32_at(pos + 4)?, 8, VR::UN));
+    }
+    if !explicit {
+        let vr = if (g, e) == (0x7FE0, 0x0010) || (g >> 8 == 0x60 && e == 0x3000) {
+            VR::OW
+        } else {
+            StandardDataDictionary
+                .by_tag(dicom_object::Tag(g, e))
+                .map(|entry| entry.vr().relaxed())
+                .unwrap_or(VR::UN)
+        };
+        return Ok((u32_at(pos + 4)?, 8, vr));
+    }
+    let vr = VR::from_binary([b[pos + 4], b[pos + 5]]).unwrap_or(VR::UN);
+    use VR::*;
     match vr {
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR"
-        | b"UT" | b"UV" => Ok((u32_at(pos + 8)?, 12)),
-        _ => Ok((u16_at(pos + 6)?, 8)),
+        AE | AS | AT | CS | DA | DS | DT | FL | FD | IS | LO | LT | PN | SH | SL | SS | ST | TM
+        | UI | UL | US => Ok((u16::from_le_bytes([b[pos + 6], b[pos + 7]]) as usize, 8, vr)),
+        _ => Ok((u32_at(pos + 8)?, 12, vr)),
     }
 }
 
-/// Walks elements from `pos` to `end`; returns where it stopped (after a delimiter, for
-/// containers of undefined length).
+/// The size of one value of a VR that dicom-rs reads as whole numbers (it reads
+/// `length / width` of them).
+fn value_width(vr: VR) -> usize {
+    use VR::*;
+    match vr {
+        US | SS | OW => 2,
+        UL | SL | FL | OF | OL | AT => 4,
+        FD | OD | SV | UV | OV => 8,
+        _ => 1,
+    }
+}
+
+/// Walks the elements of `container` from `pos` to `end` (for one of undefined length, to
+/// its delimiter); returns where it ends.
 fn walk(
     b: &[u8],
     mut pos: usize,
     end: usize,
     explicit: bool,
-    big: bool,
+    container: Container,
     depth: usize,
 ) -> Result<usize, String> {
     if depth > 32 {
         return Err("sequences nested more than 32 deep".into());
     }
-    let beyond = || "an element declares more bytes than its container holds".to_string();
+    let until_delimiter = end == usize::MAX;
+    let end = end.min(b.len());
     while pos < end {
-        let tag = |p: usize| -> (u16, u16) {
-            let g = u16::from_le_bytes([b[p], b[p + 1]]);
-            let e = u16::from_le_bytes([b[p + 2], b[p + 3]]);
-            if big && g != 0xFFFE {
-                (g.swap_bytes(), e.swap_bytes())
-            } else {
-                (g, e)
-            }
-        };
         if pos + 8 > end {
             return Err("an element header runs past the end of its container".into());
         }
-        let (g, e) = tag(pos);
-        let (len, header) = element_len(b, pos, explicit, big)?;
+        let (g, e) = tag_at(b, pos);
+        let (len, header, vr) = element_header(b, pos, explicit)?;
         if g == 0xFFFE && (e == 0xE00D || e == 0xE0DD) {
-            return Ok(pos + 8); // item or sequence delimiter
+            let expected = match container {
+                Container::Item => 0xE00D,
+                Container::Sequence | Container::Fragments => 0xE0DD,
+                Container::DataSet if len == 0 => {
+                    pos += 8;
+                    continue;
+                }
+                Container::DataSet => return Err("a delimiter with a length".into()),
+            };
+            if e != expected || !until_delimiter {
+                return Err(format!("an unexpected delimiter (FFFE,{e:04X})"));
+            }
+            return Ok(pos + 8);
+        }
+        let is_item = (g, e) == (0xFFFE, 0xE000);
+        if matches!(container, Container::Sequence | Container::Fragments) && !is_item {
+            return Err(format!(
+                "({g:04X},{e:04X}) in a sequence, where items belong"
+            ));
         }
         let start = pos + header;
-        let is_sq = explicit && g != 0xFFFE && b.get(pos + 4..pos + 6) == Some(b"SQ");
-        if len == UNDEFINED {
-            // A sequence, an item or encapsulated pixel data: walk what it holds up to its
-            // delimiter.
-            pos = walk(b, start, end, explicit, big, depth + 1)?;
-            continue;
-        }
-        let stop = start
-            .checked_add(len)
-            .filter(|&s| s <= end)
-            .ok_or_else(beyond)?;
-        // Items, and sequences (explicit SQ, or values that start with an item tag), hold
-        // elements whose lengths must fit too.
-        let holds_items = g == 0xFFFE && e == 0xE000
-            || is_sq
-            || (len >= 8 && b[start..start + 4] == [0xFE, 0xFF, 0x00, 0xE0]);
-        if holds_items && len > 0 && !(g == 0x7FE0 && e == 0x0010) {
-            walk(b, start, stop, explicit, big, depth + 1)?;
-        }
-        pos = stop;
+        // What the element holds, as dicom-rs reads it.
+        let inner = if container == Container::Fragments {
+            None // a fragment: raw bytes
+        } else if is_item {
+            Some(Container::Item)
+        } else if (g, e) == (0x7FE0, 0x0010) && len == UNDEFINED {
+            Some(Container::Fragments)
+        } else if vr == VR::SQ || len == UNDEFINED {
+            Some(Container::Sequence)
+        } else {
+            None
+        };
+        pos = match (inner, len == UNDEFINED) {
+            (Some(inner), true) => walk(b, start, usize::MAX, explicit, inner, depth + 1)?,
+            (Some(inner), false) => {
+                let stop = fits(start, len, end)?;
+                if walk(b, start, stop, explicit, inner, depth + 1)? != stop {
+                    return Err("an element declares more bytes than its container holds".into());
+                }
+                stop
+            }
+            (None, true) => return Err("a value of undefined length".into()),
+            (None, false) => {
+                if len % value_width(vr) != 0 {
+                    return Err(format!(
+                        "({g:04X},{e:04X}) of VR {vr:?} declares {len} bytes, not a multiple of {}",
+                        value_width(vr)
+                    ));
+                }
+                fits(start, len, end)?
+            }
+        };
+    }
+    if until_delimiter && container != Container::DataSet {
+        return Err("a sequence or item without its delimiter".into());
     }
     Ok(pos)
 }
@@ -284,6 +362,12 @@ pub fn read_series(files: &[PathBuf]) -> Result<Volume, FormatError> {
             f,
             "Columns",
         )?;
+        if rows == 0 || cols == 0 {
+            return Err(file_err(
+                f,
+                format!("{rows} x {cols} pixels: an empty image"),
+            ));
+        }
         if ipp.len() != 3 || iop.len() != 6 || ps.len() != 2 {
             return Err(file_err(
                 f,
@@ -573,6 +657,9 @@ pub fn read_rtstruct(path: &Path) -> Result<Vec<Roi>, FormatError> {
 /// on a slice of the grid, or outside it.
 pub fn rasterise(roi: &Roi, grid: &Grid) -> Result<Vec<u8>, String> {
     let d = grid.dims;
+    if d.contains(&0) {
+        return Err(format!("ROI `{}`: the image grid {d:?} is empty", roi.name));
+    }
     let inv = grid
         .inverse()
         .ok_or_else(|| "the image grid is singular".to_string())?;
@@ -762,5 +849,82 @@ mod tests {
             ..roi
         };
         assert!(rasterise(&bad, &g).unwrap_err().contains("finite"));
+    }
+
+    /// A file of `data_set` (implicit VR little endian) after a valid meta group.
+    fn implicit_file(data_set: &[u8]) -> Vec<u8> {
+        let ts = b"1.2.840.10008.1.2\0";
+        let mut meta = vec![0x02, 0, 0x10, 0, b'U', b'I'];
+        meta.extend((ts.len() as u16).to_le_bytes());
+        meta.extend(ts);
+        let mut f = vec![0u8; 128];
+        f.extend(b"DICM");
+        f.extend([0x02, 0, 0, 0, b'U', b'L', 4, 0]);
+        f.extend((meta.len() as u32).to_le_bytes());
+        f.extend(meta);
+        f.extend(data_set);
+        f
+    }
+
+    fn implicit(group: u16, elem: u16, value: &[u8]) -> Vec<u8> {
+        let mut v = group.to_le_bytes().to_vec();
+        v.extend(elem.to_le_bytes());
+        v.extend((value.len() as u32).to_le_bytes());
+        v.extend(value);
+        v
+    }
+
+    /// The length walk agrees with how dicom-rs reads: a 14-byte UL (it reads three values
+    /// and would take the next two bytes as the start of a tag, then a 4 GB length from the
+    /// bytes after: the fuzz target's finding) is refused, as are stray delimiters with a
+    /// length and sequences without their end; a well-formed file passes.
+    #[test]
+    fn lengths_are_walked_as_dicom_rs_reads_them() {
+        let ok = [
+            implicit(0x0008, 0x0060, b"CT"),
+            implicit(0x0028, 0x0010, &[4, 0]),
+            implicit(0x0008, 0x0000, &[0; 12]),
+        ]
+        .concat();
+        assert_eq!(check_lengths(&implicit_file(&ok)), Ok(()));
+        let odd_ul = implicit(0x0008, 0x0000, b"Test^Pat\0\0\0\0sh");
+        let e = check_lengths(&implicit_file(&odd_ul)).unwrap_err();
+        assert!(e.contains("not a multiple of 4"), "{e}");
+        let odd_us = implicit(0x0028, 0x0010, &[4, 0, 0]);
+        assert!(check_lengths(&implicit_file(&odd_us)).is_err());
+        // A delimiter of length 0 between elements is skipped (dicom-rs ignores it); one
+        // with a length is refused.
+        let stray = [implicit(0xFFFE, 0xE00D, &[]), ok.clone()].concat();
+        assert_eq!(check_lengths(&implicit_file(&stray)), Ok(()));
+        let long = [implicit(0xFFFE, 0xE00D, &[1, 2]), ok.clone()].concat();
+        assert!(check_lengths(&implicit_file(&long)).is_err());
+        // A sequence (the dictionary's VR) of undefined length needs its delimiter.
+        let mut seq = vec![0x06, 0x30, 0x20, 0x00, 0xFF, 0xFF, 0xFF, 0xFF];
+        seq.extend(implicit(
+            0xFFFE,
+            0xE000,
+            &implicit(0x3006, 0x0022, &[b'1', b' ']),
+        ));
+        assert!(check_lengths(&implicit_file(&seq))
+            .unwrap_err()
+            .contains("delimiter"));
+        seq.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        assert_eq!(check_lengths(&implicit_file(&seq)), Ok(()));
+    }
+
+    /// An image with no columns (found by the `dicom` fuzz target: a 0-column slice that is
+    /// also a structure set indexed past an empty mask) is an error, not a panic.
+    #[test]
+    fn an_empty_grid_is_an_error() {
+        let roi = Roi {
+            number: 1,
+            name: "r".into(),
+            contours: vec![vec![[-5.0, -5.0, 0.0], [5.0, -5.0, 0.0], [5.0, 5.0, 0.0]]],
+            skipped: 0,
+        };
+        for d in [[0, 10, 1], [10, 0, 1], [10, 10, 0]] {
+            let e = rasterise(&roi, &grid(d)).unwrap_err();
+            assert!(e.contains("empty") || e.contains("outside"), "{d:?}: {e}");
+        }
     }
 }
