@@ -417,6 +417,8 @@ fn fuzz_corpus_and_regressions_read_without_panic() {
 /// by pydicom and rt-utils (tests/py/write_dicom_rt.py), read back by `load`'s `dicom-rt`:
 /// the CT voxel for voxel and its geometry within 1e-3 mm, each organ's mask with Dice > 0.99
 /// against the original (organs are small at these spacings: a voxel is 1-2% of Dice).
+/// The reverse direction: our RTSTRUCT of the original masks, read by rt-utils (Dice > 0.99)
+/// and by our reader (voxel for voxel).
 /// Then the refusals: a missing slice (irregular spacing), no RTSTRUCT (an unlabeled case).
 #[test]
 fn dicom_rt_written_by_pydicom_and_rt_utils_reads_back_the_originals() {
@@ -506,6 +508,55 @@ fn dicom_rt_written_by_pydicom_and_rt_utils_reads_back_the_originals() {
                 dice > 0.99,
                 "{id} {organ}: Dice {dice:.4} ({a} vs {b} voxels)"
             );
+        }
+    }
+    // The reverse direction: our RTSTRUCT of the original masks on each series, read back
+    // by rt-utils (OpenCV fillPoly) and by our own reader.
+    use shapeflow_formats::dicom;
+    for (id, image, organs) in &cases {
+        let dir = d.path().join("dcm").join(id);
+        let folder = dicom::scan(&dir).unwrap();
+        let files = &folder.series[0].2;
+        let grid = dicom::read_series(files).unwrap().grid();
+        let series = dicom::read_series_ref(files).unwrap();
+        let truths: Vec<Vec<u8>> = organs
+            .iter()
+            .map(|(_, p)| {
+                let v = datasets::read_volume(p).unwrap();
+                v.to_f32().iter().map(|&x| u8::from(x > 0.0)).collect()
+            })
+            .collect();
+        let rois: Vec<(&str, &[u8])> = organs
+            .iter()
+            .zip(&truths)
+            .map(|((o, _), m)| (*o, m.as_slice()))
+            .collect();
+        let ours = d.path().join(format!("ours-{id}.dcm"));
+        dicom::write_rtstruct(&ours, &series, &grid, &rois, "shapeflow test").unwrap();
+        for (roi, (organ, truth)) in dicom::read_rtstruct(&ours).unwrap().iter().zip(&rois) {
+            assert_eq!(roi.name, *organ);
+            let back = dicom::rasterise(roi, &grid).unwrap();
+            let differ = back.iter().zip(*truth).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differ, 0,
+                "{id} {organ}: our reader differs in {differ} voxels"
+            );
+        }
+        let mut args = vec![
+            dir.to_str().unwrap().to_string(),
+            ours.to_str().unwrap().to_string(),
+            image.to_str().unwrap().to_string(),
+        ];
+        args.extend(organs.iter().map(|(o, p)| format!("{o}={}", p.display())));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let Some(read) = python_json("read_rtstruct.py", &a) else {
+            return;
+        };
+        for (organ, _) in organs {
+            let r = &read["rois"][organ];
+            let dice = r["dice"].as_f64().unwrap();
+            eprintln!("{id} {organ}: rt-utils reads our RTSTRUCT with Dice {dice:.4} ({r})");
+            assert!(dice > 0.99, "{id} {organ}: rt-utils Dice {dice:.4} ({r})");
         }
     }
     // A missing slice: irregular spacing, named.

@@ -653,6 +653,335 @@ pub fn read_rtstruct(path: &Path) -> Result<Vec<Roi>, FormatError> {
     Ok(rois)
 }
 
+/// What an RTSTRUCT written for a series refers to: its patient, study, series and frame of
+/// reference, and each slice's SOP class and instance, in the order of [`read_series`]'s
+/// volume (along the slice normal).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesRef {
+    pub patient_name: String,
+    pub patient_id: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
+    pub study_uid: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub study_id: String,
+    pub accession_number: String,
+    pub referring_physician: String,
+    pub series_uid: String,
+    pub frame_of_reference_uid: String,
+    /// (SOPClassUID, SOPInstanceUID) per slice.
+    pub slices: Vec<(String, String)>,
+}
+
+/// The references of an image series (headers only), for [`write_rtstruct`].
+pub fn read_series_ref(files: &[PathBuf]) -> Result<SeriesRef, FormatError> {
+    let first = files
+        .first()
+        .ok_or_else(|| file_err(Path::new("."), "an empty series"))?;
+    let mut slices = Vec::with_capacity(files.len());
+    let mut r = SeriesRef::default();
+    for (i, f) in files.iter().enumerate() {
+        let obj = open(f, true)?;
+        let ipp = need(
+            floats(&obj, tags::IMAGE_POSITION_PATIENT),
+            f,
+            "ImagePositionPatient",
+        )?;
+        let iop = need(
+            floats(&obj, tags::IMAGE_ORIENTATION_PATIENT),
+            f,
+            "ImageOrientationPatient",
+        )?;
+        if ipp.len() != 3 || iop.len() != 6 {
+            return Err(file_err(
+                f,
+                "ImagePositionPatient needs 3 values, ImageOrientationPatient 6",
+            ));
+        }
+        let n = [
+            iop[1] * iop[5] - iop[2] * iop[4],
+            iop[2] * iop[3] - iop[0] * iop[5],
+            iop[0] * iop[4] - iop[1] * iop[3],
+        ];
+        let along: f64 = (0..3).map(|a| ipp[a] * n[a]).sum();
+        let uid = |tag, field| need(text(&obj, tag).filter(|s| !s.is_empty()), f, field);
+        let sop = (
+            uid(tags::SOP_CLASS_UID, "SOPClassUID")?,
+            uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
+        );
+        if i == 0 {
+            let t = |tag| text(&obj, tag).unwrap_or_default();
+            r = SeriesRef {
+                patient_name: t(tags::PATIENT_NAME),
+                patient_id: t(tags::PATIENT_ID),
+                patient_birth_date: t(tags::PATIENT_BIRTH_DATE),
+                patient_sex: t(tags::PATIENT_SEX),
+                study_uid: uid(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
+                study_date: t(tags::STUDY_DATE),
+                study_time: t(tags::STUDY_TIME),
+                study_id: t(tags::STUDY_ID),
+                accession_number: t(tags::ACCESSION_NUMBER),
+                referring_physician: t(tags::REFERRING_PHYSICIAN_NAME),
+                series_uid: uid(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
+                frame_of_reference_uid: uid(tags::FRAME_OF_REFERENCE_UID, "FrameOfReferenceUID")?,
+                slices: Vec::new(),
+            };
+        }
+        slices.push((along, sop));
+    }
+    slices.sort_by(|a, b| a.0.total_cmp(&b.0));
+    r.slices = slices.into_iter().map(|(_, s)| s).collect();
+    if r.study_uid.is_empty() {
+        return Err(file_err(first, "missing `StudyInstanceUID`"));
+    }
+    Ok(r)
+}
+
+/// A new UID under the 2.25 root (a random 128-bit number, as PS3.5 B.2 allows).
+fn new_uid() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let word = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("2.25.{}", (u128::from(word(1)) << 64) | u128::from(word(2)))
+}
+
+/// Colours given to ROIs in turn (RGB).
+const ROI_COLOURS: [[u16; 3]; 8] = [
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+];
+
+/// Writes `rois` (name, mask on `grid`: 0/1, x fastest, the volume [`read_series`] read
+/// from the series `series` refers to) as an RTSTRUCT at `path`, atomically. Each slice's
+/// mask becomes closed planar contours through its boundary voxels' centres (outer borders
+/// and holes, [`crate::contours::trace`]), which [`rasterise`] and OpenCV's `fillPoly` (as
+/// rt-utils reads) fill back to the mask. Implicit VR little endian: a long contour does
+/// not fit explicit VR's 64 kB limit for a DS value.
+pub fn write_rtstruct(
+    path: &Path,
+    series: &SeriesRef,
+    grid: &Grid,
+    rois: &[(&str, &[u8])],
+    label: &str,
+) -> Result<(), FormatError> {
+    use dicom_core::value::DataSetSequence;
+    use dicom_object::mem::InMemElement;
+    let d = grid.dims;
+    if series.slices.len() != d[2] {
+        return Err(file_err(
+            path,
+            format!(
+                "{} slices in the series, the grid has {}",
+                series.slices.len(),
+                d[2]
+            ),
+        ));
+    }
+    if let Some((name, m)) = rois.iter().find(|(_, m)| m.len() != d[0] * d[1] * d[2]) {
+        return Err(file_err(
+            path,
+            format!("ROI `{name}`: {} voxels, the grid {:?}", m.len(), d),
+        ));
+    }
+    let el = |tag, vr, v: &str| InMemElement::new(tag, vr, dicom_core::PrimitiveValue::from(v));
+    let seq = |tag, items: Vec<InMemDicomObject>| {
+        InMemElement::new(tag, VR::SQ, DataSetSequence::from(items))
+    };
+    let image_ref = |k: usize| {
+        InMemDicomObject::from_element_iter([
+            el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &series.slices[k].0),
+            el(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                &series.slices[k].1,
+            ),
+        ])
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_secs())
+        .unwrap_or(0);
+    let (date, time) = dicom_date_time(now);
+    let sop_uid = new_uid();
+    let mut obj = InMemDicomObject::from_element_iter([
+        el(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"),
+        el(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.481.3"),
+        el(tags::SOP_INSTANCE_UID, VR::UI, &sop_uid),
+        el(tags::STUDY_DATE, VR::DA, &series.study_date),
+        el(tags::STUDY_TIME, VR::TM, &series.study_time),
+        el(tags::ACCESSION_NUMBER, VR::SH, &series.accession_number),
+        el(tags::MODALITY, VR::CS, "RTSTRUCT"),
+        el(tags::MANUFACTURER, VR::LO, "shapeflow"),
+        el(
+            tags::REFERRING_PHYSICIAN_NAME,
+            VR::PN,
+            &series.referring_physician,
+        ),
+        el(tags::SERIES_DESCRIPTION, VR::LO, label),
+        el(tags::PATIENT_NAME, VR::PN, &series.patient_name),
+        el(tags::PATIENT_ID, VR::LO, &series.patient_id),
+        el(tags::PATIENT_BIRTH_DATE, VR::DA, &series.patient_birth_date),
+        el(tags::PATIENT_SEX, VR::CS, &series.patient_sex),
+        el(tags::STUDY_INSTANCE_UID, VR::UI, &series.study_uid),
+        el(tags::SERIES_INSTANCE_UID, VR::UI, &new_uid()),
+        el(tags::STUDY_ID, VR::SH, &series.study_id),
+        el(tags::SERIES_NUMBER, VR::IS, "1"),
+        el(tags::INSTANCE_NUMBER, VR::IS, "1"),
+        el(
+            tags::FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            &series.frame_of_reference_uid,
+        ),
+        el(
+            tags::STRUCTURE_SET_LABEL,
+            VR::SH,
+            &label.chars().take(16).collect::<String>(),
+        ),
+        el(tags::STRUCTURE_SET_DATE, VR::DA, &date),
+        el(tags::STRUCTURE_SET_TIME, VR::TM, &time),
+    ]);
+    let study = InMemDicomObject::from_element_iter([
+        el(
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.3.1.2.3.1",
+        ),
+        el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &series.study_uid),
+        seq(
+            tags::RT_REFERENCED_SERIES_SEQUENCE,
+            vec![InMemDicomObject::from_element_iter([
+                el(tags::SERIES_INSTANCE_UID, VR::UI, &series.series_uid),
+                seq(
+                    tags::CONTOUR_IMAGE_SEQUENCE,
+                    (0..d[2]).map(image_ref).collect(),
+                ),
+            ])],
+        ),
+    ]);
+    obj.put(seq(
+        tags::REFERENCED_FRAME_OF_REFERENCE_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([
+            el(
+                tags::FRAME_OF_REFERENCE_UID,
+                VR::UI,
+                &series.frame_of_reference_uid,
+            ),
+            seq(tags::RT_REFERENCED_STUDY_SEQUENCE, vec![study]),
+        ])],
+    ));
+    let (mut set, mut contours, mut observations) = (Vec::new(), Vec::new(), Vec::new());
+    let plane = d[0] * d[1];
+    for (i, (name, mask)) in rois.iter().enumerate() {
+        let number = (i + 1).to_string();
+        set.push(InMemDicomObject::from_element_iter([
+            el(tags::ROI_NUMBER, VR::IS, &number),
+            el(
+                tags::REFERENCED_FRAME_OF_REFERENCE_UID,
+                VR::UI,
+                &series.frame_of_reference_uid,
+            ),
+            el(tags::ROI_NAME, VR::LO, name),
+            el(tags::ROI_GENERATION_ALGORITHM, VR::CS, "AUTOMATIC"),
+        ]));
+        let mut items = Vec::new();
+        for k in 0..d[2] {
+            let slice = &mask[k * plane..(k + 1) * plane];
+            if slice.iter().all(|&v| v == 0) {
+                continue;
+            }
+            for poly in crate::contours::trace(slice, d[0], d[1]) {
+                let mut data = Vec::with_capacity(poly.len() * 3);
+                for p in &poly {
+                    let v = [p[0] as f64, p[1] as f64, k as f64];
+                    for (r, sign) in [(0, -1.0), (1, -1.0), (2, 1.0)] {
+                        let a = &grid.affine[r];
+                        let ras = a[0] * v[0] + a[1] * v[1] + a[2] * v[2] + a[3];
+                        data.push(format!("{:.6}", sign * ras));
+                    }
+                }
+                items.push(InMemDicomObject::from_element_iter([
+                    seq(tags::CONTOUR_IMAGE_SEQUENCE, vec![image_ref(k)]),
+                    el(tags::CONTOUR_GEOMETRIC_TYPE, VR::CS, "CLOSED_PLANAR"),
+                    el(
+                        tags::NUMBER_OF_CONTOUR_POINTS,
+                        VR::IS,
+                        &poly.len().to_string(),
+                    ),
+                    el(tags::CONTOUR_DATA, VR::DS, &data.join("\\")),
+                ]));
+            }
+        }
+        let c = ROI_COLOURS[i % ROI_COLOURS.len()];
+        contours.push(InMemDicomObject::from_element_iter([
+            el(
+                tags::ROI_DISPLAY_COLOR,
+                VR::IS,
+                &format!("{}\\{}\\{}", c[0], c[1], c[2]),
+            ),
+            seq(tags::CONTOUR_SEQUENCE, items),
+            el(tags::REFERENCED_ROI_NUMBER, VR::IS, &number),
+        ]));
+        observations.push(InMemDicomObject::from_element_iter([
+            el(tags::OBSERVATION_NUMBER, VR::IS, &number),
+            el(tags::REFERENCED_ROI_NUMBER, VR::IS, &number),
+            el(tags::RTROI_INTERPRETED_TYPE, VR::CS, "ORGAN"),
+            el(tags::ROI_INTERPRETER, VR::PN, ""),
+        ]));
+    }
+    obj.put(seq(tags::STRUCTURE_SET_ROI_SEQUENCE, set));
+    obj.put(seq(tags::ROI_CONTOUR_SEQUENCE, contours));
+    obj.put(seq(tags::RTROI_OBSERVATIONS_SEQUENCE, observations));
+    let file = obj
+        .with_meta(
+            dicom_object::FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2")
+                .implementation_class_uid("2.25.300473394046302036634346591185224592541"),
+        )
+        .map_err(|e| file_err(path, format!("RTSTRUCT: {e}")))?;
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes)
+        .map_err(|e| file_err(path, format!("RTSTRUCT: {e}")))?;
+    crate::atomic::write(path, &bytes).map_err(|e| file_err(path, e.to_string()))
+}
+
+/// (YYYYMMDD, HHMMSS) in UTC of `secs` since 1970 (civil from days, Howard Hinnant's).
+fn dicom_date_time(secs: u64) -> (String, String) {
+    let days = (secs / 86_400) as i64;
+    let s = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        format!("{year:04}{month:02}{day:02}"),
+        format!("{:02}{:02}{:02}", s / 3600, (s / 60) % 60, s % 60),
+    )
+}
+
 /// The mask (0/1, x fastest) of `roi` on `grid`. Errors name the ROI: a contour that is not
 /// on a slice of the grid, or outside it.
 pub fn rasterise(roi: &Roi, grid: &Grid) -> Result<Vec<u8>, String> {
@@ -910,6 +1239,22 @@ mod tests {
             .contains("delimiter"));
         seq.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         assert_eq!(check_lengths(&implicit_file(&seq)), Ok(()));
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(dicom_date_time(0), ("19700101".into(), "000000".into()));
+        // 2026-12-02 16:19:00 UTC
+        assert_eq!(
+            dicom_date_time(1_796_228_340),
+            ("20261202".into(), "161900".into())
+        );
+        assert_eq!(
+            dicom_date_time(951_782_400),
+            ("20000229".into(), "000000".into())
+        );
+        let (a, b) = (new_uid(), new_uid());
+        assert!(a != b && a.starts_with("2.25.") && a.len() <= 64, "{a} {b}");
     }
 
     /// An image with no columns (found by the `dicom` fuzz target: a 0-column slice that is

@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod atomic;
+pub mod contours;
 pub mod dicom;
 pub mod metaimage;
 pub mod nifti;
