@@ -61,9 +61,14 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
 /// The loss of `net` on a batch, by mode (k and lambda as in the paper for `Joint`). The
 /// network's output is taken to float32 first, so that under bfloat16 autocast the loss (its
 /// sums over a whole patch, its ratios) is still computed in float32.
-pub fn loss(net: &UNet, t: &BatchTensors, mode: Mode, k: f64, lambda: f64) -> Tensor {
+/// `ce` weighs a cross-entropy on the segmentation ([`crate::losses::bce_loss`]).
+pub fn loss(net: &UNet, t: &BatchTensors, mode: Mode, k: f64, lambda: f64, ce: f64) -> Tensor {
     let out = net.forward(&t.image).to_kind(Kind::Float);
-    mode.loss(&mode.head().activate(&out), t, k, lambda)
+    let l = mode.loss(&mode.head().activate(&out), t, k, lambda);
+    match mode.segmentation_logits(&out, k) {
+        Some(logits) if ce > 0.0 => l + crate::losses::bce_loss(&logits, &t.seg, &t.present) * ce,
+        _ => l,
+    }
 }
 
 /// One Adam step; returns the loss before the update.
@@ -74,8 +79,9 @@ pub fn step(
     mode: Mode,
     k: f64,
     lambda: f64,
+    ce: f64,
 ) -> f64 {
-    let l = loss(net, t, mode, k, lambda);
+    let l = loss(net, t, mode, k, lambda, ce);
     opt.backward_step(&l);
     l.to_kind(Kind::Double).double_value(&[])
 }
@@ -119,11 +125,11 @@ mod tests {
             to_tensors(&b, patch, Device::Cpu)
         };
         let fixed = batch(10_000);
-        let before = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0));
+        let before = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0, 0.0));
         for i in 0..60 {
-            step(&net, &mut opt, &batch(i), Mode::Sdm, 1500.0, 10.0);
+            step(&net, &mut opt, &batch(i), Mode::Sdm, 1500.0, 10.0, 0.0);
         }
-        let after = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0));
+        let after = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0, 0.0));
         assert!(
             after < before * 0.7,
             "SDM loss on held-out patches: {before} -> {after}"

@@ -28,7 +28,10 @@ retrain).
 
 Heads by `mode`: dice (sigmoid per organ, Dice loss), sdm (tanh per organ, L1 + product
 loss on the SDM), joint (the paper: tanh SDM, Dice of sigmoid(-k sdm) + lambda (L1 +
-product)). Organs absent from a case are masked out of every loss term.
+product)), and the remedies for many organs (`*-balanced`, `*-organ-scaled`). `ce` adds a
+cross-entropy on the segmentation (the Dice head's, the joint heads' Heaviside) to its
+Dice, as nnU-Net does; 0, the paper's, none. Organs absent from a case are masked out of
+every loss term.
 
 Each epoch draws `iterations` batches of `batch` patches (foreground-biased, augmented, see
 `augment`), deterministic for the pipeline seed. Adam (PyTorch's), lr `lr` times

@@ -78,6 +78,10 @@ pub struct TrainConfig {
     pub k: f64,
     /// Weight of L1 + product loss in joint mode (the paper: 10).
     pub lambda: f64,
+    /// Weight of a binary cross-entropy on the segmentation (the Dice head's probabilities,
+    /// the joint heads' smooth Heaviside), added to its Dice as nnU-Net does; 0 (the paper):
+    /// none. No effect on the SDM-only heads.
+    pub ce: f64,
     /// UNet: depth (downsamplings, the paper: 6), base_channels, max_channels, groups
     /// (GroupNorm), slope (LeakyReLU).
     pub net: NetParams,
@@ -130,6 +134,7 @@ impl Default for TrainConfig {
             lr_every: 25,
             k: 1500.0,
             lambda: 10.0,
+            ce: 0.0,
             net: NetParams::default(),
             augment: AugmentConfig::default(),
             intensity: model::Intensity::Auto,
@@ -167,6 +172,9 @@ impl TrainConfig {
                 "epochs",
                 "epochs, iterations and batch must be positive".into(),
             );
+        }
+        if !(self.ce >= 0.0 && self.ce.is_finite()) {
+            return f("ce", "must be a number >= 0".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return f("lr", "must be a positive number".into());
@@ -434,7 +442,7 @@ pub fn train(
             }
             let t = fit::to_tensors(&batch, cfg.patch, device);
             let loss = amp::autocast_bf16(cfg.bf16, || {
-                fit::loss(&net, &t, cfg.mode, cfg.k, cfg.lambda)
+                fit::loss(&net, &t, cfg.mode, cfg.k, cfg.lambda, cfg.ce)
             });
             adam.zero_grad();
             loss.backward();
