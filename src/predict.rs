@@ -16,6 +16,7 @@ use shapeflow_core::{
     BuildCtx, CancelToken, CaseData, CaseDataItem, CaseInfo, Inputs, Item, Registry, Shape,
     StageCtx,
 };
+use shapeflow_formats::dicom;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,8 +94,15 @@ impl Package {
 /// - an MSD / nnU-Net dataset (a folder with `dataset.json`): its unlabeled test images,
 ///   `imagesTs/` (MSD's `test` entries are those files);
 /// - a folder of case folders (PDDCA, OpenKBP: `<case>/ct.nii.gz` + `<case>/structures/`):
-///   one case per folder, its image the file named `image`, else the folder's only image.
+///   one case per folder, its image the file named `image`, else the folder's only image,
+///   else the DICOM image series the folder holds;
+/// - a folder holding one DICOM image series: that one case (the folder's name). For DICOM
+///   cases, the prediction is also written as an RTSTRUCT on the series
+///   (`<case>.rtstruct.dcm`), which a planning system or 3D Slicer opens with the CT.
 pub fn input_images(input: &Path, image: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
+    if input.is_dir() && image.is_none() && dicom_series(input)?.is_some() {
+        return Ok(vec![(folder_name(input), input.to_path_buf())]);
+    }
     if input.is_file() {
         let id = image_case_id(input)
             .ok_or_else(|| anyhow!("{}: not an image this build reads", input.display()))?;
@@ -137,6 +145,7 @@ pub fn input_images(input: &Path, image: Option<&str>) -> Result<Vec<(String, Pa
                         .collect();
                     match found.as_slice() {
                         [one] => one.clone(),
+                        [] if dicom_series(f)?.is_some() => f.clone(),
                         [] => bail!(
                             "case folder {}: no image (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd) \
                              at its top level",
@@ -161,6 +170,80 @@ pub fn input_images(input: &Path, image: Option<&str>) -> Result<Vec<(String, Pa
         return Ok(out);
     }
     images_in(input)
+}
+
+fn folder_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "case".into())
+}
+
+/// The slice files of the one DICOM image series in `dir` (None: no DICOM image there);
+/// several series are an error naming them.
+fn dicom_series(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    let folder = dicom::scan(dir).map_err(|e| anyhow!("{e}"))?;
+    match folder.series.as_slice() {
+        [] => Ok(None),
+        [(_, _, files)] => Ok(Some(files.clone())),
+        many => bail!(
+            "{}: {} DICOM image series ({}); one per case folder",
+            dir.display(),
+            many.len(),
+            many.iter()
+                .map(|(uid, modality, files)| format!("{modality} {uid}, {} files", files.len()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+/// An input image: a file in any format this build reads, or a DICOM series folder.
+fn read_input(path: &Path) -> Result<shapeflow_core::Volume> {
+    if path.is_dir() {
+        let files = dicom_series(path)?
+            .ok_or_else(|| anyhow!("{}: no DICOM image series", path.display()))?;
+        return dicom::read_series(&files).map_err(|e| anyhow!("{e}"));
+    }
+    shapeflow_formats::read(path).map_err(|e| anyhow!("{e}"))
+}
+
+/// The labels the applying stage wrote for a DICOM case (`<id>.nii.gz`, organ names from
+/// `labels.json`), as an RTSTRUCT on its series: `<id>.rtstruct.dcm`.
+fn write_rtstruct(series_dir: &Path, output: &Path, id: &str) -> Result<PathBuf> {
+    let labels_path = output.join(format!("{id}.nii.gz"));
+    let labels = shapeflow_formats::read(&labels_path).map_err(|e| anyhow!("{e}"))?;
+    let names_path = output.join("labels.json");
+    let names: std::collections::BTreeMap<String, String> = serde_json::from_slice(
+        &std::fs::read(&names_path).with_context(|| format!("{}", names_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a label table", names_path.display()))?;
+    let mut organs: Vec<(u8, String)> = names
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.parse::<u8>().ok()?, v)))
+        .collect();
+    organs.sort();
+    let values = labels.to_f32();
+    let masks: Vec<Vec<u8>> = organs
+        .iter()
+        .map(|(v, _)| {
+            values
+                .iter()
+                .map(|&x| u8::from(x == f32::from(*v)))
+                .collect()
+        })
+        .collect();
+    let rois: Vec<(&str, &[u8])> = organs
+        .iter()
+        .zip(&masks)
+        .map(|((_, n), m)| (n.as_str(), m.as_slice()))
+        .collect();
+    let files = dicom_series(series_dir)?
+        .ok_or_else(|| anyhow!("{}: no DICOM image series", series_dir.display()))?;
+    let series = dicom::read_series_ref(&files).map_err(|e| anyhow!("{e}"))?;
+    let out = output.join(format!("{id}.rtstruct.dcm"));
+    dicom::write_rtstruct(&out, &series, &labels.grid(), &rois, "shapeflow prediction")
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(out)
 }
 
 /// The case id of an image file, if it is one this build reads.
@@ -370,7 +453,7 @@ pub fn predict(
     let reader_images = images.to_vec();
     let reader = std::thread::spawn(move || {
         for (_, path) in reader_images {
-            let read = shapeflow_formats::read(&path).map_err(|e| e.to_string());
+            let read = read_input(&path).map_err(|e| e.to_string());
             if tx.send(read).is_err() {
                 break;
             }
@@ -435,6 +518,9 @@ pub fn predict(
         applier
             .run_case(&ctx_for("predict", output), &info, &inputs)
             .map_err(|e| anyhow!("case `{id}`, stage `{}`: {e}", apply.id))?;
+        if path.is_dir() {
+            write_rtstruct(path, output, id).with_context(|| format!("case `{id}`: RTSTRUCT"))?;
+        }
         done.push(Predicted {
             id: id.clone(),
             seconds: started.elapsed().as_secs_f64(),

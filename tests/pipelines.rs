@@ -215,6 +215,56 @@ stages:
         "a constant map proves nothing"
     );
     assert_eq!(map_again, map);
+
+    // The same CT as a DICOM series (pydicom): predict reads the series folder and writes,
+    // beside the label map, an RTSTRUCT on the series whose ROIs (named as labels.json,
+    // in its order) fill back to the label map voxel for voxel.
+    let series = d.path().join("dcm").join("frm2");
+    let ct = c.image.as_ref().unwrap().to_str().unwrap().to_string();
+    let Some(_) = python_json(
+        "write_dicom_rt.py",
+        &[ct.as_str(), series.to_str().unwrap()],
+    ) else {
+        return;
+    };
+    let out = d.path().join("predicted-dicom");
+    let run = run_child(
+        d.path(),
+        &[
+            "predict",
+            "-m",
+            manifest.parent().unwrap().join("train").to_str().unwrap(),
+            "-i",
+            series.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    let labels = shapeflow_core::Volume::read_nifti(&out.join("frm2.nii.gz")).unwrap();
+    assert_eq!(labels.dims, pred.dims);
+    let same = labels
+        .to_f32()
+        .iter()
+        .zip(pred.to_f32())
+        .filter(|(a, b)| *a == b)
+        .count();
+    assert!(
+        same as f64 > 0.999 * pred.to_f32().len() as f64,
+        "DICOM and NRRD predictions agree in {same} voxels"
+    );
+    let rois = shapeflow_formats::dicom::read_rtstruct(&out.join("frm2.rtstruct.dcm")).unwrap();
+    let names: Vec<&str> = rois.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["BrainStem", "Mandible", "Parotid_L", "Parotid_R"]);
+    let values = labels.to_f32();
+    for (k, roi) in rois.iter().enumerate() {
+        let mask = shapeflow_formats::dicom::rasterise(roi, &labels.grid()).unwrap();
+        let want: Vec<u8> = values
+            .iter()
+            .map(|&v| u8::from(v == (k + 1) as f32))
+            .collect();
+        assert_eq!(mask, want, "ROI {}", roi.name);
+    }
 }
 
 /// `pipeline predict` on the hippocampus test cases (never seen in training), given as a
