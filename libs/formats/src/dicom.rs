@@ -1229,11 +1229,7 @@ mod tests {
         assert!(check_lengths(&implicit_file(&long)).is_err());
         // A sequence (the dictionary's VR) of undefined length needs its delimiter.
         let mut seq = vec![0x06, 0x30, 0x20, 0x00, 0xFF, 0xFF, 0xFF, 0xFF];
-        seq.extend(implicit(
-            0xFFFE,
-            0xE000,
-            &implicit(0x3006, 0x0022, &[b'1', b' ']),
-        ));
+        seq.extend(implicit(0xFFFE, 0xE000, &implicit(0x3006, 0x0022, b"1 ")));
         assert!(check_lengths(&implicit_file(&seq))
             .unwrap_err()
             .contains("delimiter"));
