@@ -18,6 +18,7 @@ use crate::{file_err, FormatError};
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::VR;
 use dicom_dictionary_std::{tags, StandardDataDictionary};
+use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 use shapeflow_volume::{Grid, Volume, VoxelData};
 use std::path::{Path, PathBuf};
@@ -236,21 +237,21 @@ fn walk(
     Ok(pos)
 }
 
-/// Opens a DICOM file, its element lengths checked first ([`check_lengths`]) and single
-/// allocations capped near its size while parsing (see [`crate::alloc`]).
+/// Opens a DICOM file (read once), its element lengths checked first ([`check_lengths`])
+/// and single allocations capped near its size while parsing (see [`crate::alloc`]).
 fn open(path: &Path, until_pixels: bool) -> Result<dicom_object::DefaultDicomObject, FormatError> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, e.to_string()))?;
     check_lengths(&bytes).map_err(|m| file_err(path, format!("not a readable DICOM file: {m}")))?;
     let size = bytes.len();
-    drop(bytes);
+    // Parsed from the bytes just checked (the file is read once), after its preamble.
     crate::alloc::with_cap(size.saturating_mul(2).saturating_add(16 << 20), || {
-        let o = OpenFileOptions::new();
+        let o = OpenFileOptions::new().read_preamble(ReadPreamble::Never);
         let o = if until_pixels {
             o.read_until(tags::PIXEL_DATA)
         } else {
             o
         };
-        o.open_file(path)
+        o.from_reader(&bytes[128..])
     })
     .map_err(|e| file_err(path, format!("not a readable DICOM file: {e}")))
 }
