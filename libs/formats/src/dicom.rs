@@ -42,7 +42,10 @@ fn check_lengths(bytes: &[u8]) -> Result<(), String> {
     if tag_at(bytes, 132) != (0x0002, 0x0000) || vr != VR::UL || len != 4 {
         return Err("the file meta group does not begin with its group length (0002,0000)".into());
     }
-    let group = u32::from_le_bytes([bytes[140], bytes[141], bytes[142], bytes[143]]) as usize;
+    let group = match bytes.get(140..144) {
+        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]) as usize,
+        _ => return Err("the file ends inside its meta group".into()),
+    };
     let mut pos = 132 + header + 4;
     let (mut read, mut ts) = (0usize, String::new());
     while read < group {
@@ -1217,6 +1220,12 @@ mod tests {
         ]
         .concat();
         assert_eq!(check_lengths(&implicit_file(&ok)), Ok(()));
+        // A file that ends inside the group length's value (a fuzz finding: indexed past
+        // the end).
+        let whole = implicit_file(&ok);
+        for cut in 132..150 {
+            assert!(check_lengths(&whole[..cut]).is_err(), "cut at {cut}");
+        }
         let odd_ul = implicit(0x0008, 0x0000, b"Test^Pat\0\0\0\0sh");
         let e = check_lengths(&implicit_file(&odd_ul)).unwrap_err();
         assert!(e.contains("not a multiple of 4"), "{e}");
