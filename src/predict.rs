@@ -182,19 +182,8 @@ fn folder_name(p: &Path) -> String {
 /// several series are an error naming them.
 fn dicom_series(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
     let folder = dicom::scan(dir).map_err(|e| anyhow!("{e}"))?;
-    match folder.series.as_slice() {
-        [] => Ok(None),
-        [(_, _, files)] => Ok(Some(files.clone())),
-        many => bail!(
-            "{}: {} DICOM image series ({}); one per case folder",
-            dir.display(),
-            many.len(),
-            many.iter()
-                .map(|(uid, modality, files)| format!("{modality} {uid}, {} files", files.len()))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-    }
+    let one = folder.one_series(dir).map_err(|e| anyhow!("{e}"))?;
+    Ok(one.map(<[PathBuf]>::to_vec))
 }
 
 /// An input image: a file in any format this build reads, or a DICOM series folder.

@@ -277,6 +277,28 @@ pub struct Roi {
     pub skipped: usize,
 }
 
+impl Folder {
+    /// The slice files of the folder's one image series (None: no image series); several
+    /// are an error naming them.
+    pub fn one_series(&self, dir: &Path) -> Result<Option<&[PathBuf]>, FormatError> {
+        match self.series.as_slice() {
+            [] => Ok(None),
+            [(_, _, files)] => Ok(Some(files)),
+            many => Err(file_err(
+                dir,
+                format!(
+                    "{} image series ({}); a case folder holds one",
+                    many.len(),
+                    many.iter()
+                        .map(|(uid, m, files)| format!("{m} {uid}: {} files", files.len()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            )),
+        }
+    }
+}
+
 fn has_dicom_magic(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 132];
@@ -338,6 +360,30 @@ fn need<T>(v: Option<T>, path: &Path, field: &str) -> Result<T, FormatError> {
     v.ok_or_else(|| file_err(path, format!("missing or unreadable `{field}`")))
 }
 
+/// A slice's ImagePositionPatient (3 values) and ImageOrientationPatient (6).
+fn position_and_orientation(
+    obj: &InMemDicomObject,
+    f: &Path,
+) -> Result<(Vec<f64>, Vec<f64>), FormatError> {
+    let ipp = need(
+        floats(obj, tags::IMAGE_POSITION_PATIENT),
+        f,
+        "ImagePositionPatient",
+    )?;
+    let iop = need(
+        floats(obj, tags::IMAGE_ORIENTATION_PATIENT),
+        f,
+        "ImageOrientationPatient",
+    )?;
+    if ipp.len() != 3 || iop.len() != 6 {
+        return Err(file_err(
+            f,
+            "ImagePositionPatient needs 3 values, ImageOrientationPatient 6",
+        ));
+    }
+    Ok((ipp, iop))
+}
+
 /// Reads one image series (its slice files) as a volume on its own grid (RAS+ mm).
 pub fn read_series(files: &[PathBuf]) -> Result<Volume, FormatError> {
     let first = files
@@ -349,16 +395,7 @@ pub fn read_series(files: &[PathBuf]) -> Result<Volume, FormatError> {
     let mut normal = [0.0; 3];
     for f in files {
         let obj = open(f, true)?;
-        let ipp = need(
-            floats(&obj, tags::IMAGE_POSITION_PATIENT),
-            f,
-            "ImagePositionPatient",
-        )?;
-        let iop = need(
-            floats(&obj, tags::IMAGE_ORIENTATION_PATIENT),
-            f,
-            "ImageOrientationPatient",
-        )?;
+        let (ipp, iop) = position_and_orientation(&obj, f)?;
         let ps = need(floats(&obj, tags::PIXEL_SPACING), f, "PixelSpacing")?;
         let rows: u32 = need(obj.get(tags::ROWS).and_then(|e| e.to_int().ok()), f, "Rows")?;
         let cols: u32 = need(
@@ -372,11 +409,8 @@ pub fn read_series(files: &[PathBuf]) -> Result<Volume, FormatError> {
                 format!("{rows} x {cols} pixels: an empty image"),
             ));
         }
-        if ipp.len() != 3 || iop.len() != 6 || ps.len() != 2 {
-            return Err(file_err(
-                f,
-                "ImagePositionPatient needs 3 values, ImageOrientationPatient 6, PixelSpacing 2",
-            ));
+        if ps.len() != 2 {
+            return Err(file_err(f, "PixelSpacing needs 2 values"));
         }
         match &shape {
             None => {
@@ -687,22 +721,7 @@ pub fn read_series_ref(files: &[PathBuf]) -> Result<SeriesRef, FormatError> {
     let mut r = SeriesRef::default();
     for (i, f) in files.iter().enumerate() {
         let obj = open(f, true)?;
-        let ipp = need(
-            floats(&obj, tags::IMAGE_POSITION_PATIENT),
-            f,
-            "ImagePositionPatient",
-        )?;
-        let iop = need(
-            floats(&obj, tags::IMAGE_ORIENTATION_PATIENT),
-            f,
-            "ImageOrientationPatient",
-        )?;
-        if ipp.len() != 3 || iop.len() != 6 {
-            return Err(file_err(
-                f,
-                "ImagePositionPatient needs 3 values, ImageOrientationPatient 6",
-            ));
-        }
+        let (ipp, iop) = position_and_orientation(&obj, f)?;
         let n = [
             iop[1] * iop[5] - iop[2] * iop[4],
             iop[2] * iop[3] - iop[0] * iop[5],

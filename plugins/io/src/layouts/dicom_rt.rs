@@ -50,21 +50,11 @@ impl DicomRt {
 /// The one image series and the structure set (if any) of a case folder.
 fn contents(dir: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf>), String> {
     let f = dicom::scan(dir).map_err(|e| e.to_string())?;
-    let series = match f.series.as_slice() {
-        [] => return Err(format!("{}: no DICOM image series", dir.display())),
-        [(_, _, files)] => files.clone(),
-        many => {
-            return Err(format!(
-                "{}: {} image series ({}); a case folder holds one",
-                dir.display(),
-                many.len(),
-                many.iter()
-                    .map(|(uid, m, files)| format!("{m} {uid}: {} files", files.len()))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ))
-        }
-    };
+    let series = f
+        .one_series(dir)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{}: no DICOM image series", dir.display()))?
+        .to_vec();
     let rt = match f.structure_sets.as_slice() {
         [] => None,
         [one] => Some(one.clone()),
