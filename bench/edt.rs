@@ -204,7 +204,7 @@ fn main() {
             // An MSD label file: hippocampus, anterior + posterior as two organs.
             let v = datasets::as_labels(datasets::read_volume(&p).unwrap(), &p).unwrap();
             let case = shapeflow_core::CaseData {
-                image: None,
+                images: Vec::new(),
                 labels: Some(std::sync::Arc::new(v)),
                 organs: vec!["anterior".into(), "posterior".into()],
                 present: vec![true, true],

@@ -32,7 +32,7 @@ fn run_case(dir: &Path, labels: LabelInterp) -> (f64, [usize; 3]) {
     let id = dir.file_name().unwrap().to_string_lossy();
     let c = cases.iter().find(|c| c.id == id).unwrap();
     let data = datasets::load_pddca(c, &organs, true).unwrap();
-    let b = crop::head_box(data.image.as_ref().unwrap(), -300.0, [200.0, 200.0, 220.0]).unwrap();
+    let b = crop::head_box(data.image().unwrap(), -300.0, [200.0, 200.0, 220.0]).unwrap();
     let cropped = crop_case(&data, b);
     let out = resample_case(
         &cropped,
@@ -41,7 +41,7 @@ fn run_case(dir: &Path, labels: LabelInterp) -> (f64, [usize; 3]) {
         labels,
     )
     .unwrap();
-    (t.elapsed().as_secs_f64(), out.image.as_ref().unwrap().dims)
+    (t.elapsed().as_secs_f64(), out.image().unwrap().dims)
 }
 
 fn main() {
@@ -69,7 +69,7 @@ fn main() {
                 big_endian: false,
                 detached: false,
             };
-            nrrd::write(case.image.as_ref().unwrap(), &cd.join("img.nrrd"), opts).unwrap();
+            nrrd::write(case.image().unwrap(), &cd.join("img.nrrd"), opts).unwrap();
             for (k, o) in case.organs.iter().enumerate() {
                 let mask = case.organ_mask(k).unwrap();
                 let v = case

@@ -4,8 +4,9 @@ preprocessing it expects in a JSON file beside it (`<out>.json`).
 
 usage: export.py MODEL_DIR torchscript|onnx OUT
 
-The network takes [batch, 1, z, y, x] float32 (normalised as `norm` in the JSON says, on
-the model's training spacing) and returns [batch, organs, z, y, x] raw outputs: tanh of
+The network takes [batch, C, z, y, x] float32 (C image channels, `unet.in_channels`; each
+normalised as `norm` in the JSON says (a list, one per channel, when C > 1), on the
+model's training spacing) and returns [batch, organs, z, y, x] raw outputs: tanh of
 them is the SDM (sdm and joint heads; organ where < 0), sigmoid the probability (dice
 heads). Any z, y, x that are multiples of 2^depth are accepted.
 """
@@ -21,7 +22,8 @@ model_dir, fmt, out = sys.argv[1], sys.argv[2], sys.argv[3]
 net, config = load(model_dir)
 net.eval()
 px, py, pz = config["patch"]
-example = torch.zeros(1, 1, pz, py, px)
+channels = config["unet"].get("in_channels", 1)
+example = torch.zeros(1, channels, pz, py, px)
 with torch.no_grad():
     if fmt == "torchscript":
         traced = torch.jit.trace(net, example)
@@ -37,7 +39,7 @@ with torch.no_grad():
 head = "sdm" if config["mode"] in ("sdm", "joint", "sdm-balanced", "joint-balanced") else "probability"
 meta = {
     "format": fmt,
-    "input": {"layout": "[batch, 1, z, y, x] float32", "norm": config["norm"],
+    "input": {"layout": f"[batch, {channels}, z, y, x] float32", "norm": config["norm"],
               "spacing_mm": config["spacing"], "multiple_of": 2 ** config["unet"]["depth"]},
     "output": {"layout": "[batch, organs, z, y, x] float32, raw",
                "organs": config["organs"], "head": head,

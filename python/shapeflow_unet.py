@@ -4,7 +4,9 @@ model.safetensors + model.json) and use it from Python.
     from shapeflow_unet import load
     net, config = load("runs/<time>-<name>/train/<variant>")
     with torch.no_grad():
-        out = net(x)           # x: [batch, 1, z, y, x], normalised as config["norm"] says
+        out = net(x)           # x: [batch, C, z, y, x], C = config["unet"]["in_channels"],
+                               # normalised as config["norm"] says (a list, one per channel,
+                               # when C > 1)
     sdm = torch.tanh(out)      # sdm and joint heads; torch.sigmoid(out) for dice heads
 
 Parameter names match the Rust model's exactly (down0.conv1.weight, ..., head.bias), so

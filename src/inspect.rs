@@ -22,10 +22,13 @@ pub struct CaseFacts {
     pub organ_voxels: Vec<Option<usize>>,
     /// Label values in the file that the organ table does not list, with voxel counts.
     pub unlisted_labels: BTreeMap<String, u64>,
+    /// Image channels (0: no image).
+    pub channels: usize,
     #[serde(skip)]
     image_hash: Option<String>,
+    /// Per channel, sampled intensities inside the organs.
     #[serde(skip)]
-    foreground: Vec<f32>,
+    foreground: Vec<Vec<f32>>,
 }
 
 /// Most foreground voxels sampled per case for the intensity statistics.
@@ -42,6 +45,7 @@ pub fn case_facts(info: &CaseInfo, case: Result<CaseData, String>) -> CaseFacts 
         orientation: String::new(),
         organ_voxels: Vec::new(),
         unlisted_labels: BTreeMap::new(),
+        channels: 0,
         image_hash: None,
         foreground: Vec::new(),
     };
@@ -73,24 +77,55 @@ pub fn case_facts(info: &CaseInfo, case: Result<CaseData, String>) -> CaseFacts 
             .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
             .collect();
     }
-    if let Some(img) = &case.image {
-        let bytes: Vec<u8> = match &img.data {
-            VoxelData::U8(v) => v.clone(),
-            VoxelData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            VoxelData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        };
-        f.image_hash = Some(blake3::hash(&bytes).to_hex().to_string());
+    f.channels = case.images.len();
+    if !case.images.is_empty() {
+        // A duplicate is the same voxels in every channel.
+        let mut hasher = blake3::Hasher::new();
+        for img in &case.images {
+            match &img.data {
+                VoxelData::U8(v) => hasher.update(v),
+                VoxelData::I16(v) => {
+                    hasher.update(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+                }
+                VoxelData::F32(v) => {
+                    hasher.update(&v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+                }
+            };
+        }
+        f.image_hash = Some(hasher.finalize().to_hex().to_string());
         if let Some(VoxelData::U8(l)) = case.labels.as_ref().map(|l| &l.data) {
             let inside: Vec<usize> = (0..l.len()).filter(|&i| l[i] > 0).collect();
             let step = inside.len().div_ceil(SAMPLES_PER_CASE).max(1);
-            f.foreground = inside
+            f.foreground = case
+                .images
                 .iter()
-                .step_by(step)
-                .map(|&i| img.data.get_f32(i))
+                .map(|img| {
+                    inside
+                        .iter()
+                        .step_by(step)
+                        .filter(|&&i| i < img.len())
+                        .map(|&i| img.data.get_f32(i))
+                        .collect()
+                })
                 .collect();
         }
     }
     f
+}
+
+/// Mean, sd and percentiles of sampled intensities.
+fn intensity_summary(mut fg: Vec<f64>) -> BTreeMap<String, f64> {
+    let n = fg.len() as f64;
+    let mean = fg.iter().sum::<f64>() / n;
+    let sd = (fg.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+    fg.sort_by(f64::total_cmp);
+    BTreeMap::from([
+        ("mean".to_string(), mean),
+        ("sd".to_string(), sd),
+        ("p00_5".to_string(), percentile(&fg, 0.005)),
+        ("median".to_string(), percentile(&fg, 0.5)),
+        ("p99_5".to_string(), percentile(&fg, 0.995)),
+    ])
 }
 
 /// nibabel's axis codes of an affine: for each voxel axis, the world direction it points to.
@@ -116,8 +151,14 @@ pub struct Inspection {
     pub spacing: Summary3,
     pub shape: Summary3,
     pub orientations: BTreeMap<String, usize>,
-    /// Pooled over the voxels inside any organ: mean, sd, 0.5 / 50 / 99.5 percentiles.
+    /// Image channels per case (the most common count; cases that differ are errors).
+    pub channels: usize,
+    /// Pooled over the voxels inside any organ: mean, sd, 0.5 / 50 / 99.5 percentiles (of
+    /// the first channel).
     pub foreground_intensity: Option<BTreeMap<String, f64>>,
+    /// The same for every channel, when there are several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channel_intensity: Vec<BTreeMap<String, f64>>,
     /// Per organ: cases present, absent, present but empty; median voxels when present.
     pub organ_table: Vec<OrganRow>,
     pub errors: Vec<String>,
@@ -277,23 +318,43 @@ pub fn inspect(
     }
     let spacings: Vec<[f64; 3]> = ok.iter().map(|f| f.spacing).collect();
     let shapes: Vec<[f64; 3]> = ok.iter().map(|f| f.dims.map(|d| d as f64)).collect();
-    let mut fg: Vec<f64> = ok
+    // Channels: every case should have as many as most do.
+    let mut by_channels: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for f in &ok {
+        by_channels.entry(f.channels).or_default().push(&f.id);
+    }
+    let channels = by_channels
         .iter()
-        .flat_map(|f| f.foreground.iter().map(|&v| v as f64))
-        .collect();
-    let foreground_intensity = (!fg.is_empty()).then(|| {
-        let n = fg.len() as f64;
-        let mean = fg.iter().sum::<f64>() / n;
-        let sd = (fg.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-        fg.sort_by(f64::total_cmp);
-        BTreeMap::from([
-            ("mean".to_string(), mean),
-            ("sd".to_string(), sd),
-            ("p00_5".to_string(), percentile(&fg, 0.005)),
-            ("median".to_string(), percentile(&fg, 0.5)),
-            ("p99_5".to_string(), percentile(&fg, 0.995)),
-        ])
-    });
+        .max_by_key(|(c, ids)| (ids.len(), std::cmp::Reverse(**c)))
+        .map(|(c, _)| *c)
+        .unwrap_or(0);
+    for (c, ids) in by_channels.iter().filter(|(c, _)| **c != channels) {
+        errors.push(format!(
+            "{} case(s) have {c} image channel(s), most have {channels}: {}",
+            ids.len(),
+            ids.iter()
+                .map(|i| format!("`{i}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let pooled = |c: usize| -> Vec<f64> {
+        ok.iter()
+            .filter(|f| f.channels == channels)
+            .flat_map(|f| f.foreground.get(c).into_iter().flatten().map(|&v| v as f64))
+            .collect()
+    };
+    let fg = pooled(0);
+    let foreground_intensity = (!fg.is_empty()).then(|| intensity_summary(fg));
+    let channel_intensity: Vec<BTreeMap<String, f64>> = if channels > 1 {
+        (0..channels)
+            .map(pooled)
+            .filter(|v| !v.is_empty())
+            .map(intensity_summary)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let suggestion = (!ok.is_empty()).then(|| suggest(&spacings, &shapes, gpu_gib));
     Inspection {
         stage: stage.to_string(),
@@ -303,7 +364,9 @@ pub fn inspect(
         spacing: summary3(&spacings),
         shape: summary3(&shapes),
         orientations,
+        channels,
         foreground_intensity,
+        channel_intensity,
         organ_table,
         errors,
         warnings,
@@ -455,7 +518,16 @@ impl Inspection {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(s, "Orientations: {}\n", o.join(", "));
-        if let Some(fg) = &self.foreground_intensity {
+        if self.channel_intensity.len() > 1 {
+            let _ = writeln!(s, "Image channels: {}\n", self.channels);
+            for (c, fg) in self.channel_intensity.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "Intensity inside the organs, channel {c}: mean {:.1}, sd {:.1}, 0.5% {:.1}, median {:.1}, 99.5% {:.1}\n",
+                    fg["mean"], fg["sd"], fg["p00_5"], fg["median"], fg["p99_5"]
+                );
+            }
+        } else if let Some(fg) = &self.foreground_intensity {
             let _ = writeln!(
                 s,
                 "Intensity inside the organs: mean {:.1}, sd {:.1}, 0.5% {:.1}, median {:.1}, 99.5% {:.1}\n",

@@ -17,7 +17,7 @@ use shapeflow_core::{
     StageCtx,
 };
 use shapeflow_formats::dicom;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -87,10 +87,15 @@ impl Package {
     }
 }
 
-/// The images `input` names, as (case id, path), sorted by id:
-/// - an image file: that one case;
-/// - a folder of images: one case per file (nnU-Net's `<case>_0000.<ending>` naming gives
-///   the case id without `_0000`);
+/// One case to predict: its id and its image files in channel order (one file, a 4D NIfTI
+/// holding every channel, or a DICOM series folder; or one file per channel).
+pub type InputCase = (String, Vec<PathBuf>);
+
+/// The images `input` names, as (case id, files), sorted by id:
+/// - an image file: that one case (a 4D NIfTI's fourth dimension as channels);
+/// - a folder of images: one case per file, or with nnU-Net's naming
+///   (`<case>_0000.<ending>`, `<case>_0001.<ending>`, ...) one case per `<case>`, its
+///   files the channels in order;
 /// - an MSD / nnU-Net dataset (a folder with `dataset.json`): its unlabeled test images,
 ///   `imagesTs/` (MSD's `test` entries are those files);
 /// - a folder of case folders (PDDCA, OpenKBP: `<case>/ct.nii.gz` + `<case>/structures/`):
@@ -99,14 +104,14 @@ impl Package {
 /// - a folder holding one DICOM image series: that one case (the folder's name). For DICOM
 ///   cases, the prediction is also written as an RTSTRUCT on the series
 ///   (`<case>.rtstruct.dcm`), which a planning system or 3D Slicer opens with the CT.
-pub fn input_images(input: &Path, image: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
+pub fn input_images(input: &Path, image: Option<&str>) -> Result<Vec<InputCase>> {
     if input.is_dir() && image.is_none() && dicom_series(input)?.is_some() {
-        return Ok(vec![(folder_name(input), input.to_path_buf())]);
+        return Ok(vec![(folder_name(input), vec![input.to_path_buf()])]);
     }
     if input.is_file() {
         let id = image_case_id(input)
             .ok_or_else(|| anyhow!("{}: not an image this build reads", input.display()))?;
-        return Ok(vec![(id, input.to_path_buf())]);
+        return Ok(vec![(id, vec![input.to_path_buf()])]);
     }
     if input.join("dataset.json").is_file() {
         let ts = input.join("imagesTs");
@@ -164,7 +169,7 @@ pub fn input_images(input: &Path, image: Option<&str>) -> Result<Vec<(String, Pa
                     }
                 }
             };
-            out.push((id, chosen));
+            out.push((id, vec![chosen]));
         }
         out.sort();
         return Ok(out);
@@ -186,14 +191,38 @@ fn dicom_series(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
     Ok(one.map(<[PathBuf]>::to_vec))
 }
 
-/// An input image: a file in any format this build reads, or a DICOM series folder.
-fn read_input(path: &Path) -> Result<shapeflow_core::Volume> {
-    if path.is_dir() {
-        let files = dicom_series(path)?
-            .ok_or_else(|| anyhow!("{}: no DICOM image series", path.display()))?;
-        return dicom::read_series(&files).map_err(|e| anyhow!("{e}"));
+/// An input case's image channels: each file's (a 4D NIfTI holds several), or a DICOM
+/// series folder's one; all on the first one's grid.
+fn read_input(paths: &[PathBuf]) -> Result<Vec<shapeflow_core::Volume>> {
+    let mut out: Vec<shapeflow_core::Volume> = Vec::new();
+    for path in paths {
+        let read = if path.is_dir() {
+            let files = dicom_series(path)?
+                .ok_or_else(|| anyhow!("{}: no DICOM image series", path.display()))?;
+            vec![dicom::read_series(&files).map_err(|e| anyhow!("{e}"))?]
+        } else {
+            shapeflow_formats::read_channels(path).map_err(|e| anyhow!("{e}"))?
+        };
+        for v in read {
+            if let Some(first) = out.first() {
+                if !v.grid().same_as(&first.grid(), 1e-3) {
+                    bail!(
+                        "{}: on another grid than the case's first channel {} ({:?} vs {:?} \
+                         voxels, or different geometry)",
+                        path.display(),
+                        paths[0].display(),
+                        v.dims,
+                        first.dims
+                    );
+                }
+            }
+            out.push(v);
+        }
     }
-    shapeflow_formats::read(path).map_err(|e| anyhow!("{e}"))
+    if out.is_empty() {
+        bail!("a case without image files");
+    }
+    Ok(out)
 }
 
 /// The labels the applying stage wrote for a DICOM case (`<id>.nii.gz`, organ names from
@@ -235,14 +264,28 @@ fn write_rtstruct(series_dir: &Path, output: &Path, id: &str) -> Result<PathBuf>
     Ok(out)
 }
 
-/// The case id of an image file, if it is one this build reads.
+/// The case id of an image file, if it is one this build reads (nnU-Net's `_0000` channel
+/// suffix left out).
 fn image_case_id(p: &Path) -> Option<String> {
+    let stem = image_stem(p)?;
+    Some(stem.strip_suffix("_0000").unwrap_or(&stem).to_string())
+}
+
+/// An image file's name without its format's ending.
+fn image_stem(p: &Path) -> Option<String> {
     let f = shapeflow_formats::for_path(p)?;
     let name = p.file_name()?.to_string_lossy().to_string();
     let lower = name.to_ascii_lowercase();
     let end = f.extensions().iter().find(|e| lower.ends_with(*e))?;
-    let stem = &name[..name.len() - end.len()];
-    Some(stem.strip_suffix("_0000").unwrap_or(stem).to_string())
+    Some(name[..name.len() - end.len()].to_string())
+}
+
+/// `(case, channel)` of an nnU-Net-named stem: `<case>_<4 digits>`.
+fn nnunet_channel(stem: &str) -> Option<(&str, usize)> {
+    let (case, digits) = stem.rsplit_once('_')?;
+    (digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| Some((case, digits.parse().ok()?)))
+        .flatten()
 }
 
 fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -253,13 +296,40 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The images directly in `dir`, one case each.
-fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out: Vec<(String, PathBuf)> = list_dir(dir)?
+/// The images directly in `dir`: one case per file, except that the files of a case named
+/// the nnU-Net way (`<case>_0000`, `<case>_0001`, ...) are its channels, in order. A
+/// `<case>_NNNN` file without a `<case>_0000` beside it is a case of its own.
+fn images_in(dir: &Path) -> Result<Vec<InputCase>> {
+    let files: Vec<(String, PathBuf)> = list_dir(dir)?
         .into_iter()
         .filter(|p| p.is_file())
-        .filter_map(|p| Some((image_case_id(&p)?, p)))
+        .filter_map(|p| Some((image_stem(&p)?, p)))
         .collect();
+    let stems: std::collections::HashSet<&str> = files.iter().map(|(s, _)| s.as_str()).collect();
+    let mut channels: BTreeMap<String, Vec<(usize, PathBuf)>> = BTreeMap::new();
+    let mut out: Vec<InputCase> = Vec::new();
+    for (stem, p) in &files {
+        match nnunet_channel(stem) {
+            Some((case, c)) if stems.contains(format!("{case}_0000").as_str()) => {
+                channels
+                    .entry(case.to_string())
+                    .or_default()
+                    .push((c, p.clone()));
+            }
+            _ => out.push((stem.clone(), vec![p.clone()])),
+        }
+    }
+    for (case, mut chs) in channels {
+        chs.sort();
+        if let Some((i, (c, p))) = chs.iter().enumerate().find(|(i, (c, _))| i != c) {
+            bail!(
+                "case `{case}`: channel files must be numbered _0000, _0001, ... without gaps; \
+                 {} is channel {c} where channel {i} was expected",
+                p.display()
+            );
+        }
+        out.push((case, chs.into_iter().map(|(_, p)| p).collect()));
+    }
     out.sort();
     if out.is_empty() {
         bail!(
@@ -271,8 +341,8 @@ fn images_in(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         if w[0].0 == w[1].0 {
             bail!(
                 "{} and {} are the same case `{}`",
-                w[0].1.display(),
-                w[1].1.display(),
+                w[0].1[0].display(),
+                w[1].1[0].display(),
                 w[0].0
             );
         }
@@ -339,7 +409,7 @@ fn differences(a: &Package, b: &Package) -> Vec<String> {
 pub fn predict(
     registry: &Registry,
     pkgs: &[Package],
-    images: &[(String, PathBuf)],
+    images: &[InputCase],
     output: &Path,
     overrides: &[(String, serde_json::Value)],
     cancel: &CancelToken,
@@ -441,14 +511,14 @@ pub fn predict(
     let (tx, rx) = crossbeam_channel::bounded(1);
     let reader_images = images.to_vec();
     let reader = std::thread::spawn(move || {
-        for (_, path) in reader_images {
-            let read = read_input(&path).map_err(|e| e.to_string());
+        for (_, paths) in reader_images {
+            let read = read_input(&paths).map_err(|e| e.to_string());
             if tx.send(read).is_err() {
                 break;
             }
         }
     });
-    for (id, path) in images {
+    for (id, paths) in images {
         let read = rx
             .recv()
             .map_err(|_| anyhow!("the image reader stopped"))?
@@ -477,17 +547,17 @@ pub fn predict(
         for (s, stage) in &steps {
             let item = if stage.shape() == Shape::Source {
                 // The image as the source would give it: no labels, its own grid recorded.
-                let image = read
+                let channels = read
                     .take()
                     .ok_or_else(|| anyhow!("case `{id}`: two sources in one package"))??;
                 let mut notes = serde_json::Map::new();
                 notes.insert(
                     "source".into(),
-                    serde_json::json!(path.display().to_string()),
+                    serde_json::json!(paths[0].display().to_string()),
                 );
                 CaseData {
-                    original: Some(image.grid()),
-                    image: Some(Arc::new(image)),
+                    original: Some(channels[0].grid()),
+                    images: channels.into_iter().map(Arc::new).collect(),
                     labels: None,
                     organs: Vec::new(),
                     present: Vec::new(),
@@ -507,8 +577,11 @@ pub fn predict(
         applier
             .run_case(&ctx_for("predict", output), &info, &inputs)
             .map_err(|e| anyhow!("case `{id}`, stage `{}`: {e}", apply.id))?;
-        if path.is_dir() {
-            write_rtstruct(path, output, id).with_context(|| format!("case `{id}`: RTSTRUCT"))?;
+        if let [dir] = paths.as_slice() {
+            if dir.is_dir() {
+                write_rtstruct(dir, output, id)
+                    .with_context(|| format!("case `{id}`: RTSTRUCT"))?;
+            }
         }
         done.push(Predicted {
             id: id.clone(),
@@ -559,8 +632,8 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("pt_1".to_string(), r.join("cases/pt_1/ct.nii.gz")),
-                ("pt_2".to_string(), r.join("cases/pt_2/ct.nii.gz")),
+                ("pt_1".to_string(), vec![r.join("cases/pt_1/ct.nii.gz")]),
+                ("pt_2".to_string(), vec![r.join("cases/pt_2/ct.nii.gz")]),
             ]
         );
         touch(&r.join("cases/pt_1/dose.nii.gz"));
@@ -579,8 +652,38 @@ mod tests {
         let got = input_images(&r.join("msd"), None).unwrap();
         assert_eq!(
             got,
-            [("b".to_string(), r.join("msd/imagesTs/b_0000.nii.gz"))]
+            [("b".to_string(), vec![r.join("msd/imagesTs/b_0000.nii.gz")])]
         );
+        // nnU-Net naming: a case's channel files together, in order; a gap is named; a
+        // `_NNNN` file without a `_0000` beside it is a case of its own.
+        for f in [
+            "c_0001.nii.gz",
+            "c_0000.nii.gz",
+            "d_0000.nii.gz",
+            "run_2019.nii.gz",
+        ] {
+            touch(&r.join("multi").join(f));
+        }
+        let got = input_images(&r.join("multi"), None).unwrap();
+        assert_eq!(
+            got,
+            [
+                (
+                    "c".to_string(),
+                    vec![r.join("multi/c_0000.nii.gz"), r.join("multi/c_0001.nii.gz")]
+                ),
+                ("d".to_string(), vec![r.join("multi/d_0000.nii.gz")]),
+                (
+                    "run_2019".to_string(),
+                    vec![r.join("multi/run_2019.nii.gz")]
+                ),
+            ]
+        );
+        touch(&r.join("multi/d_0002.nii.gz"));
+        let e = input_images(&r.join("multi"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d_0002") && e.contains("channel 1"), "{e}");
         // A folder of images; a single file.
         touch(&r.join("flat/x.nrrd"));
         touch(&r.join("flat/notes.txt"));

@@ -88,7 +88,7 @@ fn missing_structure_files_are_absent_organs() {
     );
     assert_eq!(c.organ_voxels()[k], 0);
     assert!(c.present[0] || c.present[1], "other organs load");
-    let img = c.image.as_ref().unwrap();
+    let img = c.image().unwrap();
     assert_eq!(img.dims, [128, 128, 128]);
     assert_eq!(img.data.dtype(), "i16", "CT stays integer HU");
 }
@@ -139,7 +139,7 @@ fn nrrd_aliases_and_empty_masks() {
     std::fs::create_dir_all(d.path().join("validation")).unwrap();
     let dir = d.path().join("train").join(&case);
     std::fs::create_dir_all(dir.join("structures")).unwrap();
-    shapeflow_formats::write(nifti.image.as_ref().unwrap(), &dir.join("ct.nrrd")).unwrap();
+    shapeflow_formats::write(nifti.image().unwrap(), &dir.join("ct.nrrd")).unwrap();
     for e in std::fs::read_dir(src.join(&case).join("structures")).unwrap() {
         let path = e.unwrap().path();
         let stem = path
@@ -160,7 +160,7 @@ fn nrrd_aliases_and_empty_masks() {
     let esophagus = dir.join("structures/Esophagus.nrrd");
     let empty_written = !esophagus.exists();
     if empty_written {
-        let img = nifti.image.as_ref().unwrap();
+        let img = nifti.image().unwrap();
         let zero = img
             .with_data(shapeflow_core::VoxelData::U8(vec![0; img.len()]))
             .unwrap();
@@ -174,10 +174,7 @@ fn nrrd_aliases_and_empty_masks() {
         nrrd.labels.as_ref().unwrap().data,
         nifti.labels.as_ref().unwrap().data
     );
-    assert_eq!(
-        nrrd.image.as_ref().unwrap().data,
-        nifti.image.as_ref().unwrap().data
-    );
+    assert_eq!(nrrd.image().unwrap().data, nifti.image().unwrap().data);
     assert!(nrrd.present[0], "Brainstem found through its alias");
     let k = OPENKBP_ORGANS
         .iter()

@@ -170,7 +170,7 @@ stages:
     let cases = shapeflow_io::datasets::pddca_cases(&root, &organs, &Default::default()).unwrap();
     let c = cases.iter().find(|c| c.id == "hn-ct-frm2").unwrap();
     let ct = shapeflow_io::datasets::load_pddca(c, &organs, true).unwrap();
-    let img = ct.image.as_ref().unwrap();
+    let img = ct.image().unwrap();
     assert_eq!(pred.dims, img.dims);
     for r in 0..3 {
         for c in 0..4 {
@@ -995,13 +995,19 @@ fn unlabeled_test_images_are_segmented_and_not_scored() {
     for (i, c) in ds.cases[..8].iter().enumerate() {
         let id = &c.id;
         if i < 6 {
-            std::os::unix::fs::symlink(&c.image, root.join(format!("imagesTr/{id}_0000.nii.gz")))
-                .unwrap();
+            std::os::unix::fs::symlink(
+                &c.images[0],
+                root.join(format!("imagesTr/{id}_0000.nii.gz")),
+            )
+            .unwrap();
             std::os::unix::fs::symlink(&c.label, root.join(format!("labelsTr/{id}.nii.gz")))
                 .unwrap();
         } else {
-            std::os::unix::fs::symlink(&c.image, root.join(format!("imagesTs/{id}_0000.nii.gz")))
-                .unwrap();
+            std::os::unix::fs::symlink(
+                &c.images[0],
+                root.join(format!("imagesTs/{id}_0000.nii.gz")),
+            )
+            .unwrap();
         }
     }
     let tests: Vec<String> = ds.cases[6..8].iter().map(|c| c.id.clone()).collect();
@@ -1044,6 +1050,127 @@ stages:
             .all(|l| tests.iter().any(|t| l.starts_with(t.as_str())) && l.contains(",absent,")),
         "{csv}"
     );
+}
+
+/// A two-channel nnU-Net v2 dataset (the shared hippocampus MRI and its inverted
+/// intensities, `_0000` / `_0001`) through load -> SDMs -> train -> infer, then `pipeline
+/// predict` on the test case's two files: the model takes two channels and records two
+/// normalisations, predict gives what `infer` gave, and one file where the model takes
+/// two is refused with the case and the count named.
+#[test]
+fn a_two_channel_dataset_trains_infers_and_predicts() {
+    let d = tempfile::tempdir().unwrap();
+    let ds = shapeflow_io::datasets::msd_dataset(&shared("hippocampus"), false).unwrap();
+    let root = d.path().join("Dataset104_TwoChannels");
+    for sub in ["imagesTr", "labelsTr", "imagesTs"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for (i, c) in ds.cases[..5].iter().enumerate() {
+        let id = &c.id;
+        let sub = if i < 4 { "imagesTr" } else { "imagesTs" };
+        let mri = shapeflow_formats::read(&c.images[0]).unwrap();
+        let x = mri.to_f32();
+        let top = x.iter().copied().fold(f32::MIN, f32::max);
+        let inverted = mri
+            .with_data(shapeflow_core::VoxelData::F32(
+                x.iter().map(|v| top - v).collect(),
+            ))
+            .unwrap();
+        std::os::unix::fs::symlink(&c.images[0], root.join(format!("{sub}/{id}_0000.nii.gz")))
+            .unwrap();
+        shapeflow_formats::write(&inverted, &root.join(format!("{sub}/{id}_0001.nii.gz"))).unwrap();
+        if i < 4 {
+            std::os::unix::fs::symlink(&c.label, root.join(format!("labelsTr/{id}.nii.gz")))
+                .unwrap();
+        }
+    }
+    let test_id = ds.cases[4].id.clone();
+    std::fs::write(
+        root.join("dataset.json"),
+        r#"{"channel_names": {"0": "MRI", "1": "inverted"}, "labels": {"background": 0, "anterior": 1, "posterior": 2}, "numTraining": 4, "file_ending": ".nii.gz"}"#,
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"
+name: two-channels
+stages:
+  load: {{stage: load, params: {{format: nnunet-v2, root: "{}", split: holdout, val_fraction: 0.25, test_fraction: 0.0}}}}
+  sdm: {{stage: edt-sdm, after: [load]}}
+  augment: {{stage: augment, after: [load, sdm], params: {{intensity_scale: [0.9, 1.1], noise: 0.05}}}}
+  train:
+    stage: train
+    after: [load, sdm, augment]
+    params: {{epochs: 2, iterations: 2, val_every: 1, patch: [16, 16, 16], net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}, device: cpu}}
+  infer: {{stage: infer, after: [load, train], params: {{write_maps: true}}}}
+"#,
+        root.display()
+    );
+    write(d.path(), "p.yaml", &yaml);
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let run = manifest.parent().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("train/model.json")).unwrap()).unwrap();
+    assert_eq!(config["unet"]["in_channels"], 2, "{config}");
+    assert_eq!(
+        config["norm"],
+        serde_json::json!([{"kind": "zscore"}, {"kind": "zscore"}]),
+        "{config}"
+    );
+    let infer_map =
+        shapeflow_core::Volume::read_nifti(&run.join(format!("infer/{test_id}_anterior.nii.gz")))
+            .unwrap();
+    let values = infer_map.to_f32();
+    assert!(
+        values.iter().any(|&v| v != values[0]),
+        "a constant map proves nothing"
+    );
+    // predict on the test case's two files (the dataset's imagesTs).
+    let out = d.path().join("predicted");
+    let p = run_child(
+        d.path(),
+        &[
+            "predict",
+            "-m",
+            run.join("train").to_str().unwrap(),
+            "-i",
+            root.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--save-maps",
+        ],
+    );
+    assert_eq!(p.status.code(), Some(0), "{}", text(&p));
+    let map = shapeflow_core::Volume::read_nifti(&out.join(format!("{test_id}_anterior.nii.gz")))
+        .unwrap();
+    assert_eq!(map, infer_map);
+    // One channel where the model takes two.
+    let one = d.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::copy(
+        root.join(format!("imagesTs/{test_id}_0000.nii.gz")),
+        one.join(format!("{test_id}_0000.nii.gz")),
+    )
+    .unwrap();
+    let p = run_child(
+        d.path(),
+        &[
+            "predict",
+            "-m",
+            run.join("train").to_str().unwrap(),
+            "-i",
+            one.to_str().unwrap(),
+            "-o",
+            d.path().join("nothing").to_str().unwrap(),
+        ],
+    );
+    let t = text(&p);
+    assert_ne!(p.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains(&test_id) && t.contains("1 channel(s), the model takes 2"),
+        "{t}"
+    );
+    assert!(!d.path().join(format!("nothing/{test_id}.nii.gz")).exists());
 }
 
 /// `--set seed=N` replaces the file's seed: what draws random numbers (training) runs again,
@@ -1231,7 +1358,7 @@ fn exported_networks_compute_what_ours_computes() {
             organs: vec!["Parotid_L".into(), "Parotid_R".into()],
             mode: Mode::Joint,
             k: 1500.0,
-            norm: Norm::Zscore,
+            norm: vec![Norm::Zscore],
             patch: [16, 12, 8],
             spacing: [1.0; 3],
             trained: Default::default(),

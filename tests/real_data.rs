@@ -83,7 +83,7 @@ fn missing_pddca_organs_are_absent_not_empty() {
                 assert_eq!(counts[k], 0);
             }
         }
-        assert!(data.image.is_none());
+        assert!(data.images.is_empty());
     }
     // Without `require_image: false` the missing CT is an error naming the case.
     let e = datasets::load_pddca(&cases[0], &organs(), true).unwrap_err();
@@ -131,7 +131,7 @@ fn real_ct_has_plausible_hu_and_mandible_in_bone() {
     let c = cases.iter().find(|c| c.id == "hn-ct-frm2").unwrap();
     let data = datasets::load_pddca(c, &["Mandible".into(), "Submandibular".into()], true).unwrap();
     assert_eq!(data.present, vec![true, true]);
-    assert!(data.image.is_some());
+    assert!(!data.images.is_empty());
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn all_200_hippocampus_cases_load() {
     let mut total = 0usize;
     for c in &ds.cases {
         let d = datasets::load_msd(c, &merged).unwrap();
-        let img = d.image.as_ref().unwrap();
+        let img = d.image().unwrap();
         assert!(
             (31..=43).contains(&img.dims[0])
                 && (40..=59).contains(&img.dims[1])
@@ -275,8 +275,11 @@ fn nnunet_v2_dataset_loads_like_its_msd_original() {
     let cases = &ds.cases[..4];
     for c in cases {
         let id = &c.id;
-        std::os::unix::fs::symlink(&c.image, root.join(format!("imagesTr/{id}_0000.nii.gz")))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            &c.images[0],
+            root.join(format!("imagesTr/{id}_0000.nii.gz")),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(&c.label, root.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
     }
     let json = |labels: serde_json::Value, n: usize, channels: serde_json::Value| {
@@ -306,7 +309,7 @@ fn nnunet_v2_dataset_loads_like_its_msd_original() {
         let ours = layout.read(0, &c.id).unwrap();
         let msd = datasets::load_msd(c, &organs).unwrap();
         assert_eq!(ours.organs, msd.organs);
-        assert_eq!(ours.image, msd.image, "{}", c.id);
+        assert_eq!(ours.images, msd.images, "{}", c.id);
         assert_eq!(ours.labels, msd.labels, "{}", c.id);
     }
     // Mistakes, each named.
@@ -328,13 +331,159 @@ fn nnunet_v2_dataset_loads_like_its_msd_original() {
             labels.clone(),
             4,
             serde_json::json!({"0": "T1", "1": "T2"}),
-            "2 channels (T1, T2)",
+            "no file for channel 1 (T2)",
+        ),
+        (
+            labels.clone(),
+            4,
+            serde_json::json!({"0": "T1", "2": "T2"}),
+            "without gaps",
         ),
     ] {
         json(labels, n, channels);
         let e = layout.discover(0).unwrap_err();
         assert!(e.contains("dataset.json") && e.contains(needle), "{e}");
     }
+}
+
+/// Two-channel datasets as users have them, built from the shared hippocampus (channel 0
+/// the MRI, channel 1 its intensities inverted, written by us): nnU-Net v2 with one file
+/// per channel (`_0000`, `_0001`), and MSD with one 4D NIfTI per case (written with the
+/// `nifti` crate, as the Decathlon's multi-modal tasks are). Both load as the same two
+/// channels on the label's grid; a missing channel file and a channel on another grid are
+/// named.
+#[test]
+fn two_channel_datasets_load_as_channels() {
+    use shapeflow_io::{layouts, Format, LoadParams};
+    let ds = datasets::msd_dataset(&shared("hippocampus"), false).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let v2 = d.path().join("Dataset104_TwoChannels");
+    let msd = d.path().join("Task104_TwoChannels");
+    for sub in ["imagesTr", "labelsTr"] {
+        std::fs::create_dir_all(v2.join(sub)).unwrap();
+        std::fs::create_dir_all(msd.join(sub)).unwrap();
+    }
+    let cases = &ds.cases[..3];
+    let mut training = Vec::new();
+    let mut expected = Vec::new();
+    for c in cases {
+        let id = &c.id;
+        let mri = shapeflow_formats::read(&c.images[0]).unwrap();
+        let x = mri.to_f32();
+        let top = x.iter().copied().fold(f32::MIN, f32::max);
+        let inverted = mri
+            .with_data(VoxelData::F32(x.iter().map(|v| top - v).collect()))
+            .unwrap();
+        std::os::unix::fs::symlink(&c.images[0], v2.join(format!("imagesTr/{id}_0000.nii.gz")))
+            .unwrap();
+        shapeflow_formats::write(&inverted, &v2.join(format!("imagesTr/{id}_0001.nii.gz")))
+            .unwrap();
+        std::os::unix::fs::symlink(&c.label, v2.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
+        // The same two channels as one 4D file.
+        let header = nifti::NiftiHeader {
+            pixdim: [
+                1.0,
+                mri.spacing[0] as f32,
+                mri.spacing[1] as f32,
+                mri.spacing[2] as f32,
+                1.0,
+                1.0,
+                1.0,
+                1.0,
+            ],
+            sform_code: 1,
+            srow_x: mri.affine[0].map(|v| v as f32),
+            srow_y: mri.affine[1].map(|v| v as f32),
+            srow_z: mri.affine[2].map(|v| v as f32),
+            ..Default::default()
+        };
+        let mut stacked = x.clone();
+        stacked.extend(inverted.to_f32());
+        let dims = mri.dims;
+        let a = ndarray::Array4::from_shape_vec(
+            ndarray::ShapeBuilder::f((dims[0], dims[1], dims[2], 2)),
+            stacked,
+        )
+        .unwrap();
+        nifti::writer::WriterOptions::new(msd.join(format!("imagesTr/{id}.nii.gz")))
+            .reference_header(&header)
+            .write_nifti(&a)
+            .unwrap();
+        std::os::unix::fs::symlink(&c.label, msd.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
+        training.push(serde_json::json!({
+            "image": format!("./imagesTr/{id}.nii.gz"), "label": format!("./labelsTr/{id}.nii.gz")
+        }));
+        expected.push((mri, inverted));
+    }
+    std::fs::write(
+        v2.join("dataset.json"),
+        serde_json::json!({
+            "channel_names": {"0": "MRI", "1": "inverted"},
+            "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+            "numTraining": 3, "file_ending": ".nii.gz"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        msd.join("dataset.json"),
+        serde_json::json!({
+            "modality": {"0": "MRI", "1": "inverted"},
+            "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+            "training": training, "test": []
+        })
+        .to_string(),
+    )
+    .unwrap();
+    for (format, root) in [(Format::NnunetV2, &v2), (Format::Msd, &msd)] {
+        let params = LoadParams {
+            format,
+            ..Default::default()
+        };
+        let layout = layouts::make(&params, Some(root.clone())).unwrap();
+        assert_eq!(layout.discover(0).unwrap().len(), 3);
+        for (c, (mri, inverted)) in cases.iter().zip(&expected) {
+            let got = layout.read(0, &c.id).unwrap();
+            assert_eq!(got.images.len(), 2, "{format:?} {}", c.id);
+            assert_eq!(got.images[0].to_f32(), mri.to_f32(), "{format:?} {}", c.id);
+            assert_eq!(
+                got.images[1].to_f32(),
+                inverted.to_f32(),
+                "{format:?} {}",
+                c.id
+            );
+            assert!(got.images[1].grid().same_as(&mri.grid(), 1e-4));
+            got.check_grids().unwrap();
+            assert!(got.present.iter().all(|&p| p));
+        }
+    }
+    // A missing channel file, and a channel on another grid, each named.
+    let id = &cases[0].id;
+    let second = v2.join(format!("imagesTr/{id}_0001.nii.gz"));
+    let kept = std::fs::read(&second).unwrap();
+    std::fs::remove_file(&second).unwrap();
+    let layout = layouts::make(
+        &LoadParams {
+            format: Format::NnunetV2,
+            ..Default::default()
+        },
+        Some(v2.clone()),
+    )
+    .unwrap();
+    let e = layout.discover(0).unwrap_err();
+    assert!(
+        e.contains(&format!("{id}_0001.nii.gz")) && e.contains("channel 1 (inverted)"),
+        "{e}"
+    );
+    std::fs::write(&second, kept).unwrap();
+    let mut moved = expected[0].1.clone();
+    moved.affine[0][3] += 5.0;
+    shapeflow_formats::write(&moved, &second).unwrap();
+    let e = layout.read(0, id).unwrap_err();
+    assert!(
+        e.contains(&format!("{id}_0001.nii.gz")) && e.contains("different voxel grids"),
+        "{e}"
+    );
 }
 
 /// Every fuzz seed, corpus entry and found input (tests/fuzz/corpus/, tests/fuzz/regressions/)
@@ -391,7 +540,10 @@ fn fuzz_corpus_and_regressions_read_without_panic() {
             for f in files.flatten() {
                 std::fs::copy(f.path(), root.join("dataset.json")).unwrap();
                 if let Ok(ds) = datasets::msd_dataset(&root, false) {
-                    assert!(ds.cases.iter().all(|c| c.image.starts_with(&root)));
+                    assert!(ds
+                        .cases
+                        .iter()
+                        .all(|c| c.images.iter().all(|i| i.starts_with(&root))));
                 }
                 n += 1;
             }
@@ -474,7 +626,7 @@ fn dicom_rt_written_by_pydicom_and_rt_utils_reads_back_the_originals() {
         assert!(found.iter().any(|f| f.id == *id && f.labeled));
         let ours = layout.read(0, id).unwrap();
         let original = datasets::read_volume(image).unwrap();
-        let img = ours.image.as_ref().unwrap();
+        let img = ours.image().unwrap();
         assert_eq!(img.dims, original.dims, "{id}");
         for r in 0..3 {
             for c in 0..4 {

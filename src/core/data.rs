@@ -2,7 +2,8 @@
 //! data a stage produces or takes, so that `validate` can check a pipeline's wiring before
 //! anything runs.
 //!
-//! A case is an [`Item::Bundle`] with parts `image`, `labels` (each optional, shared
+//! A case is an [`Item::Bundle`] with parts `image` (then `image.1`, ... for more
+//! channels), `labels` (each optional, shared
 //! `Arc<Volume>`s: decoding copies no voxels) and `meta`; SDMs a bundle of per-organ maps
 //! (quantised to i16 by default) and `sdm-meta`.
 
@@ -70,6 +71,16 @@ struct Meta {
     notes: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The part holding image channel `c`: `image` for the first (as items made before
+/// multi-channel cases have it), `image.1`, `image.2`, ... for the others.
+fn channel_part(c: usize) -> String {
+    if c == 0 {
+        "image".to_string()
+    } else {
+        format!("image.{c}")
+    }
+}
+
 /// [`CaseData`] to and from its item.
 pub trait CaseDataItem: Sized {
     fn to_item(&self) -> Item;
@@ -79,8 +90,8 @@ pub trait CaseDataItem: Sized {
 impl CaseDataItem for CaseData {
     fn to_item(&self) -> Item {
         let mut parts = BTreeMap::new();
-        if let Some(i) = &self.image {
-            parts.insert("image".to_string(), Item::Volume(Arc::clone(i)));
+        for (c, i) in self.images.iter().enumerate() {
+            parts.insert(channel_part(c), Item::Volume(Arc::clone(i)));
         }
         if let Some(l) = &self.labels {
             parts.insert("labels".to_string(), Item::Volume(Arc::clone(l)));
@@ -108,7 +119,9 @@ impl CaseDataItem for CaseData {
         let meta: Meta = serde_json::from_value(meta.clone())
             .map_err(|e| StageError::msg(format!("bad case metadata: {e}")))?;
         Ok(CaseData {
-            image: item.part("image").and_then(Item::as_shared_volume),
+            images: (0..)
+                .map_while(|c| item.part(&channel_part(c)).and_then(Item::as_shared_volume))
+                .collect(),
             labels: item.part("labels").and_then(Item::as_shared_volume),
             organs: meta.organs,
             present: meta.present,
@@ -303,5 +316,43 @@ impl SdmSetItem for SdmSet {
             maps,
             units: meta.units,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A case's channels travel in order (`image`, `image.1`, ...) and come back shared,
+    /// not copied; a one-channel case is the bundle it always was (`image` alone).
+    #[test]
+    fn image_channels_travel_in_order() {
+        let v = |x: f32| {
+            Arc::new(Volume::new([2, 1, 1], [1.0; 3], VoxelData::F32(vec![x, x])).unwrap())
+        };
+        let mut case = CaseData {
+            images: vec![v(0.0), v(1.0), v(2.0)],
+            labels: None,
+            organs: vec!["a".into()],
+            present: vec![false],
+            original: None,
+            notes: Default::default(),
+        };
+        let item = case.to_item();
+        let back = CaseData::from_item(&item).unwrap();
+        assert_eq!(back, case);
+        assert!(Arc::ptr_eq(&back.images[2], &case.images[2]));
+        let decoded = CaseData::from_item(&Item::decode(&item.encode()).unwrap()).unwrap();
+        assert_eq!(decoded, case);
+        case.images.truncate(1);
+        let item = case.to_item();
+        let Item::Bundle(parts) = &item else {
+            panic!("a case is a bundle")
+        };
+        assert_eq!(
+            parts.keys().collect::<Vec<_>>(),
+            ["image", "meta"],
+            "the parts of a one-channel case"
+        );
     }
 }

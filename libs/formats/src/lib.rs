@@ -44,6 +44,11 @@ pub trait ImageFormat: Sync {
     fn extensions(&self) -> &'static [&'static str];
     fn read(&self, path: &Path) -> Result<Volume, FormatError>;
     fn write(&self, volume: &Volume, path: &Path) -> Result<(), FormatError>;
+    /// The file's channels, for formats that hold several in one file (NIfTI's fourth
+    /// dimension); by default the one volume [`ImageFormat::read`] gives.
+    fn read_channels(&self, path: &Path) -> Result<Vec<Volume>, FormatError> {
+        Ok(vec![self.read(path)?])
+    }
 }
 
 /// NIfTI-1, `.nii` and `.nii.gz`.
@@ -58,6 +63,9 @@ impl ImageFormat for Nifti {
     }
     fn read(&self, path: &Path) -> Result<Volume, FormatError> {
         Volume::read_nifti(path)
+    }
+    fn read_channels(&self, path: &Path) -> Result<Vec<Volume>, FormatError> {
+        nifti::read_channels(path)
     }
     fn write(&self, volume: &Volume, path: &Path) -> Result<(), FormatError> {
         volume.write_nifti(path)
@@ -129,6 +137,18 @@ pub fn for_path(path: &Path) -> Option<&'static dyn ImageFormat> {
 pub fn read(path: &Path) -> Result<Volume, FormatError> {
     match for_path(path) {
         Some(f) => f.read(path),
+        None => Err(file_err(
+            path,
+            format!("unknown image format (known endings: {})", known_endings()),
+        )),
+    }
+}
+
+/// Reads `path`'s channels in the format its name says (a 4D NIfTI: one volume per entry
+/// of its fourth dimension; any other image: one).
+pub fn read_channels(path: &Path) -> Result<Vec<Volume>, FormatError> {
+    match for_path(path) {
+        Some(f) => f.read_channels(path),
         None => Err(file_err(
             path,
             format!("unknown image format (known endings: {})", known_endings()),

@@ -77,15 +77,25 @@ impl NiftiIo for Volume {
     /// Voxel types are held as [`crate::voxels`] says; geometry from sform, else qform,
     /// else pixdim. The header is checked (size limit, file size) before any voxel is read.
     fn read_nifti(path: &Path) -> Result<Volume, FormatError> {
-        read_nifti_file(path).map_err(|m| file_err(path, m))
+        let mut v = read_nifti_file(path, false).map_err(|m| file_err(path, m))?;
+        v.pop()
+            .ok_or_else(|| file_err(path, "no volume in the file"))
     }
+}
+
+/// Reads a NIfTI-1 file whose fourth dimension holds channels (the Medical Segmentation
+/// Decathlon's multi-modal images: `dim = [4, x, y, z, C]`), one [`Volume`] per channel,
+/// all on the header's grid. A 3D file gives one channel.
+pub fn read_channels(path: &Path) -> Result<Vec<Volume>, FormatError> {
+    read_nifti_file(path, true).map_err(|m| file_err(path, m))
 }
 
 /// NIfTI-1's header size, and NIfTI-2's.
 const NIFTI1_HEADER: usize = 348;
 const NIFTI2_HEADER: i32 = 540;
 
-fn read_nifti_file(path: &Path) -> Result<Volume, String> {
+/// Reads the file as 3D, or with `channels` the fourth dimension as channels.
+fn read_nifti_file(path: &Path, channels: bool) -> Result<Vec<Volume>, String> {
     use crate::voxels::{self, RawType};
     use nifti::{Endianness, NiftiType};
     use std::io::{BufReader, Read};
@@ -141,12 +151,27 @@ fn read_nifti_file(path: &Path) -> Result<Volume, String> {
     let h = nifti::NiftiHeader::from_reader(&raw[..])
         .map_err(|e| format!("malformed NIfTI-1 header: {e}"))?;
     let ndim = h.dim[0] as usize;
-    if !(1..=7).contains(&ndim) || h.dim[4..=ndim.max(3)].iter().any(|&d| d > 1) {
+    let first_extra = if channels { 5 } else { 4 };
+    if !(1..=7).contains(&ndim)
+        || h.dim[first_extra..=ndim.max(first_extra - 1)]
+            .iter()
+            .any(|&d| d > 1)
+    {
         return Err(format!(
-            "expected a 3D volume, got {ndim} dimensions ({:?})",
+            "expected a 3D volume{}, got {ndim} dimensions ({:?})",
+            if channels {
+                " or channels along the fourth dimension"
+            } else {
+                ""
+            },
             &h.dim[1..=ndim.clamp(1, 7)]
         ));
     }
+    let nchannels = if channels && ndim >= 4 {
+        usize::from(h.dim[4].max(1))
+    } else {
+        1
+    };
     let mut dims = [1usize; 3];
     for (a, d) in dims.iter_mut().enumerate().take(ndim.min(3)) {
         *d = h.dim[a + 1] as usize;
@@ -181,8 +206,10 @@ fn read_nifti_file(path: &Path) -> Result<Volume, String> {
             ))
         }
     };
-    let n = voxels::check_voxels(dims)?;
-    let nbytes = n * ty.size();
+    // The limit bounds all channels together: what is read is what is held.
+    voxels::check_voxels([dims[0], dims[1], dims[2].saturating_mul(nchannels)])?;
+    let n = dims[0] * dims[1] * dims[2];
+    let nbytes = n * nchannels * ty.size();
     let offset = h.vox_offset;
     if !(offset.is_finite() && offset >= NIFTI1_HEADER as f32 && offset <= (1u64 << 32) as f32) {
         return Err(format!("vox_offset {offset} in the header is invalid"));
@@ -204,20 +231,32 @@ fn read_nifti_file(path: &Path) -> Result<Volume, String> {
     }
     let scale = (slope != 0.0 && (slope != 1.0 || inter != 0.0)).then_some((slope, inter));
     let big_endian = h.endianness == Endianness::Big;
-    let data = voxels::decode(&bytes, ty, big_endian, scale)?;
-    drop(bytes);
-    let mut volume = Volume::new(dims, spacing, data).map_err(|e| e.to_string())?;
-    if h.sform_code > 0 {
-        volume.affine[0] = h.srow_x.map(|v| v as f64);
-        volume.affine[1] = h.srow_y.map(|v| v as f64);
-        volume.affine[2] = h.srow_z.map(|v| v as f64);
+    let affine = if h.sform_code > 0 {
+        Some([
+            h.srow_x.map(|v| v as f64),
+            h.srow_y.map(|v| v as f64),
+            h.srow_z.map(|v| v as f64),
+            [0.0, 0.0, 0.0, 1.0],
+        ])
     } else if h.qform_code > 0 {
-        volume.affine = qform_affine(&h, spacing)?;
-    }
-    if volume.affine.iter().flatten().any(|v| !v.is_finite()) {
+        Some(qform_affine(&h, spacing)?)
+    } else {
+        None
+    };
+    if affine.iter().flatten().flatten().any(|v| !v.is_finite()) {
         return Err("the header's sform/qform holds non-finite numbers".to_string());
     }
-    Ok(volume)
+    bytes
+        .chunks_exact(n * ty.size())
+        .map(|channel| {
+            let data = voxels::decode(channel, ty, big_endian, scale)?;
+            let mut volume = Volume::new(dims, spacing, data).map_err(|e| e.to_string())?;
+            if let Some(a) = affine {
+                volume.affine = a;
+            }
+            Ok(volume)
+        })
+        .collect()
 }
 
 /// The qform affine, as the NIfTI-1 standard defines it (quaternion b, c, d; a from them;
@@ -267,6 +306,48 @@ fn qform_affine(h: &nifti::NiftiHeader, spacing: [f64; 3]) -> Result<[[f64; 4]; 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 4D file (x, y, z, channel), as the Decathlon's multi-modal images are: one volume
+    /// per channel on the header's grid; the 3D reader refuses it and names the dimensions.
+    #[test]
+    fn the_fourth_dimension_is_read_as_channels() {
+        use nifti::writer::WriterOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let header = nifti::NiftiHeader {
+            pixdim: [1.0, 0.5, 0.75, 2.0, 1.0, 1.0, 1.0, 1.0],
+            sform_code: 1,
+            srow_x: [-0.5, 0.0, 0.0, 10.0],
+            srow_y: [0.0, 0.75, 0.0, -4.0],
+            srow_z: [0.0, 0.0, 2.0, 3.0],
+            ..Default::default()
+        };
+        let vals: Vec<i16> = (0..3 * 2 * 2 * 2).map(|i| i as i16 - 5).collect();
+        let p = dir.path().join("two.nii.gz");
+        let a =
+            ndarray::Array4::from_shape_vec(ndarray::ShapeBuilder::f((3, 2, 2, 2)), vals.clone())
+                .unwrap();
+        WriterOptions::new(&p)
+            .reference_header(&header)
+            .write_nifti(&a)
+            .unwrap();
+        let c = read_channels(&p).unwrap();
+        assert_eq!(c.len(), 2);
+        for (k, v) in c.iter().enumerate() {
+            assert_eq!(v.dims, [3, 2, 2]);
+            assert_eq!(v.data, VoxelData::I16(vals[k * 12..(k + 1) * 12].to_vec()));
+            assert_eq!(v.affine[0], [-0.5, 0.0, 0.0, 10.0]);
+            assert_eq!(v.affine[2], [0.0, 0.0, 2.0, 3.0]);
+        }
+        let e = Volume::read_nifti(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("two.nii.gz") && e.contains("4 dimensions"),
+            "{e}"
+        );
+        // A 3D file is one channel.
+        let p3 = dir.path().join("one.nii");
+        c[1].write_nifti(&p3).unwrap();
+        assert_eq!(read_channels(&p3).unwrap(), vec![c[1].clone()]);
+    }
 
     #[test]
     fn nifti_types_and_scaling_are_read() {

@@ -6,9 +6,10 @@ use std::sync::Arc;
 /// One case's image and organs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaseData {
-    /// The image (CT in HU as i16, MRI as f32), if the dataset has one. Shared between the
-    /// stages that read it: a stage that changes it makes its own (`Arc::make_mut`).
-    pub image: Option<Arc<Volume>>,
+    /// The image's channels (CT in HU as i16, MRI as f32; several sequences, or CT and
+    /// PET), all on one grid; empty if the dataset has no image. Shared between the stages
+    /// that read them: a stage that changes one makes its own (`Arc::make_mut`).
+    pub images: Vec<Arc<Volume>>,
     /// One u8 label map: 0 background, `k` = `organs[k - 1]`. Same grid as the image.
     pub labels: Option<Arc<Volume>>,
     /// Organ names, in label order.
@@ -23,12 +24,42 @@ pub struct CaseData {
 }
 
 impl CaseData {
+    /// The image's first channel (the one to show, and to crop or check grids by).
+    pub fn image(&self) -> Option<&Arc<Volume>> {
+        self.images.first()
+    }
+
     /// The grid of the image, else of the labels.
     pub fn grid(&self) -> Option<Grid> {
-        self.image
-            .as_ref()
-            .or(self.labels.as_ref())
-            .map(|v| v.grid())
+        self.image().or(self.labels.as_ref()).map(|v| v.grid())
+    }
+
+    /// Checks that every channel lies on the grid of the first, and the labels too: a
+    /// message naming the first that does not.
+    pub fn check_grids(&self) -> Result<(), String> {
+        let Some(first) = self.image() else {
+            return Ok(());
+        };
+        let g = first.grid();
+        for (c, v) in self.images.iter().enumerate().skip(1) {
+            if !v.grid().same_as(&g, 1e-3) {
+                return Err(format!(
+                    "image channel {c} is on another grid than channel 0 ({:?} at {:?} mm, \
+                     channel 0 {:?} at {:?} mm)",
+                    v.dims, v.spacing, first.dims, first.spacing
+                ));
+            }
+        }
+        if let Some(l) = &self.labels {
+            if !l.grid().same_as(&g, 1e-3) {
+                return Err(format!(
+                    "the labels are on another grid than the image ({:?} at {:?} mm, image \
+                     {:?} at {:?} mm)",
+                    l.dims, l.spacing, first.dims, first.spacing
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The binary mask of organ `k` (0-based) as u8 {0,1}, if labels exist.

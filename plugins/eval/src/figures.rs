@@ -205,8 +205,7 @@ pub fn overlay(
 ) -> Result<(), String> {
     ensure_font();
     let img = reference
-        .image
-        .as_ref()
+        .image()
         .or(reference.labels.as_ref())
         .ok_or("no image to draw on")?;
     let k = reference
@@ -356,7 +355,7 @@ mod tests {
     fn case(labels: Vec<u8>) -> CaseData {
         let v = Volume::new([6, 5, 4], [1.0, 1.0, 2.0], VoxelData::U8(labels)).unwrap();
         CaseData {
-            image: None,
+            images: Vec::new(),
             labels: Some(std::sync::Arc::new(v)),
             organs: vec!["a".into(), "b".into()],
             present: vec![true, true],

@@ -328,7 +328,7 @@ pub fn load_organ_files(
     notes.insert("overlapping_voxels".into(), serde_json::json!(overlaps));
     Ok(CaseData {
         original: Some(labels.grid()),
-        image: image.map(|(v, _)| Arc::new(v)),
+        images: image.map(|(v, _)| Arc::new(v)).into_iter().collect(),
         labels: Some(Arc::new(labels)),
         organs: organs.to_vec(),
         present: masks.iter().map(Option::is_some).collect(),
@@ -336,18 +336,29 @@ pub fn load_organ_files(
     })
 }
 
-/// One case of an MSD dataset.
+/// One case of an MSD or nnU-Net v2 dataset.
 pub struct MsdCase {
     pub id: String,
-    pub image: PathBuf,
+    /// The image files, in channel order: one (MSD: a 4D file holds every channel) or one
+    /// per channel (nnU-Net v2's `<case>_0000`, `<case>_0001`, ...).
+    pub images: Vec<PathBuf>,
     pub label: PathBuf,
+}
+
+impl MsdCase {
+    /// Every file the case is read from: its images, then its label.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut f = self.images.clone();
+        f.push(self.label.clone());
+        f
+    }
 }
 
 /// The MSD `dataset.json`: training cases and label names.
 pub struct MsdDataset {
     pub cases: Vec<MsdCase>,
     /// The `test` entries: images without labels, as (case id, image path).
-    pub tests: Vec<(String, PathBuf)>,
+    pub tests: Vec<(String, Vec<PathBuf>)>,
     /// Label value -> name, background excluded.
     pub labels: BTreeMap<u8, String>,
 }
@@ -393,7 +404,7 @@ pub fn msd_dataset(root: &Path, allow_outside: bool) -> Result<MsdDataset, Strin
         let image = root.join(img);
         cases.push(MsdCase {
             id: msd_id(&image, i),
-            image,
+            images: vec![image],
             label: root.join(lab),
         });
     }
@@ -415,7 +426,7 @@ pub fn msd_dataset(root: &Path, allow_outside: bool) -> Result<MsdDataset, Strin
             ));
         }
         let image = root.join(rel);
-        tests.push((msd_id(&image, i), image));
+        tests.push((msd_id(&image, i), vec![image]));
     }
     tests.sort();
     Ok(MsdDataset {
@@ -438,23 +449,49 @@ fn msd_id(image: &Path, i: usize) -> String {
         .unwrap_or_else(|| format!("case{i}"))
 }
 
+/// The channels of a case's image files, in order: each file's channels (a 4D NIfTI holds
+/// several), all on the first one's grid. Names the file and the channel that is not.
+pub fn read_channels(files: &[PathBuf]) -> Result<Vec<Volume>, String> {
+    let mut out: Vec<(Volume, &Path)> = Vec::new();
+    for f in files {
+        for v in shapeflow_formats::read_channels(f).map_err(|e| e.to_string())? {
+            if let Some((first, first_path)) = out.first() {
+                check_same_grid(first, first_path, &v, f)?;
+            }
+            out.push((v, f));
+        }
+    }
+    if out.is_empty() {
+        return Err("a case without image files".into());
+    }
+    Ok(out.into_iter().map(|(v, _)| v).collect())
+}
+
 /// An image without labels (a test case): labels `None`, every organ not annotated.
-pub fn load_unlabeled(image: &Path, organs: &[String]) -> Result<CaseData, String> {
-    let v = read_volume(image)?;
+pub fn load_unlabeled(images: &[PathBuf], organs: &[String]) -> Result<CaseData, String> {
+    let channels = read_channels(images)?;
     let mut notes = serde_json::Map::new();
-    notes.insert(
-        "source".into(),
-        serde_json::json!(image.display().to_string()),
-    );
+    notes.insert("source".into(), source_note(images));
     notes.insert("unlabeled".into(), true.into());
     Ok(CaseData {
-        original: Some(v.grid()),
-        image: Some(Arc::new(v)),
+        original: Some(channels[0].grid()),
+        images: channels.into_iter().map(Arc::new).collect(),
         labels: None,
         organs: organs.to_vec(),
         present: vec![false; organs.len()],
         notes,
     })
+}
+
+/// The `source` note: the image file, or the list of them (one per channel).
+fn source_note(files: &[PathBuf]) -> serde_json::Value {
+    match files {
+        [one] => serde_json::json!(one.display().to_string()),
+        many => serde_json::json!(many
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()),
+    }
 }
 
 /// Whether a relative path from a dataset file leaves its folder: absolute, or with a `..`
@@ -475,9 +512,9 @@ fn escapes(rel: &str) -> bool {
 
 /// Loads an MSD case; `organs` are (name, source label values) after merging.
 pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData, String> {
-    let image = read_volume(&case.image)?;
+    let channels = read_channels(&case.images)?;
     let label = as_labels(read_volume(&case.label)?, &case.label)?;
-    check_same_grid(&image, &case.image, &label, &case.label)?;
+    check_same_grid(&channels[0], &case.images[0], &label, &case.label)?;
     let mut map = [0u8; 256];
     for (k, (_, values)) in organs.iter().enumerate() {
         for &v in values {
@@ -504,10 +541,7 @@ pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData
         .with_data(VoxelData::U8(remapped))
         .map_err(|e| e.to_string())?;
     let mut notes = serde_json::Map::new();
-    notes.insert(
-        "source".into(),
-        serde_json::json!(case.image.display().to_string()),
-    );
+    notes.insert("source".into(), source_note(&case.images));
     if !unlisted.is_empty() {
         tracing::warn!(
             "{}: label values {:?} are not in the organ table; read as background",
@@ -517,8 +551,8 @@ pub fn load_msd(case: &MsdCase, organs: &[(String, Vec<u8>)]) -> Result<CaseData
         notes.insert("unlisted_label_values".into(), unlisted.into());
     }
     Ok(CaseData {
-        original: Some(image.grid()),
-        image: Some(Arc::new(image)),
+        original: Some(labels.grid()),
+        images: channels.into_iter().map(Arc::new).collect(),
         labels: Some(Arc::new(labels)),
         organs: organs.iter().map(|(n, _)| n.clone()).collect(),
         present: vec![true; organs.len()],

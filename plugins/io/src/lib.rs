@@ -34,8 +34,8 @@ impl Plugin for IoPlugin {
 }
 
 const LOAD_HELP: &str = r#"
-Finds the cases of a dataset and loads each as an image, one organ label map and the organ
-table. Geometry is kept exactly (spacing, origin, direction) in RAS+ millimetres, and the
+Finds the cases of a dataset and loads each as an image (one or more channels on one grid),
+one organ label map and the organ table. Geometry is kept exactly (spacing, origin, direction) in RAS+ millimetres, and the
 original grid is recorded so that predictions can be written back onto it.
 
 Formats:
@@ -45,17 +45,18 @@ Formats:
            means not contoured: absent, never an empty mask. `folders` maps split folders
            (train/, validation/) to splits; `val_fraction` carves val out of train.
   nnunet-v2  nnU-Net v2 raw: <root>/dataset.json (channel_names, labels as name -> value,
-           file_ending, numTraining), imagesTr/<case>_0000<ending>, labelsTr/<case><ending>;
-           imagesTs/<case>_0000<ending> are test cases without labels. One channel;
-           region-based labels are refused (use `merge`).
+           file_ending, numTraining), imagesTr/<case>_0000<ending> (and _0001, ... one file per
+           channel in `channel_names`), labelsTr/<case><ending>; imagesTs/ holds test cases
+           without labels. Region-based labels are refused (use `merge`).
   pddca    <root>/<case>/img.nrrd + <root>/<case>/structures/<Organ>.nrrd (MICCAI 2015).
            An organ without a file is recorded as absent, never as an empty mask. Where two
            masks overlap the smaller structure wins (chiasm > optic nerves > brainstem >
            submandibular > parotid > others); the count is in the case notes.
            `split: official` gives the challenge split: 38 train, 10 test (0522c0555-0746).
   msd      Medical Segmentation Decathlon / nnU-Net raw: dataset.json, imagesTr/, labelsTr/.
-           Image and label must share one grid. `merge` renames or merges labels. `test`
-           entries (imagesTs/) are test cases without labels.
+           Image and label must share one grid; a 4D image (several modalities) is read as
+           one channel per entry of its fourth dimension. `merge` renames or merges labels.
+           `test` entries (imagesTs/) are test cases without labels.
 
 Images without labels are always `test` cases, whatever `split` says: `infer` segments them,
 `evaluate` records their organs as not annotated, nothing trains on them.

@@ -297,7 +297,7 @@ pub fn head_neck(seed: u64, index: u64, spec: HnSpec) -> CaseData {
     );
     CaseData {
         original: Some(image.grid()),
-        image: Some(Arc::new(image)),
+        images: vec![Arc::new(image)],
         labels: Some(Arc::new(labels)),
         organs: HN_ORGANS.iter().map(|s| s.to_string()).collect(),
         present: vec![true; 9],
@@ -367,7 +367,7 @@ pub fn mri(seed: u64, index: u64, dims: [usize; 3], spacing: [f64; 3], noise: f6
     );
     CaseData {
         original: Some(image.grid()),
-        image: Some(Arc::new(image)),
+        images: vec![Arc::new(image)],
         labels: Some(Arc::new(labels)),
         organs: vec!["hippocampus".into()],
         present: vec![true],
@@ -410,7 +410,7 @@ mod tests {
         };
         assert!(cx(6) > cx(5) && cx(4) > cx(3) && cx(8) > cx(7));
         // Mandible is bone, parotid is soft tissue.
-        let img = a.image.as_ref().unwrap();
+        let img = a.image().unwrap();
         let lab = a.labels.as_ref().unwrap();
         let mean = |k: u8| {
             let VoxelData::U8(l) = &lab.data else {
@@ -437,7 +437,7 @@ mod tests {
             noise_hu: 0.0,
         };
         let a = head_neck(7, 0, spec);
-        let img = a.image.as_ref().unwrap();
+        let img = a.image().unwrap();
         let VoxelData::U8(lab) = &a.labels.as_ref().unwrap().data else {
             unreachable!()
         };

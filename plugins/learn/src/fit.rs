@@ -9,7 +9,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 pub use crate::losses::{Head, Mode};
 
-/// A batch as tensors: image [B, 1, z, y, x], SDMs [B, K, ...], one-hot segmentation
+/// A batch as tensors: image [B, C, z, y, x], SDMs [B, K, ...], one-hot segmentation
 /// [B, K, ...], present [B, K].
 pub struct BatchTensors {
     pub image: Tensor,
@@ -25,6 +25,10 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
         batch.first().map(|s| s.sdms.len()).unwrap_or(0) as i64,
     );
     let shape = [patch[2] as i64, patch[1] as i64, patch[0] as i64];
+    let channels = batch
+        .first()
+        .map(|s| s.image.len() / patch.iter().product::<usize>().max(1))
+        .unwrap_or(1) as i64;
     let image: Vec<f32> = batch.iter().flat_map(|s| s.image.iter().copied()).collect();
     let sdm: Vec<f32> = batch
         .iter()
@@ -46,7 +50,7 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
         .collect();
     BatchTensors {
         image: Tensor::from_slice(&image)
-            .view([b, 1, shape[0], shape[1], shape[2]])
+            .view([b, channels, shape[0], shape[1], shape[2]])
             .to_device(device),
         sdm: Tensor::from_slice(&sdm)
             .view([b, k, shape[0], shape[1], shape[2]])

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use shapeflow_core::{CaseData, Item, StageError, Volume, VoxelData};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use tch::{nn, Device, Kind, Tensor};
 
 /// How image intensities are mapped before the network sees them.
@@ -75,16 +76,74 @@ impl Norm {
         v
     }
 
-    /// `case` with its image replaced by the normalised f32 image.
-    pub fn apply_case(&self, case: &CaseData) -> Result<CaseData, StageError> {
-        let mut c = case.clone();
-        if let Some(img) = &case.image {
-            c.image = Some(std::sync::Arc::new(
-                img.with_data(VoxelData::F32(self.apply(img)))
-                    .map_err(|e| StageError::msg(e.to_string()))?,
-            ));
+    /// One norm per channel of `images`, each resolved from its channel.
+    pub fn resolve_channels(i: Intensity, window: [f64; 2], images: &[Arc<Volume>]) -> Vec<Norm> {
+        images.iter().map(|v| Norm::resolve(i, window, v)).collect()
+    }
+}
+
+/// `case` with each image channel replaced by its normalised f32 voxels (`norms`: one per
+/// channel, as the model was trained).
+pub fn normalise_case(norms: &[Norm], case: &CaseData) -> Result<CaseData, StageError> {
+    check_channels(norms, case.images.len())?;
+    let mut c = case.clone();
+    c.images = norms
+        .iter()
+        .zip(&case.images)
+        .map(|(n, img)| {
+            img.with_data(VoxelData::F32(n.apply(img)))
+                .map(Arc::new)
+                .map_err(|e| StageError::msg(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(c)
+}
+
+/// The network's input for a whole case: each channel normalised, one after another.
+pub fn normalised_input(norms: &[Norm], images: &[Arc<Volume>]) -> Result<Vec<f32>, StageError> {
+    check_channels(norms, images.len())?;
+    let mut x = Vec::with_capacity(images.iter().map(|v| v.len()).sum());
+    for (n, img) in norms.iter().zip(images) {
+        x.extend(n.apply(img));
+    }
+    Ok(x)
+}
+
+fn check_channels(norms: &[Norm], channels: usize) -> Result<(), StageError> {
+    if norms.len() != channels {
+        return Err(StageError::msg(format!(
+            "the image has {channels} channel(s), the model takes {} (give one file per \
+             channel, named <case>_0000, <case>_0001, ..., or a 4D NIfTI)",
+            norms.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `norm` in `model.json`: one object for a one-channel model (as models made before
+/// multi-channel input have it), a list of them, one per channel, otherwise.
+mod one_or_many {
+    use super::Norm;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Norm], s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
         }
-        Ok(c)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Norm>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(Norm),
+            Many(Vec<Norm>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(n) => vec![n],
+            OneOrMany::Many(v) => v,
+        })
     }
 }
 
@@ -99,7 +158,9 @@ pub struct ModelConfig {
     pub mode: Mode,
     /// Sharpness of the smooth Heaviside `sigmoid(-k sdm)` (joint mode).
     pub k: f64,
-    pub norm: Norm,
+    /// Per input channel, how its intensities are normalised.
+    #[serde(with = "one_or_many")]
+    pub norm: Vec<Norm>,
     /// Patch size (x, y, z voxels) the model was trained on.
     pub patch: [usize; 3],
     /// Spacing (mm) of the training grid.
@@ -262,9 +323,17 @@ impl Model {
         bf16: bool,
     ) -> Result<Vec<Vec<Vec<f32>>>, tch::TchError> {
         let b = patches.len() as i64;
+        let c = self.config.unet.in_channels;
+        let want = c as usize * patch.iter().product::<usize>();
+        if let Some(p) = patches.iter().find(|p| p.len() != want) {
+            return Err(tch::TchError::Shape(format!(
+                "a patch of {} values; the model takes {c} channel(s) of {patch:?} voxels",
+                p.len()
+            )));
+        }
         let flat: Vec<f32> = patches.iter().flatten().copied().collect();
         let x = Tensor::from_slice(&flat)
-            .view([b, 1, patch[2] as i64, patch[1] as i64, patch[0] as i64])
+            .view([b, c, patch[2] as i64, patch[1] as i64, patch[0] as i64])
             .to_device(device);
         let out = tch::no_grad(|| {
             crate::amp::autocast_bf16(bf16 && device.is_cuda(), || {

@@ -230,9 +230,9 @@ impl Stage for Augment {
         let case = inputs.case("cases")?;
         let sdms = inputs.sdms("sdms")?;
         let image = case
-            .image
-            .as_ref()
+            .image()
             .ok_or_else(|| at("the case has no image".into()))?;
+        case.check_grids().map_err(at)?;
         let labels = case
             .labels
             .as_ref()

@@ -228,16 +228,16 @@ impl Stage for Train {
                 .map_err(StageError::msg)?;
         let mut val = Vec::new();
         let mut organs: Option<Vec<String>> = None;
-        let mut norm: Option<Norm> = None;
+        let mut norm: Option<Vec<Norm>> = None;
         let mut spacing = [1.0; 3];
         let mut seen = crate::model::TrainingData::default();
         for (info, inputs) in cases {
             let at = |e: StageError| StageError::msg(format!("case `{}`: {e}", info.id));
             let case = inputs.case("cases").map_err(at)?;
             let image = case
-                .image
-                .as_ref()
+                .image()
                 .ok_or_else(|| at(StageError::msg("the case has no image")))?;
+            case.check_grids().map_err(|m| at(StageError::msg(m)))?;
             seen.add(&case.original.unwrap_or_else(|| image.grid()));
             match &organs {
                 None => organs = Some(case.organs.clone()),
@@ -249,13 +249,13 @@ impl Stage for Train {
                 }
                 _ => {}
             }
-            let n = *norm.get_or_insert_with(|| {
+            let n = norm.get_or_insert_with(|| {
                 spacing = image.spacing;
-                Norm::resolve(cfg.intensity, cfg.window, image)
+                Norm::resolve_channels(cfg.intensity, cfg.window, &case.images)
             });
-            let case = n.apply_case(&case).map_err(at)?;
+            let case = model::normalise_case(n, &case).map_err(at)?;
             if info.split.as_deref() == Some("val") {
-                let img = case.image.as_ref().map(|v| v.to_f32()).unwrap_or_default();
+                let img: Vec<f32> = case.images.iter().flat_map(|v| v.to_f32()).collect();
                 let Some(VoxelData::U8(labels)) = case.labels.as_ref().map(|l| l.data.clone())
                 else {
                     return Err(at(StageError::msg("the case has no u8 label map")));
@@ -412,9 +412,12 @@ impl Infer {
         &self,
         ctx: &StageCtx,
         model: &Model,
-        image: &Volume,
+        images: &[Arc<Volume>],
         device: Device,
     ) -> Result<Vec<Vec<f32>>, StageError> {
+        let image = images
+            .first()
+            .ok_or_else(|| StageError::msg("the case has no image"))?;
         let mut guard = self
             .net
             .lock()
@@ -445,8 +448,12 @@ impl Infer {
                 "`patch` {patch:?}: every size must be a multiple of {mult} for this model"
             )));
         }
-        let x = model.config.norm.apply(image);
-        let pad = x.iter().copied().fold(f32::INFINITY, f32::min);
+        let x = model::normalised_input(&model.config.norm, images)?;
+        // Per channel, what lies outside the image: its smallest value (air in a CT).
+        let pads: Vec<f32> = x
+            .chunks(image.len().max(1))
+            .map(|c| c.iter().copied().fold(f32::INFINITY, f32::min))
+            .collect();
         let wcfg = WindowConfig {
             patch,
             overlap: self.p.overlap,
@@ -454,7 +461,7 @@ impl Infer {
             batch: self.p.batch.max(1),
         };
         let mut window = |x: &[f32]| {
-            sliding_window(x, image.dims, k, &wcfg, pad, &mut |p| {
+            sliding_window(x, image.dims, k, &wcfg, &pads, &mut |p| {
                 if ctx.cancel.is_cancelled() {
                     return Err(tch::TchError::Kind("cancelled".into()));
                 }
@@ -552,9 +559,9 @@ impl Stage for Infer {
         }
         let case = inputs.case("cases")?;
         let image = case
-            .image
-            .as_ref()
+            .image()
             .ok_or_else(|| StageError::msg("the case has no image"))?;
+        case.check_grids().map_err(StageError::msg)?;
         if let Some(seen) = &model.config.training_data {
             for w in seen.check(&case.original.unwrap_or_else(|| image.grid())) {
                 tracing::warn!(case = %info.id, "{w}");
@@ -577,7 +584,7 @@ impl Stage for Infer {
         let k = model.config.organs.len();
         let mut maps: Vec<Vec<f32>> = Vec::new();
         for m in &models {
-            let one = self.maps_of(ctx, m, image, device)?;
+            let one = self.maps_of(ctx, m, &case.images, device)?;
             if maps.is_empty() {
                 maps = one;
             } else {
@@ -659,7 +666,7 @@ impl Stage for Infer {
                 "largest_component": self.p.largest_component, "sdm_threshold": self.p.sdm_threshold}),
         );
         Ok(CaseData {
-            image: None,
+            images: Vec::new(),
             labels: Some(Arc::new(label_vol)),
             organs: model.config.organs.clone(),
             present: vec![true; k],

@@ -74,25 +74,28 @@ pub type PatchOutputs = Vec<Vec<Vec<f32>>>;
 /// A network as [`sliding_window`] sees it: a batch of patches in, outputs per patch out.
 pub type Model<'a, E> = dyn FnMut(&[Vec<f32>]) -> Result<PatchOutputs, E> + 'a;
 
-/// Runs `model` over `image` (dims `dims`, x fastest) and returns `channels` maps of the
-/// volume's size. Parts of a patch that fall outside a volume smaller than the patch are
-/// filled with `pad`. `model` gets up to `cfg.batch` patches and must return, per patch,
-/// `channels` vectors of patch size.
+/// Runs `model` over `image` (input channels one after another, each of dims `dims`, x
+/// fastest) and returns `channels` maps of the volume's size. `pads` holds one value per
+/// input channel: what fills the parts of a patch that fall outside a volume smaller than
+/// the patch. `model` gets up to `cfg.batch` patches (input channels one after another) and
+/// must return, per patch, `channels` vectors of patch size.
 pub fn sliding_window<E>(
     image: &[f32],
     dims: [usize; 3],
     channels: usize,
     cfg: &WindowConfig,
-    pad: f32,
+    pads: &[f32],
     model: &mut Model<'_, E>,
 ) -> Result<Vec<Vec<f32>>, WindowError<E>> {
     let p = cfg.patch;
     let pn: usize = p.iter().product();
     let n: usize = dims.iter().product();
-    if image.len() != n {
+    if pads.is_empty() || image.len() != n * pads.len() {
         return Err(WindowError::Shape(format!(
-            "image has {} voxels, dims {dims:?} need {n}",
-            image.len()
+            "image has {} voxels, dims {dims:?} and {} input channels need {}",
+            image.len(),
+            pads.len(),
+            n * pads.len()
         )));
     }
     let w = gaussian(p, cfg.sigma);
@@ -115,16 +118,19 @@ pub fn sliding_window<E>(
         v
     };
     let extract = |s: [usize; 3]| -> Vec<f32> {
-        let mut out = Vec::with_capacity(pn);
-        for z in 0..p[2] {
-            for y in 0..p[1] {
-                for x in 0..p[0] {
-                    let g = [s[0] + x, s[1] + y, s[2] + z];
-                    out.push(if g[0] < dims[0] && g[1] < dims[1] && g[2] < dims[2] {
-                        image[g[0] + dims[0] * (g[1] + dims[1] * g[2])]
-                    } else {
-                        pad
-                    });
+        let mut out = Vec::with_capacity(pn * pads.len());
+        for (c, &pad) in pads.iter().enumerate() {
+            let image = &image[c * n..(c + 1) * n];
+            for z in 0..p[2] {
+                for y in 0..p[1] {
+                    for x in 0..p[0] {
+                        let g = [s[0] + x, s[1] + y, s[2] + z];
+                        out.push(if g[0] < dims[0] && g[1] < dims[1] && g[2] < dims[2] {
+                            image[g[0] + dims[0] * (g[1] + dims[1] * g[2])]
+                        } else {
+                            pad
+                        });
+                    }
                 }
             }
         }
@@ -266,21 +272,20 @@ mod tests {
             batch: 3,
         };
         let mut calls = 0;
-        let out = sliding_window(
-            &image,
-            dims,
-            2,
-            &cfg,
-            0.0,
-            &mut |batch: &[Vec<f32>]| -> Result<Vec<Vec<Vec<f32>>>, String> {
-                calls += 1;
-                assert!(batch.len() <= 3);
-                Ok(batch
-                    .iter()
-                    .map(|p| vec![p.clone(), p.iter().map(|v| -v).collect()])
-                    .collect())
-            },
-        )
+        let out = sliding_window(&image, dims, 2, &cfg, &[0.0], &mut |batch: &[Vec<
+            f32,
+        >]|
+         -> Result<
+            Vec<Vec<Vec<f32>>>,
+            String,
+        > {
+            calls += 1;
+            assert!(batch.len() <= 3);
+            Ok(batch
+                .iter()
+                .map(|p| vec![p.clone(), p.iter().map(|v| -v).collect()])
+                .collect())
+        })
         .unwrap();
         for (i, &v) in image.iter().enumerate() {
             assert!((out[0][i] - v).abs() < 1e-5 && (out[1][i] + v).abs() < 1e-5);
@@ -301,7 +306,7 @@ mod tests {
             dims,
             1,
             &cfg,
-            -5.0,
+            &[-5.0],
             &mut |b: &[Vec<f32>]| -> Result<_, String> {
                 assert!(b[0].contains(&-5.0), "padding reaches the model");
                 Ok(b.iter().map(|p| vec![p.clone()]).collect())
@@ -315,10 +320,61 @@ mod tests {
             dims,
             2,
             &cfg,
-            0.0,
+            &[0.0],
             &mut |b: &[Vec<f32>]| -> Result<_, String> {
                 Ok(b.iter().map(|p| vec![p.clone()]).collect())
             },
+        );
+        assert!(matches!(e, Err(WindowError::Shape(_))));
+    }
+
+    /// Several input channels travel one after another in each patch, each padded with its
+    /// own value; a model that returns its input channels gives the volume's back.
+    #[test]
+    fn input_channels_are_cut_and_padded_each_on_its_own() {
+        let dims = [5, 4, 3];
+        let n: usize = dims.iter().product();
+        let image: Vec<f32> = (0..2 * n).map(|i| i as f32).collect();
+        let cfg = WindowConfig {
+            patch: [4, 4, 4],
+            overlap: 0.5,
+            ..Default::default()
+        };
+        let pn = 64;
+        let out = sliding_window(&image, dims, 2, &cfg, &[-1.0, -2.0], &mut |b: &[Vec<
+            f32,
+        >]|
+         -> Result<
+            _,
+            String,
+        > {
+            for p in b {
+                assert_eq!(p.len(), 2 * pn);
+                // z = 3 lies outside the 3-slice volume: each channel's own pad.
+                assert_eq!(p[3 * 16], -1.0);
+                assert_eq!(p[pn + 3 * 16], -2.0);
+            }
+            Ok(b.iter()
+                .map(|p| vec![p[..pn].to_vec(), p[pn..].to_vec()])
+                .collect())
+        })
+        .unwrap();
+        for (c, got) in out.iter().enumerate() {
+            for (i, v) in got.iter().enumerate() {
+                assert!(
+                    (v - image[c * n + i]).abs() < 1e-3,
+                    "channel {c} voxel {i}: {v}"
+                );
+            }
+        }
+        // An image that is not a whole number of channels is refused.
+        let e = sliding_window(
+            &image[1..],
+            dims,
+            2,
+            &cfg,
+            &[0.0, 0.0],
+            &mut |b: &[Vec<f32>]| -> Result<_, String> { Ok(b.iter().map(|_| vec![]).collect()) },
         );
         assert!(matches!(e, Err(WindowError::Shape(_))));
     }

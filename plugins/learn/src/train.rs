@@ -213,6 +213,7 @@ impl TrainConfig {
 /// A validation case: the normalised image and reference labels on the training grid.
 pub struct ValCase {
     pub id: String,
+    /// The image's channels, one after another.
     pub image: Vec<f32>,
     pub dims: [usize; 3],
     pub labels: Vec<u8>,
@@ -287,8 +288,13 @@ pub fn validate_detail(
             overlap: 0.25,
             ..Default::default()
         };
-        let pad = c.image.iter().copied().fold(f32::INFINITY, f32::min);
-        let out = sliding_window(c.image.as_slice(), c.dims, k, &wcfg, pad, &mut |p| {
+        let n = c.dims.iter().product::<usize>().max(1);
+        let pads: Vec<f32> = c
+            .image
+            .chunks(n)
+            .map(|ch| ch.iter().copied().fold(f32::INFINITY, f32::min))
+            .collect();
+        let out = sliding_window(c.image.as_slice(), c.dims, k, &wcfg, &pads, &mut |p| {
             m.predict(net, p, cfg.patch, device, bf16)
         })
         .map_err(|e| StageError::msg(format!("validation on {}: {e}", c.id)))?;
@@ -365,12 +371,13 @@ pub fn init_net(
     (vs, net)
 }
 
-/// Trains a UNet on `cases` (normalised with `norm`), validating on `val`.
+/// Trains a UNet on `cases` (normalised with `norm`, one per image channel), validating on
+/// `val`.
 pub fn train(
     cfg: &TrainConfig,
     cases: Vec<TrainCase>,
     val: Vec<ValCase>,
-    norm: Norm,
+    norm: Vec<Norm>,
     spacing: [f64; 3],
     s: &Session,
 ) -> Result<Trained, StageError> {
@@ -383,8 +390,16 @@ pub fn train(
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
+    if let Some(c) = cases.iter().find(|c| c.channels() != norm.len()) {
+        return Err(StageError::msg(format!(
+            "case `{}` has {} image channel(s), the normalisation {}",
+            c.id,
+            c.channels(),
+            norm.len()
+        )));
+    }
     let unet = UNetConfig {
-        in_channels: 1,
+        in_channels: norm.len() as i64,
         out_channels: organs.len() as i64,
         depth: cfg.net.depth,
         base_channels: cfg.net.base_channels,
@@ -545,12 +560,12 @@ mod tests {
     use shapeflow_core::{CaseData, VoxelData};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn setup() -> (Vec<TrainCase>, Vec<ValCase>, Norm, [f64; 3]) {
+    fn setup() -> (Vec<TrainCase>, Vec<ValCase>, Vec<Norm>, [f64; 3]) {
         let c = shapeflow_io::phantom::mri(1, 0, [32, 32, 32], [1.0; 3], 0.05);
-        let norm = Norm::Zscore;
-        let c = norm.apply_case(&c).unwrap();
+        let norm = vec![Norm::Zscore];
+        let c = model::normalise_case(&norm, &c).unwrap();
         let s = crate::testutil::sdms(&c);
-        let img = c.image.as_ref().unwrap();
+        let img = c.image().unwrap();
         let VoxelData::U8(labels) = c.labels.as_ref().unwrap().data.clone() else {
             unreachable!()
         };
@@ -630,9 +645,9 @@ mod tests {
         }
         let spacing = [2.0; 3];
         let c = CaseData {
-            image: Some(Arc::new(
+            images: vec![Arc::new(
                 Volume::new([n; 3], spacing, VoxelData::F32(image)).unwrap(),
-            )),
+            )],
             labels: Some(Arc::new(
                 Volume::new([n; 3], spacing, VoxelData::U8(labels.clone())).unwrap(),
             )),
@@ -651,7 +666,7 @@ mod tests {
         };
         let val = ValCase {
             id: "two".into(),
-            image: c.image.as_ref().unwrap().to_f32(),
+            image: c.image().unwrap().to_f32(),
             dims: [n; 3],
             labels,
             present: vec![true, true],
@@ -684,7 +699,7 @@ mod tests {
             cfg.lambda = lambda;
             cfg.mode = mode;
             cfg.val_every = 12;
-            let t = train(&cfg, cases, val, Norm::None, [2.0; 3], &s).unwrap();
+            let t = train(&cfg, cases, val, vec![Norm::None], [2.0; 3], &s).unwrap();
             t.history
                 .last()
                 .unwrap()
@@ -706,6 +721,93 @@ mod tests {
             shell.iter().all(|d| d.unwrap_or(0.0) > 0.5),
             "both organs learned: {shell:?}"
         );
+    }
+
+    /// Several image channels reach the network: the organ is visible only in the second
+    /// channel (the first is noise), and training on both learns it as the one-channel
+    /// test does; the model takes two channels and says how each was normalised.
+    #[test]
+    fn the_second_channel_carries_what_the_first_lacks() {
+        let (cases, val, _, spacing) = setup();
+        let c = &cases[0];
+        let n = c.image().len();
+        let mut rng = crate::augment::Rng::new(11);
+        let noise: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        let two = |img: &[f32]| {
+            let mut x = noise.clone();
+            x.extend_from_slice(img);
+            x
+        };
+        let grid =
+            shapeflow_core::Volume::new(c.dims, spacing, VoxelData::F32(noise.clone())).unwrap();
+        let case = CaseData {
+            images: vec![
+                Arc::new(grid.clone()),
+                Arc::new(grid.with_data(VoxelData::F32(c.image().to_vec())).unwrap()),
+            ],
+            labels: Some(Arc::new(
+                grid.with_data(VoxelData::U8(c.labels().to_vec())).unwrap(),
+            )),
+            organs: c.organs.clone(),
+            present: c.present.clone(),
+            original: None,
+            notes: Default::default(),
+        };
+        let s = crate::testutil::sdms(&case);
+        let train_cases = vec![TrainCase::new("m0", &case, &s).unwrap()];
+        assert_eq!(train_cases[0].channels(), 2);
+        let val: Vec<ValCase> = val
+            .into_iter()
+            .map(|v| ValCase {
+                image: two(&v.image),
+                ..v
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = CancelToken::default();
+        let sess = Session {
+            seed: 5,
+            work_dir: &dir.path().join("work"),
+            output_dir: None,
+            scratch: dir.path(),
+            cancel: &cancel,
+            bar: shapeflow_core::indicatif::ProgressBar::hidden(),
+            on_epoch: None,
+        };
+        let norms = vec![Norm::None, Norm::Zscore];
+        let t = train(&config(20), train_cases, val, norms.clone(), spacing, &sess).unwrap();
+        let dice: Vec<f64> = t.history.iter().filter_map(|r| r.val_dice).collect();
+        eprintln!("two channels: validation Dice by epoch {dice:?}");
+        let best = dice.iter().copied().fold(0.0, f64::max);
+        assert!(best > 0.8, "{dice:?}");
+        assert_eq!(t.model.config.unet.in_channels, 2);
+        assert_eq!(t.model.config.norm, norms);
+        // A list in model.json, read back; a one-channel model's single object still reads.
+        let j = serde_json::to_value(&t.model.config).unwrap();
+        assert!(j["norm"].is_array(), "{}", j["norm"]);
+        let back: ModelConfig = serde_json::from_value(j.clone()).unwrap();
+        assert_eq!(back.norm, norms);
+        let mut one = j;
+        one["norm"] = serde_json::json!({"kind": "zscore"});
+        let back: ModelConfig = serde_json::from_value(one).unwrap();
+        assert_eq!(back.norm, vec![Norm::Zscore]);
+        // A case with the wrong number of channels is refused, not run.
+        let err = model::normalise_case(&norms, &c_case(&grid)).unwrap_err();
+        assert!(
+            err.to_string().contains("1 channel(s), the model takes 2"),
+            "{err}"
+        );
+    }
+
+    fn c_case(grid: &shapeflow_core::Volume) -> CaseData {
+        CaseData {
+            images: vec![Arc::new(grid.clone())],
+            labels: None,
+            organs: vec![],
+            present: vec![],
+            original: None,
+            notes: Default::default(),
+        }
     }
 
     /// A small UNet learns a real signal: on one phantom case, with the paper's joint loss,
@@ -744,7 +846,7 @@ mod tests {
                 organs: vec!["hippocampus".into()],
                 mode: Mode::Joint,
                 k: cfg.k,
-                norm,
+                norm: norm.clone(),
                 patch: cfg.patch,
                 spacing,
                 trained: Default::default(),
@@ -853,7 +955,7 @@ mod tests {
             bar: shapeflow_core::indicatif::ProgressBar::hidden(),
             on_epoch: Some(&stop_after_two),
         };
-        let r = train(&cfg, cases, val, norm, spacing, &s);
+        let r = train(&cfg, cases, val, norm.clone(), spacing, &s);
         assert!(matches!(r, Err(StageError::Cancelled)));
         assert_eq!(epochs_seen.load(Ordering::SeqCst), 2);
         let ck: crate::checkpoint::Checkpoint =

@@ -93,8 +93,9 @@ pub fn mirror_axes(left_right_flip: Option<bool>, lr_axis: usize) -> Vec<usize> 
 /// A network pass over a whole volume: one map per organ.
 pub type Pass<'a, E> = dyn FnMut(&[f32]) -> Result<Vec<Vec<f32>>, E> + 'a;
 
-/// Runs `predict` on `image` mirrored along every subset of `axes` and averages the
-/// outputs (one map per organ) brought back to the original orientation.
+/// Runs `predict` on `image` (its channels one after another, each of dims `dims`)
+/// mirrored along every subset of `axes` and averages the outputs (one map per organ)
+/// brought back to the original orientation.
 pub fn mirrored<E>(
     image: &[f32],
     dims: [usize; 3],
@@ -111,8 +112,11 @@ pub fn mirrored<E>(
             .map(|b| axes[b])
             .collect();
         let mut x = image.to_vec();
-        for &a in &flipped {
-            flip(&mut x, dims, a);
+        let n = dims.iter().product::<usize>().max(1);
+        for channel in x.chunks_mut(n) {
+            for &a in &flipped {
+                flip(channel, dims, a);
+            }
         }
         let mut out = predict(&x)?;
         drop(x);

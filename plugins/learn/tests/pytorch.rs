@@ -40,7 +40,7 @@ fn saved_model_loads_in_pytorch_with_the_same_outputs() {
             organs: vec!["a".into(), "b".into(), "c".into()],
             mode: Mode::Joint,
             k: 1500.0,
-            norm: Norm::Zscore,
+            norm: vec![Norm::Zscore],
             patch: [16, 12, 8],
             spacing: [1.0; 3],
             trained: Default::default(),

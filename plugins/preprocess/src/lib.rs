@@ -134,13 +134,14 @@ impl Default for CropParams {
 
 struct HeadCrop(CropParams);
 
-/// Crops `case` to `b` (image and labels), recording the box and what it lost.
+/// Crops `case` to `b` (every image channel and the labels), recording the box and what it lost.
 pub fn crop_case(case: &CaseData, b: CropBox) -> CaseData {
     let mut out = meta_only(case);
-    out.image = case
-        .image
-        .as_ref()
-        .map(|v| Arc::new(v.crop(b.start, b.size)));
+    out.images = case
+        .images
+        .iter()
+        .map(|v| Arc::new(v.crop(b.start, b.size)))
+        .collect();
     out.labels = case
         .labels
         .as_ref()
@@ -177,7 +178,7 @@ impl Stage for HeadCrop {
         inputs: &Inputs,
     ) -> Result<Item, StageError> {
         let data = inputs.case("cases")?;
-        let img = data.image.as_ref().ok_or_else(|| {
+        let img = data.image().ok_or_else(|| {
             StageError::msg(format!("case {}: head-crop needs an image", case.id))
         })?;
         let b = match self.0.mode {
@@ -237,7 +238,7 @@ impl Default for ResampleParams {
 
 struct Resample(ResampleParams);
 
-/// Resamples a case's image and labels to `target` spacing.
+/// Resamples a case's image channels and labels to `target` spacing.
 pub fn resample_case(
     case: &CaseData,
     target: [Option<f64>; 3],
@@ -247,11 +248,12 @@ pub fn resample_case(
     let grid = case.grid().ok_or("the case has neither image nor labels")?;
     let dst = grid_with_spacing(&grid, target);
     let mut out = meta_only(case);
-    out.image = case
-        .image
-        .as_ref()
+    // Each channel with its own background (air in a CT, 0 in a PET or an MRI).
+    out.images = case
+        .images
+        .iter()
         .map(|v| resample_to_grid(v, &dst, image, labels, background_of(v)).map(Arc::new))
-        .transpose()?;
+        .collect::<Result<_, _>>()?;
     out.labels = case
         .labels
         .as_ref()
@@ -263,7 +265,7 @@ pub fn resample_case(
 /// `case` without its voxels (no copy of image or labels).
 fn meta_only(case: &CaseData) -> CaseData {
     CaseData {
-        image: None,
+        images: Vec::new(),
         labels: None,
         organs: case.organs.clone(),
         present: case.present.clone(),

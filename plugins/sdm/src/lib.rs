@@ -223,7 +223,7 @@ mod tests {
         }
         let labels = Volume::new(dims, [0.8, 0.8, 2.0], VoxelData::U8(l)).unwrap();
         CaseData {
-            image: None,
+            images: Vec::new(),
             labels: Some(std::sync::Arc::new(labels)),
             organs: vec!["a".into(), "b".into(), "c".into()],
             present: vec![true, true, false],

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(root.join("dataset.json"), data).expect("write");
     if let Ok(ds) = shapeflow_io::datasets::msd_dataset(&root, false) {
         for c in &ds.cases {
-            assert!(c.image.starts_with(&root) && c.label.starts_with(&root));
+            assert!(c.images.iter().all(|i| i.starts_with(&root)) && c.label.starts_with(&root));
         }
     }
     for format in [shapeflow_io::Format::Msd, shapeflow_io::Format::NnunetV2] {

@@ -101,7 +101,7 @@ impl Layout for DicomRt {
             notes.insert("unlabeled".into(), true.into());
             return Ok(CaseData {
                 original: Some(image.grid()),
-                image: Some(Arc::new(image)),
+                images: vec![Arc::new(image)],
                 labels: None,
                 organs: self.organs.clone(),
                 present: vec![false; self.organs.len()],
@@ -154,7 +154,7 @@ impl Layout for DicomRt {
             .map_err(|e| e.to_string())?;
         Ok(CaseData {
             original: Some(grid),
-            image: Some(Arc::new(image)),
+            images: vec![Arc::new(image)],
             labels: Some(Arc::new(labels)),
             organs: self.organs.clone(),
             present: masks.iter().map(Option::is_some).collect(),

@@ -41,9 +41,9 @@ impl Msd {
 impl Layout for Msd {
     fn discover(&self, _seed: u64) -> Result<Vec<Found>, String> {
         let ds = datasets::msd_dataset(&self.root, self.allow_outside)?;
-        let tests = ds.tests.into_iter().map(|(id, image)| Found {
+        let tests = ds.tests.into_iter().map(|(id, images)| Found {
             labeled: false,
-            fingerprint: datasets::fingerprint(&self.root, &[image]),
+            fingerprint: datasets::fingerprint(&self.root, &images),
             id,
             split: None,
         });
@@ -52,7 +52,7 @@ impl Layout for Msd {
             .into_iter()
             .map(|c| Found {
                 labeled: true,
-                fingerprint: datasets::fingerprint(&self.root, &[c.image.clone(), c.label.clone()]),
+                fingerprint: datasets::fingerprint(&self.root, &c.files()),
                 id: c.id,
                 split: None,
             })
@@ -63,9 +63,9 @@ impl Layout for Msd {
     fn read(&self, _seed: u64, id: &str) -> Result<CaseData, String> {
         let ds = datasets::msd_dataset(&self.root, self.allow_outside)?;
         let organs = self.organs(&ds);
-        if let Some((_, image)) = ds.tests.iter().find(|(t, _)| t == id) {
+        if let Some((_, images)) = ds.tests.iter().find(|(t, _)| t == id) {
             let names: Vec<String> = organs.iter().map(|(n, _)| n.clone()).collect();
-            return datasets::load_unlabeled(image, &names);
+            return datasets::load_unlabeled(images, &names);
         }
         let c = ds
             .cases

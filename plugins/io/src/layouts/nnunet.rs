@@ -1,6 +1,7 @@
 //! nnU-Net v2 raw datasets: `dataset.json` (`channel_names`, `labels` as name -> value,
-//! `file_ending`, `numTraining`), `imagesTr/<case>_0000<ending>`, `labelsTr/<case><ending>`,
-//! and `imagesTs/<case>_0000<ending>` (no labels: test cases for `infer`).
+//! `file_ending`, `numTraining`), `imagesTr/<case>_<channel><ending>` (`_0000`, `_0001`,
+//! ... one file per channel), `labelsTr/<case><ending>`, and `imagesTs/` (no labels: test
+//! cases for `infer`).
 
 use super::{Found, Layout};
 use crate::datasets::{self, MsdCase};
@@ -19,6 +20,33 @@ struct Description {
     /// (organ, label values), background excluded, in label-value order.
     labels: Vec<(String, Vec<u8>)>,
     num_training: Option<usize>,
+    /// Channel names in channel order (`channel_names`' keys are 0, 1, ...).
+    channels: Vec<String>,
+}
+
+impl Description {
+    /// The files of case `id`'s channels in `dir`, in channel order.
+    fn channel_files(&self, dir: &Path, id: &str) -> Vec<PathBuf> {
+        (0..self.channels.len())
+            .map(|c| dir.join(format!("{id}_{c:04}{}", self.ending)))
+            .collect()
+    }
+
+    /// [`Description::channel_files`], each checked to exist: a missing one is named.
+    fn existing_channel_files(&self, dir: &Path, id: &str) -> Result<Vec<PathBuf>, String> {
+        let files = self.channel_files(dir, id);
+        for (c, f) in files.iter().enumerate() {
+            if !f.is_file() {
+                return Err(format!(
+                    "case `{id}`: no file for channel {c} ({}), which `channel_names` in \
+                     dataset.json lists: expected {}",
+                    self.channels[c],
+                    f.display()
+                ));
+            }
+        }
+        Ok(files)
+    }
 }
 
 impl NnUnet {
@@ -42,15 +70,20 @@ impl NnUnet {
         let channels = j["channel_names"]
             .as_object()
             .ok_or_else(|| at("`channel_names` must be a mapping".into()))?;
-        if channels.len() != 1 {
-            let names: Vec<String> = channels
-                .values()
-                .map(|v| v.as_str().unwrap_or("?").to_string())
-                .collect();
+        let mut named: Vec<(usize, String)> = Vec::with_capacity(channels.len());
+        for (key, name) in channels {
+            let c = key.parse::<usize>().map_err(|_| {
+                at(format!(
+                    "`channel_names` key `{key}` is not a channel number (0, 1, ...)"
+                ))
+            })?;
+            named.push((c, name.as_str().unwrap_or(key).to_string()));
+        }
+        named.sort();
+        if named.is_empty() || named.iter().enumerate().any(|(i, (c, _))| *c != i) {
             return Err(at(format!(
-                "{} channels ({}): multi-channel input is not supported yet; one channel is",
-                channels.len(),
-                names.join(", ")
+                "`channel_names` must number its channels 0, 1, ... without gaps (has {:?})",
+                named.iter().map(|(c, _)| *c).collect::<Vec<_>>()
             )));
         }
         let ending = j["file_ending"]
@@ -97,6 +130,7 @@ impl NnUnet {
             ending,
             labels,
             num_training: j["numTraining"].as_u64().map(|n| n as usize),
+            channels: named.into_iter().map(|(_, n)| n).collect(),
         })
     }
 
@@ -121,7 +155,9 @@ impl NnUnet {
             }
             cases.push(MsdCase {
                 id: id.to_string(),
-                image: e.path(),
+                images: d
+                    .existing_channel_files(&images, id)
+                    .map_err(|m| format!("{}: {m}", self.root.display()))?,
                 label,
             });
         }
@@ -151,32 +187,39 @@ impl NnUnet {
 }
 
 impl NnUnet {
-    /// `imagesTs/<case>_0000<ending>`: images without labels, as (case id, path).
-    fn tests(&self, d: &Description) -> Result<Vec<(String, PathBuf)>, String> {
+    /// `imagesTs/<case>_<channel><ending>`: images without labels, as (case id, files).
+    fn tests(&self, d: &Description) -> Result<Vec<(String, Vec<PathBuf>)>, String> {
         let dir = self.root.join("imagesTs");
         if !dir.is_dir() {
             return Ok(Vec::new());
         }
         let suffix = format!("_0000{}", d.ending);
-        let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
+        let mut ids: Vec<String> = std::fs::read_dir(&dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().to_string();
-                Some((name.strip_suffix(&suffix)?.to_string(), e.path()))
+                Some(name.strip_suffix(&suffix)?.to_string())
             })
             .collect();
-        out.sort();
-        Ok(out)
+        ids.sort();
+        ids.into_iter()
+            .map(|id| {
+                let files = d
+                    .existing_channel_files(&dir, &id)
+                    .map_err(|m| format!("{}: {m}", self.root.display()))?;
+                Ok((id, files))
+            })
+            .collect()
     }
 }
 
 impl Layout for NnUnet {
     fn discover(&self, _seed: u64) -> Result<Vec<Found>, String> {
         let d = self.description()?;
-        let tests = self.tests(&d)?.into_iter().map(|(id, image)| Found {
+        let tests = self.tests(&d)?.into_iter().map(|(id, images)| Found {
             labeled: false,
-            fingerprint: datasets::fingerprint(&self.root, &[image]),
+            fingerprint: datasets::fingerprint(&self.root, &images),
             id,
             split: None,
         });
@@ -185,7 +228,7 @@ impl Layout for NnUnet {
             .into_iter()
             .map(|c| Found {
                 labeled: true,
-                fingerprint: datasets::fingerprint(&self.root, &[c.image.clone(), c.label.clone()]),
+                fingerprint: datasets::fingerprint(&self.root, &c.files()),
                 id: c.id,
                 split: None,
             })
@@ -195,23 +238,28 @@ impl Layout for NnUnet {
 
     fn read(&self, _seed: u64, id: &str) -> Result<CaseData, String> {
         let d = self.description()?;
-        let suffix = format!("_0000{}", d.ending);
-        let test = self.root.join("imagesTs").join(format!("{id}{suffix}"));
-        if !self
-            .root
-            .join("imagesTr")
-            .join(format!("{id}{suffix}"))
-            .exists()
-            && test.exists()
-        {
+        let train = self.root.join("imagesTr");
+        let test = self.root.join("imagesTs");
+        let first = |dir: &Path| d.channel_files(dir, id)[0].exists();
+        let at = |m: String| format!("{}: {m}", self.root.display());
+        if !first(&train) && first(&test) {
             let names: Vec<String> = self.organs(&d).into_iter().map(|(n, _)| n).collect();
-            return datasets::load_unlabeled(&test, &names);
+            let files = d.existing_channel_files(&test, id).map_err(at)?;
+            return datasets::load_unlabeled(&files, &names);
         }
         let case = MsdCase {
             id: id.to_string(),
-            image: self.root.join("imagesTr").join(format!("{id}{suffix}")),
+            images: d.existing_channel_files(&train, id).map_err(at)?,
             label: self.root.join("labelsTr").join(format!("{id}{}", d.ending)),
         };
-        datasets::load_msd(&case, &self.organs(&d))
+        let data = datasets::load_msd(&case, &self.organs(&d))?;
+        if data.images.len() != d.channels.len() {
+            return Err(format!(
+                "case `{id}`: {} image channels in its files, `channel_names` lists {}",
+                data.images.len(),
+                d.channels.len()
+            ));
+        }
+        Ok(data)
     }
 }

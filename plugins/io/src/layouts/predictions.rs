@@ -117,7 +117,7 @@ impl Layout for Predictions {
         let mut notes = serde_json::Map::new();
         notes.insert("source".into(), path.display().to_string().into());
         Ok(CaseData {
-            image: None,
+            images: Vec::new(),
             original: Some(labels.grid()),
             labels: Some(Arc::new(labels)),
             present: vec![true; organs.len()],
@@ -170,7 +170,7 @@ mod tests {
         assert_eq!(ids, ["pt_1", "pt_2"]);
         let c = p.read(0, "pt_1").unwrap();
         assert_eq!(c.organs, ["Brainstem", "Mandible"]);
-        assert!(c.image.is_none());
+        assert!(c.images.is_empty());
         assert_eq!(
             c.labels.as_ref().unwrap().data,
             VoxelData::U8(vec![0, 1, 2, 0])

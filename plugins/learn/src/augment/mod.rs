@@ -123,14 +123,14 @@ pub struct TrainCase {
     /// Voxel indices of each organ, for foreground sampling.
     organ_voxels: Vec<Vec<u32>>,
     store: Arc<TrainStore>,
-    /// Byte ranges in the store: the image as f32, the labels as u8, each organ's SDM as
-    /// 16-bit with its scale (None: absent organ, or a head that needs no maps).
-    image: Range<usize>,
+    /// Byte ranges in the store: each image channel as f32, the labels as u8, each organ's
+    /// SDM as 16-bit with its scale (None: absent organ, or a head that needs no maps).
+    images: Vec<Range<usize>>,
     labels: Range<usize>,
     sdms: Vec<Option<(Range<usize>, f32)>>,
-    /// What lies outside the volume: the image's minimum (air in a CT, background in an
-    /// MRI), not 0, which in a windowed CT is soft tissue.
-    pad: f32,
+    /// Per channel, what lies outside the volume: the channel's minimum (air in a CT,
+    /// background in an MRI), not 0, which in a windowed CT is soft tissue.
+    pads: Vec<f32>,
     /// The voxel axis that runs left-right in the world (from the affine): what a
     /// left-right flip mirrors. Axis 0 for RAS/LPS-ordered volumes, 1 for OpenKBP's PLI.
     lr_axis: usize,
@@ -153,10 +153,10 @@ struct Pending {
     organs: Vec<String>,
     present: Vec<bool>,
     organ_voxels: Vec<Vec<u32>>,
-    image: Range<usize>,
+    images: Vec<Range<usize>>,
     labels: Range<usize>,
     sdms: Vec<Option<(Range<usize>, f32)>>,
-    pad: f32,
+    pads: Vec<f32>,
     lr_axis: usize,
 }
 
@@ -184,9 +184,10 @@ impl TrainSetBuilder {
         })
     }
 
-    /// Adds a case (its image normalised already) and its SDMs (same grid), with each
-    /// organ's voxel indices precomputed (by the `augment` stage, see [`organ_voxels`])
-    /// or found from the labels (`None`).
+    /// Adds a case (its image channels normalised already) and its SDMs (same grid), with
+    /// each organ's voxel indices precomputed (by the `augment` stage, see
+    /// [`organ_voxels`]) or found from the labels (`None`). Every case of a set has the
+    /// same number of channels.
     pub fn add(
         &mut self,
         id: &str,
@@ -195,15 +196,22 @@ impl TrainSetBuilder {
         voxels: Option<Vec<Vec<u32>>>,
     ) -> Result<(), String> {
         let image = case
-            .image
-            .as_ref()
+            .image()
             .ok_or_else(|| format!("case {id} has no image"))?;
         let labels = case
             .labels
             .as_ref()
             .ok_or_else(|| format!("case {id} has no labels"))?;
-        if !image.grid().same_as(&labels.grid(), 1e-3) {
-            return Err(format!("case {id}: image and labels differ in grid"));
+        case.check_grids().map_err(|m| format!("case {id}: {m}"))?;
+        if let Some(first) = self.cases.first() {
+            if first.images.len() != case.images.len() {
+                return Err(format!(
+                    "case {id} has {} image channel(s), case {} {}",
+                    case.images.len(),
+                    first.id,
+                    first.images.len()
+                ));
+            }
         }
         let VoxelData::U8(l) = &labels.data else {
             return Err(format!("case {id}: labels must be u8"));
@@ -220,15 +228,19 @@ impl TrainSetBuilder {
             None => organ_voxels(l, case.organs.len()),
         };
         let io = |e: std::io::Error| format!("case {id}: cannot write the training set: {e}");
-        let img = image.to_f32();
-        let pad = img
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(f32::INFINITY, f32::min)
-            .min(0.0);
-        let image_at = self.writer.f32s(&img).map_err(io)?;
-        drop(img);
+        let mut images = Vec::with_capacity(case.images.len());
+        let mut pads = Vec::with_capacity(case.images.len());
+        for channel in &case.images {
+            let img = channel.to_f32();
+            pads.push(
+                img.iter()
+                    .copied()
+                    .filter(|v| v.is_finite())
+                    .fold(f32::INFINITY, f32::min)
+                    .min(0.0),
+            );
+            images.push(self.writer.f32s(&img).map_err(io)?);
+        }
         let labels_at = self.writer.u8s(l).map_err(io)?;
         let mut maps = Vec::with_capacity(sdms.maps.len());
         for m in &sdms.maps {
@@ -250,10 +262,10 @@ impl TrainSetBuilder {
             organs: case.organs.clone(),
             present: case.present.clone(),
             organ_voxels,
-            image: image_at,
+            images,
             labels: labels_at,
             sdms: maps,
-            pad,
+            pads,
             lr_axis: crate::tta::left_right_axis(&image.affine),
         });
         Ok(())
@@ -277,10 +289,10 @@ impl TrainSetBuilder {
                 present: p.present,
                 organ_voxels: p.organ_voxels,
                 store: store.clone(),
-                image: p.image,
+                images: p.images,
                 labels: p.labels,
                 sdms: p.sdms,
-                pad: p.pad,
+                pads: p.pads,
                 lr_axis: p.lr_axis,
             })
             .collect())
@@ -296,9 +308,19 @@ impl TrainCase {
         Ok(b.finish()?.remove(0))
     }
 
-    /// The normalised image, x fastest.
+    /// The normalised image's first channel, x fastest.
     pub fn image(&self) -> &[f32] {
-        self.store.f32s(&self.image)
+        self.channel(0)
+    }
+
+    /// The normalised image's channel `c`, x fastest.
+    pub fn channel(&self, c: usize) -> &[f32] {
+        self.store.f32s(&self.images[c])
+    }
+
+    /// How many image channels the case has.
+    pub fn channels(&self) -> usize {
+        self.images.len()
     }
 
     /// The label map (0 background, k = organs[k - 1]).
@@ -336,7 +358,7 @@ impl TrainCase {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub case: String,
-    /// Patch voxels, x fastest.
+    /// Patch voxels, x fastest, the image's channels one after another.
     pub image: Vec<f32>,
     pub labels: Vec<u8>,
     /// One map per organ (patch-sized), zeros where the organ is absent.
@@ -456,10 +478,22 @@ pub fn sample(
     let i_shift = rng.range(cfg.intensity_shift[0], cfg.intensity_shift[1]) as f32;
     let gamma = rng.range(cfg.gamma[0], cfg.gamma[1]) as f32;
     let noise_seed = rng.next_u64();
+    // Intensity augmentation per channel: channel 0 as drawn above (a one-channel case
+    // draws exactly what it did before channels existed), the others from their own draws.
+    let channels = case.channels();
+    let mut intensity = vec![(i_scale, i_shift, gamma, Rng::new(noise_seed))];
+    for _ in 1..channels {
+        intensity.push((
+            rng.range(cfg.intensity_scale[0], cfg.intensity_scale[1]) as f32,
+            rng.range(cfg.intensity_shift[0], cfg.intensity_shift[1]) as f32,
+            rng.range(cfg.gamma[0], cfg.gamma[1]) as f32,
+            Rng::new(rng.next_u64()),
+        ));
+    }
 
     let n = ps[0] * ps[1] * ps[2];
     let labels = case.labels();
-    let img = case.image();
+    let imgs: Vec<&[f32]> = (0..channels).map(|c| case.channel(c)).collect();
     let swap: BTreeMap<usize, usize> = if flipped {
         case.left_right_pairs()
             .into_iter()
@@ -471,7 +505,7 @@ pub fn sample(
     let k = case.organs.len();
     let mut out = Sample {
         case: case.id.clone(),
-        image: vec![0.0; n],
+        image: vec![0.0; n * channels],
         labels: vec![0; n],
         sdms: vec![vec![0.0; n]; k],
         present: (0..k)
@@ -485,7 +519,6 @@ pub fn sample(
         flipped,
         scale,
     };
-    let mut noise = Rng::new(noise_seed);
     for z in 0..ps[2] {
         for y in 0..ps[1] {
             for x in 0..ps[0] {
@@ -511,11 +544,6 @@ pub fn sample(
                 });
                 let src: [f64; 3] = std::array::from_fn(|a| centre[a] + r[a] / sp[a]);
                 let inside = (0..3).all(|a| src[a] >= -0.5 && src[a] <= d[a] as f64 - 0.5);
-                let v = if inside {
-                    trilinear(img, d, src)
-                } else {
-                    case.pad
-                };
                 let lab = if inside {
                     let idx: [usize; 3] =
                         std::array::from_fn(|a| (src[a].round().max(0.0) as usize).min(d[a] - 1));
@@ -534,16 +562,25 @@ pub fn sample(
                         dst[o] = zoomed(trilinear_by(d, src, |i| m.get(i)), scale as f32);
                     }
                 }
-                // Intensity: scale, shift, gamma (sign-preserving: images are normalised to
-                // zero mean), noise.
-                let mut vi = v * i_scale + i_shift;
-                if gamma != 1.0 {
-                    vi = vi.signum() * vi.abs().powf(gamma);
+                // Intensity, per channel: scale, shift, gamma (sign-preserving: images are
+                // normalised to zero mean), noise.
+                for (c, (img, (i_scale, i_shift, gamma, noise))) in
+                    imgs.iter().zip(intensity.iter_mut()).enumerate()
+                {
+                    let v = if inside {
+                        trilinear(img, d, src)
+                    } else {
+                        case.pads[c]
+                    };
+                    let mut vi = v * *i_scale + *i_shift;
+                    if *gamma != 1.0 {
+                        vi = vi.signum() * vi.abs().powf(*gamma);
+                    }
+                    if cfg.noise > 0.0 {
+                        vi += (noise.normal() * cfg.noise) as f32;
+                    }
+                    out.image[c * n + o] = vi;
                 }
-                if cfg.noise > 0.0 {
-                    vi += (noise.normal() * cfg.noise) as f32;
-                }
-                out.image[o] = vi;
             }
         }
     }

@@ -202,7 +202,7 @@ fn flips_mirror_the_left_right_axis_of_the_affine() {
         v.affine[1] = [-4.5, 0.0, 0.0, 0.0];
         Arc::new(v)
     };
-    c.image = c.image.as_deref().map(reorient);
+    c.images = c.images.iter().map(|v| reorient(v)).collect();
     c.labels = c.labels.as_deref().map(reorient);
     for o in c.organs.iter_mut() {
         if let Some(stem) = o.strip_suffix("_L") {
@@ -249,4 +249,65 @@ fn zoom_keeps_saturated_values_and_clamps_the_rest() {
     assert!((zoomed(0.5, 0.85) - 0.425).abs() < 1e-6);
     assert_eq!(zoomed(0.9, 1.15), 1.0);
     assert_eq!(zoomed(-0.95, 1.15), -1.0);
+}
+
+/// A case with a second channel: every channel goes through the same geometry (a copy of
+/// channel 0 comes out as channel 0 does, without intensity changes), the intensity
+/// augmentation is drawn per channel, and channel 0 is drawn exactly as a one-channel
+/// case's (adding channels does not change what a one-channel run sees).
+#[test]
+fn channels_share_the_geometry_and_draw_their_own_intensities() {
+    let c = phantom::head_neck(
+        5,
+        0,
+        phantom::HnSpec {
+            dims: [48, 48, 40],
+            spacing: [4.5, 4.5, 6.0],
+            noise_hu: 10.0,
+        },
+    );
+    let s = shapeflow_sdm::case_sdms(&c, true).unwrap();
+    let one = vec![TrainCase::new("p", &c, &s).unwrap()];
+    let mut c2 = c.clone();
+    c2.images.push(c.images[0].clone());
+    let two = vec![TrainCase::new("p", &c2, &s).unwrap()];
+    assert_eq!(two[0].channels(), 2);
+    let n = 16 * 16 * 8;
+    let geometry = AugmentConfig {
+        patch: [16, 16, 8],
+        elastic_mm: 2.0,
+        flip: 0.5,
+        ..AugmentConfig::none([16, 16, 8])
+    };
+    let intensity = AugmentConfig {
+        intensity_scale: [0.7, 1.3],
+        intensity_shift: [-0.2, 0.2],
+        noise: 0.1,
+        ..geometry.clone()
+    };
+    for i in 0..4 {
+        let a = sample(&one, &geometry, 3, 0, i);
+        let b = sample(&two, &geometry, 3, 0, i);
+        assert_eq!(b.image.len(), 2 * n);
+        assert_eq!(b.image[..n], a.image[..], "channel 0, sample {i}");
+        assert_eq!(b.image[n..], a.image[..], "channel 1 moves as channel 0");
+        assert_eq!((b.labels, b.flipped), (a.labels, a.flipped));
+        let a = sample(&one, &intensity, 3, 0, i);
+        let b = sample(&two, &intensity, 3, 0, i);
+        assert_eq!(
+            b.image[..n],
+            a.image[..],
+            "channel 0 draws as before, sample {i}"
+        );
+        assert_ne!(
+            b.image[n..],
+            b.image[..n],
+            "channel 1 draws its own intensities"
+        );
+    }
+    // A set whose cases differ in channels is refused, naming both.
+    let mut b = TrainSetBuilder::in_memory(true);
+    b.add("p", &c2, &s, None).unwrap();
+    let e = b.add("q", &c, &s, None).unwrap_err();
+    assert!(e.contains("case q has 1 image channel(s), case p 2"), "{e}");
 }
