@@ -502,6 +502,7 @@ fn fuzz_corpus_and_regressions_read_without_panic() {
                 let p = d.path().join(format!("input.{ending}"));
                 std::fs::copy(f.path(), &p).unwrap();
                 let _ = shapeflow_formats::read(&p);
+                let _ = shapeflow_formats::read_channels(&p);
                 n += 1;
             }
         }
