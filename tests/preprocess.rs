@@ -175,7 +175,12 @@ fn crop_and_resample_treat_every_channel_alike() {
         .iter()
         .filter(|&&i| (a[i] + n[i]).abs() <= 0.5 + 1e-3)
         .count();
-    assert!(inside.len() > a.len() / 4, "{} of {}", inside.len(), a.len());
+    assert!(
+        inside.len() > a.len() / 4,
+        "{} of {}",
+        inside.len(),
+        a.len()
+    );
     assert!(
         same as f64 > 0.99 * inside.len() as f64,
         "{same} of {}",

@@ -53,7 +53,9 @@ handed over as files:
   {in}/<stage>.nii.gz      a volume input from stage <stage>
   {in}/<stage>.json        a JSON input
   {in}/<stage>.bin         a bytes input
-  {in}/<stage>/<part>.*    each part of a bundle input
+  {in}/<stage>/<part>.*    each part of a bundle input (a case: image.nii.gz, then
+                           image.1.nii.gz, ... for further channels, labels.nii.gz,
+                           meta.json)
 
 The command writes its result to {output} ({out}/output.nii.gz for `output: volume`,
 {out}/output.json for `output: json`). The same paths are in the environment as
