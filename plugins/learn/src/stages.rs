@@ -253,6 +253,13 @@ impl Stage for Train {
                 spacing = image.spacing;
                 Norm::resolve_channels(cfg.intensity, cfg.window, &case.images)
             });
+            if n.len() != case.images.len() {
+                return Err(at(StageError::msg(format!(
+                    "it has {} image channel(s), the first case {}: every case needs the same",
+                    case.images.len(),
+                    n.len()
+                ))));
+            }
             let case = model::normalise_case(n, &case).map_err(at)?;
             if info.split.as_deref() == Some("val") {
                 let img: Vec<f32> = case.images.iter().flat_map(|v| v.to_f32()).collect();
