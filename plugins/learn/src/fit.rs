@@ -65,17 +65,29 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
 /// The loss of `net` on a batch, by mode (k and lambda as in the paper for `Joint`). The
 /// network's output is taken to float32 first, so that under bfloat16 autocast the loss (its
 /// sums over a whole patch, its ratios) is still computed in float32.
-/// `ce` weighs a cross-entropy on the segmentation ([`crate::losses::bce_loss`]).
-pub fn loss(net: &UNet, t: &BatchTensors, mode: Mode, k: f64, lambda: f64, ce: f64) -> Tensor {
+/// `ce` weighs a cross-entropy on the segmentation ([`crate::losses::bce_loss`]),
+/// class-balanced per organ if `ce_balanced`.
+pub fn loss(
+    net: &UNet,
+    t: &BatchTensors,
+    mode: Mode,
+    k: f64,
+    lambda: f64,
+    ce: f64,
+    ce_balanced: bool,
+) -> Tensor {
     let out = net.forward(&t.image).to_kind(Kind::Float);
     let l = mode.loss(&mode.head().activate(&out), t, k, lambda);
     match mode.segmentation_logits(&out, k) {
-        Some(logits) if ce > 0.0 => l + crate::losses::bce_loss(&logits, &t.seg, &t.present) * ce,
+        Some(logits) if ce > 0.0 => {
+            l + crate::losses::bce_loss(&logits, &t.seg, &t.present, ce_balanced) * ce
+        }
         _ => l,
     }
 }
 
-/// One Adam step; returns the loss before the update.
+/// One Adam step (a voxel-mean cross-entropy if `ce` > 0); returns the loss before the
+/// update.
 pub fn step(
     net: &UNet,
     opt: &mut nn::Optimizer,
@@ -85,7 +97,7 @@ pub fn step(
     lambda: f64,
     ce: f64,
 ) -> f64 {
-    let l = loss(net, t, mode, k, lambda, ce);
+    let l = loss(net, t, mode, k, lambda, ce, false);
     opt.backward_step(&l);
     l.to_kind(Kind::Double).double_value(&[])
 }
@@ -129,11 +141,11 @@ mod tests {
             to_tensors(&b, patch, Device::Cpu)
         };
         let fixed = batch(10_000);
-        let before = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0, 0.0));
+        let before = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0, 0.0, false));
         for i in 0..60 {
             step(&net, &mut opt, &batch(i), Mode::Sdm, 1500.0, 10.0, 0.0);
         }
-        let after = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0, 0.0));
+        let after = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0, 0.0, false));
         assert!(
             after < before * 0.7,
             "SDM loss on held-out patches: {before} -> {after}"

@@ -164,15 +164,32 @@ impl Mode {
 /// learned to say "no" everywhere. On OpenKBP it helps both heads on average over two seeds
 /// and does not stop every channel from dying at the CPU budget
 /// (docs/results/multi-organ/README.md, section 10).
-pub fn bce_loss(logits: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
+///
+/// `balanced` (`train.ce_balance`): per organ, the mean over its voxels and the mean over
+/// the other voxels, averaged (the background's mean alone where the organ is not in the
+/// batch's patches). A voxel mean gives an organ of 0.1% of the patch 0.1% of the push;
+/// balanced, its voxels carry half the term whatever its size.
+pub fn bce_loss(logits: &Tensor, target: &Tensor, present: &Tensor, balanced: bool) -> Tensor {
     let (m, _) = mask(present, logits);
     let dims: &[i64] = &[0, 2, 3, 4];
     let kind = logits.kind();
     let per_voxel =
         logits.binary_cross_entropy_with_logits::<Tensor>(target, None, None, tch::Reduction::None);
-    let sum = (per_voxel * &m).sum_dim_intlist(dims, false, kind);
-    let n = m.expand_as(logits).sum_dim_intlist(dims, false, kind);
-    mean_over_present_organs(sum / n.clamp_min(1.0), present)
+    if !balanced {
+        let sum = (per_voxel * &m).sum_dim_intlist(dims, false, kind);
+        let n = m.expand_as(logits).sum_dim_intlist(dims, false, kind);
+        return mean_over_present_organs(sum / n.clamp_min(1.0), present);
+    }
+    let pos = target * &m;
+    let neg = (target.ones_like() - target) * &m;
+    let n_pos = pos.sum_dim_intlist(dims, false, kind);
+    let n_neg = neg.sum_dim_intlist(dims, false, kind);
+    let on_pos = (&per_voxel * &pos).sum_dim_intlist(dims, false, kind) / n_pos.clamp_min(1.0);
+    let on_neg = (&per_voxel * &neg).sum_dim_intlist(dims, false, kind) / n_neg.clamp_min(1.0);
+    // 1 where the organ has voxels in the batch (counts are whole numbers), else 0.
+    let has_pos = n_pos.clamp_max(1.0);
+    let per_organ = (on_pos * &has_pos + on_neg) / (has_pos + 1.0);
+    mean_over_present_organs(per_organ, present)
 }
 
 /// `per_organ` ([organs]) averaged over the organs present somewhere in the batch.
@@ -647,7 +664,8 @@ mod tests {
         check_gradient(&|p| product_loss(p, &y, &present), &x);
         // k small enough for finite differences to resolve the sigmoid.
         check_gradient(&|p| joint_loss(p, &y, &seg, &present, 5.0, 10.0), &x);
-        check_gradient(&|p| bce_loss(p, &seg, &present), &x);
+        check_gradient(&|p| bce_loss(p, &seg, &present, false), &x);
+        check_gradient(&|p| bce_loss(p, &seg, &present, true), &x);
         check_gradient(
             &|p| {
                 bce_loss(
@@ -656,6 +674,7 @@ mod tests {
                         .unwrap(),
                     &seg,
                     &present,
+                    false,
                 )
             },
             &x,
@@ -670,17 +689,17 @@ mod tests {
         let y = t(&[1.0, 1.0, 0.0, 0.0], &[1, 1, 1, 2, 2]);
         let present = t(&[1.0], &[1, 1]);
         let want = (2.0 * 2f64.ln() + 2.0 * (4.0f64 / 3.0).ln()) / 4.0;
-        assert!((value(&bce_loss(&x, &y, &present)) - want).abs() < 1e-9);
+        assert!((value(&bce_loss(&x, &y, &present, false)) - want).abs() < 1e-9);
         // A second organ, absent, adds nothing; a second case where the first organ is
         // absent adds none of its voxels.
         let x2 = Tensor::cat(&[x.shallow_clone(), t(&[9.0; 4], &[1, 1, 1, 2, 2])], 1);
         let y2 = Tensor::cat(&[y.shallow_clone(), t(&[0.0; 4], &[1, 1, 1, 2, 2])], 1);
         let absent = t(&[1.0, 0.0], &[1, 2]);
-        assert!((value(&bce_loss(&x2, &y2, &absent)) - want).abs() < 1e-9);
+        assert!((value(&bce_loss(&x2, &y2, &absent, false)) - want).abs() < 1e-9);
         let x3 = Tensor::cat(&[x.shallow_clone(), t(&[9.0; 4], &[1, 1, 1, 2, 2])], 0);
         let y3 = Tensor::cat(&[y.shallow_clone(), t(&[0.0; 4], &[1, 1, 1, 2, 2])], 0);
         let second_absent = t(&[1.0, 0.0], &[2, 1]);
-        assert!((value(&bce_loss(&x3, &y3, &second_absent)) - want).abs() < 1e-9);
+        assert!((value(&bce_loss(&x3, &y3, &second_absent, false)) - want).abs() < 1e-9);
         // The joint heads' logits are -k tanh(raw); the SDM-only heads have none.
         let raw = t(&[0.5], &[1, 1, 1, 1, 1]);
         let l = Mode::Joint.segmentation_logits(&raw, 20.0).unwrap();
@@ -692,8 +711,45 @@ mod tests {
         dice_loss(&sure_no.sigmoid(), &y, &present).backward();
         let g_dice = sure_no.grad().abs().max().double_value(&[]);
         let sure_no = t(&[-12.0, -12.0, -12.0, -12.0], &[1, 1, 1, 2, 2]).set_requires_grad(true);
-        bce_loss(&sure_no, &y, &present).backward();
+        bce_loss(&sure_no, &y, &present, false).backward();
         let g_ce = sure_no.grad().abs().max().double_value(&[]);
         assert!(g_dice < 1e-4 && g_ce > 0.2, "{g_dice} {g_ce}");
+    }
+
+    #[test]
+    fn balanced_cross_entropy_by_hand() {
+        // Logits (0, ln 3, -ln 3, 0) against (1, 0, 0, 0): the organ's voxel costs ln 2; the
+        // others ln 4, ln 4/3, ln 2; balanced, the two means averaged.
+        let x = t(&[0.0, 3f64.ln(), -(3f64.ln()), 0.0], &[1, 1, 1, 2, 2]);
+        let y = t(&[1.0, 0.0, 0.0, 0.0], &[1, 1, 1, 2, 2]);
+        let present = t(&[1.0], &[1, 1]);
+        let neg = (4f64.ln() + (4.0f64 / 3.0).ln() + 2f64.ln()) / 3.0;
+        let want = (2f64.ln() + neg) / 2.0;
+        assert!((value(&bce_loss(&x, &y, &present, true)) - want).abs() < 1e-9);
+        // An organ present but not in the patch: the background's mean alone.
+        let none = t(&[0.0; 4], &[1, 1, 1, 2, 2]);
+        let want = ((2.0f64).ln() + 4f64.ln() + (4.0f64 / 3.0).ln() + 2f64.ln()) / 4.0;
+        assert!((value(&bce_loss(&x, &none, &present, true)) - want).abs() < 1e-9);
+        // An absent organ adds nothing.
+        let x2 = Tensor::cat(&[x.shallow_clone(), t(&[9.0; 4], &[1, 1, 1, 2, 2])], 1);
+        let y2 = Tensor::cat(&[y.shallow_clone(), t(&[1.0; 4], &[1, 1, 1, 2, 2])], 1);
+        let absent = t(&[1.0, 0.0], &[1, 2]);
+        let want = (2f64.ln() + neg) / 2.0;
+        assert!((value(&bce_loss(&x2, &y2, &absent, true)) - want).abs() < 1e-9);
+        // A one-voxel organ in a patch of 1,000 that a channel is sure is not there: the
+        // voxel mean pushes that voxel's logit by 1/1000, the balanced term by 1/2.
+        let mut y = vec![0.0; 1000];
+        y[500] = 1.0;
+        let y = t(&y, &[1, 1, 10, 10, 10]);
+        let grad = |balanced: bool| {
+            let x = t(&[-12.0; 1000], &[1, 1, 10, 10, 10]).set_requires_grad(true);
+            bce_loss(&x, &y, &present, balanced).backward();
+            x.grad().view([-1]).double_value(&[500]).abs()
+        };
+        let (plain, bal) = (grad(false), grad(true));
+        assert!(
+            (plain - 1e-3).abs() < 1e-6 && (bal - 0.5).abs() < 1e-5,
+            "{plain} {bal}"
+        );
     }
 }

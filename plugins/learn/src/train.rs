@@ -82,6 +82,10 @@ pub struct TrainConfig {
     /// the joint heads' smooth Heaviside), added to its Dice as nnU-Net does; 0 (the paper):
     /// none. No effect on the SDM-only heads.
     pub ce: f64,
+    /// With `ce`: per organ, its voxels and the rest weighted equally (each side's mean,
+    /// averaged) instead of one mean over every voxel, so a small organ's voxels carry as
+    /// much of the term as a large one's. false: nnU-Net's voxel mean.
+    pub ce_balance: bool,
     /// UNet: depth (downsamplings, the paper: 6), base_channels, max_channels, groups
     /// (GroupNorm), slope (LeakyReLU).
     pub net: NetParams,
@@ -135,6 +139,7 @@ impl Default for TrainConfig {
             k: 1500.0,
             lambda: 10.0,
             ce: 0.0,
+            ce_balance: false,
             net: NetParams::default(),
             augment: AugmentConfig::default(),
             intensity: model::Intensity::Auto,
@@ -457,7 +462,15 @@ pub fn train(
             }
             let t = fit::to_tensors(&batch, cfg.patch, device);
             let loss = amp::autocast_bf16(cfg.bf16, || {
-                fit::loss(&net, &t, cfg.mode, cfg.k, cfg.lambda, cfg.ce)
+                fit::loss(
+                    &net,
+                    &t,
+                    cfg.mode,
+                    cfg.k,
+                    cfg.lambda,
+                    cfg.ce,
+                    cfg.ce_balance,
+                )
             });
             adam.zero_grad();
             loss.backward();
