@@ -1144,6 +1144,64 @@ stages:
     let map = shapeflow_core::Volume::read_nifti(&out.join(format!("{test_id}_anterior.nii.gz")))
         .unwrap();
     assert_eq!(map, infer_map);
+    // The same two channels as one 4D NIfTI file (the Decathlon's multi-modal layout).
+    let c0 =
+        shapeflow_formats::read(&root.join(format!("imagesTs/{test_id}_0000.nii.gz"))).unwrap();
+    let c1 =
+        shapeflow_formats::read(&root.join(format!("imagesTs/{test_id}_0001.nii.gz"))).unwrap();
+    let header = nifti::NiftiHeader {
+        pixdim: [
+            1.0,
+            c0.spacing[0] as f32,
+            c0.spacing[1] as f32,
+            c0.spacing[2] as f32,
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+        ],
+        sform_code: 1,
+        srow_x: c0.affine[0].map(|v| v as f32),
+        srow_y: c0.affine[1].map(|v| v as f32),
+        srow_z: c0.affine[2].map(|v| v as f32),
+        ..Default::default()
+    };
+    let mut both = c0.to_f32();
+    both.extend(c1.to_f32());
+    let dims = c0.dims;
+    let four_d = d.path().join("4d");
+    std::fs::create_dir_all(&four_d).unwrap();
+    nifti::writer::WriterOptions::new(four_d.join(format!("{test_id}.nii.gz")))
+        .reference_header(&header)
+        .write_nifti(
+            &ndarray::Array4::from_shape_vec(
+                ndarray::ShapeBuilder::f((dims[0], dims[1], dims[2], 2)),
+                both,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let out4 = d.path().join("predicted-4d");
+    let p = run_child(
+        d.path(),
+        &[
+            "predict",
+            "-m",
+            run.join("train").to_str().unwrap(),
+            "-i",
+            four_d.join(format!("{test_id}.nii.gz")).to_str().unwrap(),
+            "-o",
+            out4.to_str().unwrap(),
+            "--save-maps",
+        ],
+    );
+    assert_eq!(p.status.code(), Some(0), "{}", text(&p));
+    let map4 = shapeflow_core::Volume::read_nifti(&out4.join(format!("{test_id}_anterior.nii.gz")))
+        .unwrap();
+    assert_eq!(
+        map4, infer_map,
+        "a 4D file predicts as its two channel files"
+    );
     // One channel where the model takes two.
     let one = d.path().join("one");
     std::fs::create_dir_all(&one).unwrap();
