@@ -191,38 +191,17 @@ fn dicom_series(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
     Ok(one.map(<[PathBuf]>::to_vec))
 }
 
-/// An input case's image channels: each file's (a 4D NIfTI holds several), or a DICOM
-/// series folder's one; all on the first one's grid.
+/// An input case's image channels: a DICOM series folder's one, else each file's (a 4D
+/// NIfTI holds several), all on the first one's grid (as `load` reads a case's files).
 fn read_input(paths: &[PathBuf]) -> Result<Vec<shapeflow_core::Volume>> {
-    let mut out: Vec<shapeflow_core::Volume> = Vec::new();
-    for path in paths {
-        let read = if path.is_dir() {
-            let files = dicom_series(path)?
-                .ok_or_else(|| anyhow!("{}: no DICOM image series", path.display()))?;
-            vec![dicom::read_series(&files).map_err(|e| anyhow!("{e}"))?]
-        } else {
-            shapeflow_formats::read_channels(path).map_err(|e| anyhow!("{e}"))?
-        };
-        for v in read {
-            if let Some(first) = out.first() {
-                if !v.grid().same_as(&first.grid(), 1e-3) {
-                    bail!(
-                        "{}: on another grid than the case's first channel {} ({:?} vs {:?} \
-                         voxels, or different geometry)",
-                        path.display(),
-                        paths[0].display(),
-                        v.dims,
-                        first.dims
-                    );
-                }
-            }
-            out.push(v);
+    if let [dir] = paths {
+        if dir.is_dir() {
+            let files = dicom_series(dir)?
+                .ok_or_else(|| anyhow!("{}: no DICOM image series", dir.display()))?;
+            return Ok(vec![dicom::read_series(&files).map_err(|e| anyhow!("{e}"))?]);
         }
     }
-    if out.is_empty() {
-        bail!("a case without image files");
-    }
-    Ok(out)
+    shapeflow_io::datasets::read_channels(paths).map_err(|e| anyhow!("{e}"))
 }
 
 /// The labels the applying stage wrote for a DICOM case (`<id>.nii.gz`, organ names from

@@ -987,35 +987,8 @@ variants:
 #[test]
 fn unlabeled_test_images_are_segmented_and_not_scored() {
     let d = tempfile::tempdir().unwrap();
-    let ds = shapeflow_io::datasets::msd_dataset(&shared("hippocampus"), false).unwrap();
     let root = d.path().join("Dataset004_Hippocampus");
-    for sub in ["imagesTr", "labelsTr", "imagesTs"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    for (i, c) in ds.cases[..8].iter().enumerate() {
-        let id = &c.id;
-        if i < 6 {
-            std::os::unix::fs::symlink(
-                &c.images[0],
-                root.join(format!("imagesTr/{id}_0000.nii.gz")),
-            )
-            .unwrap();
-            std::os::unix::fs::symlink(&c.label, root.join(format!("labelsTr/{id}.nii.gz")))
-                .unwrap();
-        } else {
-            std::os::unix::fs::symlink(
-                &c.images[0],
-                root.join(format!("imagesTs/{id}_0000.nii.gz")),
-            )
-            .unwrap();
-        }
-    }
-    let tests: Vec<String> = ds.cases[6..8].iter().map(|c| c.id.clone()).collect();
-    std::fs::write(
-        root.join("dataset.json"),
-        r#"{"channel_names": {"0": "MRI"}, "labels": {"background": 0, "anterior": 1, "posterior": 2}, "numTraining": 6, "file_ending": ".nii.gz"}"#,
-    )
-    .unwrap();
+    let tests = hippocampus_nnunet_v2(&root, 6, 2, false);
     let yaml = format!(
         r#"
 name: unlabeled
@@ -1060,36 +1033,8 @@ stages:
 #[test]
 fn a_two_channel_dataset_trains_infers_and_predicts() {
     let d = tempfile::tempdir().unwrap();
-    let ds = shapeflow_io::datasets::msd_dataset(&shared("hippocampus"), false).unwrap();
     let root = d.path().join("Dataset104_TwoChannels");
-    for sub in ["imagesTr", "labelsTr", "imagesTs"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    for (i, c) in ds.cases[..5].iter().enumerate() {
-        let id = &c.id;
-        let sub = if i < 4 { "imagesTr" } else { "imagesTs" };
-        let mri = shapeflow_formats::read(&c.images[0]).unwrap();
-        let x = mri.to_f32();
-        let top = x.iter().copied().fold(f32::MIN, f32::max);
-        let inverted = mri
-            .with_data(shapeflow_core::VoxelData::F32(
-                x.iter().map(|v| top - v).collect(),
-            ))
-            .unwrap();
-        std::os::unix::fs::symlink(&c.images[0], root.join(format!("{sub}/{id}_0000.nii.gz")))
-            .unwrap();
-        shapeflow_formats::write(&inverted, &root.join(format!("{sub}/{id}_0001.nii.gz"))).unwrap();
-        if i < 4 {
-            std::os::unix::fs::symlink(&c.label, root.join(format!("labelsTr/{id}.nii.gz")))
-                .unwrap();
-        }
-    }
-    let test_id = ds.cases[4].id.clone();
-    std::fs::write(
-        root.join("dataset.json"),
-        r#"{"channel_names": {"0": "MRI", "1": "inverted"}, "labels": {"background": 0, "anterior": 1, "posterior": 2}, "numTraining": 4, "file_ending": ".nii.gz"}"#,
-    )
-    .unwrap();
+    let test_id = hippocampus_nnunet_v2(&root, 4, 1, true).remove(0);
     let yaml = format!(
         r#"
 name: two-channels
@@ -1149,38 +1094,9 @@ stages:
         shapeflow_formats::read(&root.join(format!("imagesTs/{test_id}_0000.nii.gz"))).unwrap();
     let c1 =
         shapeflow_formats::read(&root.join(format!("imagesTs/{test_id}_0001.nii.gz"))).unwrap();
-    let header = nifti::NiftiHeader {
-        pixdim: [
-            1.0,
-            c0.spacing[0] as f32,
-            c0.spacing[1] as f32,
-            c0.spacing[2] as f32,
-            1.0,
-            1.0,
-            1.0,
-            1.0,
-        ],
-        sform_code: 1,
-        srow_x: c0.affine[0].map(|v| v as f32),
-        srow_y: c0.affine[1].map(|v| v as f32),
-        srow_z: c0.affine[2].map(|v| v as f32),
-        ..Default::default()
-    };
-    let mut both = c0.to_f32();
-    both.extend(c1.to_f32());
-    let dims = c0.dims;
     let four_d = d.path().join("4d");
     std::fs::create_dir_all(&four_d).unwrap();
-    nifti::writer::WriterOptions::new(four_d.join(format!("{test_id}.nii.gz")))
-        .reference_header(&header)
-        .write_nifti(
-            &ndarray::Array4::from_shape_vec(
-                ndarray::ShapeBuilder::f((dims[0], dims[1], dims[2], 2)),
-                both,
-            )
-            .unwrap(),
-        )
-        .unwrap();
+    write_nifti_channels(&[c0, c1], &four_d.join(format!("{test_id}.nii.gz")));
     let out4 = d.path().join("predicted-4d");
     let p = run_child(
         d.path(),

@@ -369,46 +369,17 @@ fn two_channel_datasets_load_as_channels() {
     for c in cases {
         let id = &c.id;
         let mri = shapeflow_formats::read(&c.images[0]).unwrap();
-        let x = mri.to_f32();
-        let top = x.iter().copied().fold(f32::MIN, f32::max);
-        let inverted = mri
-            .with_data(VoxelData::F32(x.iter().map(|v| top - v).collect()))
-            .unwrap();
+        let inverted = inverted(&mri);
         std::os::unix::fs::symlink(&c.images[0], v2.join(format!("imagesTr/{id}_0000.nii.gz")))
             .unwrap();
         shapeflow_formats::write(&inverted, &v2.join(format!("imagesTr/{id}_0001.nii.gz")))
             .unwrap();
         std::os::unix::fs::symlink(&c.label, v2.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
         // The same two channels as one 4D file.
-        let header = nifti::NiftiHeader {
-            pixdim: [
-                1.0,
-                mri.spacing[0] as f32,
-                mri.spacing[1] as f32,
-                mri.spacing[2] as f32,
-                1.0,
-                1.0,
-                1.0,
-                1.0,
-            ],
-            sform_code: 1,
-            srow_x: mri.affine[0].map(|v| v as f32),
-            srow_y: mri.affine[1].map(|v| v as f32),
-            srow_z: mri.affine[2].map(|v| v as f32),
-            ..Default::default()
-        };
-        let mut stacked = x.clone();
-        stacked.extend(inverted.to_f32());
-        let dims = mri.dims;
-        let a = ndarray::Array4::from_shape_vec(
-            ndarray::ShapeBuilder::f((dims[0], dims[1], dims[2], 2)),
-            stacked,
-        )
-        .unwrap();
-        nifti::writer::WriterOptions::new(msd.join(format!("imagesTr/{id}.nii.gz")))
-            .reference_header(&header)
-            .write_nifti(&a)
-            .unwrap();
+        write_nifti_channels(
+            &[mri.clone(), inverted.clone()],
+            &msd.join(format!("imagesTr/{id}.nii.gz")),
+        );
         std::os::unix::fs::symlink(&c.label, msd.join(format!("labelsTr/{id}.nii.gz"))).unwrap();
         training.push(serde_json::json!({
             "image": format!("./imagesTr/{id}.nii.gz"), "label": format!("./labelsTr/{id}.nii.gz")

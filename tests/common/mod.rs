@@ -349,6 +349,89 @@ pub fn shared(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// A second image channel made from a real image: its intensities inverted (largest value
+/// minus each), as f32 on the same grid.
+pub fn inverted(v: &shapeflow_core::Volume) -> shapeflow_core::Volume {
+    let x = v.to_f32();
+    let top = x.iter().copied().fold(f32::MIN, f32::max);
+    v.with_data(shapeflow_core::VoxelData::F32(
+        x.iter().map(|a| top - a).collect(),
+    ))
+    .expect("same size")
+}
+
+/// Writes `channels` (one grid) as one 4D NIfTI, channels along the fourth dimension, as
+/// the Decathlon's multi-modal images are; with the `nifti` crate's writer, not ours (which
+/// writes 3D only), geometry in the sform.
+pub fn write_nifti_channels(channels: &[shapeflow_core::Volume], path: &Path) {
+    let first = &channels[0];
+    let sp = first.spacing.map(|s| s as f32);
+    let header = nifti::NiftiHeader {
+        pixdim: [1.0, sp[0], sp[1], sp[2], 1.0, 1.0, 1.0, 1.0],
+        sform_code: 1,
+        srow_x: first.affine[0].map(|v| v as f32),
+        srow_y: first.affine[1].map(|v| v as f32),
+        srow_z: first.affine[2].map(|v| v as f32),
+        ..Default::default()
+    };
+    let d = first.dims;
+    let stacked: Vec<f32> = channels.iter().flat_map(|c| c.to_f32()).collect();
+    let a = ndarray::Array4::from_shape_vec(
+        ndarray::ShapeBuilder::f((d[0], d[1], d[2], channels.len())),
+        stacked,
+    )
+    .expect("channels on one grid");
+    nifti::writer::WriterOptions::new(path)
+        .reference_header(&header)
+        .write_nifti(&a)
+        .expect("write the 4D NIfTI");
+}
+
+/// An nnU-Net v2 dataset at `root` from the shared hippocampus: its first `train` cases in
+/// `imagesTr/` + `labelsTr/`, the next `test` in `imagesTs/` (no labels); channel 0 the MRI
+/// (a link), with `two_channels` channel 1 its [`inverted`] intensities. Labels `anterior`
+/// and `posterior`. Returns the test cases' ids.
+pub fn hippocampus_nnunet_v2(
+    root: &Path,
+    train: usize,
+    test: usize,
+    two_channels: bool,
+) -> Vec<String> {
+    let ds = shapeflow_io::datasets::msd_dataset(&shared("hippocampus"), false).expect("dataset");
+    for sub in ["imagesTr", "labelsTr", "imagesTs"] {
+        std::fs::create_dir_all(root.join(sub)).expect("folder");
+    }
+    for (i, c) in ds.cases[..train + test].iter().enumerate() {
+        let (id, sub) = (&c.id, if i < train { "imagesTr" } else { "imagesTs" });
+        std::os::unix::fs::symlink(&c.images[0], root.join(format!("{sub}/{id}_0000.nii.gz")))
+            .expect("link");
+        if two_channels {
+            let second = inverted(&shapeflow_formats::read(&c.images[0]).expect("read"));
+            shapeflow_formats::write(&second, &root.join(format!("{sub}/{id}_0001.nii.gz")))
+                .expect("write");
+        }
+        if i < train {
+            std::os::unix::fs::symlink(&c.label, root.join(format!("labelsTr/{id}.nii.gz")))
+                .expect("link");
+        }
+    }
+    let channels = if two_channels {
+        serde_json::json!({"0": "MRI", "1": "inverted"})
+    } else {
+        serde_json::json!({"0": "MRI"})
+    };
+    let j = serde_json::json!({
+        "channel_names": channels,
+        "labels": {"background": 0, "anterior": 1, "posterior": 2},
+        "numTraining": train, "file_ending": ".nii.gz"
+    });
+    std::fs::write(root.join("dataset.json"), j.to_string()).expect("dataset.json");
+    ds.cases[train..train + test]
+        .iter()
+        .map(|c| c.id.clone())
+        .collect()
+}
+
 /// PDDCA organ names and the names the oncologist's annotation of 0522c0057 uses for them.
 pub const RATER_PAIRS: [(&str, &str); 8] = [
     ("BrainStem", "Brainstem"),

@@ -2,19 +2,25 @@ use super::*;
 use shapeflow_core::Volume;
 use shapeflow_io::phantom;
 
+/// Phantom case `i` (48 x 48 x 40 at 4.5 x 4.5 x 6 mm) and its normalised SDMs.
+fn phantom_case(i: u64) -> (CaseData, SdmSet) {
+    let c = phantom::head_neck(
+        5,
+        i,
+        phantom::HnSpec {
+            dims: [48, 48, 40],
+            spacing: [4.5, 4.5, 6.0],
+            noise_hu: 10.0,
+        },
+    );
+    let s = shapeflow_sdm::case_sdms(&c, true).unwrap();
+    (c, s)
+}
+
 fn cases(n: u64) -> Vec<TrainCase> {
     (0..n)
         .map(|i| {
-            let c = phantom::head_neck(
-                5,
-                i,
-                phantom::HnSpec {
-                    dims: [48, 48, 40],
-                    spacing: [4.5, 4.5, 6.0],
-                    noise_hu: 10.0,
-                },
-            );
-            let s = shapeflow_sdm::case_sdms(&c, true).unwrap();
+            let (c, s) = phantom_case(i);
             TrainCase::new(&format!("p{i}"), &c, &s).unwrap()
         })
         .collect()
@@ -257,16 +263,7 @@ fn zoom_keeps_saturated_values_and_clamps_the_rest() {
 /// case's (adding channels does not change what a one-channel run sees).
 #[test]
 fn channels_share_the_geometry_and_draw_their_own_intensities() {
-    let c = phantom::head_neck(
-        5,
-        0,
-        phantom::HnSpec {
-            dims: [48, 48, 40],
-            spacing: [4.5, 4.5, 6.0],
-            noise_hu: 10.0,
-        },
-    );
-    let s = shapeflow_sdm::case_sdms(&c, true).unwrap();
+    let (c, s) = phantom_case(0);
     let one = vec![TrainCase::new("p", &c, &s).unwrap()];
     let mut c2 = c.clone();
     c2.images.push(c.images[0].clone());
