@@ -107,7 +107,8 @@ struct JobArgs {
 struct ValidateArgs {
     /// The pipeline YAML file.
     file: PathBuf,
-    /// Override a param: `stage.param=value` (repeatable), or the seed: `seed=N`.
+    /// Override a param: `stage.param=value` (repeatable), the seed: `seed=N`, or the
+    /// training seeds: `seeds=1,2,3`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     sets: Vec<String>,
 }
@@ -116,8 +117,9 @@ struct ValidateArgs {
 struct PipelineArgs {
     /// The pipeline YAML file.
     file: PathBuf,
-    /// Override a param: `stage.param=value` (repeatable; applies to every variant), or the
-    /// pipeline's seed: `seed=N`.
+    /// Override a param: `stage.param=value` (repeatable; applies to every variant), the
+    /// pipeline's seed: `seed=N`, or its training seeds (every variant once per seed, as
+    /// `seeds:`): `seeds=1,2,3`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     sets: Vec<String>,
     /// Cache directory (default: the file's `cache:`, else .pipeline/cache).
@@ -183,7 +185,8 @@ struct ExportArgs {
 struct InspectArgs {
     /// The pipeline YAML file: each of its case sources (e.g. `load`) is inspected.
     file: PathBuf,
-    /// Override a param: `stage.param=value` (repeatable), or the seed: `seed=N`.
+    /// Override a param: `stage.param=value` (repeatable), the seed: `seed=N`, or the
+    /// training seeds: `seeds=1,2,3`.
     #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
     sets: Vec<String>,
     /// Print JSON instead of the report.
@@ -397,6 +400,21 @@ fn load_variants(
     registry: &Registry,
 ) -> Result<(resolve::Resolved, Vec<Override>)> {
     let mut pf = PipelineFile::load(file)?;
+    // `--set seed=N` replaces the file's top-level `seed:`, `--set seeds=A,B` its `seeds:`
+    // (before `--variants`, which may name `variant@seed`); the rest are stage params.
+    let mut stage_sets = Vec::new();
+    for s in sets {
+        if let Some(v) = s.strip_prefix("seed=") {
+            pf.seed = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("--set {s}: the seed is a non-negative whole number"))?;
+        } else if let Some(v) = s.strip_prefix("seeds=") {
+            pf.replace_seeds(&parse_seed_list(v).map_err(|e| anyhow!("--set {s}: {e}"))?);
+        } else {
+            stage_sets.push(s);
+        }
+    }
     if !only.is_empty() {
         // A variant's name selects its seeds (`dice@1`) and folds (`dice:f0`), and a fold
         // its seeds.
@@ -418,19 +436,6 @@ fn load_variants(
         pf.variants
             .retain(|v| only.iter().any(|w| selects(w, &v.name)));
     }
-    // `--set seed=N` replaces the file's top-level `seed:`; the rest are stage params.
-    let mut stage_sets = Vec::new();
-    for s in sets {
-        match s.strip_prefix("seed=") {
-            Some(v) => {
-                pf.seed = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| anyhow!("--set {s}: the seed is a non-negative whole number"))?;
-            }
-            None => stage_sets.push(s),
-        }
-    }
     let overrides: Vec<Override> = stage_sets
         .iter()
         .map(|s| parse_set(s))
@@ -438,6 +443,25 @@ fn load_variants(
         .map_err(|e| anyhow!(e))?;
     let resolved = resolve::resolve(&pf, registry, &overrides)?;
     Ok((resolved, overrides))
+}
+
+/// `7,2020,42` or `[7, 2020, 42]`: distinct non-negative whole numbers, at least one.
+fn parse_seed_list(v: &str) -> Result<Vec<u64>, String> {
+    let inner = v.trim().trim_start_matches('[').trim_end_matches(']');
+    let mut seeds = Vec::new();
+    for part in inner.split(',') {
+        let seed: u64 = part.trim().parse().map_err(|_| {
+            format!(
+                "`{}` is not a seed (a non-negative whole number; seeds=1,2,3)",
+                part.trim()
+            )
+        })?;
+        if seeds.contains(&seed) {
+            return Err(format!("seed {seed} is listed twice"));
+        }
+        seeds.push(seed);
+    }
+    Ok(seeds)
 }
 
 fn open_cache(dir: &Path, no_wait: bool) -> Result<Cache> {

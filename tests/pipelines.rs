@@ -1192,6 +1192,25 @@ stages:
         "{}",
         text(&o)
     );
+    // `--set seeds=1,7,3`: the seed axis from the command line; seeds 1 and 7 are the
+    // trainings of the two runs above, served from the cache; seed 3 trains.
+    let r = run_in(d.path(), "p.yaml", &["seeds=1,7,3"]);
+    assert!(r.ok(), "{}", r.table());
+    let computed = |v: &str| r.node("train", v).unwrap().computed;
+    assert_eq!(
+        (computed("seed@1"), computed("seed@7"), computed("seed@3")),
+        (0, 0, 1),
+        "{}",
+        r.table()
+    );
+    for bad in ["seeds=1,x", "seeds=2,2"] {
+        let o = run_child(d.path(), &["plan", "p.yaml", "--set", bad]);
+        assert!(
+            o.status.code() != Some(0) && text(&o).contains(&format!("--set {bad}")),
+            "{}",
+            text(&o)
+        );
+    }
 }
 
 /// `pipeline predict -m A -m B`: an ensemble's maps are the mean of its members' maps

@@ -398,21 +398,7 @@ impl PipelineFile {
             explicit_variants = true;
         }
         if let Some(seeds) = parse_seeds(&mut errs, &root) {
-            // Every variant once per seed: `<variant>@<seed>`.
-            variants = variants
-                .iter()
-                .flat_map(|v| {
-                    seeds.iter().map(move |&s| VariantSpec {
-                        name: if explicit_variants {
-                            format!("{}@{s}", v.name)
-                        } else {
-                            format!("seed@{s}")
-                        },
-                        seed: Some(s),
-                        ..v.clone()
-                    })
-                })
-                .collect();
+            variants = seed_copies(&variants, &seeds, explicit_variants);
             explicit_variants = true;
         }
         if errs.list.is_empty() {
@@ -434,6 +420,27 @@ impl PipelineFile {
             explicit_variants,
             executor,
         })
+    }
+
+    /// Replaces the file's `seeds:` (or adds one): every variant once per seed,
+    /// `<variant>@<seed>`, as if the file listed `seeds` (`pipeline run --set seeds=...`).
+    pub fn replace_seeds(&mut self, seeds: &[u64]) {
+        let mut bases: Vec<VariantSpec> = Vec::new();
+        for v in &self.variants {
+            let base = match v.seed {
+                Some(_) => v.name.rsplit_once('@').map_or(v.name.as_str(), |(b, _)| b),
+                None => v.name.as_str(),
+            };
+            if !bases.iter().any(|b| b.name == base) {
+                bases.push(VariantSpec {
+                    name: base.to_string(),
+                    seed: None,
+                    ..v.clone()
+                });
+            }
+        }
+        self.variants = seed_copies(&bases, seeds, self.explicit_variants);
+        self.explicit_variants = true;
     }
 
     /// The directory relative paths in the file are resolved against.
@@ -778,6 +785,25 @@ fn parse_cross_validation(
         }
     };
     Some((stage, folds, node.pos))
+}
+
+/// Every variant once per seed: `<variant>@<seed>` (`seed@<seed>` for a file without
+/// variants).
+fn seed_copies(variants: &[VariantSpec], seeds: &[u64], explicit: bool) -> Vec<VariantSpec> {
+    variants
+        .iter()
+        .flat_map(|v| {
+            seeds.iter().map(move |&s| VariantSpec {
+                name: if explicit {
+                    format!("{}@{s}", v.name)
+                } else {
+                    format!("seed@{s}")
+                },
+                seed: Some(s),
+                ..v.clone()
+            })
+        })
+        .collect()
 }
 
 /// `seeds: [1, 2, 3]`: distinct non-negative integers.
