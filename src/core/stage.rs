@@ -426,6 +426,10 @@ pub struct ParamDoc {
     /// the stage's identity, not of its items' keys, so a dataset moved elsewhere is served
     /// from the cache.
     pub locator: bool,
+    /// Keyed only when set: at its default the param is left out of the cache key, so that
+    /// items computed before it was added keep their keys (a param added later, whose
+    /// default is the behaviour from before).
+    pub key_omits_default: bool,
 }
 
 /// The schema extension that marks a param execution-only:
@@ -439,6 +443,10 @@ pub const ASSIGNMENT_MARK: &str = "x-assignment";
 /// The schema extension that marks a param a locator (see [`ParamDoc::locator`]):
 /// `#[schemars(extend("x-locator" = true))]` on the field.
 pub const LOCATOR_MARK: &str = "x-locator";
+
+/// The schema extension that marks a param keyed only when set (see
+/// [`ParamDoc::key_omits_default`]): `#[schemars(extend("x-key-omits-default" = true))]`.
+pub const KEY_OMITS_DEFAULT_MARK: &str = "x-key-omits-default";
 
 /// The params a stage declares, in declaration order, from `P`'s JSON schema.
 pub fn param_docs<P: Params>() -> Vec<ParamDoc> {
@@ -490,6 +498,8 @@ pub fn param_docs<P: Params>() -> Vec<ParamDoc> {
                 execution: s.get(EXECUTION_MARK).and_then(|v| v.as_bool()) == Some(true),
                 assignment: s.get(ASSIGNMENT_MARK).and_then(|v| v.as_bool()) == Some(true),
                 locator: s.get(LOCATOR_MARK).and_then(|v| v.as_bool()) == Some(true),
+                key_omits_default: s.get(KEY_OMITS_DEFAULT_MARK).and_then(|v| v.as_bool())
+                    == Some(true),
             }
         })
         .collect()
@@ -696,7 +706,7 @@ impl<P: Params> StageFactory for StageDef<P> {
         let mut assignment = serde_json::Map::new();
         if let Some(obj) = keyed.as_object_mut() {
             for d in self.params() {
-                if d.execution {
+                if d.execution || (d.key_omits_default && obj.get(&d.name) == Some(&d.default)) {
                     obj.remove(&d.name);
                 } else if d.assignment || d.locator {
                     if let Some(v) = obj.remove(&d.name) {

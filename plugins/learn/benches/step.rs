@@ -81,7 +81,14 @@ fn main() {
     for i in 0..reps + 2 {
         let t0 = Instant::now();
         let loss = shapeflow_learn::amp::autocast_bf16(bf16, || {
-            fit::loss(&net, &t, Mode::Joint, 1500.0, 10.0, 0.0, false)
+            fit::loss(
+                &net,
+                &t,
+                Mode::Joint,
+                1500.0,
+                10.0,
+                &fit::SegTerms::default(),
+            )
         });
         adam.zero_grad();
         loss.backward();

@@ -62,27 +62,53 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
     }
 }
 
-/// The loss of `net` on a batch, by mode (k and lambda as in the paper for `Joint`). The
-/// network's output is taken to float32 first, so that under bfloat16 autocast the loss (its
-/// sums over a whole patch, its ratios) is still computed in float32.
-/// `ce` weighs a cross-entropy on the segmentation ([`crate::losses::bce_loss`]),
-/// class-balanced per organ if `ce_balanced`.
+/// The terms added to a mode's loss on its segmentation (the Dice head's probabilities,
+/// the joint heads' smooth Heaviside); none for the SDM-only heads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SegTerms {
+    /// Weight of a cross-entropy ([`crate::losses::bce_loss`]).
+    pub ce: f64,
+    /// The cross-entropy class-balanced per organ.
+    pub ce_balanced: bool,
+    /// Weight of the exclusion term ([`crate::losses::exclusion_loss`]).
+    pub exclusion: f64,
+}
+
+impl SegTerms {
+    pub fn of(cfg: &crate::train::TrainConfig) -> SegTerms {
+        SegTerms {
+            ce: cfg.ce,
+            ce_balanced: cfg.ce_balance,
+            exclusion: cfg.exclusion,
+        }
+    }
+}
+
+/// The loss of `net` on a batch, by mode (k and lambda as in the paper for `Joint`), plus
+/// `extra`'s terms. The network's output is taken to float32 first, so that under bfloat16
+/// autocast the loss (its sums over a whole patch, its ratios) is still computed in float32.
 pub fn loss(
     net: &UNet,
     t: &BatchTensors,
     mode: Mode,
     k: f64,
     lambda: f64,
-    ce: f64,
-    ce_balanced: bool,
+    extra: &SegTerms,
 ) -> Tensor {
     let out = net.forward(&t.image).to_kind(Kind::Float);
     let l = mode.loss(&mode.head().activate(&out), t, k, lambda);
-    match mode.segmentation_logits(&out, k) {
-        Some(logits) if ce > 0.0 => {
-            l + crate::losses::bce_loss(&logits, &t.seg, &t.present, ce_balanced) * ce
-        }
-        _ => l,
+    let Some(logits) = mode.segmentation_logits(&out, k) else {
+        return l;
+    };
+    let l = if extra.ce > 0.0 {
+        l + crate::losses::bce_loss(&logits, &t.seg, &t.present, extra.ce_balanced) * extra.ce
+    } else {
+        l
+    };
+    if extra.exclusion > 0.0 {
+        l + crate::losses::exclusion_loss(&logits, &t.seg, &t.present) * extra.exclusion
+    } else {
+        l
     }
 }
 
@@ -97,7 +123,11 @@ pub fn step(
     lambda: f64,
     ce: f64,
 ) -> f64 {
-    let l = loss(net, t, mode, k, lambda, ce, false);
+    let extra = SegTerms {
+        ce,
+        ..SegTerms::default()
+    };
+    let l = loss(net, t, mode, k, lambda, &extra);
     opt.backward_step(&l);
     l.to_kind(Kind::Double).double_value(&[])
 }
@@ -141,11 +171,25 @@ mod tests {
             to_tensors(&b, patch, Device::Cpu)
         };
         let fixed = batch(10_000);
-        let before = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0, 0.0, false));
+        let before = losses::value(&loss(
+            &net,
+            &fixed,
+            Mode::Sdm,
+            1500.0,
+            10.0,
+            &SegTerms::default(),
+        ));
         for i in 0..60 {
             step(&net, &mut opt, &batch(i), Mode::Sdm, 1500.0, 10.0, 0.0);
         }
-        let after = losses::value(&loss(&net, &fixed, Mode::Sdm, 1500.0, 10.0, 0.0, false));
+        let after = losses::value(&loss(
+            &net,
+            &fixed,
+            Mode::Sdm,
+            1500.0,
+            10.0,
+            &SegTerms::default(),
+        ));
         assert!(
             after < before * 0.7,
             "SDM loss on held-out patches: {before} -> {after}"

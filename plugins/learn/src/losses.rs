@@ -192,6 +192,31 @@ pub fn bce_loss(logits: &Tensor, target: &Tensor, present: &Tensor, balanced: bo
     mean_over_present_organs(per_organ, present)
 }
 
+/// The exclusion term (`train.exclusion`; the "exclusion loss" of partially labelled
+/// multi-organ training, Shi et al., Med. Image Anal. 70, 2021): per case and organ, the
+/// binary cross-entropy towards "no" (softplus of the logit) averaged over the voxels of
+/// the *other* organs contoured in that case (less any voxel of the organ itself), averaged
+/// over the (case, organ) pairs that have such voxels. It covers absent organs too: a
+/// channel whose organ is not contoured in a case gets no Dice or cross-entropy from it, and
+/// may fire on a neighbour (on OpenKBP, seed 7, the larynx channel, contoured in half the
+/// cases, took the left parotid's voxels at decoding: docs/results/multi-organ/README.md,
+/// section 12). Assumes contoured organs do not overlap where the organ is absent (none do
+/// in OpenKBP's training set).
+pub fn exclusion_loss(logits: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
+    let (m, _) = mask(present, logits);
+    let dims: &[i64] = &[2, 3, 4];
+    let kind = logits.kind();
+    let known = target * &m;
+    // Voxels of another contoured organ, not of this one.
+    let others = (known.sum_dim_intlist([1i64].as_slice(), true, kind) - &known).clamp_max(1.0)
+        * (target.ones_like() - target);
+    let n = others.sum_dim_intlist(dims, false, kind);
+    let sum = (logits.softplus() * &others).sum_dim_intlist(dims, false, kind);
+    // 1 where the (case, organ) has such voxels (counts are whole numbers), else 0.
+    let has = n.clamp_max(1.0);
+    (sum / n.clamp_min(1.0) * &has).sum(kind) / has.sum(kind).clamp_min(1.0)
+}
+
 /// `per_organ` ([organs]) averaged over the organs present somewhere in the batch.
 fn mean_over_present_organs(per_organ: Tensor, present: &Tensor) -> Tensor {
     let kind = per_organ.kind();
@@ -666,6 +691,7 @@ mod tests {
         check_gradient(&|p| joint_loss(p, &y, &seg, &present, 5.0, 10.0), &x);
         check_gradient(&|p| bce_loss(p, &seg, &present, false), &x);
         check_gradient(&|p| bce_loss(p, &seg, &present, true), &x);
+        check_gradient(&|p| exclusion_loss(p, &seg, &present), &x);
         check_gradient(
             &|p| {
                 bce_loss(
@@ -751,5 +777,46 @@ mod tests {
             (plain - 1e-3).abs() < 1e-6 && (bal - 0.5).abs() < 1e-5,
             "{plain} {bal}"
         );
+    }
+
+    #[test]
+    fn exclusion_by_hand() {
+        // One case, three organs, 4 voxels: organ 0 on voxel 0, organ 1 on voxel 1, organ 2
+        // absent (its target, empty, is not "no"). Logits per organ over the voxels.
+        let x = t(
+            &[0.0, 1.0, 2.0, 3.0, -1.0, 0.0, 5.0, 5.0, 2.0, -2.0, 7.0, 7.0],
+            &[1, 3, 1, 2, 2],
+        );
+        let y = t(
+            &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            &[1, 3, 1, 2, 2],
+        );
+        let present = t(&[1.0, 1.0, 0.0], &[1, 3]);
+        let sp = |v: f64| (1.0 + v.exp()).ln();
+        // Organ 0 is told "no" on voxel 1 (organ 1's), organ 1 on voxel 0, the absent organ
+        // 2 on both; voxels 2 and 3 belong to no contoured organ and count for none.
+        let want = (sp(1.0) + sp(-1.0) + (sp(2.0) + sp(-2.0)) / 2.0) / 3.0;
+        let got = value(&exclusion_loss(&x, &y, &present));
+        assert!((got - want).abs() < 1e-9, "{got} {want}");
+        // With organ 1 absent too, only organ 0 is contoured: organs 1 and 2 are told "no"
+        // on voxel 0, organ 0 nowhere.
+        let only_first = t(&[1.0, 0.0, 0.0], &[1, 3]);
+        let y1 = t(
+            &[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            &[1, 3, 1, 2, 2],
+        );
+        let want = (sp(-1.0) + sp(2.0)) / 2.0;
+        assert!((value(&exclusion_loss(&x, &y1, &only_first)) - want).abs() < 1e-9);
+        // Overlapping contours: organ 0 on voxels 0 and 1, organ 1 on voxel 1. Neither is
+        // told "no" on its own voxels: organ 0 nowhere, organ 1 on voxel 0, organ 2 on both.
+        let overlap = t(
+            &[1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            &[1, 3, 1, 2, 2],
+        );
+        let want = (sp(-1.0) + (sp(2.0) + sp(-2.0)) / 2.0) / 2.0;
+        assert!((value(&exclusion_loss(&x, &overlap, &present)) - want).abs() < 1e-9);
+        // No contoured organ: nothing to exclude.
+        let none = t(&[0.0, 0.0, 0.0], &[1, 3]);
+        assert!(value(&exclusion_loss(&x, &y, &none)).abs() < 1e-12);
     }
 }

@@ -706,6 +706,27 @@ mod tests {
             .unwrap();
     }
 
+    /// A param added later (`exclusion`) is keyed only when set: at its default the cache
+    /// key is the one from before it existed, so no cached training is recomputed.
+    #[test]
+    fn the_exclusion_weight_is_keyed_only_when_set() {
+        let r = Registry::new().with(&LearnPlugin).unwrap();
+        let ctx = BuildCtx {
+            base_dir: ".".into(),
+        };
+        let keyed = |p: serde_json::Value| r.get("train").unwrap().build(&p, &ctx).unwrap().keyed;
+        let before = keyed(serde_json::json!({}));
+        assert!(before.get("exclusion").is_none() && before.get("ce").is_some());
+        assert_eq!(keyed(serde_json::json!({"exclusion": 0})), before);
+        assert_eq!(
+            keyed(serde_json::json!({"exclusion": 0.5}))["exclusion"],
+            0.5
+        );
+        let doc = r.get("train").unwrap().params();
+        let d = doc.iter().find(|d| d.name == "exclusion").unwrap();
+        assert_eq!(d.default, serde_json::json!(0.0));
+    }
+
     #[test]
     fn bad_params_name_their_field() {
         let e = build("train", serde_json::json!({"patch": [48, 40, 32]})).unwrap_err();

@@ -86,6 +86,12 @@ pub struct TrainConfig {
     /// averaged) instead of one mean over every voxel, so a small organ's voxels carry as
     /// much of the term as a large one's. false: nnU-Net's voxel mean.
     pub ce_balance: bool,
+    /// Weight of the exclusion term ([`crate::losses::exclusion_loss`]): every organ's
+    /// segmentation is told "no" on the voxels of the other organs contoured in the case,
+    /// also where it is itself absent (not contoured). 0 (the paper): none. No effect on the
+    /// SDM-only heads. (Keyed only when set, so that trainings from before it stay cached.)
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub exclusion: f64,
     /// UNet: depth (downsamplings, the paper: 6), base_channels, max_channels, groups
     /// (GroupNorm), slope (LeakyReLU).
     pub net: NetParams,
@@ -140,6 +146,7 @@ impl Default for TrainConfig {
             lambda: 10.0,
             ce: 0.0,
             ce_balance: false,
+            exclusion: 0.0,
             net: NetParams::default(),
             augment: AugmentConfig::default(),
             intensity: model::Intensity::Auto,
@@ -180,6 +187,9 @@ impl TrainConfig {
         }
         if !(self.ce >= 0.0 && self.ce.is_finite()) {
             return f("ce", "must be a number >= 0".into());
+        }
+        if !(self.exclusion >= 0.0 && self.exclusion.is_finite()) {
+            return f("exclusion", "must be a number >= 0".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return f("lr", "must be a positive number".into());
@@ -468,8 +478,7 @@ pub fn train(
                     cfg.mode,
                     cfg.k,
                     cfg.lambda,
-                    cfg.ce,
-                    cfg.ce_balance,
+                    &fit::SegTerms::of(cfg),
                 )
             });
             adam.zero_grad();
