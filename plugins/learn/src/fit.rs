@@ -171,25 +171,21 @@ mod tests {
             to_tensors(&b, patch, Device::Cpu)
         };
         let fixed = batch(10_000);
-        let before = losses::value(&loss(
-            &net,
-            &fixed,
-            Mode::Sdm,
-            1500.0,
-            10.0,
-            &SegTerms::default(),
-        ));
+        let held_out = |net: &UNet| {
+            losses::value(&loss(
+                net,
+                &fixed,
+                Mode::Sdm,
+                1500.0,
+                10.0,
+                &SegTerms::default(),
+            ))
+        };
+        let before = held_out(&net);
         for i in 0..60 {
             step(&net, &mut opt, &batch(i), Mode::Sdm, 1500.0, 10.0, 0.0);
         }
-        let after = losses::value(&loss(
-            &net,
-            &fixed,
-            Mode::Sdm,
-            1500.0,
-            10.0,
-            &SegTerms::default(),
-        ));
+        let after = held_out(&net);
         assert!(
             after < before * 0.7,
             "SDM loss on held-out patches: {before} -> {after}"
