@@ -141,6 +141,21 @@ impl Mode {
 }
 
 impl Mode {
+    /// Whether this mode segments with the smooth Heaviside of its maps (the joint heads).
+    pub fn segmentation_logits_of_sdm(self) -> bool {
+        match self {
+            Mode::Joint
+            | Mode::JointBalanced
+            | Mode::JointShellBalanced
+            | Mode::JointOrganScaled => true,
+            Mode::Dice
+            | Mode::Sdm
+            | Mode::SdmBalanced
+            | Mode::SdmShellBalanced
+            | Mode::SdmOrganScaled => false,
+        }
+    }
+
     /// The logits of this mode's segmentation, from the network's raw outputs: the Dice
     /// head's own, the joint heads' smooth Heaviside sigmoid(-k sdm) as logits -k tanh(raw);
     /// `None` for the SDM-only heads (no segmentation term).

@@ -30,8 +30,11 @@ Heads by `mode`: dice (sigmoid per organ, Dice loss), sdm (tanh per organ, L1 + 
 loss on the SDM), joint (the paper: tanh SDM, Dice of sigmoid(-k sdm) + lambda (L1 +
 product)), and the remedies for many organs (`*-balanced`, `*-organ-scaled`). `ce` adds a
 cross-entropy on the segmentation (the Dice head's, the joint heads' Heaviside) to its
-Dice, as nnU-Net does; 0, the paper's, none. Organs absent from a case are masked out of
-every loss term.
+Dice, as nnU-Net does; 0, the paper's, none. `exclusion` tells each organ "no" on the
+other contoured organs' voxels (for partially contoured datasets). The Dice head's output
+starts at probability `head_prior`; a joint head's Heaviside at `joint_prior` where set
+(0, the default: bias 0, every channel around 0.5). Organs absent from a case are masked
+out of every loss term.
 
 Each epoch draws `iterations` batches of `batch` patches (foreground-biased, augmented, see
 `augment`), deterministic for the pipeline seed. Adam (PyTorch's), lr `lr` times
@@ -706,25 +709,34 @@ mod tests {
             .unwrap();
     }
 
-    /// A param added later (`exclusion`) is keyed only when set: at its default the cache
-    /// key is the one from before it existed, so no cached training is recomputed.
+    /// Params added later (`exclusion`, `joint_prior`) are keyed only when set: at their
+    /// default the cache key is the one from before they existed, so no cached training is
+    /// recomputed.
     #[test]
-    fn the_exclusion_weight_is_keyed_only_when_set() {
+    fn params_added_later_are_keyed_only_when_set() {
         let r = Registry::new().with(&LearnPlugin).unwrap();
         let ctx = BuildCtx {
             base_dir: ".".into(),
         };
         let keyed = |p: serde_json::Value| r.get("train").unwrap().build(&p, &ctx).unwrap().keyed;
-        let before = keyed(serde_json::json!({}));
-        assert!(before.get("exclusion").is_none() && before.get("ce").is_some());
-        assert_eq!(keyed(serde_json::json!({"exclusion": 0})), before);
-        assert_eq!(
-            keyed(serde_json::json!({"exclusion": 0.5}))["exclusion"],
-            0.5
-        );
-        let doc = r.get("train").unwrap().params();
-        let d = doc.iter().find(|d| d.name == "exclusion").unwrap();
-        assert_eq!(d.default, serde_json::json!(0.0));
+        let before = keyed(serde_json::json!({"k": 20}));
+        assert!(before.get("ce").is_some());
+        for name in ["exclusion", "joint_prior"] {
+            assert!(before.get(name).is_none(), "{name}");
+            assert_eq!(
+                keyed(serde_json::json!({"k": 20, name: 0})),
+                before,
+                "{name}"
+            );
+            assert_eq!(
+                keyed(serde_json::json!({"k": 20, name: 0.5}))[name],
+                0.5,
+                "{name}"
+            );
+            let doc = r.get("train").unwrap().params();
+            let d = doc.iter().find(|d| d.name == name).unwrap();
+            assert_eq!(d.default, serde_json::json!(0.0), "{name}");
+        }
     }
 
     #[test]

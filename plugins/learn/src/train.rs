@@ -122,6 +122,15 @@ pub struct TrainConfig {
     /// Dice head: every organ's probability before training (default 0.01; the output bias is
     /// its logit), so that no channel starts out firing everywhere.
     pub head_prior: f64,
+    /// Joint heads: every organ's smooth-Heaviside probability before training, as
+    /// `head_prior` for the Dice head: the output bias b set so that sigmoid(-k tanh(b)) is
+    /// this, and the output weights divided by k (1 - tanh(b)^2) so that the logits
+    /// -k tanh(raw) start with the Dice head's spread. 0 (the default): the default
+    /// initialisation (bias 0: maps around 0, logits spread over +-k). Needs
+    /// k > |logit(p)| (4.6 for 0.01). (Keyed only when set, so that trainings from before
+    /// it stay cached.)
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub joint_prior: f64,
 }
 
 /// log(p / (1 - p)).
@@ -158,6 +167,7 @@ impl Default for TrainConfig {
             workers: 2,
             bf16: true,
             head_prior: 0.01,
+            joint_prior: 0.0,
         }
     }
 }
@@ -214,6 +224,25 @@ impl TrainConfig {
                 "head_prior",
                 "must be a probability strictly between 0 and 1".into(),
             );
+        }
+        if self.joint_prior != 0.0 {
+            if !(self.joint_prior > 0.0 && self.joint_prior < 1.0) {
+                return f(
+                    "joint_prior",
+                    "must be 0 (off) or a probability strictly between 0 and 1".into(),
+                );
+            }
+            if logit(self.joint_prior).abs() >= self.k {
+                return f(
+                    "joint_prior",
+                    format!(
+                        "sigmoid(-k tanh(b)) cannot reach {} with k = {}: needs k > {:.2}",
+                        self.joint_prior,
+                        self.k,
+                        logit(self.joint_prior).abs()
+                    ),
+                );
+            }
         }
         model::parse_device(&self.device).map_err(|e| ("device".to_string(), e))?;
         Ok(())
@@ -365,8 +394,8 @@ pub fn validate_detail(
     })
 }
 
-/// The initial network of a training: seeded weights, and for a Dice head the output bias
-/// at the logit of `head_prior`.
+/// The initial network of a training: seeded weights, and the output bias at the logit of
+/// `head_prior` for a Dice head, at `joint_prior`'s for a joint head where set.
 pub fn init_net(
     cfg: &TrainConfig,
     unet: UNetConfig,
@@ -382,6 +411,14 @@ pub fn init_net(
     let mut net = UNet::new(&vs.root(), unet);
     if cfg.mode.head() == crate::losses::Head::Probability {
         net.set_head_bias(logit(cfg.head_prior));
+    } else if cfg.joint_prior > 0.0 && cfg.mode.segmentation_logits_of_sdm() {
+        // sigmoid(-k tanh(b)) = p  <=>  tanh(b) = -logit(p) / k. The logits -k tanh(b + w x)
+        // are about logit(p) - k (1 - tanh(b)^2) w x: the weights divided by that factor give
+        // them the Dice head's initial spread (at k = 20 the default weights make them
+        // +-20-saturated noise, a tenth of the voxels above 0.5).
+        let t = -logit(cfg.joint_prior) / cfg.k;
+        net.set_head_bias(t.atanh());
+        net.scale_head_weights(1.0 / (cfg.k * (1.0 - t * t)));
     }
     (vs, net)
 }
@@ -906,8 +943,8 @@ mod tests {
         );
     }
 
-    /// An untrained Dice head predicts "nowhere" (about `head_prior`); other heads keep
-    /// their default initialisation.
+    /// An untrained Dice head predicts "nowhere" (about `head_prior`), a joint head too
+    /// where `joint_prior` is set; otherwise it keeps its default initialisation.
     #[test]
     fn the_dice_head_starts_at_its_prior() {
         let unet = UNetConfig {
@@ -921,14 +958,20 @@ mod tests {
         };
         let x = tch::Tensor::randn([2, 1, 16, 16, 16], (tch::Kind::Float, Device::Cpu));
         // Mean probability and the fraction of voxels above 0.5, per head and prior.
-        let stats = |mode: Mode, prior: f64| {
+        let stats = |mode: Mode, prior: f64, joint_prior: f64| {
             let cfg = TrainConfig {
                 mode,
                 head_prior: prior,
+                joint_prior,
+                k: 20.0,
                 ..config(1)
             };
             let (_vs, net) = init_net(&cfg, unet, 3, Device::Cpu);
-            let p = tch::no_grad(|| net.forward(&x).sigmoid());
+            let p = tch::no_grad(|| {
+                mode.segmentation_logits(&net.forward(&x), cfg.k)
+                    .unwrap()
+                    .sigmoid()
+            });
             (
                 p.mean(tch::Kind::Float).double_value(&[]),
                 p.gt(0.5)
@@ -938,18 +981,39 @@ mod tests {
             )
         };
         // The bias is the prior's logit; the random weights spread the logits around it.
-        let (p, above) = stats(Mode::Dice, 0.01);
+        let (p, above) = stats(Mode::Dice, 0.01, 0.0);
         assert!(p < 0.05 && above < 0.01, "mean p {p}, {above} above 0.5");
-        let (p, above) = stats(Mode::Joint, 0.01);
+        let (p, above) = stats(Mode::Joint, 0.01, 0.0);
         assert!(
-            above > 0.2,
-            "joint head untouched: mean {p}, {above} above 0.5"
+            above > 0.1,
+            "joint head untouched by head_prior: mean {p}, {above} above 0.5"
         );
+        // With `joint_prior`, the joint heads' smooth Heaviside starts there too.
+        for mode in [Mode::Joint, Mode::JointShellBalanced] {
+            let (p, above) = stats(mode, 0.01, 0.01);
+            assert!(
+                p < 0.05 && above < 0.01,
+                "{mode:?}: mean p {p}, {above} above 0.5"
+            );
+        }
         let bad = TrainConfig {
             head_prior: 1.0,
             ..config(1)
         };
         assert_eq!(bad.check().unwrap_err().0, "head_prior");
+        // sigmoid(-k tanh(b)) >= sigmoid(-k): k = 4 cannot start at 0.01 (needs k > 4.6).
+        for (joint_prior, k) in [(1.0, 20.0), (-0.1, 20.0), (0.01, 4.0)] {
+            let bad = TrainConfig {
+                joint_prior,
+                k,
+                ..config(1)
+            };
+            assert_eq!(
+                bad.check().unwrap_err().0,
+                "joint_prior",
+                "{joint_prior} {k}"
+            );
+        }
     }
 
     /// Interrupted after epoch 2 of 4, the next run resumes from the checkpoint's step.

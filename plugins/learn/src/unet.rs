@@ -147,6 +147,14 @@ impl UNet {
         }
     }
 
+    /// Multiplies the output layer's weights by `factor` (its bias untouched), to set the
+    /// spread of the initial raw outputs.
+    pub fn scale_head_weights(&mut self, factor: f64) {
+        tch::no_grad(|| {
+            let _ = self.head.ws.g_mul_scalar_(factor);
+        });
+    }
+
     /// The input's spatial sizes must be divisible by 2^depth.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let mut skips = Vec::with_capacity(self.down.len());
