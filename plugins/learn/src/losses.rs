@@ -141,8 +141,8 @@ impl Mode {
 }
 
 impl Mode {
-    /// Whether this mode segments with the smooth Heaviside of its maps (the joint heads).
-    pub fn segmentation_logits_of_sdm(self) -> bool {
+    /// The joint heads: an SDM head that also segments, with the smooth Heaviside of its maps.
+    pub fn is_joint(self) -> bool {
         match self {
             Mode::Joint
             | Mode::JointBalanced
@@ -160,13 +160,10 @@ impl Mode {
     /// head's own, the joint heads' smooth Heaviside sigmoid(-k sdm) as logits -k tanh(raw);
     /// `None` for the SDM-only heads (no segmentation term).
     pub fn segmentation_logits(self, raw: &Tensor, k: f64) -> Option<Tensor> {
-        match self {
-            Mode::Dice => Some(raw.shallow_clone()),
-            Mode::Joint
-            | Mode::JointBalanced
-            | Mode::JointShellBalanced
-            | Mode::JointOrganScaled => Some(raw.tanh() * -k),
-            Mode::Sdm | Mode::SdmBalanced | Mode::SdmShellBalanced | Mode::SdmOrganScaled => None,
+        match self.head() {
+            Head::Probability => Some(raw.shallow_clone()),
+            Head::Sdm if self.is_joint() => Some(raw.tanh() * -k),
+            Head::Sdm => None,
         }
     }
 }

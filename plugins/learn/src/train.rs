@@ -411,11 +411,12 @@ pub fn init_net(
     let mut net = UNet::new(&vs.root(), unet);
     if cfg.mode.head() == crate::losses::Head::Probability {
         net.set_head_bias(logit(cfg.head_prior));
-    } else if cfg.joint_prior > 0.0 && cfg.mode.segmentation_logits_of_sdm() {
+    } else if cfg.joint_prior > 0.0 && cfg.mode.is_joint() {
         // sigmoid(-k tanh(b)) = p  <=>  tanh(b) = -logit(p) / k. The logits -k tanh(b + w x)
         // are about logit(p) - k (1 - tanh(b)^2) w x: the weights divided by that factor give
-        // them the Dice head's initial spread (at k = 20 the default weights make them
-        // +-20-saturated noise, a tenth of the voxels above 0.5).
+        // them the Dice head's initial spread (at k = 20, with the bias alone, the default
+        // weights leave them +-20-saturated noise: 10% of the voxels above 0.5 in
+        // `the_dice_head_starts_at_its_prior`).
         let t = -logit(cfg.joint_prior) / cfg.k;
         net.set_head_bias(t.atanh());
         net.scale_head_weights(1.0 / (cfg.k * (1.0 - t * t)));
