@@ -32,9 +32,9 @@ product)), and the remedies for many organs (`*-balanced`, `*-organ-scaled`). `c
 cross-entropy on the segmentation (the Dice head's, the joint heads' Heaviside) to its
 Dice, as nnU-Net does; 0, the paper's, none. `exclusion` tells each organ "no" on the
 other contoured organs' voxels (for partially contoured datasets). The Dice head's output
-starts at probability `head_prior`; a joint head's Heaviside at `joint_prior` where set
-(0, the default: bias 0, every channel around 0.5). Organs absent from a case are masked
-out of every loss term.
+starts at probability `head_prior`; an SDM head's (joint or SDM-only) Heaviside
+sigmoid(-k sdm) at `joint_prior` where set (0, the default: bias 0, every channel around
+0.5). Organs absent from a case are masked out of every loss term.
 
 Each epoch draws `iterations` batches of `batch` patches (foreground-biased, augmented, see
 `augment`), deterministic for the pipeline seed. Adam (PyTorch's), lr `lr` times
@@ -310,6 +310,15 @@ impl Stage for Train {
             cfg.mode,
             train_cases.len()
         );
+        let n_organs = organs.as_ref().map_or(0, Vec::len);
+        if cfg.mode == crate::losses::Mode::Joint && n_organs > 1 {
+            tracing::warn!(
+                organs = n_organs,
+                "`mode: joint` is the paper's joint head, which learned none of 9 organs on the \
+                 demo and none of 7 on OpenKBP CT: for many organs use the `joint` variant of \
+                 the shipped pipelines (docs/results/multi-organ/README.md)"
+            );
+        }
         let session = Session {
             seed: ctx.seed,
             work_dir: &ctx.work_dir,

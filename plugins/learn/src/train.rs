@@ -122,13 +122,14 @@ pub struct TrainConfig {
     /// Dice head: every organ's probability before training (default 0.01; the output bias is
     /// its logit), so that no channel starts out firing everywhere.
     pub head_prior: f64,
-    /// Joint heads: every organ's smooth-Heaviside probability before training, as
-    /// `head_prior` for the Dice head: the output bias b set so that sigmoid(-k tanh(b)) is
-    /// this, and the output weights divided by k (1 - tanh(b)^2) so that the logits
+    /// SDM heads (joint and SDM-only): every organ's smooth-Heaviside probability before
+    /// training, as `head_prior` for the Dice head: the output bias b set so that
+    /// sigmoid(-k tanh(b)) is this (the maps start at tanh(b) = -logit(p) / k, outside
+    /// every organ), and the output weights divided by k (1 - tanh(b)^2) so that the logits
     /// -k tanh(raw) start with the Dice head's spread. 0 (the default): the default
     /// initialisation (bias 0: maps around 0, logits spread over +-k). Needs
-    /// k > |logit(p)| (4.6 for 0.01). (Keyed only when set, so that trainings from before
-    /// it stay cached.)
+    /// k > |logit(p)| (4.6 for 0.01). Named for the joint heads, where it was introduced.
+    /// (Keyed only when set, so that trainings from before it stay cached.)
     #[schemars(extend("x-key-omits-default" = true))]
     pub joint_prior: f64,
 }
@@ -411,7 +412,7 @@ pub fn init_net(
     let mut net = UNet::new(&vs.root(), unet);
     if cfg.mode.head() == crate::losses::Head::Probability {
         net.set_head_bias(logit(cfg.head_prior));
-    } else if cfg.joint_prior > 0.0 && cfg.mode.is_joint() {
+    } else if cfg.joint_prior > 0.0 {
         // sigmoid(-k tanh(b)) = p  <=>  tanh(b) = -logit(p) / k. The logits -k tanh(b + w x)
         // are about logit(p) - k (1 - tanh(b)^2) w x: the weights divided by that factor give
         // them the Dice head's initial spread (at k = 20, with the bias alone, the default
@@ -968,9 +969,11 @@ mod tests {
                 ..config(1)
             };
             let (_vs, net) = init_net(&cfg, unet, 3, Device::Cpu);
+            // An SDM-only head has no segmentation term: its maps under the same Heaviside.
             let p = tch::no_grad(|| {
-                mode.segmentation_logits(&net.forward(&x), cfg.k)
-                    .unwrap()
+                let raw = net.forward(&x);
+                mode.segmentation_logits(&raw, cfg.k)
+                    .unwrap_or_else(|| raw.tanh() * -cfg.k)
                     .sigmoid()
             });
             (
@@ -989,8 +992,13 @@ mod tests {
             above > 0.1,
             "joint head untouched by head_prior: mean {p}, {above} above 0.5"
         );
-        // With `joint_prior`, the joint heads' smooth Heaviside starts there too.
-        for mode in [Mode::Joint, Mode::JointShellBalanced] {
+        // With `joint_prior`, the SDM heads' smooth Heaviside starts there too (the SDM-only
+        // heads' maps are then outside every organ: sigmoid(-k sdm) as for a joint head).
+        for mode in [
+            Mode::Joint,
+            Mode::JointShellBalanced,
+            Mode::SdmShellBalanced,
+        ] {
             let (p, above) = stats(mode, 0.01, 0.01);
             assert!(
                 p < 0.05 && above < 0.01,
