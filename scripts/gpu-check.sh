@@ -8,8 +8,8 @@
 #  1. one training step on CUDA, fp32 and bf16, in tch (our binary) and in PyTorch, same
 #     weights and batch (median of 30 steps, peak memory from PyTorch's allocator);
 #  2. the hippocampus study at the paper's budget: pipelines/hippocampus.yaml, 200 epochs,
-#     the three variants training at once on the one GPU (`--slots gpu=3`), 5 loader workers
-#     each; per-epoch seconds and loader waits are in each variant's metrics.jsonl;
+#     the five variants (three heads, the SDM heads also as the paper trained them) training
+#     at once on the one GPU (`--slots gpu=5`), 3 loader workers each; per-epoch seconds and loader waits are in each variant's metrics.jsonl;
 #  3. nvidia-smi memory samples every 200 ms throughout.
 # Results come back as summary.txt, step.jsonl, study.log and study.tgz (report + curves).
 set -uo pipefail
@@ -52,7 +52,7 @@ say "step benches done"
 # 2. The study at the paper's budget.
 export MSD_HIPPOCAMPUS=$ROOT/.gpu/data/hippocampus
 timeout "$STUDY_S" .gpu/pipeline run pipelines/hippocampus.yaml \
-  --set train.val_every=10 --set train.workers=5 --slots gpu=3 \
+  --set train.val_every=10 --set train.workers=3 --slots gpu=5 \
   --cache /tmp/sf-cache --runs /tmp/sf-runs --no-progress > "$OUT/study.log" 2>&1
 say "study exit $?"
 tail -30 "$OUT/study.log" >> "$OUT/summary.txt"

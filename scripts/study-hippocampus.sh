@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The hippocampus ablation study of docs/results/hippocampus/: pipelines/hippocampus.yaml on
-# the 200 MSD Task04 cases (../shared/data/hippocampus unless MSD_HIPPOCAMPUS is set), the
-# three variants, then the report copied into docs/results/hippocampus/<run>/.
+# the 200 MSD Task04 cases (../shared/data/hippocampus unless MSD_HIPPOCAMPUS is set), every
+# variant (the Dice, SDM and joint heads; the SDM heads also as the paper trained them), then
+# the report copied into docs/results/hippocampus/<run>/.
 #
 #   scripts/study-hippocampus.sh                    # the CPU-sized run (40 epochs)
 #   EPOCHS=200 scripts/study-hippocampus.sh         # the paper's budget (a GPU)
@@ -17,8 +18,9 @@ run=$(ls -td runs/*-hippocampus | head -1)
 dest=docs/results/hippocampus/$(basename "$run")
 mkdir -p "$dest"
 cp -r "$run/report/." "$dest/"
-for v in dice sdm joint; do
+for t in "$run"/train/*/; do
+  v=$(basename "$t")
   mkdir -p "$dest/train-$v"
-  cp "$run/train/$v/metrics.jsonl" "$run/train/$v/loss.png" "$run/train/$v/model.json" "$dest/train-$v/"
+  cp "$t/metrics.jsonl" "$t/loss.png" "$t/model.json" "$dest/train-$v/"
 done
 echo "report copied to $dest"

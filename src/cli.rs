@@ -389,17 +389,35 @@ fn load(
     sets: &[String],
     registry: &Registry,
 ) -> Result<(resolve::Resolved, Vec<Override>)> {
-    load_variants(file, sets, &[], registry)
+    select_variants(file, sets, &[], true, registry)
 }
 
-/// [`load`], keeping only the variants named in `only` (all when empty).
+/// [`load`], keeping only the variants named in `only`; when empty, the file's
+/// `default_variants:` (all without it).
 fn load_variants(
     file: &Path,
     sets: &[String],
     only: &[String],
     registry: &Registry,
 ) -> Result<(resolve::Resolved, Vec<Override>)> {
+    select_variants(file, sets, only, false, registry)
+}
+
+/// The variants named in `only`; when it is empty, every variant if `all`, else the file's
+/// `default_variants:` (every variant without it).
+fn select_variants(
+    file: &Path,
+    sets: &[String],
+    only: &[String],
+    all: bool,
+    registry: &Registry,
+) -> Result<(resolve::Resolved, Vec<Override>)> {
     let mut pf = PipelineFile::load(file)?;
+    let defaults = match (&pf.default_variants, only.is_empty() && !all) {
+        (Some(d), true) => d.clone(),
+        _ => Vec::new(),
+    };
+    let only = if defaults.is_empty() { only } else { &defaults };
     // `--set seed=N` replaces the file's top-level `seed:`, `--set seeds=A,B` its `seeds:`
     // (before `--variants`, which may name `variant@seed`); the rest are stage params.
     let mut stage_sets = Vec::new();
@@ -483,8 +501,12 @@ fn cache_dir(args: &PipelineArgs, resolved: &resolve::Resolved) -> PathBuf {
 
 fn cmd_validate(a: ValidateArgs, registry: &Registry) -> Result<u8> {
     let (r, _) = load(&a.file, &a.sets, registry)?;
+    let by_default = match &r.file.default_variants {
+        Some(d) => format!(" ({} run by default: {})", d.len(), d.join(", ")),
+        None => String::new(),
+    };
     println!(
-        "{}: ok ({} stages, {} variants, {} stage instances to run)",
+        "{}: ok ({} stages, {} variants{by_default}, {} stage instances to run)",
         a.file.display(),
         r.file.stages.len(),
         r.file.variants.len(),

@@ -59,12 +59,14 @@ fn demo_runs_end_to_end_and_reruns_from_cache() {
     };
     let (r, manifest) = run_pipeline(&file, &sets, &registry(), settings()).unwrap();
     assert!(r.ok(), "{}", r.table());
-    // load, crop, resample, sdm, augment shared; train, infer, evaluate, report per variant.
-    assert_eq!(r.nodes.len(), 5 + 3 * 4, "{}", r.table());
+    // load, crop, resample shared; sdm and augment once for the paper's maps (dice,
+    // joint-paper) and once for the band-limited ones (sdm, joint); train, infer, evaluate,
+    // report per variant.
+    assert_eq!(r.nodes.len(), 3 + 2 * 2 + 4 * 4, "{}", r.table());
     let run_dir = manifest.parent().unwrap();
     let tests = r.node("infer", "joint").unwrap().computed;
     assert_eq!(tests, 3, "10 cases, test_fraction 0.3");
-    for v in ["dice", "sdm", "joint"] {
+    for v in ["dice", "sdm", "joint", "joint-paper"] {
         for f in [
             "model.safetensors",
             "model.json",
@@ -694,7 +696,16 @@ fn seeds_share_preprocessing_and_split_training() {
     let names: Vec<String> = file.variants.iter().map(|v| v.name.clone()).collect();
     assert_eq!(
         names,
-        ["dice@1", "dice@2", "sdm@1", "sdm@2", "joint@1", "joint@2"]
+        [
+            "dice@1",
+            "dice@2",
+            "sdm@1",
+            "sdm@2",
+            "joint@1",
+            "joint@2",
+            "joint-paper@1",
+            "joint-paper@2"
+        ]
     );
     let registry = shapeflow::default_registry().unwrap();
     let r = resolve::resolve(&file, &registry, &[]).unwrap();
@@ -705,6 +716,15 @@ fn seeds_share_preprocessing_and_split_training() {
     };
     for stage in ["load", "crop", "resample", "sdm", "augment"] {
         assert_eq!(keys(stage, "joint@1"), keys(stage, "joint@2"), "{stage}");
+        // The same maps (band-limited for sdm and joint, the paper's for the others).
+        assert_eq!(keys(stage, "joint@1"), keys(stage, "sdm@2"), "{stage}");
+        assert_eq!(
+            keys(stage, "dice@1"),
+            keys(stage, "joint-paper@2"),
+            "{stage}"
+        );
+    }
+    for stage in ["load", "crop", "resample"] {
         assert_eq!(keys(stage, "joint@1"), keys(stage, "dice@2"), "{stage}");
     }
     for stage in ["train", "infer", "evaluate"] {
@@ -1442,6 +1462,59 @@ fn variants_flag_selects_a_subset_and_names_unknown_ones() {
         text(&o).contains("`nope` is not a variant") && text(&o).contains("dice, sdm, joint"),
         "{}",
         text(&o)
+    );
+}
+
+/// `default_variants:` is what `run` and `plan` take without `--variants` (a study beside
+/// its named experiments); `--variants` still reaches every variant, `validate` checks them
+/// all, and a name that is not a variant is an error with its line.
+#[test]
+fn default_variants_are_run_without_the_flag() {
+    let d = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(pipelines_dir().join("demo.yaml")).unwrap();
+    let write = |defaults: &str| {
+        let text = demo.replace("seed: 2015\n", &format!("seed: 2015\n{defaults}\n"));
+        assert_ne!(text, demo);
+        std::fs::write(d.path().join("demo.yaml"), text).unwrap();
+    };
+    write("default_variants: [dice, joint]");
+    let plan = |args: &[&str]| {
+        let mut all = vec!["plan", "demo.yaml", "--cache", "c"];
+        all.extend_from_slice(args);
+        let o = run_child(d.path(), &all);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let t = plan(&[]);
+    assert!(
+        t.contains("train[dice]") && t.contains("train[joint]"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("train[sdm]") && !t.contains("joint-paper"),
+        "{t}"
+    );
+    let t = plan(&["--variants", "sdm,joint-paper"]);
+    assert!(
+        t.contains("train[sdm]") && t.contains("train[joint-paper]") && !t.contains("[dice]"),
+        "{t}"
+    );
+    // With seeds, each default variant once per seed.
+    let t = plan(&["--set", "seeds=1,2"]);
+    assert!(t.contains("train[dice@2]") && !t.contains("sdm@"), "{t}");
+    let o = run_child(d.path(), &["validate", "demo.yaml"]);
+    assert!(
+        text(&o).contains("4 variants (2 run by default: dice, joint)"),
+        "{}",
+        text(&o)
+    );
+    write("default_variants: [dice, jiont]");
+    let o = run_child(d.path(), &["validate", "demo.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("demo.yaml:") && t.contains("`jiont` is not in `variants:`"),
+        "{t}"
     );
 }
 

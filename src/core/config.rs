@@ -132,6 +132,9 @@ pub struct PipelineFile {
     /// Never empty: a file without `variants:` has the single variant `default`.
     pub variants: Vec<VariantSpec>,
     pub explicit_variants: bool,
+    /// `default_variants:`: the variants `run` and `plan` take when `--variants` names none
+    /// (a file's study beside its named experiments); `None`: every variant.
+    pub default_variants: Option<Vec<String>>,
     /// `executor:` (default local); `pipeline run --executor` overrides it.
     pub executor: crate::slurm::Executor,
 }
@@ -161,6 +164,7 @@ const TOP_FIELDS: &[&str] = &[
     "cache",
     "stages",
     "variants",
+    "default_variants",
     "executor",
 ];
 const STAGE_FIELDS: &[&str] = &[
@@ -363,6 +367,8 @@ impl PipelineFile {
         };
         let stages = parse_stages(&mut errs, &root);
         let (mut variants, mut explicit_variants) = parse_variants(&mut errs, &root);
+        let default_variants =
+            parse_default_variants(&mut errs, &root, explicit_variants.then_some(&variants));
         if let Some((stage, k, pos)) = parse_cross_validation(&mut errs, &root, &stages) {
             // Every variant once per fold: `<variant>:f<i>` (`cv:f<i>` without variants), the
             // source stage told to split by k-fold and which fold is `val`. Those params only
@@ -418,6 +424,7 @@ impl PipelineFile {
             stages,
             variants,
             explicit_variants,
+            default_variants,
             executor,
         })
     }
@@ -804,6 +811,62 @@ fn seed_copies(variants: &[VariantSpec], seeds: &[u64], explicit: bool) -> Vec<V
             })
         })
         .collect()
+}
+
+/// `default_variants: [a, b]`: distinct names of the file's `variants:`.
+fn parse_default_variants(
+    errs: &mut Errs,
+    root: &Node,
+    variants: Option<&Vec<VariantSpec>>,
+) -> Option<Vec<String>> {
+    let node = root.get("default_variants")?;
+    let Value::Seq(items) = &node.value else {
+        errs.push(
+            node.pos,
+            ErrorKind::WrongType,
+            "`default_variants` must be a list of variant names, e.g. [dice, joint]",
+        );
+        return None;
+    };
+    let Some(variants) = variants else {
+        errs.push(
+            node.pos,
+            ErrorKind::BadVariant,
+            "`default_variants` needs `variants:` to choose from",
+        );
+        return None;
+    };
+    let mut out: Vec<String> = Vec::new();
+    for it in items {
+        match it.as_str() {
+            Some(n) if out.iter().any(|o| o == n) => errs.push(
+                it.pos,
+                ErrorKind::BadVariant,
+                format!("`{n}` is listed twice in `default_variants`"),
+            ),
+            Some(n) if variants.iter().any(|v| v.name == n) => out.push(n.to_string()),
+            Some(n) => {
+                let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+                errs.push(
+                    it.pos,
+                    ErrorKind::BadVariant,
+                    format!(
+                        "default variant `{n}` is not in `variants:`; it has: {}",
+                        names.join(", ")
+                    ),
+                )
+            }
+            None => errs.push(it.pos, ErrorKind::WrongType, "a variant name is a string"),
+        }
+    }
+    if out.is_empty() && errs.list.is_empty() {
+        errs.push(
+            node.pos,
+            ErrorKind::BadVariant,
+            "`default_variants` lists no variant",
+        );
+    }
+    Some(out)
 }
 
 /// `seeds: [1, 2, 3]`: distinct non-negative integers.
