@@ -128,7 +128,8 @@ struct PipelineArgs {
     /// Fail at once if another process holds the cache, instead of waiting.
     #[arg(long)]
     no_wait: bool,
-    /// Only these variants (comma-separated; a name selects all its seeds and cross-validation folds).
+    /// Only these variants (comma-separated; a name selects all its seeds and cross-validation
+    /// folds). Default: the file's `default_variants:`, else every variant.
     #[arg(long, value_delimiter = ',')]
     variants: Vec<String>,
 }
@@ -756,7 +757,7 @@ pub struct RunSettings {
     pub slots: Vec<(String, usize)>,
     /// `local` or `slurm`; `None`: the file's `executor:`.
     pub executor: Option<String>,
-    /// Only these variants (empty: all).
+    /// Only these variants (empty: the file's `default_variants:`, else all).
     pub variants: Vec<String>,
 }
 
