@@ -1069,6 +1069,44 @@ mod tests {
     }
 
     #[test]
+    fn default_variants_name_variants_once() {
+        let file = |defaults: &str, variants: &str| {
+            format!("{defaults}\nstages:\n  s: {{plugin: p}}\n{variants}")
+        };
+        let two = "variants:\n  a: {s.n: 1}\n  b: {s.n: 2}\n";
+        let ok = PipelineFile::parse(
+            Path::new("x.yaml"),
+            &file("default_variants: [b]", two),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(ok.default_variants, Some(vec!["b".to_string()]));
+        let none = PipelineFile::parse(Path::new("x.yaml"), &file("", two), &no_env).unwrap();
+        assert_eq!(none.default_variants, None);
+        for (defaults, variants, want) in [
+            ("default_variants: [a, a]", two, "listed twice"),
+            (
+                "default_variants: [c]",
+                two,
+                "`c` is not in `variants:`; it has: a, b",
+            ),
+            ("default_variants: [a]", "", "needs `variants:`"),
+            ("default_variants: []", two, "lists no variant"),
+            ("default_variants: a", two, "must be a list"),
+        ] {
+            let e = PipelineFile::parse(Path::new("x.yaml"), &file(defaults, variants), &no_env)
+                .unwrap_err();
+            assert_eq!(e.0.len(), 1, "{defaults}: {e:?}");
+            assert!(
+                e.0[0].message.contains(want),
+                "{defaults}: {}",
+                e.0[0].message
+            );
+            assert_eq!(e.0[0].pos.line, 1, "{defaults}");
+        }
+    }
+
+    #[test]
     fn set_parsing() {
         let o = parse_set("train.epochs=5").unwrap();
         assert_eq!((o.stage.as_str(), o.param.as_str()), ("train", "epochs"));
