@@ -31,7 +31,7 @@ fn every_ready_pipeline_validates() {
     }
 }
 
-/// The demo at toy size, load to report, all three variants: outputs where the README says,
+/// The demo at toy size, load to report, all four variants: outputs where the README says,
 /// predictions on the original grid, a second run computes nothing, and a new epoch count
 /// recomputes train, infer and evaluate only.
 #[test]

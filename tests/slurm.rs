@@ -213,7 +213,7 @@ fn the_demo_through_slurm_equals_the_local_run() {
     }
     let (local, slurm) = (&results[0], &results[1]);
     assert!(!local.0.is_empty() && local.0 == slurm.0, "same cache keys");
-    assert_eq!(local.1.len(), 9, "3 test cases x 3 variants");
+    assert_eq!(local.1.len(), 12, "3 test cases x 4 variants");
     assert!(local.1 == slurm.1, "predictions equal byte for byte");
     assert!(!local.2.is_empty() && local.2 == slurm.2, "same metrics");
 }
