@@ -414,11 +414,10 @@ fn select_variants(
     registry: &Registry,
 ) -> Result<(resolve::Resolved, Vec<Override>)> {
     let mut pf = PipelineFile::load(file)?;
-    let defaults = match (&pf.default_variants, only.is_empty() && !all) {
-        (Some(d), true) => d.clone(),
-        _ => Vec::new(),
+    let only = match &pf.default_variants {
+        Some(d) if only.is_empty() && !all => d.clone(),
+        _ => only.to_vec(),
     };
-    let only = if defaults.is_empty() { only } else { &defaults };
     // `--set seed=N` replaces the file's top-level `seed:`, `--set seeds=A,B` its `seeds:`
     // (before `--variants`, which may name `variant@seed`); the rest are stage params.
     let mut stage_sets = Vec::new();
@@ -442,7 +441,7 @@ fn select_variants(
             let no_fold = no_seed.split(':').next().unwrap_or(no_seed);
             want == name || want == no_seed || want == no_fold
         };
-        for want in only {
+        for want in &only {
             if !pf.variants.iter().any(|v| selects(want, &v.name)) {
                 let names: Vec<&str> = pf.variants.iter().map(|v| v.name.as_str()).collect();
                 return Err(anyhow!(

@@ -859,7 +859,7 @@ fn parse_default_variants(
             None => errs.push(it.pos, ErrorKind::WrongType, "a variant name is a string"),
         }
     }
-    if out.is_empty() && errs.list.is_empty() {
+    if items.is_empty() {
         errs.push(
             node.pos,
             ErrorKind::BadVariant,
