@@ -4,7 +4,7 @@ pub mod figures;
 pub mod records;
 pub mod stats;
 
-use records::{CaseRecord, OrganRecord, CSV_COLUMNS, METRICS};
+use records::{CaseRecord, OrganRecord, BACKGROUND, CSV_COLUMNS, METRICS};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, Shape, Stage,
@@ -26,7 +26,8 @@ impl Plugin for EvalPlugin {
     fn register(&self, registry: &mut Registry) {
         registry.add(StageDef::<EvalParams> {
             name: "evaluate",
-            version: 1,
+            // 2: records where each reference organ's voxels went (`labelled_as`).
+            version: 2,
             summary: "Per case and organ: Dice, HD95, ASSD, surface Dice, volumes (mm)",
             help: EVAL_HELP,
             build: |p, _| {
@@ -71,6 +72,10 @@ surface, from the project's EDT, not a point search.
   surface_dice  fraction of both surfaces within `tolerance_mm` of the other
   volumes       reference and prediction in mm3, and their relative difference
 
+Each compared organ also records where its reference voxels went (`labelled_as`: their
+count per predicted label, the organ itself, background or another organ), which the
+report tables: an organ lost to a neighbour's channel apart from one not found.
+
 Defined results: both masks empty: dice 1, distances 0 ("both-empty"); one empty: dice 0,
 distances +inf ("empty-prediction" / "empty-reference"). An organ not annotated in the
 reference is "absent" and gets no metrics. Reports count these cases; they never vanish
@@ -80,7 +85,8 @@ from a mean as NaN.
 const REPORT_HELP: &str = r#"
 Gathers the `evaluate` results of every case and writes, under the run directory
 (runs/<time>-<name>/<stage id>/, one subfolder per variant when variants differ here):
-report.md (open this one: the summary table and the figures), boxplot_dice.png and
+report.md (open this one: the summary table, where each organ's reference voxels went
+(itself, background, other organs; pooled over cases), and the figures), boxplot_dice.png and
 boxplot_hd95.png (one box per organ), and, when `reference` and `prediction` name inputs
 holding the cases, overlay_<best|median|worst>_<case>_<organ>.png: axial, coronal and
 sagittal slices through the organ with reference (green) and prediction (red) contours; metrics.csv (one row per case and organ), summary.json and
@@ -134,6 +140,47 @@ fn label_of(case: &CaseData, organ: &str) -> Option<u8> {
         .copied()
         .unwrap_or(false)
         .then_some((k + 1) as u8)
+}
+
+/// For each (reference label, predicted label) pair: the count of the reference organ's
+/// voxels per predicted label, named by `label_names` (label k: `label_names[k - 1]`, label
+/// 0: [`BACKGROUND`]).
+/// One pass over the voxels.
+fn labelled_as(
+    reference: &[u8],
+    prediction: &[u8],
+    pairs: &[(u8, u8)],
+    label_names: &[String],
+) -> Vec<BTreeMap<String, u64>> {
+    // counts[reference label][predicted label]
+    let mut counts = vec![[0u64; 256]; 256];
+    let mut wanted = [false; 256];
+    for &(r, _) in pairs {
+        wanted[r as usize] = true;
+    }
+    for (&r, &p) in reference.iter().zip(prediction) {
+        if wanted[r as usize] {
+            counts[r as usize][p as usize] += 1;
+        }
+    }
+    let name = |p: usize| match p {
+        0 => BACKGROUND.to_string(),
+        p => label_names
+            .get(p - 1)
+            .cloned()
+            .unwrap_or_else(|| format!("label {p}")),
+    };
+    pairs
+        .iter()
+        .map(|&(r, _)| {
+            counts[r as usize]
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(p, &n)| (name(p), n))
+                .collect()
+        })
+        .collect()
 }
 
 /// Metrics of every reference organ of one case.
@@ -196,11 +243,23 @@ pub fn evaluate_case(
         convention: p.convention,
         surface: p.surface,
     };
-    for (organ, m) in names
+    // Predicted labels by the reference organ they are compared with (else their own name),
+    // so that an organ's own share is under its name.
+    let mut label_names = prediction.organs.clone();
+    for (organ, &(_, lp)) in names.iter().zip(&pairs) {
+        if let Some(n) = label_names.get_mut(lp as usize - 1) {
+            *n = organ.clone();
+        }
+    }
+    let went = labelled_as(rv, pv, &pairs, &label_names);
+    for ((organ, m), went) in names
         .into_iter()
         .zip(label_metrics(rv, pv, rl.dims, rl.spacing, &pairs, opts))
+        .zip(went)
     {
-        out.insert(organ, OrganRecord::measured(&m));
+        let mut r = OrganRecord::measured(&m);
+        r.labelled_as = went;
+        out.insert(organ, r);
     }
     Ok(CaseRecord {
         convention,
@@ -264,6 +323,46 @@ impl Default for ReportParams {
 }
 
 struct Report(ReportParams);
+
+/// The table of where each reference organ's voxels went (all cases pooled): its own
+/// share, background's, and the other organs' (largest first). Empty without records.
+pub fn where_voxels_went(went: &BTreeMap<String, BTreeMap<String, u64>>) -> String {
+    if went.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## Where the reference voxels went\n\nEach organ's reference voxels, all cases pooled, by the label the prediction gave them: the organ itself, background (not found), or another organ (its channel won these voxels).\n\n| organ | reference voxels | itself | background | other organs |\n|---|---|---|---|---|\n",
+    );
+    for (organ, labels) in went {
+        let total: u64 = labels.values().sum();
+        let share = |n: u64| n as f64 / total.max(1) as f64;
+        let own = labels.get(organ).copied().unwrap_or(0);
+        let bg = labels.get(BACKGROUND).copied().unwrap_or(0);
+        let mut others: Vec<(&String, u64)> = labels
+            .iter()
+            .filter(|(l, _)| *l != organ && l.as_str() != BACKGROUND)
+            .map(|(l, &n)| (l, n))
+            .collect();
+        others.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let others: Vec<String> = others
+            .iter()
+            .map(|(l, n)| format!("{l} {:.3}", share(*n)))
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {organ} | {total} | {:.3} | {:.3} | {} |",
+            share(own),
+            share(bg),
+            if others.is_empty() {
+                "–".to_string()
+            } else {
+                others.join(", ")
+            }
+        );
+    }
+    md.push('\n');
+    md
+}
 
 /// n, mean, sd (sample), median, q1, q3 of finite values.
 fn describe(v: &[f64]) -> serde_json::Value {
@@ -740,6 +839,8 @@ impl Stage for Report {
         // organ -> metric -> case -> value, for the paired tests between variants.
         let mut per_case: BTreeMap<String, BTreeMap<&str, BTreeMap<String, f64>>> = BTreeMap::new();
         let mut outcomes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+        // organ -> predicted label -> reference voxels, over all cases.
+        let mut went: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut header = serde_json::Value::Null;
         for (case, inputs) in cases {
             let j = inputs.port("metrics")?.as_json().ok_or_else(|| {
@@ -762,6 +863,13 @@ impl Stage for Report {
                 let _ = writeln!(csv, "{},{},{},{}", case.id, organ, outcome, cells.join(","));
                 if !m.is_measured() {
                     continue;
+                }
+                for (label, n) in &m.labelled_as {
+                    *went
+                        .entry(organ.clone())
+                        .or_default()
+                        .entry(label.clone())
+                        .or_default() += n;
                 }
                 for k in METRICS {
                     let v = m.metric(k).unwrap_or(f64::INFINITY);
@@ -794,7 +902,7 @@ impl Stage for Report {
             );
             summary.insert(organ.clone(), serde_json::Value::Object(o));
         }
-        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary, "per_case": per_case});
+        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary, "per_case": per_case, "labelled_as": went});
         let title = self
             .0
             .title
@@ -848,7 +956,8 @@ impl Stage for Report {
             String::new()
         };
         let report = format!(
-            "{md}\n{figures}\nFiles: [metrics.csv](metrics.csv) (per case and organ), [summary.json](summary.json).\n"
+            "{md}\n{}{figures}\nFiles: [metrics.csv](metrics.csv) (per case and organ), [summary.json](summary.json).\n",
+            where_voxels_went(&went)
         );
         for (name, bytes) in [
             ("report.md", report.into_bytes()),
@@ -878,6 +987,67 @@ mod tests {
             .unwrap()
             .check_docs()
             .unwrap();
+    }
+
+    fn case(organs: &[&str], present: &[bool], labels: Vec<u8>) -> CaseData {
+        let n = labels.len();
+        CaseData {
+            images: vec![],
+            labels: Some(Arc::new(
+                shapeflow_core::Volume::new([n, 1, 1], [1.0; 3], VoxelData::U8(labels)).unwrap(),
+            )),
+            organs: organs.iter().map(|o| o.to_string()).collect(),
+            present: present.to_vec(),
+            original: None,
+            notes: Default::default(),
+        }
+    }
+
+    /// The larynx's voxels taken by the esophagus's channel, the brainstem missed: the
+    /// record says where each reference organ's voxels went, under the reference's names
+    /// (the prediction's `oesophagus` is compared with `Esophagus`).
+    #[test]
+    fn records_where_the_reference_voxels_went() {
+        // Reference: 4 larynx voxels (label 1), 2 esophagus (2), 2 brainstem (3). The
+        // prediction's labels: 1 oesophagus, 2 Larynx, 3 Brainstem.
+        let reference = case(
+            &["Larynx", "Esophagus", "Brainstem"],
+            &[true, true, true],
+            vec![1, 1, 1, 1, 2, 2, 3, 3, 0, 0],
+        );
+        let prediction = case(
+            &["oesophagus", "Larynx", "Brainstem"],
+            &[true, true, true],
+            vec![1, 1, 1, 2, 1, 0, 0, 0, 1, 0],
+        );
+        let p = EvalParams {
+            organs: [("Esophagus".to_string(), "oesophagus".to_string())].into(),
+            ..Default::default()
+        };
+        let rec = evaluate_case(&reference, &prediction, &p).unwrap();
+        let went = |o: &str| rec.organs[o].labelled_as.clone();
+        let counts = |v: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            v.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+        };
+        assert_eq!(went("Larynx"), counts(&[("Esophagus", 3), ("Larynx", 1)]));
+        assert_eq!(
+            went("Esophagus"),
+            counts(&[("Esophagus", 1), (BACKGROUND, 1)])
+        );
+        assert_eq!(went("Brainstem"), counts(&[(BACKGROUND, 2)]));
+        // Through JSON (the cached item) and into the report's table.
+        let back = CaseRecord::from_json(&rec.to_json()).unwrap();
+        let mut pooled: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (o, r) in &back.organs {
+            pooled.insert(o.clone(), r.labelled_as.clone());
+        }
+        let md = where_voxels_went(&pooled);
+        assert!(
+            md.contains("| Larynx | 4 | 0.250 | 0.000 | Esophagus 0.750 |"),
+            "{md}"
+        );
+        assert!(md.contains("| Brainstem | 2 | 0.000 | 1.000 | – |"), "{md}");
+        assert!(where_voxels_went(&BTreeMap::new()).is_empty());
     }
 
     #[test]

@@ -30,7 +30,15 @@ pub struct OrganRecord {
     pub prediction_mm3: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_difference: Option<f64>,
+    /// Where the reference organ's voxels went: their count per predicted label (a predicted
+    /// organ, by the name of the reference organ it is compared with, or [`BACKGROUND`]). Shows an organ lost to a neighbour's channel
+    /// (at decoding, the most confident organ wins a voxel) apart from one not found.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labelled_as: BTreeMap<String, u64>,
 }
+
+/// The name of label 0 in [`OrganRecord::labelled_as`].
+pub const BACKGROUND: &str = "background";
 
 /// The metrics a report summarises, by their record field names.
 pub const METRICS: [&str; 6] = [
@@ -79,6 +87,7 @@ impl OrganRecord {
             reference_mm3: Some(m.reference_mm3),
             prediction_mm3: Some(m.prediction_mm3),
             volume_difference: Some(m.volume_difference),
+            labelled_as: BTreeMap::new(),
         }
     }
 
