@@ -144,8 +144,7 @@ fn label_of(case: &CaseData, organ: &str) -> Option<u8> {
 
 /// For each (reference label, predicted label) pair: the count of the reference organ's
 /// voxels per predicted label, named by `label_names` (label k: `label_names[k - 1]`, label
-/// 0: [`BACKGROUND`]).
-/// One pass over the voxels.
+/// 0: [`BACKGROUND`]), in one pass over the voxels.
 fn labelled_as(
     reference: &[u8],
     prediction: &[u8],
@@ -173,12 +172,17 @@ fn labelled_as(
     pairs
         .iter()
         .map(|&(r, _)| {
-            counts[r as usize]
+            // Summed by name: two labels may share one (a predicted organ renamed to the
+            // reference organ it is compared with, beside one of that name).
+            let mut by_name = BTreeMap::new();
+            for (p, &n) in counts[r as usize]
                 .iter()
                 .enumerate()
                 .filter(|(_, &n)| n > 0)
-                .map(|(p, &n)| (name(p), n))
-                .collect()
+            {
+                *by_name.entry(name(p)).or_default() += n;
+            }
+            by_name
         })
         .collect()
 }
@@ -1048,6 +1052,10 @@ mod tests {
         );
         assert!(md.contains("| Brainstem | 2 | 0.000 | 1.000 | – |"), "{md}");
         assert!(where_voxels_went(&BTreeMap::new()).is_empty());
+        // Two predicted labels under one name are summed, not overwritten.
+        let names = ["A".to_string(), "A".to_string()];
+        let went = labelled_as(&[1, 1, 1], &[1, 2, 0], &[(1, 1)], &names);
+        assert_eq!(went[0], counts(&[("A", 2), (BACKGROUND, 1)]));
     }
 
     #[test]
