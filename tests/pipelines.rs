@@ -1045,6 +1045,94 @@ stages:
     );
 }
 
+/// `infer.levels: validated`: the training keeps per-organ levels chosen on its validation
+/// cases (in model.json), `infer` decides each organ at them (recorded in its notes), and a
+/// model trained without validation is refused with the way out named.
+#[test]
+fn validated_levels_travel_from_training_to_inference() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("Dataset004_Hippocampus");
+    hippocampus_nnunet_v2(&root, 8, 1, false);
+    let yaml = |val_every: usize| {
+        format!(
+            r#"
+name: levels
+stages:
+  load: {{stage: load, params: {{format: nnunet-v2, root: "{}", split: holdout, val_fraction: 0.25, test_fraction: 0.0}}}}
+  sdm: {{stage: edt-sdm, after: [load]}}
+  augment: {{stage: augment, after: [load, sdm]}}
+  train:
+    stage: train
+    after: [load, sdm, augment]
+    params: {{mode: sdm, epochs: 2, iterations: 2, val_every: {val_every}, patch: [16, 16, 16], net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}, device: cpu}}
+  infer: {{stage: infer, after: [load, train], params: {{levels: validated, write_maps: true}}}}
+"#,
+            root.display()
+        )
+    };
+    write(d.path(), "p.yaml", &yaml(1));
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let run = manifest.parent().unwrap();
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("train/model.json")).unwrap()).unwrap();
+    let levels = model["levels"]
+        .as_array()
+        .expect("levels in model.json")
+        .clone();
+    assert_eq!(levels.len(), 2, "{model}");
+    for l in &levels {
+        assert!(l["cases"].as_u64().unwrap() >= 1, "{l}");
+        assert!(
+            l["dice"].as_f64().unwrap() >= l["dice_fixed"].as_f64().unwrap(),
+            "{l}"
+        );
+    }
+    // The predictions were decided at those levels: decoding the written maps with them
+    // gives the written labels.
+    let infer_dir = run.join("infer");
+    let names: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(infer_dir.join("labels.json")).unwrap()).unwrap();
+    let want: Vec<f32> = levels
+        .iter()
+        .map(|l| l["level"].as_f64().unwrap() as f32)
+        .collect();
+    let mut checked = 0;
+    for e in std::fs::read_dir(&infer_dir).unwrap().flatten() {
+        let file = e.file_name().to_string_lossy().to_string();
+        let Some(id) = file.strip_suffix(".nii.gz") else {
+            continue;
+        };
+        if names.values().any(|o| id.ends_with(&format!("_{o}"))) {
+            continue;
+        }
+        let pred = shapeflow_core::Volume::read_nifti(&e.path()).unwrap();
+        let maps: Vec<Vec<f32>> = (1..=names.len())
+            .map(|k| {
+                let o = &names[&k.to_string()];
+                shapeflow_core::Volume::read_nifti(&infer_dir.join(format!("{id}_{o}.nii.gz")))
+                    .unwrap()
+                    .to_f32()
+            })
+            .collect();
+        let decoded =
+            shapeflow_learn::levels::decode(shapeflow_learn::losses::Head::Sdm, &maps, &want);
+        let labels: Vec<u8> = pred.to_f32().iter().map(|&v| v as u8).collect();
+        assert_eq!(decoded, labels, "{id}");
+        checked += 1;
+    }
+    assert!(checked >= 1);
+    // Without validation there are no levels to decide at.
+    write(d.path(), "q.yaml", &yaml(0));
+    let (r, _) = run_with_manifest(d.path(), "q.yaml", &[]);
+    let infer = r.node("infer", "default").unwrap();
+    assert!(
+        matches!(&infer.status, shapeflow_core::Status::Failed(m) if m.contains("no validated levels") && m.contains("levels: fixed")),
+        "{:?}",
+        infer.status
+    );
+}
+
 /// A two-channel nnU-Net v2 dataset (the shared hippocampus MRI and its inverted
 /// intensities, `_0000` / `_0001`) through load -> SDMs -> train -> infer, then `pipeline
 /// predict` on the test case's two files: the model takes two channels and records two
@@ -1377,6 +1465,7 @@ fn exported_networks_compute_what_ours_computes() {
             trained: Default::default(),
             training_data: None,
             left_right_flip: None,
+            levels: None,
         },
         weights: model::weights_bytes(&vs, d.path()).unwrap(),
     };

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod fit;
 pub mod history;
 mod io;
+pub mod levels;
 pub mod losses;
 pub mod model;
 mod plot;

@@ -176,6 +176,11 @@ pub struct ModelConfig {
     /// (the default `flip` is 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left_right_flip: Option<bool>,
+    /// Per organ, the decision level chosen on the validation cases at the end of training
+    /// (`crate::levels`; what `infer.levels: validated` decodes with). Absent when the
+    /// training had no validation cases, and in models made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<Vec<crate::levels::OrganLevel>>,
 }
 
 /// What the training images looked like on their own grids (before any crop or resample):

@@ -60,9 +60,11 @@ patch, `batch` patches per call), on CUDA or CPU.
 The outputs (SDMs, or probabilities for dice heads) are resampled linearly onto the case's
 original grid (undoing crop and resample at once), then: SDM heads, organ = sdm < 0 (the
 exact Heaviside; `sdm_threshold` moves the level), the smallest SDM winning where organs
-compete; dice heads, probability >
-0.5, the largest winning. `largest_component` keeps each organ's largest connected
-component.
+compete; dice heads, probability > 0.5, the largest winning. With `levels: validated` each
+organ decides at its own level, the one of the best mean Dice on the training's validation
+cases (chosen at the end of training, other organs at the fixed level; a contested voxel goes
+to the organ furthest past its level; the levels are in the model's model.json).
+`largest_component` then keeps each organ's largest connected component.
 
 Output: a case with the predicted label map on the original grid (same shape and affine as
 the loaded image), and <stage>/<case>.nii.gz (u8 labels 1..K in the model's organ order,
@@ -83,7 +85,8 @@ impl Plugin for LearnPlugin {
             // names too. 3: zoomed SDM targets stay within [-1, 1] and the far field of a
             // band-limited map stays saturated. 4: SDM targets are held as 16-bit integers
             // (at most 1.5e-5 of a normalised map off) in a memory-mapped training set.
-            version: 4,
+            // 5: the model carries per-organ decision levels chosen on the validation cases.
+            version: 5,
             summary: "Train the shape-aware 3D UNet (dice | sdm | joint) on libtorch, resumable",
             help: TRAIN_HELP,
             build: |p, _| {
@@ -131,6 +134,14 @@ impl Plugin for LearnPlugin {
                     return Err(ParamError {
                         path: vec!["sdm_threshold".into()],
                         message: "must be a number in (-1, 1)".into(),
+                    });
+                }
+                if p.levels == Levels::Validated && p.sdm_threshold != 0.0 {
+                    return Err(ParamError {
+                        path: vec!["sdm_threshold".into()],
+                        message: "is the fixed level: with `levels: validated` each organ's \
+                                  level comes from the model; set one or the other"
+                            .into(),
                     });
                 }
                 if !["test", "val", "train", "all"].contains(&p.split.as_str()) {
@@ -372,6 +383,10 @@ pub struct InferParams {
     /// SDM is 0 on the organ's boundary voxels, so 0 drops that layer; half the first outside
     /// step (e.g. 0.02 for normalised maps of ~25 mm reach) keeps it.
     pub sdm_threshold: f32,
+    /// The level each organ is decided at: `fixed` (sdm < `sdm_threshold`, p > 0.5) or
+    /// `validated` (per organ, the model's level of the best validation Dice).
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub levels: Levels,
     /// Write predictions on the case's original grid (else the training grid).
     pub original_grid: bool,
     /// Also write each organ's SDM (or probability) as NIfTI.
@@ -399,6 +414,7 @@ impl Default for InferParams {
             largest_component: false,
             tta: false,
             sdm_threshold: 0.0,
+            levels: Levels::Fixed,
             original_grid: true,
             write_maps: false,
             device: "auto".into(),
@@ -406,6 +422,16 @@ impl Default for InferParams {
             bf16: true,
         }
     }
+}
+
+/// How `infer` decides organs from a head's maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Levels {
+    /// Every organ at the head's fixed level.
+    Fixed,
+    /// Every organ at the level the model chose on its validation cases.
+    Validated,
 }
 
 /// A network built from a model's weights, kept while the same model is used.
@@ -425,6 +451,41 @@ struct Infer {
 }
 
 impl Infer {
+    /// Per organ, the level to decide at: the fixed one, or the models' validated levels
+    /// (averaged over an ensemble's members, as their maps are).
+    fn levels_of(&self, models: &[Model]) -> Result<Vec<f32>, StageError> {
+        let first = models
+            .first()
+            .ok_or_else(|| StageError::msg("an empty ensemble of models"))?;
+        let k = first.config.organs.len();
+        let head = first.config.mode.head();
+        if self.p.levels == Levels::Fixed {
+            return Ok(vec![
+                crate::levels::fixed_level(head, self.p.sdm_threshold);
+                k
+            ]);
+        }
+        let mut sum = vec![0.0f32; k];
+        for (i, m) in models.iter().enumerate() {
+            let levels = m
+                .config
+                .levels
+                .as_ref()
+                .filter(|l| l.len() == k)
+                .ok_or_else(|| {
+                    StageError::msg(format!(
+                        "`levels: validated`, but model {i} has no validated levels (trained \
+                     without validation cases, `train.val_every: 0`, or by an older \
+                     shapeflow): use `levels: fixed` or retrain"
+                    ))
+                })?;
+            for (s, l) in sum.iter_mut().zip(levels) {
+                *s += l.level;
+            }
+        }
+        Ok(sum.into_iter().map(|s| s / models.len() as f32).collect())
+    }
+
     /// One model's output maps over the whole image (per organ), with test-time mirroring
     /// if asked.
     fn maps_of(
@@ -642,7 +703,8 @@ impl Stage for Infer {
                 grid = orig;
             }
         }
-        let mut labels = model::labels_from_outputs(model.config.mode, &maps, self.p.sdm_threshold);
+        let levels = self.levels_of(&models)?;
+        let mut labels = crate::levels::decode(head, &maps, &levels);
         if self.p.largest_component {
             keep_largest_components(&mut labels, grid.dims, k);
         }
@@ -682,7 +744,8 @@ impl Stage for Infer {
         notes.insert(
             "prediction".into(),
             serde_json::json!({"mode": model.config.mode, "patch": self.p.patch.unwrap_or(model.config.patch), "models": models.len(), "tta": self.p.tta, "overlap": self.p.overlap,
-                "largest_component": self.p.largest_component, "sdm_threshold": self.p.sdm_threshold}),
+                "largest_component": self.p.largest_component, "sdm_threshold": self.p.sdm_threshold,
+                "levels": self.p.levels, "organ_levels": levels}),
         );
         Ok(CaseData {
             images: Vec::new(),
@@ -748,6 +811,24 @@ mod tests {
         }
     }
 
+    /// `infer.levels` at its default (`fixed`) is left out of the key: predictions made
+    /// before it existed keep theirs.
+    #[test]
+    fn infer_levels_are_keyed_only_when_validated() {
+        let r = Registry::new().with(&LearnPlugin).unwrap();
+        let ctx = BuildCtx {
+            base_dir: ".".into(),
+        };
+        let keyed = |p: serde_json::Value| r.get("infer").unwrap().build(&p, &ctx).unwrap().keyed;
+        let before = keyed(serde_json::json!({}));
+        assert!(before.get("levels").is_none());
+        assert_eq!(keyed(serde_json::json!({"levels": "fixed"})), before);
+        assert_eq!(
+            keyed(serde_json::json!({"levels": "validated"}))["levels"],
+            "validated"
+        );
+    }
+
     #[test]
     fn bad_params_name_their_field() {
         let e = build("train", serde_json::json!({"patch": [48, 40, 32]})).unwrap_err();
@@ -770,6 +851,14 @@ mod tests {
         assert_eq!(e.path, vec!["device"]);
         let e = build("infer", serde_json::json!({"split": "tests"})).unwrap_err();
         assert_eq!(e.path, vec!["split"]);
+        let e = build(
+            "infer",
+            serde_json::json!({"levels": "validated", "sdm_threshold": 0.02}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, vec!["sdm_threshold"]);
+        let e = build("infer", serde_json::json!({"levels": "best"})).unwrap_err();
+        assert_eq!(e.path, vec!["levels"]);
         build(
             "train",
             serde_json::json!({"mode": "sdm", "patch": [32, 48, 32], "net": {"depth": 4}}),

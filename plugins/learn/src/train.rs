@@ -309,6 +309,8 @@ pub struct Validation {
     /// The fraction of the organ's reference voxels where the head alone says "organ"
     /// (sdm < 0, or p > 0.5), before organs compete for voxels.
     pub inside_hit: Vec<Option<f64>>,
+    /// Per organ, the level of the best validation Dice (`crate::levels`).
+    pub levels: Vec<crate::levels::OrganLevel>,
 }
 
 /// [`validate`] with what the head predicts inside each organ: how an SDM head fails.
@@ -327,6 +329,7 @@ pub fn validate_detail(
         weights: Vec::new(),
     };
     let mut sums = vec![(0.0, 0usize); k];
+    let mut search = crate::levels::LevelSearch::new(head, k);
     for c in cases {
         let wcfg = WindowConfig {
             patch: cfg.patch,
@@ -344,6 +347,7 @@ pub fn validate_detail(
         })
         .map_err(|e| StageError::msg(format!("validation on {}: {e}", c.id)))?;
         let labels = model::labels_from_outputs(cfg.mode, &out, 0.0);
+        search.add_case(&out, &c.labels, &c.present);
         for (o, acc) in inside.iter_mut().enumerate() {
             if !c.present.get(o).copied().unwrap_or(false) {
                 continue;
@@ -392,6 +396,7 @@ pub fn validate_detail(
             .iter()
             .map(|&(_, h, n)| (n > 0).then(|| h / n as f64))
             .collect(),
+        levels: search.best(),
     })
 }
 
@@ -473,6 +478,7 @@ pub fn train(
         trained: serde_json::Value::Null,
         training_data: None,
         left_right_flip: Some(cfg.augment.flip > 0.0),
+        levels: None,
     };
     let (vs, net) = init_net(cfg, unet, s.seed, device);
     let mut adam = Adam::new(&vs, cfg.lr);
@@ -486,6 +492,7 @@ pub fn train(
     aug.batch = cfg.batch;
     let cases = Arc::new(cases);
     let bar = &s.bar;
+    let mut final_levels = None;
     bar.set_length(cfg.epochs as u64);
     bar.set_position(start as u64);
     for epoch in start..cfg.epochs {
@@ -552,6 +559,9 @@ pub fn train(
         } else {
             None
         };
+        if last {
+            final_levels = detail.as_ref().map(|d| d.levels.clone());
+        }
         let per_organ = detail.as_ref().map(|d| d.dice.clone());
         let rec = EpochRecord {
             epoch: epoch + 1,
@@ -591,9 +601,14 @@ pub fn train(
         }
     }
 
+    // The decision levels of the final network (resumed after its last epoch: validated now).
+    if final_levels.is_none() && !val.is_empty() && cfg.val_every > 0 {
+        final_levels = Some(validate_detail(&net, &mcfg, &val, device, cfg.bf16)?.levels);
+    }
     let weights = model::weights_bytes(&vs, s.scratch)?;
     let last = history.last();
     let mut mcfg = mcfg;
+    mcfg.levels = final_levels;
     mcfg.trained = serde_json::json!({
         "epochs": cfg.epochs,
         "steps": adam.step,
@@ -761,12 +776,26 @@ mod tests {
             cfg.mode = mode;
             cfg.val_every = 12;
             let t = train(&cfg, cases, val, vec![Norm::None], [2.0; 3], &s).unwrap();
-            t.history
+            let dice = t
+                .history
                 .last()
                 .unwrap()
                 .val_dice_per_organ
                 .clone()
-                .unwrap()
+                .unwrap();
+            // The model's validated levels: the search's Dice at the fixed level is the
+            // validation Dice, and the chosen level is no worse.
+            let levels = t.model.config.levels.clone().expect("validated levels");
+            assert_eq!(levels.len(), 2);
+            for (l, d) in levels.iter().zip(&dice) {
+                assert_eq!(l.cases, 1);
+                assert!(
+                    (l.dice_fixed.unwrap() - d.unwrap()).abs() < 1e-12,
+                    "{l:?} {d:?}"
+                );
+                assert!(l.dice.unwrap() >= l.dice_fixed.unwrap(), "{l:?}");
+            }
+            dice
         };
         let band = run(Some(20.0), 50.0, 10.0, Mode::JointBalanced);
         eprintln!("band-limited, k 50, balanced: Dice per organ {band:?}");
@@ -913,6 +942,7 @@ mod tests {
                 trained: Default::default(),
                 training_data: None,
                 left_right_flip: None,
+                levels: None,
             };
             validate(&net, &mc, &val, Device::Cpu, false).unwrap()[0].unwrap()
         };

@@ -46,6 +46,7 @@ fn saved_model_loads_in_pytorch_with_the_same_outputs() {
             trained: Default::default(),
             training_data: None,
             left_right_flip: None,
+            levels: None,
         },
         weights: model::weights_bytes(&vs, dir.path()).unwrap(),
     };
