@@ -1093,9 +1093,14 @@ stages:
     let infer_dir = run.join("infer");
     let names: std::collections::BTreeMap<String, String> =
         serde_json::from_slice(&std::fs::read(infer_dir.join("labels.json")).unwrap()).unwrap();
+    // Each organ at its searched level where that gains MIN_GAIN, else at 0.
     let want: Vec<f32> = levels
         .iter()
-        .map(|l| l["level"].as_f64().unwrap() as f32)
+        .map(|l| {
+            serde_json::from_value::<shapeflow_learn::levels::OrganLevel>(l.clone())
+                .unwrap()
+                .adopted(0.0)
+        })
         .collect();
     let mut checked = 0;
     for e in std::fs::read_dir(&infer_dir).unwrap().flatten() {

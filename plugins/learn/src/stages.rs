@@ -62,8 +62,9 @@ original grid (undoing crop and resample at once), then: SDM heads, organ = sdm 
 exact Heaviside; `sdm_threshold` moves the level), the smallest SDM winning where organs
 compete; dice heads, probability > 0.5, the largest winning. With `levels: validated` each
 organ decides at its own level, the one of the best mean Dice on the training's validation
-cases (chosen at the end of training, other organs at the fixed level; a contested voxel goes
-to the organ furthest past its level; the levels are in the model's model.json).
+cases (chosen at the end of training, other organs at the fixed level; kept only where it
+gains at least 0.01 over the fixed level; a contested voxel goes to the organ furthest past
+its level; the levels are in the model's model.json).
 `largest_component` then keeps each organ's largest connected component.
 
 Output: a case with the predicted label map on the original grid (same shape and affine as
@@ -113,8 +114,9 @@ impl Plugin for LearnPlugin {
         registry.add(StageDef::<InferParams> {
             name: "infer",
             // 2: test-time mirroring along the left-right axis only (it mirrored all three
-            // axes, which the training never did: it erased organs on OpenKBP).
-            version: 2,
+            // axes, which the training never did: it erased organs on OpenKBP). 3: a
+            // validated level is adopted only where it gains `levels::MIN_GAIN`.
+            version: 3,
             summary: "Sliding-window inference, back onto the original grid, NIfTI out",
             help: INFER_HELP,
             build: |p, ctx| {
@@ -480,7 +482,7 @@ impl Infer {
                     ))
                 })?;
             for (s, l) in sum.iter_mut().zip(levels) {
-                *s += l.level;
+                *s += l.adopted(crate::levels::fixed_level(head, 0.0));
             }
         }
         Ok(sum.into_iter().map(|s| s / models.len() as f32).collect())
