@@ -188,35 +188,17 @@ pub enum WindowError<E> {
 /// Heaviside); where several organs claim a voxel, the smallest (most inside) map wins.
 /// Returns a label map: 0 background, k + 1 for organ k.
 pub fn labels_from_sdms(sdms: &[Vec<f32>], level: f32) -> Vec<u8> {
-    let n = sdms.first().map(Vec::len).unwrap_or(0);
-    (0..n)
-        .map(|i| {
-            let mut best = (0u8, level);
-            for (k, m) in sdms.iter().enumerate() {
-                if m[i] < best.1 {
-                    best = ((k + 1) as u8, m[i]);
-                }
-            }
-            best.0
-        })
-        .collect()
+    crate::levels::decode(crate::losses::Head::Sdm, sdms, &vec![level; sdms.len()])
 }
 
 /// Organs from probabilities: organ `k` where its probability exceeds `threshold`, the most
 /// probable organ winning where several do.
 pub fn labels_from_probabilities(probs: &[Vec<f32>], threshold: f32) -> Vec<u8> {
-    let n = probs.first().map(Vec::len).unwrap_or(0);
-    (0..n)
-        .map(|i| {
-            let mut best = (0u8, threshold);
-            for (k, m) in probs.iter().enumerate() {
-                if m[i] > best.1 {
-                    best = ((k + 1) as u8, m[i]);
-                }
-            }
-            best.0
-        })
-        .collect()
+    crate::levels::decode(
+        crate::losses::Head::Probability,
+        probs,
+        &vec![threshold; probs.len()],
+    )
 }
 
 /// Keeps only the largest 6-connected component of each organ in `labels`.
