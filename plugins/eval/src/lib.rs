@@ -27,7 +27,8 @@ impl Plugin for EvalPlugin {
         registry.add(StageDef::<EvalParams> {
             name: "evaluate",
             // 2: records where each reference organ's voxels went (`labelled_as`).
-            version: 2,
+            // 3: and where each predicted organ's voxels came from (`came_from`).
+            version: 3,
             summary: "Per case and organ: Dice, HD95, ASSD, surface Dice, volumes (mm)",
             help: EVAL_HELP,
             build: |p, _| {
@@ -73,8 +74,10 @@ surface, from the project's EDT, not a point search.
   volumes       reference and prediction in mm3, and their relative difference
 
 Each compared organ also records where its reference voxels went (`labelled_as`: their
-count per predicted label, the organ itself, background or another organ), which the
-report tables: an organ lost to a neighbour's channel apart from one not found.
+count per predicted label, the organ itself, background or another organ) and where its
+predicted voxels came from (`came_from`: their count per reference label), which the
+report tables: an organ lost to a neighbour's channel apart from one not found, an
+over-segmentation into uncontoured tissue apart from one into a neighbour.
 
 Defined results: both masks empty: dice 1, distances 0 ("both-empty"); one empty: dice 0,
 distances +inf ("empty-prediction" / "empty-reference"). An organ not annotated in the
@@ -142,47 +145,63 @@ fn label_of(case: &CaseData, organ: &str) -> Option<u8> {
         .then_some((k + 1) as u8)
 }
 
-/// For each (reference label, predicted label) pair: the count of the reference organ's
-/// voxels per predicted label, named by `label_names` (label k: `label_names[k - 1]`, label
-/// 0: [`BACKGROUND`]), in one pass over the voxels.
-fn labelled_as(
+/// Where voxels went, per compared (reference label, predicted label) pair.
+#[derive(Debug, Default, PartialEq)]
+struct Confusion {
+    /// The reference organ's voxels per predicted label.
+    labelled_as: BTreeMap<String, u64>,
+    /// The predicted organ's voxels per reference label.
+    came_from: BTreeMap<String, u64>,
+}
+
+/// For each (reference label, predicted label) pair, in one pass over the voxels: the
+/// reference organ's voxels counted per predicted label (named by `predicted_names`) and
+/// the predicted organ's voxels per reference label (named by `reference_names`); label k
+/// is `names[k - 1]`, label 0 [`BACKGROUND`]. Counts under one name are summed.
+fn confusion(
     reference: &[u8],
     prediction: &[u8],
     pairs: &[(u8, u8)],
-    label_names: &[String],
-) -> Vec<BTreeMap<String, u64>> {
-    // counts[reference label][predicted label]
+    reference_names: &[String],
+    predicted_names: &[String],
+) -> Vec<Confusion> {
+    // counts[reference label][predicted label], over voxels of a compared label.
     let mut counts = vec![[0u64; 256]; 256];
-    let mut wanted = [false; 256];
-    for &(r, _) in pairs {
-        wanted[r as usize] = true;
+    let (mut want_r, mut want_p) = ([false; 256], [false; 256]);
+    for &(r, p) in pairs {
+        want_r[r as usize] = true;
+        want_p[p as usize] = true;
     }
     for (&r, &p) in reference.iter().zip(prediction) {
-        if wanted[r as usize] {
+        if want_r[r as usize] || want_p[p as usize] {
             counts[r as usize][p as usize] += 1;
         }
     }
-    let name = |p: usize| match p {
+    let name = |names: &[String], l: usize| match l {
         0 => BACKGROUND.to_string(),
-        p => label_names
-            .get(p - 1)
+        l => names
+            .get(l - 1)
             .cloned()
-            .unwrap_or_else(|| format!("label {p}")),
+            .unwrap_or_else(|| format!("label {l}")),
+    };
+    let by_name = |cells: &mut dyn Iterator<Item = (usize, u64)>, names: &[String]| {
+        let mut m = BTreeMap::new();
+        for (l, n) in cells.filter(|&(_, n)| n > 0) {
+            *m.entry(name(names, l)).or_default() += n;
+        }
+        m
     };
     pairs
         .iter()
-        .map(|&(r, _)| {
-            // Summed by name: two labels may share one (a predicted organ renamed to the
-            // reference organ it is compared with, beside one of that name).
-            let mut by_name = BTreeMap::new();
-            for (p, &n) in counts[r as usize]
-                .iter()
-                .enumerate()
-                .filter(|(_, &n)| n > 0)
-            {
-                *by_name.entry(name(p)).or_default() += n;
-            }
-            by_name
+        .map(|&(r, p)| Confusion {
+            labelled_as: by_name(
+                &mut counts[r as usize].iter().copied().enumerate(),
+                predicted_names,
+            ),
+            came_from: by_name(
+                &mut counts.iter().map(|row| row[p as usize]).enumerate(),
+                reference_names,
+            ),
         })
         .collect()
 }
@@ -255,14 +274,15 @@ pub fn evaluate_case(
             *n = organ.clone();
         }
     }
-    let went = labelled_as(rv, pv, &pairs, &label_names);
+    let went = confusion(rv, pv, &pairs, &reference.organs, &label_names);
     for ((organ, m), went) in names
         .into_iter()
         .zip(label_metrics(rv, pv, rl.dims, rl.spacing, &pairs, opts))
         .zip(went)
     {
         let mut r = OrganRecord::measured(&m);
-        r.labelled_as = went;
+        r.labelled_as = went.labelled_as;
+        r.came_from = went.came_from;
         out.insert(organ, r);
     }
     Ok(CaseRecord {
@@ -328,16 +348,32 @@ impl Default for ReportParams {
 
 struct Report(ReportParams);
 
-/// The table of where each reference organ's voxels went (all cases pooled): its own
-/// share, background's, and the other organs' (largest first). Empty without records.
-pub fn where_voxels_went(went: &BTreeMap<String, BTreeMap<String, u64>>) -> String {
-    if went.is_empty() {
-        return String::new();
-    }
-    let mut md = String::from(
+/// The report's voxel tables, pooled over cases: where each reference organ's voxels went
+/// (`went`, from [`OrganRecord::labelled_as`]) and where each predicted organ's voxels came
+/// from (`came`, from [`OrganRecord::came_from`]); empty when neither has any.
+pub fn where_voxels_went(
+    went: &BTreeMap<String, BTreeMap<String, u64>>,
+    came: &BTreeMap<String, BTreeMap<String, u64>>,
+) -> String {
+    let mut md = voxel_table(
+        went,
         "## Where the reference voxels went\n\nEach organ's reference voxels, all cases pooled, by the label the prediction gave them: the organ itself, background (not found), or another organ (its channel won these voxels).\n\n| organ | reference voxels | itself | background | other organs |\n|---|---|---|---|---|\n",
     );
-    for (organ, labels) in went {
+    md += &voxel_table(
+        came,
+        "## Where the predicted voxels came from\n\nEach organ's predicted voxels, all cases pooled, by their reference label: the organ itself (the precision), background (no contoured organ there), or another contoured organ.\n\n| organ | predicted voxels | itself | background | other organs |\n|---|---|---|---|---|\n",
+    );
+    md
+}
+
+/// One organ per row: its voxels' shares by label (itself, background, the others, largest
+/// first), under `head`.
+fn voxel_table(counts: &BTreeMap<String, BTreeMap<String, u64>>, head: &str) -> String {
+    if counts.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(head);
+    for (organ, labels) in counts {
         let total: u64 = labels.values().sum();
         let share = |n: u64| n as f64 / total.max(1) as f64;
         let own = labels.get(organ).copied().unwrap_or(0);
@@ -845,6 +881,8 @@ impl Stage for Report {
         let mut outcomes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
         // organ -> predicted label -> reference voxels, over all cases.
         let mut went: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        // organ -> reference label -> predicted voxels, over all cases.
+        let mut came: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut header = serde_json::Value::Null;
         for (case, inputs) in cases {
             let j = inputs.port("metrics")?.as_json().ok_or_else(|| {
@@ -868,12 +906,14 @@ impl Stage for Report {
                 if !m.is_measured() {
                     continue;
                 }
-                for (label, n) in &m.labelled_as {
-                    *went
-                        .entry(organ.clone())
-                        .or_default()
-                        .entry(label.clone())
-                        .or_default() += n;
+                for (pooled, counts) in [(&mut went, &m.labelled_as), (&mut came, &m.came_from)] {
+                    for (label, n) in counts {
+                        *pooled
+                            .entry(organ.clone())
+                            .or_default()
+                            .entry(label.clone())
+                            .or_default() += n;
+                    }
                 }
                 for k in METRICS {
                     let v = m.metric(k).unwrap_or(f64::INFINITY);
@@ -906,7 +946,7 @@ impl Stage for Report {
             );
             summary.insert(organ.clone(), serde_json::Value::Object(o));
         }
-        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary, "per_case": per_case, "labelled_as": went});
+        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary, "per_case": per_case, "labelled_as": went, "came_from": came});
         let title = self
             .0
             .title
@@ -961,7 +1001,7 @@ impl Stage for Report {
         };
         let report = format!(
             "{md}\n{}{figures}\nFiles: [metrics.csv](metrics.csv) (per case and organ), [summary.json](summary.json).\n",
-            where_voxels_went(&went)
+            where_voxels_went(&went, &came)
         );
         for (name, bytes) in [
             ("report.md", report.into_bytes()),
@@ -1011,7 +1051,7 @@ mod tests {
     /// record says where each reference organ's voxels went, under the reference's names
     /// (the prediction's `oesophagus` is compared with `Esophagus`).
     #[test]
-    fn records_where_the_reference_voxels_went() {
+    fn records_where_the_reference_and_predicted_voxels_went() {
         // Reference: 4 larynx voxels (label 1), 2 esophagus (2), 2 brainstem (3). The
         // prediction's labels: 1 oesophagus, 2 Larynx, 3 Brainstem.
         let reference = case(
@@ -1039,23 +1079,45 @@ mod tests {
             counts(&[("Esophagus", 1), (BACKGROUND, 1)])
         );
         assert_eq!(went("Brainstem"), counts(&[(BACKGROUND, 2)]));
-        // Through JSON (the cached item) and into the report's table.
+        // The predicted oesophagus took three larynx voxels and one of no organ; the
+        // predicted brainstem is empty.
+        let came = |o: &str| rec.organs[o].came_from.clone();
+        assert_eq!(
+            came("Esophagus"),
+            counts(&[("Larynx", 3), ("Esophagus", 1), (BACKGROUND, 1)])
+        );
+        assert_eq!(came("Larynx"), counts(&[("Larynx", 1)]));
+        assert!(came("Brainstem").is_empty());
+        // Through JSON (the cached item) and into the report's tables.
         let back = CaseRecord::from_json(&rec.to_json()).unwrap();
-        let mut pooled: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut went_pooled: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut came_pooled = went_pooled.clone();
         for (o, r) in &back.organs {
-            pooled.insert(o.clone(), r.labelled_as.clone());
+            went_pooled.insert(o.clone(), r.labelled_as.clone());
+            came_pooled.insert(o.clone(), r.came_from.clone());
         }
-        let md = where_voxels_went(&pooled);
+        let md = where_voxels_went(&went_pooled, &came_pooled);
+        let (went_md, came_md) = md
+            .split_once("## Where the predicted voxels came from")
+            .expect(&md);
         assert!(
-            md.contains("| Larynx | 4 | 0.250 | 0.000 | Esophagus 0.750 |"),
+            went_md.contains("| Larynx | 4 | 0.250 | 0.000 | Esophagus 0.750 |"),
             "{md}"
         );
-        assert!(md.contains("| Brainstem | 2 | 0.000 | 1.000 | – |"), "{md}");
-        assert!(where_voxels_went(&BTreeMap::new()).is_empty());
-        // Two predicted labels under one name are summed, not overwritten.
+        assert!(
+            went_md.contains("| Brainstem | 2 | 0.000 | 1.000 | – |"),
+            "{md}"
+        );
+        assert!(
+            came_md.contains("| Esophagus | 5 | 0.200 | 0.200 | Larynx 0.600 |"),
+            "{md}"
+        );
+        assert!(where_voxels_went(&BTreeMap::new(), &BTreeMap::new()).is_empty());
+        // Two labels under one name are summed, not overwritten, on both sides.
         let names = ["A".to_string(), "A".to_string()];
-        let went = labelled_as(&[1, 1, 1], &[1, 2, 0], &[(1, 1)], &names);
-        assert_eq!(went[0], counts(&[("A", 2), (BACKGROUND, 1)]));
+        let c = confusion(&[1, 1, 2, 0], &[1, 2, 1, 1], &[(1, 1)], &names, &names);
+        assert_eq!(c[0].labelled_as, counts(&[("A", 2)]));
+        assert_eq!(c[0].came_from, counts(&[("A", 2), (BACKGROUND, 1)]));
     }
 
     #[test]

@@ -35,9 +35,14 @@ pub struct OrganRecord {
     /// (at decoding, the most confident organ wins a voxel) apart from one not found.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labelled_as: BTreeMap<String, u64>,
+    /// Where the predicted organ's voxels came from: their count per reference label (the
+    /// organ itself, [`BACKGROUND`], another contoured organ), named as in `labelled_as`.
+    /// Shows an over-segmentation's source: tissue no one contoured, or a neighbour.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub came_from: BTreeMap<String, u64>,
 }
 
-/// The name of label 0 in [`OrganRecord::labelled_as`].
+/// The name of label 0 in [`OrganRecord::labelled_as`] and [`OrganRecord::came_from`].
 pub const BACKGROUND: &str = "background";
 
 /// The metrics a report summarises, by their record field names.
@@ -88,6 +93,7 @@ impl OrganRecord {
             prediction_mm3: Some(m.prediction_mm3),
             volume_difference: Some(m.volume_difference),
             labelled_as: BTreeMap::new(),
+            came_from: BTreeMap::new(),
         }
     }
 
