@@ -118,55 +118,49 @@ impl LevelSearch {
             }
             let want = (o + 1) as u8;
             let reference = labels[..n].iter().filter(|&&l| l == want).count();
-            // Per voxel, the levels at which organ o wins it form a half-line: for SDMs
-            // level > map_o - c with c = min(0, the others' maps less their fixed level);
-            // for probabilities level < map_o - c with c = max(0, the others' margins). So
-            // each voxel counts for a prefix or suffix of the sorted grid.
+            // Per voxel, the levels at which organ o wins it form a half-line. With margins
+            // "how far inside" (sign * (map - level), as `decode`), o wins at level t when
+            // sign * (m_o - t) > c, c = max(0, the others' margins at their fixed level):
+            // for SDMs (sign -1) t > m_o + c, for probabilities (sign +1) t < m_o - c, so
+            // t beyond d = m_o - sign * c. Each voxel is recorded at `at_or_past`, the first
+            // grid index past d, and counts for a suffix (SDMs) or prefix (probabilities).
+            let sign = match self.head {
+                Head::Sdm => -1.0f32,
+                Head::Probability => 1.0,
+            };
+            // Past this level (the grid's last for SDMs, first for probabilities) o wins no
+            // voxel whatever the others say.
+            let edge = match self.head {
+                Head::Sdm => self.grid[g - 1],
+                Head::Probability => self.grid[0],
+            };
             let mut pred = vec![0usize; g + 1];
             let mut inter = vec![0usize; g + 1];
             for i in 0..n {
                 let m = maps[o][i];
-                match self.head {
-                    Head::Sdm => {
-                        if m >= self.grid[g - 1] {
-                            continue;
-                        }
-                        let mut c = 0.0f32;
-                        for (j, mj) in maps.iter().enumerate().take(k) {
-                            if j != o {
-                                c = c.min(mj[i] - self.fixed);
-                            }
-                        }
-                        let d = m - c;
-                        // First grid index with level > d; counts for that index onwards.
-                        let first = self.grid.partition_point(|&t| t <= d);
-                        pred[first] += 1;
-                        if labels[i] == want {
-                            inter[first] += 1;
-                        }
-                    }
-                    Head::Probability => {
-                        if m <= self.grid[0] {
-                            continue;
-                        }
-                        let mut c = 0.0f32;
-                        for (j, mj) in maps.iter().enumerate().take(k) {
-                            if j != o {
-                                c = c.max(mj[i] - self.fixed);
-                            }
-                        }
-                        let d = m - c;
-                        // Levels below d: indices 0..end; recorded at `end`, counted for
-                        // every index below it.
-                        let end = self.grid.partition_point(|&t| t < d);
-                        pred[end] += 1;
-                        if labels[i] == want {
-                            inter[end] += 1;
-                        }
+                if sign * (m - edge) <= 0.0 {
+                    continue;
+                }
+                let mut c = 0.0f32;
+                for (j, mj) in maps.iter().enumerate().take(k) {
+                    if j != o {
+                        c = c.max(sign * (mj[i] - self.fixed));
                     }
                 }
+                let d = m - sign * c;
+                // SDMs: the first index with level > d (counted from there up);
+                // probabilities: the first with level >= d (counted below it).
+                let at_or_past = match self.head {
+                    Head::Sdm => self.grid.partition_point(|&t| t <= d),
+                    Head::Probability => self.grid.partition_point(|&t| t < d),
+                };
+                pred[at_or_past] += 1;
+                if labels[i] == want {
+                    inter[at_or_past] += 1;
+                }
             }
-            // Cumulate: SDM counts run from their index up, probability counts from theirs down.
+            // Cumulate: SDM counts run from their index up, probability counts from below
+            // theirs down.
             let (mut p, mut q) = (0usize, 0usize);
             let mut at = vec![(0usize, 0usize); g];
             match self.head {
