@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Audit the contours of an organ-files dataset (OpenKBP, PDDCA layout).
+
+Per organ, over the cases that contour it: the number of cases, the contour's volume (cc),
+its length along the slice axis (mm), and the share of its voxels below an air threshold
+(HU) in the CT; cases whose air share exceeds a limit are listed (an esophagus contour that
+covers the airway is a labelling choice the network cannot learn from the image). With
+`--predictions` (an `infer` output folder: `<case>.nii.gz` label maps and `labels.json`),
+also where each organ's false positives lie: in air, and beyond the reference's slices.
+
+    .venv-ref/bin/python python/contour_audit.py ../shared/data/openkbp/train \
+        --organs Esophagus Larynx --air-hu -500 --flag 0.1
+    .venv-ref/bin/python python/contour_audit.py ../shared/data/openkbp/validation \
+        --organs Esophagus Larynx --predictions runs/<run>/infer/joint
+
+Reads NIfTI with nibabel; needs numpy. Prints Markdown tables, then the flagged cases.
+"""
+
+import json
+
+import argparse
+import os
+import sys
+
+import nibabel as nib
+import numpy as np
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", help="folder of cases, each <case>/<image> + <case>/structures/")
+    ap.add_argument("--organs", nargs="+", required=True)
+    ap.add_argument("--image", default="ct.nii.gz")
+    ap.add_argument("--structures", default="structures")
+    ap.add_argument("--extension", default=".nii.gz")
+    ap.add_argument("--air-hu", type=float, default=-500.0, help="voxels below: air")
+    ap.add_argument("--flag", type=float, default=0.1, help="list cases above this air share")
+    ap.add_argument("--predictions", help="an infer output folder (<case>.nii.gz, labels.json)")
+    a = ap.parse_args()
+    codes = {}
+    if a.predictions:
+        try:
+            with open(os.path.join(a.predictions, "labels.json")) as f:
+                codes = {name: int(k) for k, name in json.load(f).items()}
+        except (OSError, ValueError) as e:
+            print(f"error: {a.predictions}/labels.json: {e}", file=sys.stderr)
+            return 2
+    # organ -> [predicted, true positive, false positive in air, beyond the slices]
+    fp = {o: [0, 0, 0, 0] for o in a.organs}
+    if not os.path.isdir(a.root):
+        print(f"error: {a.root}: not a folder", file=sys.stderr)
+        return 2
+    cases = sorted(d for d in os.listdir(a.root) if os.path.isdir(os.path.join(a.root, d)))
+    rows = {o: [] for o in a.organs}
+    for case in cases:
+        d = os.path.join(a.root, case)
+        ct = None
+        for organ in a.organs:
+            f = os.path.join(d, a.structures, organ + a.extension)
+            if not os.path.exists(f):
+                continue  # not contoured
+            img = nib.load(f)
+            mask = np.asarray(img.dataobj) > 0
+            if not mask.any():
+                continue
+            if ct is None:
+                ct = np.asarray(nib.load(os.path.join(d, a.image)).dataobj)
+            if ct.shape != mask.shape:
+                print(f"error: {f}: shape {mask.shape}, image {ct.shape}", file=sys.stderr)
+                return 2
+            zooms = img.header.get_zooms()[:3]
+            slices = np.flatnonzero(mask.any(axis=(0, 1)))
+            rows[organ].append(
+                (
+                    case,
+                    mask.sum() * float(np.prod(zooms)) / 1000.0,
+                    (slices[-1] - slices[0] + 1) * float(zooms[2]),
+                    float((ct[mask] < a.air_hu).mean()),
+                )
+            )
+            pf = os.path.join(a.predictions or "", case + ".nii.gz")
+            if a.predictions and organ in codes and os.path.exists(pf):
+                pred = np.asarray(nib.load(pf).dataobj) == codes[organ]
+                if pred.shape != mask.shape:
+                    print(f"error: {pf}: shape {pred.shape}, reference {mask.shape}",
+                          file=sys.stderr)
+                    return 2
+                wrong = pred & ~mask
+                beyond = np.ones(mask.shape[2], bool)
+                beyond[slices[0]:slices[-1] + 1] = False
+                fp[organ][0] += int(pred.sum())
+                fp[organ][1] += int((pred & mask).sum())
+                fp[organ][2] += int((wrong & (ct < a.air_hu)).sum())
+                fp[organ][3] += int(wrong[:, :, beyond].sum())
+    print(f"| organ | cases | volume cc, median [IQR] | length mm, median [IQR] | "
+          f"share below {a.air_hu:g} HU, median [90th pct] | cases above {a.flag:g} |")
+    print("|---|---|---|---|---|---|")
+    for organ, r in rows.items():
+        if not r:
+            print(f"| {organ} | 0 | | | | |")
+            continue
+        vol, length, air = (np.array([x[i] for x in r]) for i in (1, 2, 3))
+        q = lambda v: f"{np.median(v):.1f} [{np.percentile(v, 25):.1f}, {np.percentile(v, 75):.1f}]"
+        print(f"| {organ} | {len(r)} | {q(vol)} | {q(length)} | {np.median(air):.3f} "
+              f"[{np.percentile(air, 90):.3f}] | {int((air > a.flag).sum())} |")
+    if a.predictions:
+        print(f"\nPredictions {a.predictions}, pooled over the cases that contour the organ:\n")
+        print(f"| organ | predicted voxels | in the reference | false positives: below "
+              f"{a.air_hu:g} HU | beyond the reference's slices |")
+        print("|---|---|---|---|---|")
+        for organ, (n, tp, air, beyond) in fp.items():
+            share = lambda x, of: f"{x / of:.3f}" if of else "–"
+            print(f"| {organ} | {n} | {share(tp, n)} | {share(air, n - tp)} | "
+                  f"{share(beyond, n - tp)} |")
+    for organ, r in rows.items():
+        flagged = [f"{c} ({s:.2f})" for c, _, _, s in r if s > a.flag]
+        if flagged:
+            print(f"\n{organ}, air share above {a.flag:g}: {', '.join(flagged)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
