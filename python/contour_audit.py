@@ -16,9 +16,8 @@ also where each organ's false positives lie: in air, and beyond the reference's 
 Reads NIfTI with nibabel; needs numpy. Prints Markdown tables, then the flagged cases.
 """
 
-import json
-
 import argparse
+import json
 import os
 import sys
 
@@ -55,6 +54,8 @@ def main() -> int:
     for case in cases:
         d = os.path.join(a.root, case)
         ct = None
+        labels = None  # the case's predicted label map, read once
+        pf = os.path.join(a.predictions, case + ".nii.gz") if a.predictions else None
         for organ in a.organs:
             f = os.path.join(d, a.structures, organ + a.extension)
             if not os.path.exists(f):
@@ -78,13 +79,14 @@ def main() -> int:
                     float((ct[mask] < a.air_hu).mean()),
                 )
             )
-            pf = os.path.join(a.predictions or "", case + ".nii.gz")
-            if a.predictions and organ in codes and os.path.exists(pf):
-                pred = np.asarray(nib.load(pf).dataobj) == codes[organ]
-                if pred.shape != mask.shape:
-                    print(f"error: {pf}: shape {pred.shape}, reference {mask.shape}",
+            if pf and organ in codes and os.path.exists(pf):
+                if labels is None:
+                    labels = np.asarray(nib.load(pf).dataobj)
+                if labels.shape != mask.shape:
+                    print(f"error: {pf}: shape {labels.shape}, reference {mask.shape}",
                           file=sys.stderr)
                     return 2
+                pred = labels == codes[organ]
                 wrong = pred & ~mask
                 beyond = np.ones(mask.shape[2], bool)
                 beyond[slices[0]:slices[-1] + 1] = False

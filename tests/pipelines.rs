@@ -1652,3 +1652,71 @@ stages:
         );
     }
 }
+
+/// `python/contour_audit.py` on a one-case organ-files dataset with values known by hand:
+/// the contour's volume, length and air share, and where a prediction's false positives
+/// lie (one in air inside the contoured slices, one beyond them in tissue).
+#[test]
+fn the_contour_audit_counts_air_and_false_positives_by_hand() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let case = d.path().join("data/pt_1");
+    std::fs::create_dir_all(case.join("structures")).unwrap();
+    // 4 x 4 x 4 voxels of 5 x 5 x 2 mm. The esophagus: 4 voxels in slices 1-2, one of them
+    // air (-1000 HU); the rest of the image soft tissue (40 HU) but for one air voxel.
+    let dims = [4usize, 4, 4];
+    let at = |x: usize, y: usize, z: usize| x + 4 * (y + 4 * z);
+    let organ = [at(1, 1, 1), at(2, 1, 1), at(1, 1, 2), at(2, 1, 2)];
+    let mut ct = vec![40i16; 64];
+    ct[at(1, 1, 1)] = -1000;
+    ct[at(3, 3, 1)] = -1000;
+    let mut mask = vec![0u8; 64];
+    for &i in &organ {
+        mask[i] = 1;
+    }
+    let vol = |data| shapeflow_core::Volume::new(dims, [5.0, 5.0, 2.0], data).unwrap();
+    vol(shapeflow_core::VoxelData::I16(ct))
+        .write_nifti(&case.join("ct.nii.gz"))
+        .unwrap();
+    vol(shapeflow_core::VoxelData::U8(mask.clone()))
+        .write_nifti(&case.join("structures/Esophagus.nii.gz"))
+        .unwrap();
+    // The prediction: three of the organ's voxels, the air voxel in slice 1, a tissue voxel
+    // in slice 3 (beyond the contour).
+    let pred_dir = d.path().join("infer");
+    std::fs::create_dir_all(&pred_dir).unwrap();
+    let mut pred = vec![0u8; 64];
+    for &i in &organ[..3] {
+        pred[i] = 1;
+    }
+    pred[at(3, 3, 1)] = 1;
+    pred[at(0, 0, 3)] = 1;
+    vol(shapeflow_core::VoxelData::U8(pred))
+        .write_nifti(&pred_dir.join("pt_1.nii.gz"))
+        .unwrap();
+    write(&pred_dir, "labels.json", r#"{"1": "Esophagus"}"#);
+    let out = std::process::Command::new(py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/contour_audit.py"))
+        .arg(d.path().join("data"))
+        .args(["--organs", "Esophagus", "Larynx", "--predictions"])
+        .arg(&pred_dir)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    // 4 voxels of 50 mm3 = 0.2 cc over 2 slices of 2 mm; a quarter of it air.
+    assert!(
+        t.contains("| Esophagus | 1 | 0.2 [0.2, 0.2] | 4.0 [4.0, 4.0] | 0.250 [0.250] | 1 |"),
+        "{t}"
+    );
+    assert!(t.contains("| Larynx | 0 |"), "{t}");
+    // 5 predicted, 3 in the reference; of the 2 false positives one in air, one beyond.
+    assert!(
+        t.contains("| Esophagus | 5 | 0.600 | 0.500 | 0.500 |"),
+        "{t}"
+    );
+    assert!(
+        t.contains("Esophagus, air share above 0.1: pt_1 (0.25)"),
+        "{t}"
+    );
+}
