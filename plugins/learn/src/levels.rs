@@ -124,15 +124,11 @@ impl LevelSearch {
             // for SDMs (sign -1) t > m_o + c, for probabilities (sign +1) t < m_o - c, so
             // t beyond d = m_o - sign * c. Each voxel is recorded at `at_or_past`, the first
             // grid index past d, and counts for a suffix (SDMs) or prefix (probabilities).
-            let sign = match self.head {
-                Head::Sdm => -1.0f32,
-                Head::Probability => 1.0,
-            };
-            // Past this level (the grid's last for SDMs, first for probabilities) o wins no
-            // voxel whatever the others say.
-            let edge = match self.head {
-                Head::Sdm => self.grid[g - 1],
-                Head::Probability => self.grid[0],
+            // Past `edge` (the grid's last level for SDMs, its first for probabilities) o
+            // wins no voxel whatever the others say.
+            let (sign, edge) = match self.head {
+                Head::Sdm => (-1.0f32, self.grid[g - 1]),
+                Head::Probability => (1.0, self.grid[0]),
             };
             let mut pred = vec![0usize; g + 1];
             let mut inter = vec![0usize; g + 1];
