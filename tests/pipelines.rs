@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use shapeflow::cli::{run_pipeline, RunSettings};
 use shapeflow_formats::NiftiIo;
+use shapeflow_learn::levels::Contest;
 use std::path::Path;
 
 #[test]
@@ -1090,20 +1091,38 @@ stages:
     }
     // The predictions were decided at those levels: decoding the written maps with them
     // gives the written labels.
-    let infer_dir = run.join("infer");
-    let names: std::collections::BTreeMap<String, String> =
-        serde_json::from_slice(&std::fs::read(infer_dir.join("labels.json")).unwrap()).unwrap();
-    // Each organ at its searched level where that gains MIN_GAIN, else at 0.
-    let want: Vec<f32> = levels
+    let checked = decoded_as_written(&run.join("infer"), &adopted(&levels), Contest::OwnLevel);
+    assert!(checked >= 1);
+    // Without validation there are no levels to decide at.
+    write(d.path(), "q.yaml", &yaml(0));
+    let (r, _) = run_with_manifest(d.path(), "q.yaml", &[]);
+    let infer = r.node("infer", "default").unwrap();
+    assert!(
+        matches!(&infer.status, shapeflow_core::Status::Failed(m) if m.contains("no validated levels") && m.contains("levels: fixed")),
+        "{:?}",
+        infer.status
+    );
+}
+
+/// Each organ at its searched level where that gains MIN_GAIN, else at the fixed 0.
+fn adopted(levels: &[serde_json::Value]) -> Vec<f32> {
+    levels
         .iter()
         .map(|l| {
             serde_json::from_value::<shapeflow_learn::levels::OrganLevel>(l.clone())
                 .unwrap()
                 .adopted(0.0)
         })
-        .collect();
+        .collect()
+}
+
+/// Decodes the SDMs an `infer` folder wrote (`write_maps`) at `levels` under `contest`,
+/// checks that this gives the label maps it wrote, and returns how many cases it checked.
+fn decoded_as_written(infer_dir: &std::path::Path, levels: &[f32], contest: Contest) -> usize {
+    let names: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(infer_dir.join("labels.json")).unwrap()).unwrap();
     let mut checked = 0;
-    for e in std::fs::read_dir(&infer_dir).unwrap().flatten() {
+    for e in std::fs::read_dir(infer_dir).unwrap().flatten() {
         let file = e.file_name().to_string_lossy().to_string();
         let Some(id) = file.strip_suffix(".nii.gz") else {
             continue;
@@ -1120,21 +1139,91 @@ stages:
                     .to_f32()
             })
             .collect();
-        let decoded =
-            shapeflow_learn::levels::decode(shapeflow_learn::losses::Head::Sdm, &maps, &want);
+        let decoded = shapeflow_learn::levels::decode(
+            shapeflow_learn::losses::Head::Sdm,
+            &maps,
+            levels,
+            contest,
+        );
         let labels: Vec<u8> = pred.to_f32().iter().map(|&v| v as u8).collect();
-        assert_eq!(decoded, labels, "{id}");
+        assert_eq!(decoded.len(), labels.len(), "{id}");
+        let differ = decoded.iter().zip(&labels).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differ, 0,
+            "{id}: {differ} voxels decode otherwise under {contest:?}"
+        );
         checked += 1;
     }
-    assert!(checked >= 1);
-    // Without validation there are no levels to decide at.
-    write(d.path(), "q.yaml", &yaml(0));
-    let (r, _) = run_with_manifest(d.path(), "q.yaml", &[]);
-    let infer = r.node("infer", "default").unwrap();
+    checked
+}
+
+/// `calibrate`: levels chosen apart from training. Under the own-level contest, with the
+/// training's validation window (overlap 0.25), it chooses exactly the levels `train`
+/// recorded; under the fixed-owner contest (its default) `infer` decodes with that rule
+/// (model.json says which); `search: false` passes the model through; without validation
+/// cases it fails naming the way out.
+#[test]
+fn calibrate_chooses_levels_apart_from_training() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("Dataset004_Hippocampus");
+    hippocampus_nnunet_v2(&root, 8, 1, false);
+    let yaml = |val_fraction: f64| {
+        format!(
+            r#"
+name: calibrate
+stages:
+  load: {{stage: load, params: {{format: nnunet-v2, root: "{}", split: holdout, val_fraction: {val_fraction}, test_fraction: 0.0}}}}
+  sdm: {{stage: edt-sdm, after: [load]}}
+  augment: {{stage: augment, after: [load, sdm]}}
+  train:
+    stage: train
+    after: [load, sdm, augment]
+    params: {{mode: sdm, epochs: 2, iterations: 2, val_every: 1, patch: [16, 16, 16], net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}, device: cpu}}
+  own: {{stage: calibrate, after: [load, train], params: {{contest: own-level, overlap: 0.25, device: cpu}}}}
+  owner: {{stage: calibrate, after: [load, train], params: {{device: cpu}}}}
+  through: {{stage: calibrate, after: [load, train], params: {{search: false}}}}
+  infer: {{stage: infer, after: [load, owner], params: {{levels: validated, write_maps: true}}}}
+"#,
+            root.display()
+        )
+    };
+    write(d.path(), "p.yaml", &yaml(0.25));
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let run = manifest.parent().unwrap();
+    let json = |stage: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(run.join(stage).join("model.json")).unwrap()).unwrap()
+    };
+    let (trained, own, owner) = (json("train"), json("own"), json("owner"));
+    assert!(trained.get("contest").is_none(), "{trained}");
+    assert_eq!(
+        own["levels"], trained["levels"],
+        "the training's search, redone"
+    );
     assert!(
-        matches!(&infer.status, shapeflow_core::Status::Failed(m) if m.contains("no validated levels") && m.contains("levels: fixed")),
+        own.get("contest").is_none(),
+        "own-level is the default rule"
+    );
+    assert_eq!(json("through"), trained, "passed through");
+    assert_eq!(owner["contest"], "fixed-owner");
+    let levels = owner["levels"].as_array().expect("levels").clone();
+    assert_eq!(levels.len(), 2);
+    for l in &levels {
+        assert!(l["cases"].as_u64().unwrap() >= 1, "{l}");
+        assert!(l["dice"].as_f64() >= l["dice_fixed"].as_f64(), "{l}");
+    }
+    let checked = decoded_as_written(&run.join("infer"), &adopted(&levels), Contest::FixedOwner);
+    assert!(checked >= 1);
+    // `pipeline predict -m` takes the calibrated model: its folder is a package.
+    assert!(run.join("owner/pipeline.json").exists());
+    // No validation cases: named, with the way out.
+    write(d.path(), "q.yaml", &yaml(0.0));
+    let (r, _) = run_with_manifest(d.path(), "q.yaml", &[]);
+    let failed = r.node("owner", "default").unwrap();
+    assert!(
+        matches!(&failed.status, shapeflow_core::Status::Failed(m) if m.contains("no validation cases") && m.contains("val_fraction")),
         "{:?}",
-        infer.status
+        failed.status
     );
 }
 
@@ -1471,6 +1560,7 @@ fn exported_networks_compute_what_ours_computes() {
             training_data: None,
             left_right_flip: None,
             levels: None,
+            contest: Default::default(),
         },
         weights: model::weights_bytes(&vs, d.path()).unwrap(),
     };

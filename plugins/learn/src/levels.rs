@@ -7,10 +7,47 @@
 //! say by how much. At the end of training [`LevelSearch`] scores, per organ, every level
 //! of a fixed grid by the mean Dice over the validation cases that contour the organ, the
 //! other organs kept at the fixed level, and keeps the best (the fixed level on a tie), as
-//! nnU-Net chooses its post-processing on validation predictions. With per-organ levels a
-//! contested voxel goes to the organ furthest past its own level.
+//! nnU-Net chooses its post-processing on validation predictions. Where several organs
+//! claim a voxel, a [`Contest`] rule decides which one it goes to.
 
 use crate::losses::Head;
+
+/// Which organ a voxel goes to when several claim it at their levels. With one level for
+/// every organ both rules are the fixed decoder (the organ furthest inside wins).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contest {
+    /// The organ furthest past its own level. An organ whose level moved outward takes
+    /// voxels the fixed decoder gives another organ: levels searched one organ at a time
+    /// then fight when decoded together (OpenKBP, SDM-only head, seed 42: the brainstem's
+    /// level took the left parotid). The rule of the levels `train` chooses.
+    #[default]
+    OwnLevel,
+    /// The fixed decoder's organ for a voxel keeps it while it claims it at its own level
+    /// (and leaves it to the background otherwise); a voxel the fixed decoder leaves to the
+    /// background goes to the organ furthest inside at the fixed level among those that
+    /// claim it at their own levels. A level moves its organ out only into voxels no organ
+    /// has at the fixed level: each organ's Dice decoded together is the one its search
+    /// scored, but where two organs moved out into the same voxels.
+    FixedOwner,
+}
+
+impl Contest {
+    /// Whether this is the rule of models that do not name one (`OwnLevel`).
+    pub fn is_own_level(&self) -> bool {
+        *self == Contest::OwnLevel
+    }
+}
 
 /// The level every organ decides at unless calibrated: 0 for SDMs, 0.5 for probabilities.
 pub fn fixed_level(head: Head, sdm_level: f32) -> f32 {
@@ -30,28 +67,47 @@ pub fn grid(head: Head) -> Vec<f32> {
     }
 }
 
-/// Organ labels (1..K, 0 background) from per-organ maps, organ `k` deciding at
-/// `levels[k]`: an SDM organ where `map < level`, a probability organ where
-/// `map > level`; a voxel several organs claim goes to the one furthest past its level.
-pub fn decode(head: Head, maps: &[Vec<f32>], levels: &[f32]) -> Vec<u8> {
+/// Organ labels (1..K, 0 background) from per-organ maps, organ `k` claiming a voxel at
+/// `levels[k]`: an SDM organ where `map < level`, a probability organ where `map > level`;
+/// a voxel several organs claim goes to the winner of `contest` (the lower organ on a tie).
+pub fn decode(head: Head, maps: &[Vec<f32>], levels: &[f32], contest: Contest) -> Vec<u8> {
     let n = maps.first().map(Vec::len).unwrap_or(0);
-    // Margins are "how far inside": level - map for SDMs, map - level for probabilities.
-    let sign = match head {
-        Head::Sdm => -1.0f32,
-        Head::Probability => 1.0,
+    let sign = sign_of(head);
+    let fixed = fixed_level(head, 0.0);
+    // The organ (1..K) furthest inside among those with a positive `margin(k)` (0: none),
+    // the lower organ on a tie.
+    let furthest = |margin: &dyn Fn(usize) -> f32, score: &dyn Fn(usize) -> f32| {
+        let mut best = (0u8, f32::NEG_INFINITY);
+        for k in 0..maps.len().min(levels.len()) {
+            if margin(k) > 0.0 && score(k) > best.1 {
+                best = ((k + 1) as u8, score(k));
+            }
+        }
+        best.0
     };
     (0..n)
         .map(|i| {
-            let mut best = (0u8, 0.0f32);
-            for (k, (m, &l)) in maps.iter().zip(levels).enumerate() {
-                let margin = sign * (m[i] - l);
-                if margin > best.1 {
-                    best = ((k + 1) as u8, margin);
-                }
+            let own = |k: usize| sign * (maps[k][i] - levels[k]);
+            let at_fixed = |k: usize| sign * (maps[k][i] - fixed);
+            match contest {
+                Contest::OwnLevel => furthest(&own, &own),
+                Contest::FixedOwner => match furthest(&at_fixed, &at_fixed) {
+                    0 => furthest(&own, &at_fixed),
+                    o if own(o as usize - 1) > 0.0 => o,
+                    _ => 0,
+                },
             }
-            best.0
         })
         .collect()
+}
+
+/// Margins are "how far inside": `sign * (map - level)`, level - map for SDMs, map - level
+/// for probabilities.
+fn sign_of(head: Head) -> f32 {
+    match head {
+        Head::Sdm => -1.0,
+        Head::Probability => 1.0,
+    }
 }
 
 /// The least gain in mean validation Dice for which `infer` decides an organ at its
@@ -87,6 +143,7 @@ impl OrganLevel {
 #[derive(Debug, Clone)]
 pub struct LevelSearch {
     head: Head,
+    contest: Contest,
     fixed: f32,
     grid: Vec<f32>,
     /// Per organ, per level: the sum of the cases' Dice.
@@ -95,10 +152,11 @@ pub struct LevelSearch {
 }
 
 impl LevelSearch {
-    pub fn new(head: Head, organs: usize) -> Self {
+    pub fn new(head: Head, organs: usize, contest: Contest) -> Self {
         let grid = grid(head);
         LevelSearch {
             head,
+            contest,
             fixed: fixed_level(head, 0.0),
             sums: vec![vec![0.0; grid.len()]; organs],
             cases: vec![0; organs],
@@ -118,17 +176,24 @@ impl LevelSearch {
             }
             let want = (o + 1) as u8;
             let reference = labels[..n].iter().filter(|&&l| l == want).count();
-            // Per voxel, the levels at which organ o wins it form a half-line. With margins
-            // "how far inside" (sign * (map - level), as `decode`), o wins at level t when
-            // sign * (m_o - t) > c, c = max(0, the others' margins at their fixed level):
-            // for SDMs (sign -1) t > m_o + c, for probabilities (sign +1) t < m_o - c, so
-            // t beyond d = m_o - sign * c. Each voxel is recorded at `at_or_past`, the first
-            // grid index past d, and counts for a suffix (SDMs) or prefix (probabilities).
-            // Past `edge` (the grid's last level for SDMs, its first for probabilities) o
-            // wins no voxel whatever the others say.
-            let (sign, edge) = match self.head {
-                Head::Sdm => (-1.0f32, self.grid[g - 1]),
-                Head::Probability => (1.0, self.grid[0]),
+            // Per voxel, the levels at which organ o wins it form a half-line (or nothing),
+            // the others at the fixed level. Margins are "how far inside" (sign * (map -
+            // level), as `decode`); a_j = sign * (m_j - fixed) is organ j's at the fixed
+            // level, and the others claiming the voxel are those with a_j > 0.
+            // - OwnLevel: o wins at level t when sign * (m_o - t) > c, c = max(0, a_j): for
+            //   SDMs (sign -1) t > m_o + c, for probabilities (sign +1) t < m_o - c, so t
+            //   beyond d = m_o - sign * c.
+            // - FixedOwner: o wins when it claims the voxel (t beyond d = m_o) unless the
+            //   fixed decoder gives the voxel another organ (the j of the largest a_j > 0,
+            //   the lower on a tie), when o wins it at no level.
+            // Each voxel is recorded at `at_or_past`, the first grid index past d, and counts
+            // for a suffix (SDMs) or prefix (probabilities). Past `edge` (the grid's last
+            // level for SDMs, its first for probabilities) o wins no voxel whatever the
+            // others say.
+            let sign = sign_of(self.head);
+            let edge = match self.head {
+                Head::Sdm => self.grid[g - 1],
+                Head::Probability => self.grid[0],
             };
             let mut pred = vec![0usize; g + 1];
             let mut inter = vec![0usize; g + 1];
@@ -137,13 +202,32 @@ impl LevelSearch {
                 if sign * (m - edge) <= 0.0 {
                     continue;
                 }
-                let mut c = 0.0f32;
-                for (j, mj) in maps.iter().enumerate().take(k) {
-                    if j != o {
-                        c = c.max(sign * (mj[i] - self.fixed));
+                let d = match self.contest {
+                    Contest::OwnLevel => {
+                        let mut c = 0.0f32;
+                        for (j, mj) in maps.iter().enumerate().take(k) {
+                            if j != o {
+                                c = c.max(sign * (mj[i] - self.fixed));
+                            }
+                        }
+                        m - sign * c
                     }
-                }
-                let d = m - sign * c;
+                    Contest::FixedOwner => {
+                        // The fixed decoder's organ of the voxel: when another, o gets it
+                        // at no level.
+                        let mut owner = (usize::MAX, 0.0f32);
+                        for (j, mj) in maps.iter().enumerate().take(k) {
+                            let a = sign * (mj[i] - self.fixed);
+                            if a > owner.1 {
+                                owner = (j, a);
+                            }
+                        }
+                        if owner.0 != usize::MAX && owner.0 != o {
+                            continue;
+                        }
+                        m
+                    }
+                };
                 // SDMs: the first index with level > d (counted from there up);
                 // probabilities: the first with level >= d (counted below it).
                 let at_or_past = match self.head {
@@ -230,8 +314,15 @@ mod tests {
     use super::*;
 
     /// The Dice of organ `o` decoded with `levels`, the slow way.
-    fn dice_of(head: Head, maps: &[Vec<f32>], labels: &[u8], levels: &[f32], o: usize) -> f64 {
-        let pred = decode(head, maps, levels);
+    fn dice_of(
+        head: Head,
+        contest: Contest,
+        maps: &[Vec<f32>],
+        labels: &[u8],
+        levels: &[f32],
+        o: usize,
+    ) -> f64 {
+        let pred = decode(head, maps, levels, contest);
         let want = (o + 1) as u8;
         let (mut i, mut a, mut b) = (0, 0, 0);
         for (&p, &r) in pred.iter().zip(labels) {
@@ -251,27 +342,89 @@ mod tests {
         let a = vec![-0.5, 0.1, -0.1, 0.3];
         let b = vec![-0.2, -0.3, 0.4, 0.01];
         let maps = [a, b];
-        assert_eq!(
-            decode(Head::Sdm, &maps, &[0.0, 0.0]),
-            crate::tiling::labels_from_sdms(&maps, 0.0)
-        );
-        assert_eq!(
-            decode(Head::Sdm, &maps, &[0.02, 0.02]),
-            crate::tiling::labels_from_sdms(&maps, 0.02)
-        );
         let p = [vec![0.9, 0.2, 0.55, 0.1], vec![0.6, 0.4, 0.7, 0.3]];
+        for c in [Contest::OwnLevel, Contest::FixedOwner] {
+            assert_eq!(decode(Head::Sdm, &maps, &[0.0, 0.0], c), vec![1, 2, 1, 0]);
+            assert_eq!(decode(Head::Sdm, &maps, &[0.02, 0.02], c), vec![1, 2, 1, 2]);
+            assert_eq!(
+                decode(Head::Probability, &p, &[0.5, 0.5], c),
+                vec![1, 0, 2, 0]
+            );
+        }
+        // Per-organ levels, own-level contest: organ 2 at 0.35 takes the voxels of 0.4 and
+        // 0.7 (margins 0.05 and 0.35 against organ 1's -0.3 and 0.05); at 0.35 an SDM
+        // organ 2 takes the first voxel too (0.55 past its level against organ 1's 0.5).
         assert_eq!(
-            decode(Head::Probability, &p, &[0.5, 0.5]),
-            crate::tiling::labels_from_probabilities(&p, 0.5)
-        );
-        // Per-organ levels: organ 2 at 0.35 takes the voxels of 0.4 and 0.7 (margins 0.05
-        // and 0.35 against organ 1's -0.3 and 0.05); at 0.35 an SDM organ 2 takes the
-        // first voxel too (0.55 past its level against organ 1's 0.5).
-        assert_eq!(
-            decode(Head::Probability, &p, &[0.5, 0.35]),
+            decode(Head::Probability, &p, &[0.5, 0.35], Contest::OwnLevel),
             vec![1, 2, 2, 0]
         );
-        assert_eq!(decode(Head::Sdm, &maps, &[0.0, 0.35]), vec![2, 2, 1, 2]);
+        assert_eq!(
+            decode(Head::Sdm, &maps, &[0.0, 0.35], Contest::OwnLevel),
+            vec![2, 2, 1, 2]
+        );
+        // Fixed-owner contest: organ 2's level only adds the voxels no organ has at the
+        // fixed level (the probability 0.4, the SDM 0.01); the first voxel stays organ 1's
+        // (-0.5 is further inside than -0.2).
+        assert_eq!(
+            decode(Head::Probability, &p, &[0.5, 0.35], Contest::FixedOwner),
+            vec![1, 2, 2, 0]
+        );
+        assert_eq!(
+            decode(Head::Sdm, &maps, &[0.0, 0.35], Contest::FixedOwner),
+            vec![1, 2, 1, 2]
+        );
+    }
+
+    /// Two organs' levels searched one at a time, then decoded together (OpenKBP's SDM-only
+    /// head, seed 42, in small): organ 1 drops a false-positive blob by moving its level in
+    /// (-0.10), organ 2, biased outward, reaches its organ by moving out (+0.09). Under the
+    /// own-level contest organ 2 then takes organ 1's edge, which its search (organ 1 at
+    /// the fixed level, 0.15 inside there) never saw it win; under the fixed-owner contest
+    /// both decode as searched.
+    #[test]
+    fn levels_searched_one_at_a_time_fight_only_under_the_own_level_contest() {
+        // Organ 1: voxels 0..10; organ 2: 10..20; background 20..30.
+        let m1: Vec<f32> = (0..30)
+            .map(|i| match i {
+                0..5 => -0.2,
+                5..10 => -0.15,
+                20..23 => -0.095,
+                _ => 0.3,
+            })
+            .collect();
+        let m2: Vec<f32> = (0..30)
+            .map(|i| match i {
+                5..10 => 0.02,
+                10..20 => 0.085,
+                _ => 0.3,
+            })
+            .collect();
+        let labels: Vec<u8> = (0..30)
+            .map(|i| match i {
+                0..10 => 1,
+                10..20 => 2,
+                _ => 0,
+            })
+            .collect();
+        let maps = [m1, m2];
+        for contest in [Contest::OwnLevel, Contest::FixedOwner] {
+            let mut s = LevelSearch::new(Head::Sdm, 2, contest);
+            s.add_case(&maps, &labels, &[true, true]);
+            let best = s.best();
+            let levels = [best[0].level, best[1].level];
+            assert!((levels[0] + 0.10).abs() < 1e-6, "{contest:?}: {best:?}");
+            assert!((levels[1] - 0.09).abs() < 1e-6, "{contest:?}: {best:?}");
+            assert_eq!(best[0].dice, Some(1.0));
+            assert_eq!(best[1].dice, Some(1.0));
+            let decoded = decode(Head::Sdm, &maps, &levels, contest);
+            match contest {
+                Contest::OwnLevel => {
+                    assert_eq!(decoded[5..10], [2; 5], "organ 2 takes organ 1's edge");
+                    assert!(dice_of(Head::Sdm, contest, &maps, &labels, &levels, 0) < 0.7);
+                }
+                Contest::FixedOwner => assert_eq!(decoded, labels),
+            }
+        }
     }
 
     /// The search's Dice at every level equals decoding with that level, organ by organ,
@@ -299,28 +452,30 @@ mod tests {
                 .collect();
             let labels: Vec<u8> = (0..n).map(|_| (rnd() * 4.0) as u8 % 4).collect();
             let present = [true, true, false];
-            let mut s = LevelSearch::new(head, 3);
-            s.add_case(&maps, &labels, &present);
-            s.add_case(&maps, &labels, &present);
-            let fixed = fixed_level(head, 0.0);
-            for o in 0..2 {
-                for (t, &level) in grid(head).iter().enumerate() {
-                    let mut levels = vec![fixed; 3];
-                    levels[o] = level;
-                    let want = dice_of(head, &maps, &labels, &levels, o);
-                    let got = s.sums[o][t] / 2.0;
-                    assert!(
-                        (got - want).abs() < 1e-12,
-                        "{head:?} organ {o} level {level}: {got} vs {want}"
-                    );
+            for contest in [Contest::OwnLevel, Contest::FixedOwner] {
+                let mut s = LevelSearch::new(head, 3, contest);
+                s.add_case(&maps, &labels, &present);
+                s.add_case(&maps, &labels, &present);
+                let fixed = fixed_level(head, 0.0);
+                for o in 0..2 {
+                    for (t, &level) in grid(head).iter().enumerate() {
+                        let mut levels = vec![fixed; 3];
+                        levels[o] = level;
+                        let want = dice_of(head, contest, &maps, &labels, &levels, o);
+                        let got = s.sums[o][t] / 2.0;
+                        assert!(
+                            (got - want).abs() < 1e-12,
+                            "{head:?} {contest:?} organ {o} level {level}: {got} vs {want}"
+                        );
+                    }
                 }
-            }
-            let best = s.best();
-            assert_eq!(best[2].cases, 0, "an organ no case contours is not scored");
-            assert_eq!(best[2].level, fixed);
-            for b in &best[..2] {
-                assert_eq!(b.cases, 2);
-                assert!(b.dice >= b.dice_fixed);
+                let best = s.best();
+                assert_eq!(best[2].cases, 0, "an organ no case contours is not scored");
+                assert_eq!(best[2].level, fixed);
+                for b in &best[..2] {
+                    assert_eq!(b.cases, 2);
+                    assert!(b.dice >= b.dice_fixed);
+                }
             }
         }
     }
@@ -341,14 +496,17 @@ mod tests {
             })
             .collect();
         let labels: Vec<u8> = (0..40).map(|i| (15..25).contains(&i) as u8).collect();
-        let mut s = LevelSearch::new(Head::Sdm, 1);
+        let mut s = LevelSearch::new(Head::Sdm, 1, Contest::OwnLevel);
         s.add_case(std::slice::from_ref(&truth), &labels, &[true]);
         let best = s.best()[0];
         assert_eq!(best.dice_fixed, Some(0.0));
         assert_eq!(best.dice, Some(1.0));
         assert!((best.level - 0.05).abs() < 1e-6, "{best:?}");
         assert_eq!(best.adopted(0.0), best.level);
-        assert_eq!(decode(Head::Sdm, &[truth], &[best.level]), labels);
+        assert_eq!(
+            decode(Head::Sdm, &[truth], &[best.level], Contest::OwnLevel),
+            labels
+        );
         // A gain below MIN_GAIN keeps the fixed level.
         let slight = OrganLevel {
             dice: Some(0.505),

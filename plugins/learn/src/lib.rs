@@ -1,9 +1,10 @@
 //! The `learn` family on libtorch (tch): the paper's 3D UNet and its losses, the training
-//! loop, and the `train` and `infer` stages.
+//! loop, and the `train`, `calibrate` and `infer` stages.
 
 pub mod adam;
 pub mod amp;
 pub mod augment;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod fit;
 pub mod history;

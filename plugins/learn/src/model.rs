@@ -181,6 +181,10 @@ pub struct ModelConfig {
     /// training had no validation cases, and in models made before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub levels: Option<Vec<crate::levels::OrganLevel>>,
+    /// The contest rule `levels` were searched under, and decode with (`own-level`, the
+    /// rule of `train`'s levels, is left out of model.json).
+    #[serde(default, skip_serializing_if = "crate::levels::Contest::is_own_level")]
+    pub contest: crate::levels::Contest,
 }
 
 /// What the training images looked like on their own grids (before any crop or resample):

@@ -1,6 +1,7 @@
-//! The `train` and `infer` stages.
+//! The `train`, `calibrate` and `infer` stages.
 
 use crate::augment::{AugmentConfig, TrainSetBuilder};
+use crate::levels::Contest;
 use crate::model::{self, Model, Norm};
 use crate::sampler::{self, Augment, SamplerData};
 use crate::tiling::{keep_largest_components, sliding_window, WindowConfig};
@@ -16,7 +17,7 @@ use shapeflow_formats::NiftiIo;
 use std::sync::{Arc, Mutex};
 use tch::Device;
 
-/// Registers `train` and `infer`.
+/// Registers `train`, `augment`, `calibrate` and `infer`.
 pub struct LearnPlugin;
 
 const TRAIN_HELP: &str = r#"
@@ -61,10 +62,11 @@ The outputs (SDMs, or probabilities for dice heads) are resampled linearly onto 
 original grid (undoing crop and resample at once), then: SDM heads, organ = sdm < 0 (the
 exact Heaviside; `sdm_threshold` moves the level), the smallest SDM winning where organs
 compete; dice heads, probability > 0.5, the largest winning. With `levels: validated` each
-organ decides at its own level, the one of the best mean Dice on the training's validation
-cases (chosen at the end of training, other organs at the fixed level; kept only where it
-gains at least 0.01 over the fixed level; a contested voxel goes to the organ furthest past
-its level; the levels are in the model's model.json).
+organ decides at the level the model carries (kept only where it gained at least 0.01 mean
+validation Dice over the fixed level), under the model's contest rule: levels chosen by a
+`calibrate` stage (its `contest`, `fixed-owner` by default) or by `train` at the end of
+training (`own-level`: a contested voxel goes to the organ furthest past its level); the
+levels and the rule are in the model's model.json.
 `largest_component` then keeps each organ's largest connected component.
 
 Output: a case with the predicted label map on the original grid (same shape and affine as
@@ -111,12 +113,27 @@ impl Plugin for LearnPlugin {
                 Ok(Arc::new(Augment(p)))
             },
         });
+        registry.add(StageDef::<crate::calibrate::CalibrateParams> {
+            name: "calibrate",
+            version: 1,
+            summary:
+                "Per-organ decision levels chosen on the validation cases, apart from training",
+            help: crate::calibrate::HELP,
+            build: |p, _| {
+                p.check().map_err(|(field, message)| ParamError {
+                    path: vec![field],
+                    message,
+                })?;
+                Ok(Arc::new(crate::calibrate::Calibrate(p)))
+            },
+        });
         registry.add(StageDef::<InferParams> {
             name: "infer",
             // 2: test-time mirroring along the left-right axis only (it mirrored all three
             // axes, which the training never did: it erased organs on OpenKBP). 3: a
-            // validated level is adopted only where it gains `levels::MIN_GAIN`.
-            version: 3,
+            // validated level is adopted only where it gains `levels::MIN_GAIN`. 4: validated
+            // levels decode under the model's contest rule (`calibrate`'s `fixed-owner`).
+            version: 4,
             summary: "Sliding-window inference, back onto the original grid, NIfTI out",
             help: INFER_HELP,
             build: |p, ctx| {
@@ -386,7 +403,8 @@ pub struct InferParams {
     /// step (e.g. 0.02 for normalised maps of ~25 mm reach) keeps it.
     pub sdm_threshold: f32,
     /// The level each organ is decided at: `fixed` (sdm < `sdm_threshold`, p > 0.5) or
-    /// `validated` (per organ, the model's level of the best validation Dice).
+    /// `validated` (per organ, the model's level of the best validation Dice, from
+    /// `calibrate` or `train`, decoded under the model's contest rule).
     #[schemars(extend("x-key-omits-default" = true))]
     pub levels: Levels,
     /// Write predictions on the case's original grid (else the training grid).
@@ -432,7 +450,8 @@ impl Default for InferParams {
 pub enum Levels {
     /// Every organ at the head's fixed level.
     Fixed,
-    /// Every organ at the level the model chose on its validation cases.
+    /// Every organ at the level the model carries (chosen on validation cases by
+    /// `calibrate` or `train`), under the model's contest rule.
     Validated,
 }
 
@@ -454,18 +473,23 @@ struct Infer {
 
 impl Infer {
     /// Per organ, the level to decide at: the fixed one, or the models' validated levels
-    /// (averaged over an ensemble's members, as their maps are).
-    fn levels_of(&self, models: &[Model]) -> Result<Vec<f32>, StageError> {
+    /// (averaged over an ensemble's members, as their maps are); and the contest rule.
+    fn levels_of(&self, models: &[Model]) -> Result<(Vec<f32>, Contest), StageError> {
         let first = models
             .first()
             .ok_or_else(|| StageError::msg("an empty ensemble of models"))?;
         let k = first.config.organs.len();
         let head = first.config.mode.head();
         if self.p.levels == Levels::Fixed {
-            return Ok(vec![
-                crate::levels::fixed_level(head, self.p.sdm_threshold);
-                k
-            ]);
+            let level = crate::levels::fixed_level(head, self.p.sdm_threshold);
+            return Ok((vec![level; k], Contest::OwnLevel));
+        }
+        let contest = first.config.contest;
+        if let Some(i) = models.iter().position(|m| m.config.contest != contest) {
+            return Err(StageError::msg(format!(
+                "ensemble member {i}'s levels were chosen under the {:?} contest, member                  0's under {contest:?}: calibrate them alike",
+                models[i].config.contest
+            )));
         }
         let mut sum = vec![0.0f32; k];
         for (i, m) in models.iter().enumerate() {
@@ -485,7 +509,8 @@ impl Infer {
                 *s += l.adopted(crate::levels::fixed_level(head, 0.0));
             }
         }
-        Ok(sum.into_iter().map(|s| s / models.len() as f32).collect())
+        let n = models.len() as f32;
+        Ok((sum.into_iter().map(|s| s / n).collect(), contest))
     }
 
     /// One model's output maps over the whole image (per organ), with test-time mirroring
@@ -705,8 +730,8 @@ impl Stage for Infer {
                 grid = orig;
             }
         }
-        let levels = self.levels_of(&models)?;
-        let mut labels = crate::levels::decode(head, &maps, &levels);
+        let (levels, contest) = self.levels_of(&models)?;
+        let mut labels = crate::levels::decode(head, &maps, &levels, contest);
         if self.p.largest_component {
             keep_largest_components(&mut labels, grid.dims, k);
         }
@@ -747,7 +772,8 @@ impl Stage for Infer {
             "prediction".into(),
             serde_json::json!({"mode": model.config.mode, "patch": self.p.patch.unwrap_or(model.config.patch), "models": models.len(), "tta": self.p.tta, "overlap": self.p.overlap,
                 "largest_component": self.p.largest_component, "sdm_threshold": self.p.sdm_threshold,
-                "levels": self.p.levels, "organ_levels": levels}),
+                "levels": self.p.levels, "organ_levels": levels,
+                "contest": (self.p.levels == Levels::Validated).then_some(contest)}),
         );
         Ok(CaseData {
             images: Vec::new(),

@@ -188,7 +188,12 @@ pub enum WindowError<E> {
 /// Heaviside); where several organs claim a voxel, the smallest (most inside) map wins.
 /// Returns a label map: 0 background, k + 1 for organ k.
 pub fn labels_from_sdms(sdms: &[Vec<f32>], level: f32) -> Vec<u8> {
-    crate::levels::decode(crate::losses::Head::Sdm, sdms, &vec![level; sdms.len()])
+    crate::levels::decode(
+        crate::losses::Head::Sdm,
+        sdms,
+        &vec![level; sdms.len()],
+        crate::levels::Contest::OwnLevel,
+    )
 }
 
 /// Organs from probabilities: organ `k` where its probability exceeds `threshold`, the most
@@ -198,6 +203,7 @@ pub fn labels_from_probabilities(probs: &[Vec<f32>], threshold: f32) -> Vec<u8> 
         crate::losses::Head::Probability,
         probs,
         &vec![threshold; probs.len()],
+        crate::levels::Contest::OwnLevel,
     )
 }
 

@@ -329,7 +329,8 @@ pub fn validate_detail(
         weights: Vec::new(),
     };
     let mut sums = vec![(0.0, 0usize); k];
-    let mut search = crate::levels::LevelSearch::new(head, k);
+    // `train`'s levels: the own-level contest (a `calibrate` stage searches under another).
+    let mut search = crate::levels::LevelSearch::new(head, k, crate::levels::Contest::OwnLevel);
     for c in cases {
         let wcfg = WindowConfig {
             patch: cfg.patch,
@@ -479,6 +480,7 @@ pub fn train(
         training_data: None,
         left_right_flip: Some(cfg.augment.flip > 0.0),
         levels: None,
+        contest: Default::default(),
     };
     let (vs, net) = init_net(cfg, unet, s.seed, device);
     let mut adam = Adam::new(&vs, cfg.lr);
@@ -943,6 +945,7 @@ mod tests {
                 training_data: None,
                 left_right_flip: None,
                 levels: None,
+                contest: Default::default(),
             };
             validate(&net, &mc, &val, Device::Cpu, false).unwrap()[0].unwrap()
         };

@@ -47,6 +47,7 @@ fn saved_model_loads_in_pytorch_with_the_same_outputs() {
             training_data: None,
             left_right_flip: None,
             levels: None,
+            contest: Default::default(),
         },
         weights: model::weights_bytes(&vs, dir.path()).unwrap(),
     };

@@ -1,0 +1,227 @@
+//! The `calibrate` stage: per-organ decision levels chosen on the validation cases, apart
+//! from training (as nnU-Net chooses its post-processing after training): changing how
+//! levels are chosen recomputes a pass over the validation cases, never a training.
+
+use crate::levels::{Contest, LevelSearch};
+use crate::model::{self, Model};
+use crate::tiling::{sliding_window, WindowConfig};
+use serde::{Deserialize, Serialize};
+use shapeflow_core::{
+    CaseInfo, Inputs, Item, Kind, Port, Shape, Stage, StageCtx, StageError, VoxelData,
+};
+
+pub const HELP: &str = r#"
+Chooses per-organ decision levels for a trained model (the `train` stage, a whole-dataset
+input) on the validation cases (split `val`, held out of training): the model's maps over
+each validation case (sliding window on the training grid, as `infer` makes them without
+test-time mirroring), then per organ the level of the best mean Dice over the cases that
+contour it, every other organ at the fixed level (SDM heads: -0.5..0.5 in steps of 0.01;
+probability heads: 0.05..0.95 in steps of 0.05). Output: the same model carrying the
+levels and the `contest` rule they were searched under; `infer` with `levels: validated`
+decodes with them (a level is adopted only where it gains at least 0.01 mean Dice).
+
+`contest` decides a voxel several organs claim at their levels. `fixed-owner` (default):
+the fixed decoder's organ keeps its voxels while it claims them, and only voxels no organ
+has at the fixed level go to an organ whose level moved out, so organs decoded together
+score as their searches did. `own-level`: the organ furthest past its own level wins (the
+rule of the levels `train` records at the end of training), where one organ's level can
+take another's voxels.
+
+`search: false` passes the model through unchanged (for a pipeline whose variants
+calibrate only some of their models). Writes the model's files like `train` (model.json
+with the levels), so `pipeline predict -m` takes the calibrated model.
+"#;
+
+/// Params of `calibrate`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrateParams {
+    /// Input holding the cases on the training grid (default: the first per-case input).
+    pub cases: Option<String>,
+    /// The `train` stage (default: the whole-dataset input).
+    pub model: Option<String>,
+    /// Search levels; false: the model passes through unchanged.
+    pub search: bool,
+    /// How a voxel several organs claim is decided.
+    pub contest: Contest,
+    /// Fraction of a window shared with its neighbour (as `infer`).
+    pub overlap: f64,
+    /// Gaussian weight sd, as a fraction of the window (as `infer`).
+    pub sigma: f64,
+    /// Windows per network call.
+    #[schemars(extend("x-execution" = true))]
+    pub batch: usize,
+    /// Where to run; auto: CUDA when present.
+    pub device: String,
+    /// libtorch threads (0: one per core).
+    #[schemars(extend("x-execution" = true))]
+    pub threads: usize,
+    /// bfloat16 autocast on CUDA.
+    pub bf16: bool,
+}
+
+impl Default for CalibrateParams {
+    fn default() -> Self {
+        CalibrateParams {
+            cases: None,
+            model: None,
+            search: true,
+            contest: Contest::FixedOwner,
+            overlap: 0.5,
+            sigma: 0.125,
+            batch: 2,
+            device: "auto".into(),
+            threads: 0,
+            bf16: true,
+        }
+    }
+}
+
+impl CalibrateParams {
+    /// The first invalid field and why.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        model::parse_device(&self.device).map_err(|e| ("device".to_string(), e))?;
+        if !(0.0..0.95).contains(&self.overlap) {
+            return Err(("overlap".into(), "must be in [0, 0.95)".into()));
+        }
+        if !(self.sigma.is_finite() && self.sigma > 0.0) {
+            return Err(("sigma".into(), "must be a positive number".into()));
+        }
+        Ok(())
+    }
+}
+
+pub struct Calibrate(pub CalibrateParams);
+
+impl Stage for Calibrate {
+    fn output(&self) -> Kind {
+        Kind::Model
+    }
+
+    fn ports(&self) -> Vec<Port> {
+        vec![
+            Port::new("cases", Kind::Case).from_param("cases", self.0.cases.as_deref()),
+            Port::new("model", Kind::Model).from_param("model", self.0.model.as_deref()),
+        ]
+    }
+
+    fn shape(&self) -> Shape {
+        Shape::Gather
+    }
+    fn resource(&self) -> Option<String> {
+        Some("gpu".into())
+    }
+    /// The validation cases, when searching (passing through reads none).
+    fn accepts(&self, case: &CaseInfo) -> bool {
+        self.0.search && case.split.as_deref() == Some("val")
+    }
+
+    /// A run that reuses a cached model still gets its files (for `pipeline predict`).
+    fn publish(&self, ctx: &StageCtx, item: &Item) -> Result<(), StageError> {
+        if ctx.output_dir.join("model.safetensors").exists() {
+            return Ok(());
+        }
+        crate::history::write_model(&ctx.output_dir, &Model::from_item(item)?)
+    }
+
+    fn run_all(
+        &self,
+        ctx: &StageCtx,
+        cases: &[(CaseInfo, Inputs)],
+        global: &Inputs,
+    ) -> Result<Item, StageError> {
+        let item = global.port("model")?;
+        if item.ensemble_members().is_some() {
+            return Err(StageError::msg(
+                "`model` is an ensemble: calibrate takes one trained model",
+            ));
+        }
+        let mut model = Model::from_item(item)?;
+        if !self.0.search {
+            crate::history::write_model(&ctx.output_dir, &model)?;
+            return Ok(item.clone());
+        }
+        if cases.is_empty() {
+            return Err(StageError::msg(
+                "no validation cases (split `val`) to choose levels on: hold some training \
+                 cases out (`load`'s `val_fraction`, or a split file) or set `search: false`",
+            ));
+        }
+        let device = model::parse_device(&self.0.device).map_err(StageError::msg)?;
+        model::check_device(device)?;
+        if self.0.threads > 0 {
+            tch::set_num_threads(self.0.threads as i32);
+        }
+        let (_vs, net) = model.load(device, &ctx.scratch)?;
+        let k = model.config.organs.len();
+        let head = model.config.mode.head();
+        let patch = model.config.patch;
+        let wcfg = WindowConfig {
+            patch,
+            overlap: self.0.overlap,
+            sigma: self.0.sigma,
+            batch: self.0.batch.max(1),
+        };
+        let mut search = LevelSearch::new(head, k, self.0.contest);
+        let bar = ctx.progress.bar(
+            cases.len() as u64,
+            &format!("{} validation cases", ctx.stage_id),
+        );
+        for (info, inputs) in cases {
+            let at = |e: String| StageError::msg(format!("case `{}`: {e}", info.id));
+            let case = inputs.case("cases").map_err(|e| at(e.to_string()))?;
+            let image = case
+                .image()
+                .ok_or_else(|| at("the case has no image".into()))?;
+            case.check_grids().map_err(at)?;
+            if case.organs != model.config.organs {
+                return Err(at(format!(
+                    "its organs {:?} differ from the model's {:?}",
+                    case.organs, model.config.organs
+                )));
+            }
+            let Some(VoxelData::U8(labels)) = case.labels.as_ref().map(|l| &l.data) else {
+                return Err(at("the case has no u8 label map".into()));
+            };
+            let x = model::normalised_input(&model.config.norm, &case.images)?;
+            // Per channel, what lies outside the image: its smallest value (air in a CT).
+            let pads: Vec<f32> = x
+                .chunks(image.len().max(1))
+                .map(|c| c.iter().copied().fold(f32::INFINITY, f32::min))
+                .collect();
+            let maps = sliding_window(&x, image.dims, k, &wcfg, &pads, &mut |p| {
+                if ctx.cancel.is_cancelled() {
+                    return Err(tch::TchError::Kind("cancelled".into()));
+                }
+                model.predict(&net, p, patch, device, self.0.bf16)
+            })
+            .map_err(|e| {
+                if ctx.cancel.is_cancelled() {
+                    StageError::Cancelled
+                } else {
+                    at(e.to_string())
+                }
+            })?;
+            search.add_case(&maps, labels, &case.present);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let levels = search.best();
+        for (organ, l) in model.config.organs.iter().zip(&levels) {
+            let dice = |d: Option<f64>| d.map_or("-".to_string(), |d| format!("{d:.3}"));
+            tracing::info!(
+                organ = %organ,
+                level = %format!("{:.2}", l.level),
+                dice = %dice(l.dice),
+                dice_fixed = %dice(l.dice_fixed),
+                cases = l.cases,
+                contest = ?self.0.contest,
+                "validated level"
+            );
+        }
+        model.config.levels = Some(levels);
+        model.config.contest = self.0.contest;
+        crate::history::write_model(&ctx.output_dir, &model)?;
+        Ok(model.to_item())
+    }
+}
