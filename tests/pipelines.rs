@@ -1182,6 +1182,7 @@ stages:
   own: {{stage: calibrate, after: [load, train], params: {{contest: own-level, overlap: 0.25, device: cpu}}}}
   owner: {{stage: calibrate, after: [load, train], params: {{device: cpu}}}}
   through: {{stage: calibrate, after: [load, train], params: {{search: false}}}}
+  together: {{stage: calibrate, after: [load, train], params: {{joint: true, contest: own-level, device: cpu}}}}
   infer: {{stage: infer, after: [load, owner], params: {{levels: validated, write_maps: true}}}}
 "#,
             root.display()
@@ -1205,6 +1206,9 @@ stages:
         "own-level is the default rule"
     );
     assert_eq!(json("through"), trained, "passed through");
+    let together = json("together");
+    let joint = together["levels"].as_array().expect("levels");
+    assert!(joint.iter().all(|l| l["joint"] == true), "{together}");
     assert_eq!(owner["contest"], "fixed-owner");
     let levels = owner["levels"].as_array().expect("levels").clone();
     assert_eq!(levels.len(), 2);

@@ -2,7 +2,7 @@
 //! from training (as nnU-Net chooses its post-processing after training): changing how
 //! levels are chosen recomputes a pass over the validation cases, never a training.
 
-use crate::levels::{Contest, LevelSearch};
+use crate::levels::{Contest, JointSearch, LevelSearch, OrganLevel};
 use crate::model::{self, Model};
 use crate::tiling::{sliding_window, WindowConfig};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,12 @@ score as their searches did. `own-level`: the organ furthest past its own level 
 rule of the levels `train` records at the end of training), where one organ's level can
 take another's voxels.
 
+`joint: true` searches the organs' levels together: from the fixed levels, each organ in
+turn takes the level of the best mean Dice over all organs with the others at their
+current levels (what its level takes from another organ counted against it), where that
+gains at least 0.01, in rounds until none moves (at most 4); it keeps each validation
+case's voxels near some organ (every organ's map there) in memory.
+
 `search: false` passes the model through unchanged (for a pipeline whose variants
 calibrate only some of their models). Writes the model's files like `train` (model.json
 with the levels), so `pipeline predict -m` takes the calibrated model.
@@ -44,6 +50,10 @@ pub struct CalibrateParams {
     pub search: bool,
     /// How a voxel several organs claim is decided.
     pub contest: Contest,
+    /// Search the organs' levels together (coordinate ascent on the mean Dice of all
+    /// organs, what one organ's level takes from another counted); false: each organ's
+    /// alone, the others at the fixed level (as `train`).
+    pub joint: bool,
     /// Fraction of a window shared with its neighbour (as `infer`).
     pub overlap: f64,
     /// Gaussian weight sd, as a fraction of the window (as `infer`).
@@ -67,6 +77,7 @@ impl Default for CalibrateParams {
             model: None,
             search: true,
             contest: Contest::FixedOwner,
+            joint: false,
             overlap: 0.5,
             sigma: 0.125,
             batch: 2,
@@ -92,6 +103,11 @@ impl CalibrateParams {
 }
 
 pub struct Calibrate(pub CalibrateParams);
+
+enum Search {
+    Joint(JointSearch),
+    Alone(LevelSearch),
+}
 
 impl Stage for Calibrate {
     fn output(&self) -> Kind {
@@ -162,7 +178,11 @@ impl Stage for Calibrate {
             sigma: self.0.sigma,
             batch: self.0.batch.max(1),
         };
-        let mut search = LevelSearch::new(head, k, self.0.contest);
+        let mut search = if self.0.joint {
+            Search::Joint(JointSearch::new(head, k, self.0.contest))
+        } else {
+            Search::Alone(LevelSearch::new(head, k, self.0.contest))
+        };
         let bar = ctx.progress.bar(
             cases.len() as u64,
             &format!("{} validation cases", ctx.stage_id),
@@ -202,11 +222,17 @@ impl Stage for Calibrate {
                     at(e.to_string())
                 }
             })?;
-            search.add_case(&maps, labels, &case.present);
+            match &mut search {
+                Search::Joint(s) => s.add_case(&maps, labels, &case.present),
+                Search::Alone(s) => s.add_case(&maps, labels, &case.present),
+            }
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let levels = search.best();
+        let levels: Vec<OrganLevel> = match &search {
+            Search::Joint(s) => s.best(),
+            Search::Alone(s) => s.best(),
+        };
         for (organ, l) in model.config.organs.iter().zip(&levels) {
             let dice = |d: Option<f64>| d.map_or("-".to_string(), |d| format!("{d:.3}"));
             tracing::info!(
