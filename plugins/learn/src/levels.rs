@@ -810,14 +810,13 @@ mod tests {
                         levels[o] = level;
                         let mut want = 0.0;
                         for j in 0..3 {
-                            let with: Vec<usize> = (0..2).filter(|&c| present[c][j]).collect();
-                            let sum: f64 = with
+                            let with: Vec<_> = cases
                                 .iter()
-                                .map(|&c| {
-                                    dice_of(head, contest, &cases[c].0, &cases[c].1, &levels, j)
-                                })
-                                .sum();
-                            want += sum / with.len() as f64;
+                                .zip(&present)
+                                .filter(|(_, p)| p[j])
+                                .map(|(c, _)| dice_of(head, contest, &c.0, &c.1, &levels, j))
+                                .collect();
+                            want += with.iter().sum::<f64>() / with.len() as f64;
                         }
                         assert!(
                             (got[t] - want).abs() < 1e-9,
