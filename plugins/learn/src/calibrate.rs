@@ -244,6 +244,15 @@ impl Stage for Calibrate {
                 contest = ?self.0.contest,
                 "validated level"
             );
+            if let (Some(d), Some(f)) = (l.dice, l.dice_fixed) {
+                if d < f {
+                    tracing::warn!(
+                        organ = %organ,
+                        "its mean validation Dice falls at the levels searched together ({f:.3} \
+                         -> {d:.3}): they gain more on other organs"
+                    );
+                }
+            }
         }
         model.config.levels = Some(levels);
         model.config.contest = self.0.contest;
