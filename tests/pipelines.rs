@@ -1218,8 +1218,38 @@ stages:
     }
     let checked = decoded_as_written(&run.join("infer"), &adopted(&levels), Contest::FixedOwner);
     assert!(checked >= 1);
-    // `pipeline predict -m` takes the calibrated model: its folder is a package.
-    assert!(run.join("owner/pipeline.json").exists());
+    // `pipeline predict -m` takes the calibrated model's folder and decides as `infer` did.
+    let out = d.path().join("predicted");
+    let p = run_child(
+        d.path(),
+        &[
+            "predict",
+            "-m",
+            run.join("owner").to_str().unwrap(),
+            "-i",
+            root.join("imagesTs").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(p.status.code(), Some(0), "{}", text(&p));
+    let mut same = 0;
+    for e in std::fs::read_dir(&out).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".nii.gz") {
+            let inferred = shapeflow_core::Volume::read_nifti(&run.join("infer").join(&name));
+            assert_eq!(
+                shapeflow_core::Volume::read_nifti(&e.path()).unwrap(),
+                inferred.unwrap(),
+                "{name}"
+            );
+            same += 1;
+        }
+    }
+    assert_eq!(
+        same, 3,
+        "the test image's labels and its two maps (`write_maps`)"
+    );
     // No validation cases: named, with the way out.
     write(d.path(), "q.yaml", &yaml(0.0));
     let (r, _) = run_with_manifest(d.path(), "q.yaml", &[]);
