@@ -1157,11 +1157,11 @@ fn decoded_as_written(infer_dir: &std::path::Path, levels: &[f32], contest: Cont
     checked
 }
 
-/// `calibrate`: levels chosen apart from training. Under the own-level contest, with the
-/// training's validation window (overlap 0.25), it chooses exactly the levels `train`
-/// recorded; under the fixed-owner contest (its default) `infer` decodes with that rule
-/// (model.json says which); `search: false` passes the model through; without validation
-/// cases it fails naming the way out.
+/// `calibrate`: levels chosen apart from training. Each organ alone under the own-level
+/// contest, with the training's validation window (overlap 0.25), it chooses exactly the
+/// levels `train` recorded; under the fixed-owner contest `infer` decodes with that rule
+/// (model.json says which); by default the levels are searched together; `search: false`
+/// passes the model through; without validation cases it fails naming the way out.
 #[test]
 fn calibrate_chooses_levels_apart_from_training() {
     let d = tempfile::tempdir().unwrap();
@@ -1179,10 +1179,10 @@ stages:
     stage: train
     after: [load, sdm, augment]
     params: {{mode: sdm, epochs: 2, iterations: 2, val_every: 1, patch: [16, 16, 16], net: {{depth: 2, base_channels: 4, max_channels: 8, groups: 2}}, device: cpu}}
-  own: {{stage: calibrate, after: [load, train], params: {{contest: own-level, overlap: 0.25, device: cpu}}}}
-  owner: {{stage: calibrate, after: [load, train], params: {{device: cpu}}}}
+  own: {{stage: calibrate, after: [load, train], params: {{joint: false, overlap: 0.25, device: cpu}}}}
+  owner: {{stage: calibrate, after: [load, train], params: {{contest: fixed-owner, joint: false, device: cpu}}}}
   through: {{stage: calibrate, after: [load, train], params: {{search: false}}}}
-  together: {{stage: calibrate, after: [load, train], params: {{joint: true, contest: own-level, device: cpu}}}}
+  together: {{stage: calibrate, after: [load, train], params: {{device: cpu}}}}
   infer: {{stage: infer, after: [load, owner], params: {{levels: validated, write_maps: true}}}}
 "#,
             root.display()

@@ -20,18 +20,22 @@ probability heads: 0.05..0.95 in steps of 0.05). Output: the same model carrying
 levels and the `contest` rule they were searched under; `infer` with `levels: validated`
 decodes with them (a level is adopted only where it gains at least 0.01 mean Dice).
 
-`contest` decides a voxel several organs claim at their levels. `fixed-owner` (default):
-the fixed decoder's organ keeps its voxels while it claims them, and only voxels no organ
-has at the fixed level go to an organ whose level moved out, so organs decoded together
-score as their searches did. `own-level`: the organ furthest past its own level wins (the
-rule of the levels `train` records at the end of training), where one organ's level can
-take another's voxels.
+`joint: true` (default) searches the organs' levels together: from the fixed levels, each
+organ in turn takes the level of the best sum of all organs' mean Dice with the others at
+their current levels (what its level takes from another organ counted against it), where
+that gains at least 0.01, in rounds until none moves (at most 4); it keeps each validation
+case's voxels near some organ (every organ's map there) in memory. An organ may end with a
+lower Dice of its own where that gains more on others (a warning names it). `joint:
+false`: each organ alone, the others at the fixed level (as `train` chooses), kept where
+its own Dice gains at least 0.01.
 
-`joint: true` searches the organs' levels together: from the fixed levels, each organ in
-turn takes the level of the best mean Dice over all organs with the others at their
-current levels (what its level takes from another organ counted against it), where that
-gains at least 0.01, in rounds until none moves (at most 4); it keeps each validation
-case's voxels near some organ (every organ's map there) in memory.
+`contest` decides a voxel several organs claim at their levels. `own-level` (default): the
+organ furthest past its own level. `fixed-owner`: the fixed decoder's organ keeps its
+voxels while it claims them, and only voxels no organ has at the fixed level go to an
+organ whose level moved out (organs searched alone then decode together as their searches
+scored, but no level can take voxels from a channel that fires on another organ).
+On OpenKBP (three heads, three seeds) `joint: true` under `own-level` was the best of the
+four ways measured (docs/results/multi-organ/README.md, section 18).
 
 `search: false` passes the model through unchanged (for a pipeline whose variants
 calibrate only some of their models). Writes the model's files like `train` (model.json
@@ -50,8 +54,8 @@ pub struct CalibrateParams {
     pub search: bool,
     /// How a voxel several organs claim is decided.
     pub contest: Contest,
-    /// Search the organs' levels together (coordinate ascent on the mean Dice of all
-    /// organs, what one organ's level takes from another counted); false: each organ's
+    /// Search the organs' levels together (coordinate ascent on the sum of all organs' mean
+    /// Dice, what one organ's level takes from another counted); false: each organ's
     /// alone, the others at the fixed level (as `train`).
     pub joint: bool,
     /// Fraction of a window shared with its neighbour (as `infer`).
@@ -76,8 +80,8 @@ impl Default for CalibrateParams {
             cases: None,
             model: None,
             search: true,
-            contest: Contest::FixedOwner,
-            joint: false,
+            contest: Contest::OwnLevel,
+            joint: true,
             overlap: 0.5,
             sigma: 0.125,
             batch: 2,
