@@ -40,6 +40,9 @@ struct Lineage {
     model_stage: String,
     preprocess: Vec<Step>,
     apply: Vec<Step>,
+    /// Whole-dataset stages that made another model from this one (e.g. `calibrate`).
+    #[serde(default)]
+    models_made: Vec<String>,
 }
 
 /// A model package, read.
@@ -71,6 +74,19 @@ impl Package {
             );
         }
         if lineage.apply.is_empty() {
+            if !lineage.models_made.is_empty() {
+                let names: Vec<String> = lineage
+                    .models_made
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect();
+                bail!(
+                    "{}: the pipeline applies not this model but what {} made from it: give \
+                     that stage's folder (`<run>/<stage>/...`)",
+                    lp.display(),
+                    names.join(", ")
+                );
+            }
             bail!(
                 "{}: the training pipeline has no stage that applies this model (e.g. `infer`)",
                 lp.display()

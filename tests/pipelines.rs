@@ -1250,6 +1250,26 @@ stages:
         same, 3,
         "the test image's labels and its two maps (`write_maps`)"
     );
+    // The training's own folder: no stage applies that model here; predict names the ones
+    // that made a model from it.
+    let p = run_child(
+        d.path(),
+        &[
+            "predict",
+            "-m",
+            run.join("train").to_str().unwrap(),
+            "-i",
+            root.join("imagesTs").to_str().unwrap(),
+            "-o",
+            d.path().join("unused").to_str().unwrap(),
+        ],
+    );
+    assert_ne!(p.status.code(), Some(0));
+    assert!(
+        text(&p).contains("what `own`, `owner`, `through`, `together` made"),
+        "{}",
+        text(&p)
+    );
     // No validation cases: named, with the way out.
     write(d.path(), "q.yaml", &yaml(0.0));
     let (r, _) = run_with_manifest(d.path(), "q.yaml", &[]);

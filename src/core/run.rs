@@ -610,6 +610,14 @@ impl Engine {
             .filter(|&m| nodes[m].shape == Shape::PerCase && nodes[m].deps.contains(&n))
             .map(step)
             .collect();
+        let models_made: Vec<_> = (0..nodes.len())
+            .filter(|&m| {
+                nodes[m].shape == Shape::Gather
+                    && nodes[m].stage.output() == crate::data::Kind::Model
+                    && nodes[m].deps.contains(&n)
+            })
+            .map(|m| nodes[m].id.clone())
+            .collect();
         let doc = serde_json::json!({
             "format": "shapeflow-pipeline/1",
             "tool_version": env!("CARGO_PKG_VERSION"),
@@ -618,6 +626,7 @@ impl Engine {
             "variants": node.variants,
             "preprocess": preprocess,
             "apply": apply,
+            "models_made": models_made,
         });
         let dir = self.output_dir(n);
         let written = std::fs::create_dir_all(&dir)
