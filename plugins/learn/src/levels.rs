@@ -72,33 +72,43 @@ pub fn grid(head: Head) -> Vec<f32> {
 /// a voxel several organs claim goes to the winner of `contest` (the lower organ on a tie).
 pub fn decode(head: Head, maps: &[Vec<f32>], levels: &[f32], contest: Contest) -> Vec<u8> {
     let n = maps.first().map(Vec::len).unwrap_or(0);
+    let k = maps.len().min(levels.len());
+    let mut voxel = vec![0.0f32; k];
+    (0..n)
+        .map(|i| {
+            for (v, m) in voxel.iter_mut().zip(maps) {
+                *v = m[i];
+            }
+            decide(head, &voxel, levels, contest)
+        })
+        .collect()
+}
+
+/// [`decode`] of one voxel: `v[k]` is organ `k`'s map there.
+fn decide(head: Head, v: &[f32], levels: &[f32], contest: Contest) -> u8 {
     let sign = sign_of(head);
     let fixed = fixed_level(head, 0.0);
-    // The organ (1..K) furthest inside among those with a positive `margin(k)` (0: none),
-    // the lower organ on a tie.
+    let own = |k: usize| sign * (v[k] - levels[k]);
+    let at_fixed = |k: usize| sign * (v[k] - fixed);
+    // The organ (1..K) furthest inside by `score` among those with a positive `margin(k)`
+    // (0: none), the lower organ on a tie.
     let furthest = |margin: &dyn Fn(usize) -> f32, score: &dyn Fn(usize) -> f32| {
         let mut best = (0u8, f32::NEG_INFINITY);
-        for k in 0..maps.len().min(levels.len()) {
+        for k in 0..v.len().min(levels.len()) {
             if margin(k) > 0.0 && score(k) > best.1 {
                 best = ((k + 1) as u8, score(k));
             }
         }
         best.0
     };
-    (0..n)
-        .map(|i| {
-            let own = |k: usize| sign * (maps[k][i] - levels[k]);
-            let at_fixed = |k: usize| sign * (maps[k][i] - fixed);
-            match contest {
-                Contest::OwnLevel => furthest(&own, &own),
-                Contest::FixedOwner => match furthest(&at_fixed, &at_fixed) {
-                    0 => furthest(&own, &at_fixed),
-                    o if own(o as usize - 1) > 0.0 => o,
-                    _ => 0,
-                },
-            }
-        })
-        .collect()
+    match contest {
+        Contest::OwnLevel => furthest(&own, &own),
+        Contest::FixedOwner => match furthest(&at_fixed, &at_fixed) {
+            0 => furthest(&own, &at_fixed),
+            o if own(o as usize - 1) > 0.0 => o,
+            _ => 0,
+        },
+    }
 }
 
 /// Margins are "how far inside": `sign * (map - level)`, level - map for SDMs, map - level
@@ -411,7 +421,7 @@ impl JointSearch {
         for c in &self.cases {
             let (mut pred, mut inter) = (vec![0usize; k], vec![0usize; k]);
             for (v, &l) in c.maps.chunks(k).zip(&c.labels) {
-                let w = self.winner(v, levels) as usize;
+                let w = decide(self.head, v, levels, self.contest) as usize;
                 if w > 0 {
                     pred[w - 1] += 1;
                     inter[w - 1] += (l as usize == w) as usize;
@@ -425,12 +435,6 @@ impl JointSearch {
         (0..k)
             .map(|o| (n[o] > 0).then(|| sums[o] / n[o] as f64))
             .collect()
-    }
-
-    /// The label `decode` gives one voxel (`v`: every organ's map there).
-    fn winner(&self, v: &[f32], levels: &[f32]) -> u8 {
-        let maps: Vec<Vec<f32>> = v.iter().map(|&x| vec![x]).collect();
-        decode(self.head, &maps, levels, self.contest)[0]
     }
 
     /// For organ `o` with the others at `levels`: the objective (the sum over organs of
