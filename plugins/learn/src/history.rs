@@ -63,6 +63,15 @@ pub fn write_model(out: &Path, model: &Model) -> Result<(), StageError> {
     write_model_config(out, &model.config)
 }
 
+/// A model stage's `publish`: a run that reuses a cached model still gets its files (for
+/// `pipeline predict`).
+pub fn publish_model(out: &Path, item: &shapeflow_core::Item) -> Result<(), StageError> {
+    if out.join("model.safetensors").exists() {
+        return Ok(());
+    }
+    write_model(out, &Model::from_item(item)?)
+}
+
 /// model.json alone in `out` (after the config changed, the weights not).
 pub fn write_model_config(out: &Path, config: &ModelConfig) -> Result<(), StageError> {
     write_atomic(

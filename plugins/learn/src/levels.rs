@@ -596,6 +596,16 @@ fn dice(inter: usize, pred: usize, reference: usize) -> f64 {
 mod tests {
     use super::*;
 
+    /// Uniform numbers in [0, 1) from a linear congruential generator.
+    fn uniform(mut state: u64) -> impl FnMut() -> f32 {
+        move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32
+        }
+    }
+
     /// The Dice of organ `o` decoded with `levels`, the slow way.
     fn dice_of(
         head: Head,
@@ -691,13 +701,7 @@ mod tests {
     /// on random maps with three organs (checked against the slow way, both heads).
     #[test]
     fn the_search_scores_each_level_as_decoding_would() {
-        let mut state = 12345u64;
-        let mut rnd = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32
-        };
+        let mut rnd = uniform(12345u64);
         for head in [Head::Sdm, Head::Probability] {
             let n = 400;
             let maps: Vec<Vec<f32>> = (0..3)
@@ -773,13 +777,7 @@ mod tests {
     /// contests, three organs, two cases of which one leaves an organ uncontoured).
     #[test]
     fn the_joint_objective_scores_each_level_as_decoding_would() {
-        let mut state = 99u64;
-        let mut rnd = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32
-        };
+        let mut rnd = uniform(99u64);
         for head in [Head::Sdm, Head::Probability] {
             let n = 300;
             let mut cases = Vec::new();

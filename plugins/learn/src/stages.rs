@@ -237,12 +237,8 @@ impl Stage for Train {
         case.split.as_deref() != Some("test")
     }
 
-    /// A run that reuses a cached model still gets its files (for `pipeline predict`).
     fn publish(&self, ctx: &StageCtx, item: &Item) -> Result<(), StageError> {
-        if ctx.output_dir.join("model.safetensors").exists() {
-            return Ok(());
-        }
-        crate::history::write_model(&ctx.output_dir, &Model::from_item(item)?)
+        crate::history::publish_model(&ctx.output_dir, item)
     }
 
     fn run_all(
