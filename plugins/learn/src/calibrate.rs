@@ -204,11 +204,7 @@ impl Stage for Calibrate {
                 return Err(at("the case has no u8 label map".into()));
             };
             let x = model::normalised_input(&model.config.norm, &case.images)?;
-            // Per channel, what lies outside the image: its smallest value (air in a CT).
-            let pads: Vec<f32> = x
-                .chunks(image.len().max(1))
-                .map(|c| c.iter().copied().fold(f32::INFINITY, f32::min))
-                .collect();
+            let pads = crate::tiling::pads(&x, image.len());
             let maps = sliding_window(&x, image.dims, k, &wcfg, &pads, &mut |p| {
                 if ctx.cancel.is_cancelled() {
                     return Err(tch::TchError::Kind("cancelled".into()));

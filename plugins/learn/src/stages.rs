@@ -552,11 +552,7 @@ impl Infer {
             )));
         }
         let x = model::normalised_input(&model.config.norm, images)?;
-        // Per channel, what lies outside the image: its smallest value (air in a CT).
-        let pads: Vec<f32> = x
-            .chunks(image.len().max(1))
-            .map(|c| c.iter().copied().fold(f32::INFINITY, f32::min))
-            .collect();
+        let pads = crate::tiling::pads(&x, image.len());
         let wcfg = WindowConfig {
             patch,
             overlap: self.p.overlap,

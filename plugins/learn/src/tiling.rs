@@ -184,6 +184,15 @@ pub enum WindowError<E> {
     Model(E),
 }
 
+/// Per channel of a planar image (`voxels` per channel), what lies outside it for the
+/// sliding window: the channel's smallest value (air in a CT).
+pub fn pads(image: &[f32], voxels: usize) -> Vec<f32> {
+    image
+        .chunks(voxels.max(1))
+        .map(|c| c.iter().copied().fold(f32::INFINITY, f32::min))
+        .collect()
+}
+
 /// Organs from signed distance maps: organ `k` where its map is below `level` (0: the exact
 /// Heaviside); where several organs claim a voxel, the smallest (most inside) map wins.
 /// Returns a label map: 0 background, k + 1 for organ k.

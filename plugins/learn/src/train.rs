@@ -337,12 +337,7 @@ pub fn validate_detail(
             overlap: 0.25,
             ..Default::default()
         };
-        let n = c.dims.iter().product::<usize>().max(1);
-        let pads: Vec<f32> = c
-            .image
-            .chunks(n)
-            .map(|ch| ch.iter().copied().fold(f32::INFINITY, f32::min))
-            .collect();
+        let pads = crate::tiling::pads(&c.image, c.dims.iter().product());
         let out = sliding_window(c.image.as_slice(), c.dims, k, &wcfg, &pads, &mut |p| {
             m.predict(net, p, cfg.patch, device, bf16)
         })
