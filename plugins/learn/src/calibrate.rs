@@ -4,7 +4,7 @@
 
 use crate::levels::{Contest, JointSearch, LevelSearch, OrganLevel};
 use crate::model::{self, Model};
-use crate::tiling::{sliding_window, WindowConfig};
+use crate::tiling::WindowConfig;
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{
     CaseInfo, Inputs, Item, Kind, Port, Shape, Stage, StageCtx, StageError, VoxelData,
@@ -169,11 +169,16 @@ impl Stage for Calibrate {
             tch::set_num_threads(self.0.threads as i32);
         }
         let (_vs, net) = model.load(device, &ctx.scratch)?;
+        let predictor = model::Predictor {
+            model: &model,
+            net: &net,
+            device,
+            bf16: self.0.bf16,
+        };
         let k = model.config.organs.len();
         let head = model.config.mode.head();
-        let patch = model.config.patch;
         let wcfg = WindowConfig {
-            patch,
+            patch: model.config.patch,
             overlap: self.0.overlap,
             sigma: self.0.sigma,
             batch: self.0.batch.max(1),
@@ -204,20 +209,9 @@ impl Stage for Calibrate {
                 return Err(at("the case has no u8 label map".into()));
             };
             let x = model::normalised_input(&model.config.norm, &case.images)?;
-            let pads = crate::tiling::pads(&x, image.len());
-            let maps = sliding_window(&x, image.dims, k, &wcfg, &pads, &mut |p| {
-                if ctx.cancel.is_cancelled() {
-                    return Err(tch::TchError::Kind("cancelled".into()));
-                }
-                model.predict(&net, p, patch, device, self.0.bf16)
-            })
-            .map_err(|e| {
-                if ctx.cancel.is_cancelled() {
-                    StageError::Cancelled
-                } else {
-                    at(e.to_string())
-                }
-            })?;
+            let maps = predictor
+                .maps(&x, image.dims, &wcfg, Some(ctx.cancel))
+                .map_err(|e| model::in_context(&format!("case `{}`", info.id), e))?;
             match &mut search {
                 Search::Joint(s) => s.add_case(&maps, labels, &case.present),
                 Search::Alone(s) => s.add_case(&maps, labels, &case.present),

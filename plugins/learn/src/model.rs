@@ -4,7 +4,7 @@
 use crate::fit::Mode;
 use crate::unet::{UNet, UNetConfig};
 use serde::{Deserialize, Serialize};
-use shapeflow_core::{CaseData, Item, StageError, Volume, VoxelData};
+use shapeflow_core::{CancelToken, CaseData, Item, StageError, Volume, VoxelData};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -365,6 +365,56 @@ impl Model {
     }
 }
 
+/// A model whose network is built on a device: what `train`'s validation, `calibrate` and
+/// `infer` run over whole cases, so the three see a case alike.
+pub struct Predictor<'a> {
+    pub model: &'a Model,
+    pub net: &'a UNet,
+    pub device: Device,
+    /// Autocast to bf16 (on CUDA only).
+    pub bf16: bool,
+}
+
+impl Predictor<'_> {
+    /// The head's maps over a whole image (`x`: the normalised input channels one after
+    /// another, each of `dims`), one per organ: the sliding window of `wcfg`, the parts of a
+    /// patch outside the image filled per channel by [`crate::tiling::pads`]. Stops between
+    /// batches when `cancel` is set ([`StageError::Cancelled`]).
+    pub fn maps(
+        &self,
+        x: &[f32],
+        dims: [usize; 3],
+        wcfg: &crate::tiling::WindowConfig,
+        cancel: Option<&CancelToken>,
+    ) -> Result<Vec<Vec<f32>>, StageError> {
+        let cancelled = || cancel.is_some_and(|c| c.is_cancelled());
+        let k = self.model.config.organs.len();
+        let pads = crate::tiling::pads(x, dims.iter().product());
+        crate::tiling::sliding_window(x, dims, k, wcfg, &pads, &mut |p| {
+            if cancelled() {
+                return Err(tch::TchError::Kind("cancelled".into()));
+            }
+            self.model
+                .predict(self.net, p, wcfg.patch, self.device, self.bf16)
+        })
+        .map_err(|e| {
+            if cancelled() {
+                StageError::Cancelled
+            } else {
+                StageError::msg(e.to_string())
+            }
+        })
+    }
+}
+
+/// `e` with `context` before its message; cancellation stays cancellation.
+pub fn in_context(context: &str, e: StageError) -> StageError {
+    match e {
+        StageError::Cancelled => StageError::Cancelled,
+        e => StageError::msg(format!("{context}: {e}")),
+    }
+}
+
 /// Saves the store's variables as safetensors bytes (via a file in `scratch`).
 pub fn weights_bytes(vs: &nn::VarStore, scratch: &Path) -> Result<Vec<u8>, StageError> {
     let f = scratch.join("weights-out.safetensors");
@@ -470,5 +520,90 @@ mod training_data_tests {
         let w = seen.check(&grid([1.0, 1.0, 2.5], true));
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("LAS") && w[0].contains("RAS (2)"), "{}", w[0]);
+    }
+}
+
+#[cfg(test)]
+mod predictor_tests {
+    use super::*;
+    use crate::tiling::{sliding_window, WindowConfig};
+
+    fn model(vs: &nn::VarStore) -> (Model, UNet) {
+        let unet = UNetConfig {
+            in_channels: 1,
+            out_channels: 2,
+            depth: 2,
+            base_channels: 8,
+            groups: 4,
+            slope: 0.01,
+            max_channels: 16,
+        };
+        let net = UNet::new(&vs.root(), unet);
+        let config = ModelConfig {
+            format: FORMAT.into(),
+            unet,
+            organs: vec!["a".into(), "b".into()],
+            mode: Mode::Sdm,
+            k: 1500.0,
+            norm: vec![Norm::None],
+            patch: [8, 8, 8],
+            spacing: [1.0; 3],
+            trained: Default::default(),
+            training_data: None,
+            left_right_flip: None,
+            levels: None,
+            contest: Default::default(),
+        };
+        let weights = Vec::new();
+        (Model { config, weights }, net)
+    }
+
+    /// The shared pass covers the whole case (patches past its edge filled with its
+    /// smallest value), stops when cancelled, and names what failed.
+    #[test]
+    fn maps_cover_a_case_stop_when_cancelled_and_keep_their_context() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let (m, net) = model(&vs);
+        let p = Predictor {
+            model: &m,
+            net: &net,
+            device: Device::Cpu,
+            bf16: false,
+        };
+        let dims = [11, 9, 6];
+        let n: usize = dims.iter().product();
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 / 13.0 - 0.3).collect();
+        let wcfg = WindowConfig {
+            patch: [8, 8, 8],
+            overlap: 0.25,
+            ..Default::default()
+        };
+        let maps = p.maps(&x, dims, &wcfg, None).unwrap();
+        assert_eq!(maps.len(), 2);
+        assert!(maps.iter().all(|c| c.len() == n));
+        assert!(maps
+            .iter()
+            .flatten()
+            .all(|v| v.is_finite() && v.abs() <= 1.0));
+        // The same as the window run by hand with the image's smallest value outside it.
+        let by_hand = sliding_window(&x, dims, 2, &wcfg, &[-0.3], &mut |b| {
+            m.predict(&net, b, wcfg.patch, Device::Cpu, false)
+        })
+        .unwrap();
+        assert!(maps == by_hand, "maps differ from the window run by hand");
+        let zeros = sliding_window(&x, dims, 2, &wcfg, &[0.0], &mut |b| {
+            m.predict(&net, b, wcfg.patch, Device::Cpu, false)
+        })
+        .unwrap();
+        assert!(maps != zeros, "the pad value reaches the maps");
+
+        let cancel = CancelToken::default();
+        cancel.cancel();
+        let e = p.maps(&x, dims, &wcfg, Some(&cancel)).unwrap_err();
+        assert!(matches!(in_context("case `x`", e), StageError::Cancelled));
+        let e = p.maps(&x[1..], dims, &wcfg, None).unwrap_err();
+        let e = in_context("case `x`", e).to_string();
+        assert!(e.starts_with("case `x`: ") && e.contains("voxels"), "{e}");
     }
 }

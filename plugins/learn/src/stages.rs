@@ -4,7 +4,7 @@ use crate::augment::{AugmentConfig, TrainSetBuilder};
 use crate::levels::Contest;
 use crate::model::{self, Model, Norm};
 use crate::sampler::{self, Augment, SamplerData};
-use crate::tiling::{keep_largest_components, sliding_window, WindowConfig};
+use crate::tiling::{keep_largest_components, WindowConfig};
 use crate::train::{self, Session, TrainConfig, ValCase};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::CaseDataItem as _;
@@ -543,7 +543,6 @@ impl Infer {
             }
         };
         let loaded = &guard[at];
-        let k = model.config.organs.len();
         let patch = self.p.patch.unwrap_or(model.config.patch);
         let mult = 1usize << model.config.unet.depth;
         if patch.iter().any(|&p| p == 0 || p % mult != 0) {
@@ -552,21 +551,19 @@ impl Infer {
             )));
         }
         let x = model::normalised_input(&model.config.norm, images)?;
-        let pads = crate::tiling::pads(&x, image.len());
         let wcfg = WindowConfig {
             patch,
             overlap: self.p.overlap,
             sigma: self.p.sigma,
             batch: self.p.batch.max(1),
         };
-        let mut window = |x: &[f32]| {
-            sliding_window(x, image.dims, k, &wcfg, &pads, &mut |p| {
-                if ctx.cancel.is_cancelled() {
-                    return Err(tch::TchError::Kind("cancelled".into()));
-                }
-                model.predict(&loaded.net, p, patch, device, self.p.bf16)
-            })
+        let predictor = model::Predictor {
+            model,
+            net: &loaded.net,
+            device,
+            bf16: self.p.bf16,
         };
+        let mut window = |x: &[f32]| predictor.maps(x, image.dims, &wcfg, Some(ctx.cancel));
         let maps = if self.p.tta {
             let pairs = crate::tta::left_right_pairs(&model.config.organs);
             let lr = crate::tta::left_right_axis(&image.affine);
@@ -578,13 +575,7 @@ impl Infer {
         } else {
             window(&x)
         };
-        maps.map_err(|e| {
-            if ctx.cancel.is_cancelled() {
-                StageError::Cancelled
-            } else {
-                StageError::msg(format!("inference: {e}"))
-            }
-        })
+        maps.map_err(|e| model::in_context("inference", e))
     }
 }
 

@@ -9,7 +9,7 @@ use crate::fit::{self, Mode};
 use crate::history;
 pub use crate::history::EpochRecord;
 use crate::model::{self, Model, ModelConfig, Norm};
-use crate::tiling::{sliding_window, WindowConfig};
+use crate::tiling::WindowConfig;
 use crate::unet::{UNet, UNetConfig};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::{CancelToken, StageError};
@@ -331,17 +331,21 @@ pub fn validate_detail(
     let mut sums = vec![(0.0, 0usize); k];
     // `train`'s levels: the own-level contest (a `calibrate` stage searches under another).
     let mut search = crate::levels::LevelSearch::new(head, k, crate::levels::Contest::OwnLevel);
+    let predictor = model::Predictor {
+        model: &m,
+        net,
+        device,
+        bf16,
+    };
+    let wcfg = WindowConfig {
+        patch: cfg.patch,
+        overlap: 0.25,
+        ..Default::default()
+    };
     for c in cases {
-        let wcfg = WindowConfig {
-            patch: cfg.patch,
-            overlap: 0.25,
-            ..Default::default()
-        };
-        let pads = crate::tiling::pads(&c.image, c.dims.iter().product());
-        let out = sliding_window(c.image.as_slice(), c.dims, k, &wcfg, &pads, &mut |p| {
-            m.predict(net, p, cfg.patch, device, bf16)
-        })
-        .map_err(|e| StageError::msg(format!("validation on {}: {e}", c.id)))?;
+        let out = predictor
+            .maps(c.image.as_slice(), c.dims, &wcfg, None)
+            .map_err(|e| model::in_context(&format!("validation on {}", c.id), e))?;
         let labels = model::labels_from_outputs(cfg.mode, &out, 0.0);
         search.add_case(&out, &c.labels, &c.present);
         for (o, acc) in inside.iter_mut().enumerate() {
