@@ -1839,7 +1839,7 @@ fn the_contour_audit_counts_air_and_false_positives_by_hand() {
         .write_nifti(&pred_dir.join("pt_1.nii.gz"))
         .unwrap();
     write(&pred_dir, "labels.json", r#"{"1": "Esophagus"}"#);
-    let out = std::process::Command::new(py)
+    let out = std::process::Command::new(&py)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/contour_audit.py"))
         .arg(d.path().join("data"))
         .args(["--organs", "Esophagus", "Larynx", "--predictions"])
@@ -1863,4 +1863,34 @@ fn the_contour_audit_counts_air_and_false_positives_by_hand() {
         t.contains("Esophagus, air share above 0.1: pt_1 (0.25)"),
         "{t}"
     );
+    // Dice: as predicted 6/9; within the contoured slices 1-2 (3 of the organ + air) 6/8;
+    // cut to windows along the slices (2 mm each; predicted per slice 0, 3, 1, 1), 2 mm
+    // keeps slice 1 (2 of the organ + air): 4/7; 4 mm slices 1-2: 6/8.
+    let out = std::process::Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/contour_audit.py"))
+        .arg(d.path().join("data"))
+        .args(["--organs", "Esophagus", "Larynx", "--predictions"])
+        .arg(&pred_dir)
+        .args(["--windows", "2", "4"])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("| organ | cases | as predicted | within the contoured slices | 2 mm | 4 mm |"),
+        "{t}"
+    );
+    assert!(
+        t.contains("| Esophagus | 1 | 0.667 | 0.750 | 0.571 | 0.750 |"),
+        "{t}"
+    );
+    assert!(t.contains("| Larynx | 0 | – | – | – | – |"), "{t}");
+    let out = std::process::Command::new(&py)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/contour_audit.py"))
+        .arg(d.path().join("data"))
+        .args(["--organs", "Esophagus", "--windows", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--windows needs --predictions"));
 }
