@@ -73,6 +73,58 @@ pub fn git_commit(file: &Path) -> Option<String> {
     })
 }
 
+/// The machine a run ran on: training results depend on the CPU (libtorch picks its
+/// kernels by instruction set), so a run records which. `cpu` and `cpu_features` come from
+/// `/proc/cpuinfo` (Linux; absent elsewhere).
+pub fn host() -> serde_json::Value {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let (cpu, features) = cpu_from_cpuinfo(&info);
+    serde_json::json!({
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "logical_cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "cpu": cpu,
+        "cpu_features": features,
+    })
+}
+
+/// The instruction-set extensions that change which numeric kernels run.
+const KERNEL_FEATURES: &[&str] = &[
+    "sse4_2",
+    "fma",
+    "avx",
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_bf16",
+    "amx_tile",
+    "asimd",
+    "sve",
+];
+
+/// The first processor's model name and which of [`KERNEL_FEATURES`] it has, from the text
+/// of `/proc/cpuinfo` (x86 `flags`, Arm `Features`).
+fn cpu_from_cpuinfo(text: &str) -> (Option<String>, Vec<&'static str>) {
+    let field = |names: &[&str]| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            names.contains(&k.trim()).then(|| v.trim().to_string())
+        })
+    };
+    let model = field(&["model name", "Model", "cpu model"]).filter(|m| !m.is_empty());
+    let flags = field(&["flags", "Features"]).unwrap_or_default();
+    let have: std::collections::HashSet<&str> = flags.split_whitespace().collect();
+    let features = KERNEL_FEATURES
+        .iter()
+        .copied()
+        .filter(|f| have.contains(f))
+        .collect();
+    (model, features)
+}
+
 /// Everything needed to know what a run did and to reproduce it.
 pub struct ManifestInput<'a> {
     pub resolved: &'a Resolved,
@@ -126,6 +178,7 @@ pub fn write(run_dir: &Path, m: &ManifestInput) -> io::Result<PathBuf> {
         "seed": r.file.seed,
         "overrides": m.overrides,
         "tool": {"name": "shapeflow", "version": m.tool_version},
+        "host": host(),
         "plugins": plugins,
         "started": m.started.to_rfc3339(),
         "finished": chrono::Local::now().to_rfc3339(),
@@ -138,4 +191,35 @@ pub fn write(run_dir: &Path, m: &ManifestInput) -> io::Result<PathBuf> {
     let path = run_dir.join("manifest.json");
     crate::atomic::write(&path, &serde_json::to_vec_pretty(&doc).unwrap_or_default())?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_is_read_from_cpuinfo_on_x86_and_arm() {
+        let x86 = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n\
+                   flags\t\t: fpu sse4_2 fma avx avx2 avx512f avx512_bf16 amx_tile ht\n\n\
+                   processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n";
+        let (model, features) = cpu_from_cpuinfo(x86);
+        assert_eq!(model.as_deref(), Some("Intel(R) Xeon(R) Processor"));
+        assert_eq!(
+            features,
+            [
+                "sse4_2",
+                "fma",
+                "avx",
+                "avx2",
+                "avx512f",
+                "avx512_bf16",
+                "amx_tile"
+            ]
+        );
+        let arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm sve\nCPU part\t: 0xd40\n";
+        let (model, features) = cpu_from_cpuinfo(arm);
+        assert_eq!(model, None);
+        assert_eq!(features, ["asimd", "sve"]);
+        assert_eq!(cpu_from_cpuinfo(""), (None, vec![]));
+    }
 }
