@@ -404,6 +404,34 @@ fn exclusive_resource_is_never_shared() {
 }
 
 #[test]
+fn time_spent_waiting_for_a_resource_is_reported_apart_from_the_stages_wall_time() {
+    // Two stages of 3 items x 200 ms on one exclusive resource: the second waits for the
+    // first's 0.6 s and then runs its own 0.6 s; its wall time is the latter only.
+    let d = tempfile::tempdir().unwrap();
+    let text = "stages:
+  src: {plugin: numbers, params: {n: 3}}
+  g1: {plugin: add, after: [src], params: {resource: wait-gpu, sleep_ms: 200}}
+  g2: {plugin: add, after: [src], params: {resource: wait-gpu, sleep_ms: 200, add: 1}}
+";
+    write(d.path(), "p.yaml", text);
+    let r = run_in(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let [a, b] = ["g1", "g2"].map(|s| r.nodes.iter().find(|n| n.stage == s).unwrap());
+    let (first, second) = if a.waited_s <= b.waited_s {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(first.waited_s < 0.3, "{}", r.table());
+    assert!(second.waited_s >= 0.5, "{}", r.table());
+    for n in [first, second] {
+        assert!(n.wall_s >= 0.55 && n.wall_s < 1.1, "{}", r.table());
+    }
+    let table = r.table();
+    assert!(table.lines().next().unwrap().ends_with("waited"), "{table}");
+}
+
+#[test]
 fn a_resource_with_two_slots_runs_two_stages_at_once() {
     let d = tempfile::tempdir().unwrap();
     let text = "stages:

@@ -63,7 +63,10 @@ pub struct NodeReport {
     pub status: Status,
     pub computed: usize,
     pub cached: usize,
+    /// Seconds the stage ran, from when it held its resource (if it declares one).
     pub wall_s: f64,
+    /// Seconds it waited for its resource (another stage held it): not in `wall_s`.
+    pub waited_s: f64,
     /// With the Slurm executor: the jobs that computed this node's items.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<JobReport>,
@@ -106,27 +109,30 @@ impl RunReport {
             .find(|n| n.stage == id && n.variants.iter().any(|v| v == variant))
     }
 
-    /// The summary table printed at the end of a run.
+    /// The summary table printed at the end of a run (with a `waited` column when a stage
+    /// waited for its resource).
     pub fn table(&self) -> String {
-        let mut rows = vec![[
-            "stage".to_string(),
-            "variant".to_string(),
-            "status".to_string(),
-            "computed".to_string(),
-            "cached".to_string(),
-            "wall".to_string(),
-        ]];
+        let waits = self.nodes.iter().any(|n| n.waited_s >= 0.005);
+        let mut header = ["stage", "variant", "status", "computed", "cached", "wall"].to_vec();
+        if waits {
+            header.push("waited");
+        }
+        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
         for n in &self.nodes {
-            rows.push([
+            let mut row = vec![
                 n.stage.clone(),
                 n.variants.join(","),
                 n.status.word().to_string(),
                 n.computed.to_string(),
                 n.cached.to_string(),
                 format!("{:.2}s", n.wall_s),
-            ]);
+            ];
+            if waits {
+                row.push(format!("{:.2}s", n.waited_s));
+            }
+            rows.push(row);
         }
-        let widths: Vec<usize> = (0..6)
+        let widths: Vec<usize> = (0..rows[0].len())
             .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
             .collect();
         let mut out = String::new();
@@ -247,6 +253,8 @@ struct NodeState {
     computed: AtomicUsize,
     cached: AtomicUsize,
     wall: Duration,
+    /// Time spent waiting for the stage's resource (part of `wall` until reported).
+    waited: Duration,
 }
 
 struct Engine {
@@ -312,6 +320,7 @@ impl Engine {
                         computed: AtomicUsize::new(0),
                         cached: AtomicUsize::new(0),
                         wall: Duration::ZERO,
+                        waited: Duration::ZERO,
                     })
                 })
                 .collect(),
@@ -664,7 +673,12 @@ impl Engine {
                 })
                 .unwrap_or_else(|_| Arc::new(Slots::new(1)));
             tracing::debug!(stage = %label, resource = %r, "waiting for the resource");
-            slots.acquire()
+            let asked = Instant::now();
+            let held = slots.acquire();
+            if let Ok(mut s) = self.states[n].lock() {
+                s.waited = asked.elapsed();
+            }
+            held
         });
         let bar = self.node_bar(n);
         tracing::debug!(stage = %label, plugin = %node.plugin, items = items.len(), "stage started");
@@ -1484,18 +1498,20 @@ pub fn execute(
         .enumerate()
         .map(|(i, nd)| {
             let s = engine.states[i].lock();
-            let (status, computed, cached, wall, jobs) = match s {
+            let (status, computed, cached, wall, waited, jobs) = match s {
                 Ok(s) => (
                     s.status.clone().unwrap_or(Status::Cancelled),
                     s.computed.load(Ordering::Relaxed),
                     s.cached.load(Ordering::Relaxed),
                     s.wall,
+                    s.waited,
                     s.jobs.clone(),
                 ),
                 Err(_) => (
                     Status::Failed("internal state poisoned".into()),
                     0,
                     0,
+                    Duration::ZERO,
                     Duration::ZERO,
                     Vec::new(),
                 ),
@@ -1508,7 +1524,8 @@ pub fn execute(
                 status,
                 computed,
                 cached,
-                wall_s: wall.as_secs_f64(),
+                wall_s: wall.saturating_sub(waited).as_secs_f64(),
+                waited_s: waited.as_secs_f64(),
                 jobs,
             }
         })
