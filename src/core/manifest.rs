@@ -85,7 +85,27 @@ pub fn host() -> serde_json::Value {
         "logical_cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "cpu": cpu,
         "cpu_features": features,
+        "numeric_env": numeric_env(|k| std::env::var(k).ok()),
     })
+}
+
+/// Environment variables that change which kernels run or how many threads sum a result
+/// (measured: `DNNL_MAX_CPU_ISA=AVX2` alone moves a training's second-epoch validation Dice
+/// on an AVX-512 CPU); those set are recorded beside the CPU.
+const NUMERIC_ENV: &[&str] = &[
+    "DNNL_MAX_CPU_ISA",
+    "MKL_CBWR",
+    "ATEN_CPU_CAPABILITY",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUBLAS_WORKSPACE_CONFIG",
+];
+
+fn numeric_env(get: impl Fn(&str) -> Option<String>) -> serde_json::Map<String, serde_json::Value> {
+    NUMERIC_ENV
+        .iter()
+        .filter_map(|k| get(k).map(|v| (k.to_string(), serde_json::Value::String(v))))
+        .collect()
 }
 
 /// The instruction-set extensions that change which numeric kernels run.
@@ -221,5 +241,18 @@ mod tests {
         assert_eq!(model, None);
         assert_eq!(features, ["asimd", "sve"]);
         assert_eq!(cpu_from_cpuinfo(""), (None, vec![]));
+    }
+
+    #[test]
+    fn only_the_numeric_environment_that_is_set_is_recorded() {
+        let env = numeric_env(|k| match k {
+            "DNNL_MAX_CPU_ISA" => Some("AVX2".into()),
+            "MKL_CBWR" => Some("AVX2".into()),
+            _ => None,
+        });
+        assert_eq!(
+            serde_json::Value::Object(env),
+            serde_json::json!({"DNNL_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"})
+        );
     }
 }
