@@ -112,10 +112,13 @@ def main() -> int:
                 fp[organ][2] += int((wrong & (ct < a.air_hu)).sum())
                 fp[organ][3] += int(wrong[:, :, beyond].sum())
                 for w, dices in cut[organ].items():
-                    if w == "slab":
-                        dices.append(dice(pred[:, :, ~beyond], mask[:, :, ~beyond]))
+                    if w is None:
+                        p, m = pred, mask
+                    elif w == "slab":
+                        p, m = pred[:, :, ~beyond], mask[:, :, ~beyond]
                     else:
-                        dices.append(dice(window(pred, w, float(zooms[2])), mask))
+                        p, m = window(pred, w, float(zooms[2])), mask
+                    dices.append(dice(p, m))
     print(f"| organ | cases | volume cc, median [IQR] | length mm, median [IQR] | "
           f"share below {a.air_hu:g} HU, median [90th pct] | cases above {a.flag:g} |")
     print("|---|---|---|---|---|---|")
@@ -159,10 +162,10 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return 2.0 * int((pred & ref).sum()) / total if total else 1.0
 
 
-def window(pred: np.ndarray, mm, dz: float) -> np.ndarray:
+def window(pred: np.ndarray, mm: float, dz: float) -> np.ndarray:
     """`pred` outside the `mm`-long run of slices (last axis) holding most of its voxels
-    set to False (the first such run where several tie); `mm` None: `pred` as it is."""
-    if mm is None or not pred.any():
+    set to False (the first such run where several tie)."""
+    if not pred.any():
         return pred
     per = pred.sum(axis=(0, 1))
     w = min(len(per), max(1, int(round(mm / dz))))
