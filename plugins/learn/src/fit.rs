@@ -72,6 +72,10 @@ pub struct SegTerms {
     pub ce_balanced: bool,
     /// Weight of the exclusion term ([`crate::losses::exclusion_loss`]).
     pub exclusion: f64,
+    /// Dice and cross-entropy on one softmax over background and organs, absent organs
+    /// merged into background ([`crate::losses::marginal_softmax`]), in place of the
+    /// per-organ sigmoids.
+    pub softmax: bool,
 }
 
 impl SegTerms {
@@ -80,6 +84,7 @@ impl SegTerms {
             ce: cfg.ce,
             ce_balanced: cfg.ce_balance,
             exclusion: cfg.exclusion,
+            softmax: cfg.softmax,
         }
     }
 }
@@ -96,14 +101,29 @@ pub fn loss(
     extra: &SegTerms,
 ) -> Tensor {
     let out = net.forward(&t.image).to_kind(Kind::Float);
-    let l = mode.loss(&mode.head().activate(&out), t, k, lambda);
     let Some(logits) = mode.segmentation_logits(&out, k) else {
-        return l;
+        return mode.loss(&mode.head().activate(&out), t, k, lambda);
     };
-    let l = if extra.ce > 0.0 {
-        l + crate::losses::bce_loss(&logits, &t.seg, &t.present, extra.ce_balanced) * extra.ce
+    let l = if extra.softmax {
+        use crate::losses::{dice_loss, marginal_softmax, marginal_softmax_ce};
+        let (organs, log_organs, log_background) = marginal_softmax(&logits, &t.present);
+        let l = dice_loss(&organs, &t.seg, &t.present);
+        let l = match mode.sdm_terms(&mode.head().activate(&out), t) {
+            Some(terms) => l + terms * lambda,
+            None => l,
+        };
+        if extra.ce > 0.0 {
+            l + marginal_softmax_ce(&log_organs, &log_background, &t.seg) * extra.ce
+        } else {
+            l
+        }
     } else {
-        l
+        let l = mode.loss(&mode.head().activate(&out), t, k, lambda);
+        if extra.ce > 0.0 {
+            l + crate::losses::bce_loss(&logits, &t.seg, &t.present, extra.ce_balanced) * extra.ce
+        } else {
+            l
+        }
     };
     if extra.exclusion > 0.0 {
         l + crate::losses::exclusion_loss(&logits, &t.seg, &t.present) * extra.exclusion

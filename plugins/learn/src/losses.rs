@@ -117,26 +117,32 @@ impl Mode {
     /// The loss on a batch, given the head's activated outputs (`k`, `lambda`: the smooth
     /// Heaviside's sharpness and the SDM terms' weight, used by modes that need them).
     pub fn loss(self, out: &Tensor, t: &BatchTensors, k: f64, lambda: f64) -> Tensor {
-        match self {
-            Mode::Dice => dice_loss(out, &t.seg, &t.present),
-            Mode::Sdm => sdm_loss(out, &t.sdm, &t.present),
-            Mode::Joint => joint_loss(out, &t.sdm, &t.seg, &t.present, k, lambda),
-            Mode::SdmBalanced => balanced_sdm_terms(out, &t.sdm, &t.present),
-            Mode::JointBalanced => {
-                dice_loss(&(out * -k).sigmoid(), &t.seg, &t.present)
-                    + balanced_sdm_terms(out, &t.sdm, &t.present) * lambda
-            }
-            Mode::SdmShellBalanced => shell_balanced_sdm_terms(out, &t.sdm, &t.present),
-            Mode::JointShellBalanced => {
-                dice_loss(&(out * -k).sigmoid(), &t.seg, &t.present)
-                    + shell_balanced_sdm_terms(out, &t.sdm, &t.present) * lambda
-            }
-            Mode::SdmOrganScaled => organ_scaled_sdm_terms(out, &t.sdm, &t.present),
-            Mode::JointOrganScaled => {
-                dice_loss(&(out * -k).sigmoid(), &t.seg, &t.present)
-                    + organ_scaled_sdm_terms(out, &t.sdm, &t.present) * lambda
-            }
+        let Some(terms) = self.sdm_terms(out, t) else {
+            return dice_loss(out, &t.seg, &t.present);
+        };
+        if self.is_joint() {
+            dice_loss(&(out * -k).sigmoid(), &t.seg, &t.present) + terms * lambda
+        } else {
+            terms
         }
+    }
+
+    /// The SDM terms of this mode's loss on the head's activated outputs, unweighted (a
+    /// joint head adds them at `lambda` to its segmentation's Dice); `None` for the Dice
+    /// head.
+    pub fn sdm_terms(self, out: &Tensor, t: &BatchTensors) -> Option<Tensor> {
+        let (y, present) = (&t.sdm, &t.present);
+        Some(match self {
+            Mode::Dice => return None,
+            Mode::Sdm | Mode::Joint => sdm_loss(out, y, present),
+            Mode::SdmBalanced | Mode::JointBalanced => balanced_sdm_terms(out, y, present),
+            Mode::SdmShellBalanced | Mode::JointShellBalanced => {
+                shell_balanced_sdm_terms(out, y, present)
+            }
+            Mode::SdmOrganScaled | Mode::JointOrganScaled => {
+                organ_scaled_sdm_terms(out, y, present)
+            }
+        })
     }
 }
 
@@ -154,6 +160,11 @@ impl Mode {
             | Mode::SdmShellBalanced
             | Mode::SdmOrganScaled => false,
         }
+    }
+
+    /// Whether this mode has a segmentation term (the Dice head, the joint heads).
+    pub fn segments(self) -> bool {
+        self.head() == Head::Probability || self.is_joint()
     }
 
     /// The logits of this mode's segmentation, from the network's raw outputs: the Dice
@@ -227,6 +238,45 @@ pub fn exclusion_loss(logits: &Tensor, target: &Tensor, present: &Tensor) -> Ten
     // 1 where the (case, organ) has such voxels (counts are whole numbers), else 0.
     let has = n.clamp_max(1.0);
     (sum / n.clamp_min(1.0) * &has).sum(kind) / has.sum(kind).clamp_min(1.0)
+}
+
+/// The segmentation as one softmax over the background and the organs (`train.softmax`,
+/// nnU-Net's), with the background's logit fixed at 0 so that the network keeps one
+/// channel per organ: p_c = e^(l_c) / (1 + sum_j e^(l_j)). In a case where an organ is not
+/// contoured its probability is merged into the background's (the "marginal" probabilities
+/// of Shi et al., Med. Image Anal. 70, 2021): a voxel the clinic did not draw may be that
+/// organ or background, and neither is wrong. Returns the organs' probabilities ([B, K,
+/// ...], 0 where absent), their logarithms, and the log of the merged background ([B, 1,
+/// ...]). The organ decoded at a voxel is unchanged: l_c > 0 (sigmoid(l_c) > 0.5) and the
+/// largest wins, which is the softmax's arg max, so maps, levels and inference are those of
+/// the per-organ heads.
+pub fn marginal_softmax(logits: &Tensor, present: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let s = logits.size();
+    let kind = logits.kind();
+    let background = Tensor::zeros([s[0], 1, s[2], s[3], s[4]], (kind, logits.device()));
+    let norm = Tensor::cat(&[&background, logits], 1).logsumexp([1i64].as_slice(), true);
+    let log_organs = logits - &norm;
+    let contoured = present.view([s[0], s[1], 1, 1, 1]).to_kind(kind);
+    let organs = log_organs.exp() * &contoured;
+    // The background and the organs not contoured in the case, summed in log space.
+    let absent_logits = logits.masked_fill(&contoured.gt(0.5), f64::NEG_INFINITY);
+    let log_background =
+        Tensor::cat(&[&background, &absent_logits], 1).logsumexp([1i64].as_slice(), true) - norm;
+    (organs, log_organs, log_background)
+}
+
+/// Cross-entropy of [`marginal_softmax`]'s classes against the segmentation, the mean over
+/// every voxel of the batch (nnU-Net's): an organ's voxel costs -log p_organ, any other
+/// voxel -log of the merged background. Assumes contoured organs do not overlap.
+pub fn marginal_softmax_ce(
+    log_organs: &Tensor,
+    log_background: &Tensor,
+    target: &Tensor,
+) -> Tensor {
+    let kind = log_organs.kind();
+    let organ_voxels = target.sum_dim_intlist([1i64].as_slice(), true, kind);
+    let on_organs = (log_organs * target).sum_dim_intlist([1i64].as_slice(), true, kind);
+    -(on_organs + log_background * (-organ_voxels + 1.0)).mean(kind)
 }
 
 /// `per_organ` ([organs]) averaged over the organs present somewhere in the batch.
@@ -704,6 +754,15 @@ mod tests {
         check_gradient(&|p| bce_loss(p, &seg, &present, false), &x);
         check_gradient(&|p| bce_loss(p, &seg, &present, true), &x);
         check_gradient(&|p| exclusion_loss(p, &seg, &present), &x);
+        // The softmax's Dice and cross-entropy, one organ absent in the second case.
+        check_gradient(
+            &|p| {
+                let (organs, log_organs, log_background) = marginal_softmax(p, &present);
+                dice_loss(&organs, &seg, &present)
+                    + marginal_softmax_ce(&log_organs, &log_background, &seg)
+            },
+            &x,
+        );
         check_gradient(
             &|p| {
                 bce_loss(
@@ -830,5 +889,64 @@ mod tests {
         // No contoured organ: nothing to exclude.
         let none = t(&[0.0, 0.0, 0.0], &[1, 3]);
         assert!(value(&exclusion_loss(&x, &y, &none)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn marginal_softmax_by_hand() {
+        // One voxel, two organs, logits (ln 2, ln 3) beside the background's 0: the
+        // exponentials are 1, 2, 3, so p = (1/6 background, 2/6, 3/6).
+        let x = t(&[2f64.ln(), 3f64.ln()], &[1, 2, 1, 1, 1]);
+        let both = t(&[1.0, 1.0], &[1, 2]);
+        let (organs, log_organs, log_bg) = marginal_softmax(&x, &both);
+        let v = |t: &Tensor, i: i64| t.view([-1]).double_value(&[i]);
+        assert!((v(&organs, 0) - 2.0 / 6.0).abs() < 1e-12);
+        assert!((v(&organs, 1) - 3.0 / 6.0).abs() < 1e-12);
+        assert!((v(&log_organs, 1) - 0.5f64.ln()).abs() < 1e-12);
+        assert!((v(&log_bg, 0) - (1.0f64 / 6.0).ln()).abs() < 1e-12);
+        // The second organ not contoured: its 3/6 is the background's, its probability 0.
+        let first = t(&[1.0, 0.0], &[1, 2]);
+        let (organs, log_organs, log_bg) = marginal_softmax(&x, &first);
+        assert!((v(&organs, 0) - 2.0 / 6.0).abs() < 1e-12);
+        assert!(v(&organs, 1).abs() < 1e-12);
+        assert!((v(&log_organs, 0) - (2.0f64 / 6.0).ln()).abs() < 1e-12);
+        assert!((v(&log_bg, 0) - (4.0f64 / 6.0).ln()).abs() < 1e-12);
+        // Cross-entropy: a voxel of the first organ costs -ln(2/6); a voxel of neither
+        // costs -ln(4/6) with the second organ absent (it may be that organ), -ln(1/6)
+        // with it contoured (it is not).
+        let organ = t(&[1.0, 0.0], &[1, 2, 1, 1, 1]);
+        let none = t(&[0.0, 0.0], &[1, 2, 1, 1, 1]);
+        let ce = |target: &Tensor, present: &Tensor| {
+            let (_, lo, lb) = marginal_softmax(&x, present);
+            value(&marginal_softmax_ce(&lo, &lb, target))
+        };
+        assert!((ce(&organ, &first) + (2.0f64 / 6.0).ln()).abs() < 1e-12);
+        assert!((ce(&none, &first) + (4.0f64 / 6.0).ln()).abs() < 1e-12);
+        assert!((ce(&none, &both) + (1.0f64 / 6.0).ln()).abs() < 1e-12);
+        // The mean over voxels: both voxels together.
+        let x2 = Tensor::cat(&[x.shallow_clone(), x.shallow_clone()], 2);
+        let y2 = Tensor::cat(&[organ, none], 2);
+        let (_, lo, lb) = marginal_softmax(&x2, &first);
+        let want = -((2.0f64 / 6.0).ln() + (4.0f64 / 6.0).ln()) / 2.0;
+        assert!((value(&marginal_softmax_ce(&lo, &lb, &y2)) - want).abs() < 1e-12);
+    }
+
+    /// The softmax's arg max (background logit 0) is what the per-organ heads decode:
+    /// sigmoid(l) > 0.5 and the largest wins, so a softmax-trained model needs no other
+    /// decoding.
+    #[test]
+    fn the_softmax_arg_max_is_the_per_organ_decoding() {
+        tch::manual_seed(11);
+        let x = Tensor::randn([1, 3, 4, 5, 6], (Kind::Double, Device::Cpu)) * 3.0;
+        let full = Tensor::cat(&[x.zeros_like().narrow(1, 0, 1), x.shallow_clone()], 1);
+        let arg: Vec<i64> = Vec::try_from(full.argmax(1, false).view([-1])).unwrap();
+        let maps: Vec<Vec<f32>> = (0..3)
+            .map(|c| {
+                Vec::try_from(x.get(0).get(c).sigmoid().view([-1]).to_kind(Kind::Float)).unwrap()
+            })
+            .collect();
+        let decoded = crate::tiling::labels_from_probabilities(&maps, 0.5);
+        let arg: Vec<u8> = arg.iter().map(|&a| a as u8).collect();
+        assert_eq!(decoded, arg);
+        assert!(arg.iter().any(|&a| a == 0) && arg.iter().any(|&a| a == 3));
     }
 }

@@ -32,7 +32,9 @@ loss on the SDM), joint (the paper: tanh SDM, Dice of sigmoid(-k sdm) + lambda (
 product)), and the remedies for many organs (`*-balanced`, `*-organ-scaled`). `ce` adds a
 cross-entropy on the segmentation (the Dice head's, the joint heads' Heaviside) to its
 Dice, as nnU-Net does; 0, the paper's, none. `exclusion` tells each organ "no" on the
-other contoured organs' voxels (for partially contoured datasets). The Dice head's output
+other contoured organs' voxels (for partially contoured datasets). `softmax` puts the
+segmentation in one softmax over background and organs (nnU-Net's), an organ not contoured
+in a case merged into its background (the marginal loss). The Dice head's output
 starts at probability `head_prior`; an SDM head's (joint or SDM-only) Heaviside
 sigmoid(-k sdm) at `joint_prior` where set (0, the default: bias 0, every channel around
 0.5). Organs absent from a case are masked out of every loss term.
@@ -792,7 +794,7 @@ mod tests {
             .unwrap();
     }
 
-    /// Params added later (`exclusion`, `joint_prior`) are keyed only when set: at their
+    /// Params added later (`exclusion`, `joint_prior`, `softmax`) are keyed only when set: at their
     /// default the cache key is the one from before they existed, so no cached training is
     /// recomputed.
     #[test]
@@ -820,6 +822,15 @@ mod tests {
             let d = doc.iter().find(|d| d.name == name).unwrap();
             assert_eq!(d.default, serde_json::json!(0.0), "{name}");
         }
+        assert!(before.get("softmax").is_none());
+        assert_eq!(
+            keyed(serde_json::json!({"k": 20, "softmax": false})),
+            before
+        );
+        assert_eq!(
+            keyed(serde_json::json!({"k": 20, "softmax": true}))["softmax"],
+            true
+        );
     }
 
     /// `infer.levels` at its default (`fixed`) is left out of the key: predictions made

@@ -132,6 +132,16 @@ pub struct TrainConfig {
     /// (Keyed only when set, so that trainings from before it stay cached.)
     #[schemars(extend("x-key-omits-default" = true))]
     pub joint_prior: f64,
+    /// The segmentation (the Dice head's, the joint heads' Heaviside) as one softmax over
+    /// the background (logit 0) and the organs, as nnU-Net's, instead of one sigmoid per
+    /// organ: organs compete for each voxel in training as they do at decoding (the organ
+    /// with the largest logit, if above 0). In a case where an organ is not contoured its
+    /// probability is merged into the background's (Shi et al. 2021's marginal loss).
+    /// Dice, and `ce` (then the softmax's cross-entropy, a voxel mean: no `ce_balance`), are
+    /// computed on it. Decoding, levels and inference are unchanged. false (the paper):
+    /// sigmoids. (Keyed only when set.)
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub softmax: bool,
 }
 
 /// log(p / (1 - p)).
@@ -169,6 +179,7 @@ impl Default for TrainConfig {
             bf16: true,
             head_prior: 0.01,
             joint_prior: 0.0,
+            softmax: false,
         }
     }
 }
@@ -201,6 +212,21 @@ impl TrainConfig {
         }
         if !(self.exclusion >= 0.0 && self.exclusion.is_finite()) {
             return f("exclusion", "must be a number >= 0".into());
+        }
+        if self.softmax && !self.mode.segments() {
+            let mode = serde_json::to_string(&self.mode).unwrap_or_default();
+            return f(
+                "softmax",
+                format!(
+                    "mode {mode} has no segmentation to put in a softmax: use a dice or joint mode"
+                ),
+            );
+        }
+        if self.softmax && self.ce_balance {
+            return f(
+                "ce_balance",
+                "balances the per-organ cross-entropy; with softmax the cross-entropy is the softmax's".into(),
+            );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return f("lr", "must be a positive number".into());
@@ -1134,6 +1160,31 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.check().unwrap_err().0, "device");
+        // A softmax needs a segmentation; its cross-entropy is not the per-organ one.
+        let c = TrainConfig {
+            mode: Mode::SdmShellBalanced,
+            softmax: true,
+            ..Default::default()
+        };
+        let (field, message) = c.check().unwrap_err();
+        assert_eq!(field, "softmax");
+        assert!(message.contains("sdm-shell-balanced"), "{message}");
+        let c = TrainConfig {
+            mode: Mode::Dice,
+            softmax: true,
+            ce: 1.0,
+            ce_balance: true,
+            ..Default::default()
+        };
+        assert_eq!(c.check().unwrap_err().0, "ce_balance");
+        for mode in [Mode::Dice, Mode::JointShellBalanced] {
+            let c = TrainConfig {
+                mode,
+                softmax: true,
+                ..Default::default()
+            };
+            assert!(c.check().is_ok(), "{mode:?}");
+        }
         assert_eq!(TrainConfig::default().lr_at(24), 5e-4);
         assert!((TrainConfig::default().lr_at(25) - 4e-4).abs() < 1e-12);
         assert!((TrainConfig::default().lr_at(50) - 3.2e-4).abs() < 1e-12);
