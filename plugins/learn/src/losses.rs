@@ -947,6 +947,6 @@ mod tests {
         let decoded = crate::tiling::labels_from_probabilities(&maps, 0.5);
         let arg: Vec<u8> = arg.iter().map(|&a| a as u8).collect();
         assert_eq!(decoded, arg);
-        assert!(arg.iter().any(|&a| a == 0) && arg.iter().any(|&a| a == 3));
+        assert!(arg.contains(&0) && arg.contains(&3));
     }
 }
