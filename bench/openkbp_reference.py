@@ -22,7 +22,8 @@ Writes <folder>/metrics.csv (case, organ, dice, predicted and reference voxels o
 native grid), <folder>/summary.json (mean per organ, wall seconds per phase, threads) and
 <folder>/train.log. Measured (docs/results/multi-organ/README.md, section 20): at 2,000
 steps the five large organs 0.62-0.79 (seeds 2020, 7), the esophagus 0, the larynx 0 / 0.554;
-with `--organs Esophagus Larynx` (seed 2020) the esophagus 0.505, the larynx 0.595.
+with `--organs Esophagus Larynx` the esophagus 0.505 / 0.504, the larynx 0.595 / 0.583
+(seeds 2020 / 7).
 """
 
 import argparse
