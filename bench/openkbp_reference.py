@@ -92,7 +92,10 @@ def sample(case, rng, foreground=0.8, swap=None):
     img, lab = padded(case["image"], PATCH, -1.0), padded(case["labels"], PATCH, 0)
     if case["present"] and rng.random() < foreground:
         organ = rng.choice(case["present"])
-        idx = np.argwhere(lab == organ)
+        where = case.setdefault("voxels", {})  # each organ's voxels, found once per case
+        if organ not in where:
+            where[organ] = np.argwhere(lab == organ)
+        idx = where[organ]
         centre = idx[rng.randrange(len(idx))] if len(idx) else None
     else:
         centre = None

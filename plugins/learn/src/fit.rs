@@ -108,7 +108,12 @@ pub fn loss(
         use crate::losses::{dice_loss, marginal_softmax, marginal_softmax_ce};
         let (organs, log_organs, log_background) = marginal_softmax(&logits, &t.present);
         let l = dice_loss(&organs, &t.seg, &t.present);
-        let l = match mode.sdm_terms(&mode.head().activate(&out), t) {
+        // A joint head adds its SDM terms; the Dice head has none.
+        let terms = mode
+            .is_joint()
+            .then(|| mode.sdm_terms(&mode.head().activate(&out), t))
+            .flatten();
+        let l = match terms {
             Some(terms) => l + terms * lambda,
             None => l,
         };

@@ -453,8 +453,10 @@ pub fn organ_scaled_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor) 
     mean_over_present_organs(per_organ, present)
 }
 
-/// The joint loss: Dice of the smooth Heaviside sigmoid(-k p) against the segmentation,
-/// plus lambda (L1 + product) on the SDM. The paper: k = 1500, lambda = 10.
+/// The paper's joint loss written out: Dice of the smooth Heaviside sigmoid(-k p) against
+/// the segmentation, plus lambda (L1 + product) on the SDM (k = 1500, lambda = 10 there).
+/// Training computes it as [`Mode::loss`] of [`Mode::Joint`], tested equal to this.
+#[cfg(test)]
 pub fn joint_loss(
     sdm_pred: &Tensor,
     sdm_target: &Tensor,
@@ -714,6 +716,14 @@ mod tests {
         let want =
             value(&dice_loss(&h, &seg, &present)) + 10.0 * value(&sdm_loss(&p, &y, &present));
         assert!((j - want).abs() < 1e-9);
+        // What training computes for the paper's joint mode is this loss.
+        let batch = BatchTensors {
+            image: p.zeros_like(),
+            sdm: y.shallow_clone(),
+            seg: seg.shallow_clone(),
+            present: present.shallow_clone(),
+        };
+        assert!((value(&Mode::Joint.loss(&p, &batch, 1500.0, 10.0)) - j).abs() < 1e-12);
     }
 
     /// Autograd against central differences, element by element.
