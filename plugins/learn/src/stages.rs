@@ -262,6 +262,7 @@ impl Stage for Train {
         let mut norm: Option<Vec<Norm>> = None;
         let mut spacing = [1.0; 3];
         let mut seen = crate::model::TrainingData::default();
+        let mut no_organ = 0usize;
         for (info, inputs) in cases {
             let at = |e: StageError| StageError::msg(format!("case `{}`: {e}", info.id));
             let case = inputs.case("cases").map_err(at)?;
@@ -307,6 +308,12 @@ impl Stage for Train {
                 });
                 continue;
             }
+            // A case that contours none of the organs gives every loss term nothing (absent
+            // organs are masked out): sampling it would spend steps on zero gradients.
+            if !case.present.iter().any(|&p| p) {
+                no_organ += 1;
+                continue;
+            }
             let sdms = inputs.sdms("sdms").map_err(at)?;
             if cfg.mode.head() == crate::losses::Head::Sdm && sdms.units != SdmUnits::Normalized {
                 return Err(at(StageError::msg(
@@ -327,7 +334,21 @@ impl Stage for Train {
                 .add(&info.id, &case, &sdms, Some(sampler.organ_voxels))
                 .map_err(StageError::msg)?;
         }
-        cfg.augment = policy.ok_or_else(|| StageError::msg("no training cases"))?;
+        if no_organ > 0 {
+            tracing::info!(
+                cases = no_organ,
+                "left out of training: {no_organ} case(s) contour none of the organs"
+            );
+        }
+        cfg.augment = policy.ok_or_else(|| {
+            StageError::msg(if no_organ > 0 {
+                format!(
+                    "no training cases: the {no_organ} training case(s) contour none of the organs"
+                )
+            } else {
+                "no training cases".to_string()
+            })
+        })?;
         let cfg = &cfg;
         let norm = norm.ok_or_else(|| StageError::msg("no cases to train on"))?;
         let train_cases = train_set.finish().map_err(StageError::msg)?;
