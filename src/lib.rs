@@ -14,6 +14,7 @@ pub fn default_registry() -> Result<Registry, DuplicateStage> {
         .with(&shapeflow_preprocess::PreprocessPlugin)?
         .with(&shapeflow_sdm::SdmPlugin)?
         .with(&shapeflow_eval::EvalPlugin)?
+        .with(&shapeflow_labels::LabelsPlugin)?
         .with(&shapeflow_exec::ExecPlugin)?
         .with(&shapeflow_learn::LearnPlugin)
 }

@@ -25,6 +25,7 @@ fn every_ready_pipeline_validates() {
         "hn2015.yaml",
         "hippocampus.yaml",
         "openkbp.yaml",
+        "openkbp-cascade.yaml",
     ] {
         let p = pipelines_dir().join(f);
         let out = run_child(d.path(), &["validate", p.to_str().unwrap()]);
@@ -1893,4 +1894,112 @@ fn the_contour_audit_counts_air_and_false_positives_by_hand() {
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("--windows needs --predictions"));
+}
+
+/// `select-organs` and `merge-labels` wired as a cascade, on the phantom's reference labels:
+/// the organs split into two selections (the first without the small organs, the second
+/// with them and the mandible) and merged back give every organ of the reference with Dice
+/// 1, the small organs appended after the first selection's own; where both claim a voxel
+/// (the mandible), the base keeps it.
+#[test]
+fn selected_organs_merge_back_into_the_reference() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = "name: cascade
+stages:
+  load: {stage: load, params: {format: phantom, cases: 3, dims: [64, 64, 56], spacing: [3.5, 3.5, 4.3], split: none}}
+  large: {stage: select-organs, after: [load], params: {organs: [BrainStem, Mandible, Parotid_L, Parotid_R, Submandibular_L, Submandibular_R]}}
+  small: {stage: select-organs, after: [load], params: {organs: [Chiasm, Mandible, OpticNerve_L, OpticNerve_R]}}
+  cascade: {stage: merge-labels, after: [large, small], params: {base: large, overlay: small, organs: [Chiasm, OpticNerve_L, OpticNerve_R]}}
+  evaluate: {stage: evaluate, after: [load, cascade]}
+  report: {stage: report, after: [evaluate], params: {figures: false}}
+";
+    write(d.path(), "p.yaml", yaml);
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let run = manifest.parent().unwrap();
+    let labels: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("cascade/labels.json")).unwrap()).unwrap();
+    assert_eq!(labels["7"], "Chiasm", "{labels}");
+    assert_eq!(labels["9"], "OpticNerve_R", "{labels}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("report/summary.json")).unwrap()).unwrap();
+    let organs = summary["organs"].as_object().unwrap();
+    assert_eq!(organs.len(), 9, "{summary}");
+    for (organ, s) in organs {
+        let dice = s["dice"]["mean"].as_f64().unwrap();
+        assert!(dice > 0.999, "{organ}: {dice}");
+        assert_eq!(s["outcomes"]["compared"], 3, "{organ}: {s}");
+    }
+    // An organ the overlay lacks is an error naming the case and the organ, not a panic.
+    let bad = yaml.replace(
+        "organs: [Chiasm, OpticNerve_L",
+        "organs: [Larynx, OpticNerve_L",
+    );
+    write(d.path(), "bad.yaml", &bad);
+    let sets: Vec<String> = vec![];
+    let (r, _) = shapeflow::cli::run_pipeline(
+        &d.path().join("bad.yaml"),
+        &sets,
+        &registry(),
+        RunSettings {
+            cache: Some(d.path().join("cache")),
+            runs: d.path().join("runs"),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let failed = r.node("cascade", "default").unwrap();
+    assert!(
+        matches!(&failed.status, shapeflow_core::Status::Failed(m) if m.contains("`Larynx`") && m.contains("case ")),
+        "{:?}",
+        failed.status
+    );
+}
+
+/// Training cases that contour none of the organs teach nothing (absent organs are masked
+/// out of every loss term): `train` leaves them out, and when that leaves none it fails
+/// saying so, instead of spending its steps on zero gradients.
+#[test]
+fn training_leaves_out_cases_that_contour_no_organ() {
+    let d = tempfile::tempdir().unwrap();
+    let dims = [16usize, 16, 16];
+    for (case, split) in [
+        ("c1", "train"),
+        ("c2", "train"),
+        ("c3", "train"),
+        ("c4", "validation"),
+    ] {
+        let dir = d.path().join("data").join(split).join(case);
+        std::fs::create_dir_all(dir.join("structures")).unwrap();
+        let ct: Vec<i16> = (0..4096).map(|i| (i % 97) as i16 * 10 - 400).collect();
+        shapeflow_core::Volume::new(dims, [2.0; 3], shapeflow_core::VoxelData::I16(ct))
+            .unwrap()
+            .write_nifti(&dir.join("ct.nii.gz"))
+            .unwrap();
+    }
+    // Only the test case contours the organ.
+    let mut mask = vec![0u8; 4096];
+    mask[8 + 16 * (8 + 16 * 8)] = 1;
+    shapeflow_core::Volume::new(dims, [2.0; 3], shapeflow_core::VoxelData::U8(mask))
+        .unwrap()
+        .write_nifti(&d.path().join("data/validation/c4/structures/Organ.nii.gz"))
+        .unwrap();
+    let yaml = "name: none
+stages:
+  load: {stage: load, params: {format: organ-files, root: data, image: ct.nii.gz, organs: [Organ], folders: {train: train, validation: test}, val_fraction: 0.0}}
+  sdm: {stage: edt-sdm, after: [load]}
+  augment: {stage: augment, after: [load, sdm]}
+  train:
+    stage: train
+    after: [load, sdm, augment]
+    params: {epochs: 1, iterations: 1, patch: [16, 16, 16], net: {depth: 2, base_channels: 4, max_channels: 8, groups: 2}, device: cpu, val_every: 0}
+";
+    write(d.path(), "p.yaml", yaml);
+    let (r, _) = run_with_manifest(d.path(), "p.yaml", &[]);
+    let train = r.node("train", "default").unwrap();
+    assert!(
+        matches!(&train.status, shapeflow_core::Status::Failed(m) if m.contains("3 training case(s) contour none of the organs")),
+        "{:?}",
+        train.status
+    );
 }
