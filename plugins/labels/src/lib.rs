@@ -71,6 +71,9 @@ selection learns it as background. Whether each kept organ was contoured (absent
 empty) carries over. Images are shared, not copied. A case without one of the listed
 organs in its organ table is an error naming the case and the organ.
 
+An image without labels or organ table (a new patient under `pipeline predict`) passes
+through with the listed organs marked not contoured.
+
 Used to train a second model on some organs only (the small ones, which share the steps of
 a model for all organs badly), merged back into the first model's predictions by
 `merge-labels`.
@@ -125,6 +128,14 @@ struct Select(SelectParams);
 /// `case` with only `organs` (relabelled in that order); the labels of the others become
 /// background. Errors name the organ the case lacks.
 pub fn select_organs(case: &CaseData, organs: &[String]) -> Result<CaseData, String> {
+    // An image without labels (a new patient, as `pipeline predict` replays this stage):
+    // the listed organs, none contoured.
+    if case.labels.is_none() && case.organs.is_empty() {
+        let mut out = case.clone();
+        out.organs = organs.to_vec();
+        out.present = vec![false; organs.len()];
+        return Ok(out);
+    }
     // new_label[old label] (0 = background).
     let mut new_label = [0u8; 256];
     let mut present = Vec::with_capacity(organs.len());

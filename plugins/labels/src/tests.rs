@@ -41,6 +41,16 @@ fn select_relabels_in_the_listed_order_and_keeps_presence() {
 }
 
 #[test]
+fn select_passes_an_unlabelled_image_through() {
+    let mut c = case(&[], &[], &[0, 0]);
+    c.labels = None;
+    let s = select_organs(&c, &names(&["Esophagus", "Larynx"])).unwrap();
+    assert_eq!(s.organs, ["Esophagus", "Larynx"]);
+    assert_eq!(s.present, [false, false]);
+    assert!(s.labels.is_none());
+}
+
+#[test]
 fn select_names_the_missing_organ() {
     let c = case(&["A", "B"], &[true, true], &[0, 1, 2]);
     let e = select_organs(&c, &names(&["A", "Larynx"])).unwrap_err();
