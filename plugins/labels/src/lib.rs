@@ -150,6 +150,12 @@ pub fn select_organs(case: &CaseData, organs: &[String]) -> Result<CaseData, Str
                 }
             )
         })?;
+        if at >= 255 {
+            return Err(format!(
+                "organ `{o}` is number {}: a u8 label map holds 255",
+                at + 1
+            ));
+        }
         new_label[at + 1] = u8::try_from(i + 1).map_err(|_| "more than 255 organs")?;
         present.push(case.present.get(at).copied().unwrap_or(false));
     }
@@ -284,6 +290,12 @@ pub fn merge_labels(
                     overlay.organs.join(", ")
                 )
             })?;
+        if at >= 255 {
+            return Err(format!(
+                "the overlay's organ `{name}` is number {}: a u8 label map holds 255",
+                at + 1
+            ));
+        }
         let out = match organs.iter().position(|c| c == name) {
             Some(i) => {
                 present[i] = overlay.present.get(at).copied().unwrap_or(true);

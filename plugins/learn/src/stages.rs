@@ -292,8 +292,16 @@ impl Stage for Train {
                     n.len()
                 ))));
             }
+            let is_val = info.split.as_deref() == Some("val");
+            // A training case that contours none of the organs gives every loss term nothing
+            // (absent organs are masked out): sampling it would spend steps on zero
+            // gradients. Left out before its image is normalised.
+            if !is_val && !case.present.iter().any(|&p| p) {
+                no_organ += 1;
+                continue;
+            }
             let case = model::normalise_case(n, &case).map_err(at)?;
-            if info.split.as_deref() == Some("val") {
+            if is_val {
                 let img: Vec<f32> = case.images.iter().flat_map(|v| v.to_f32()).collect();
                 let Some(VoxelData::U8(labels)) = case.labels.as_ref().map(|l| l.data.clone())
                 else {
@@ -306,12 +314,6 @@ impl Stage for Train {
                     labels,
                     present: case.present.clone(),
                 });
-                continue;
-            }
-            // A case that contours none of the organs gives every loss term nothing (absent
-            // organs are masked out): sampling it would spend steps on zero gradients.
-            if !case.present.iter().any(|&p| p) {
-                no_organ += 1;
                 continue;
             }
             let sdms = inputs.sdms("sdms").map_err(at)?;
