@@ -390,21 +390,52 @@ fn trilinear(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f32 {
 /// [`trilinear`] over voxels read by `at` (index, x fastest).
 #[inline]
 fn trilinear_by(d: [usize; 3], p: [f64; 3], at: impl Fn(usize) -> f32) -> f32 {
-    let f: [f64; 3] = std::array::from_fn(|a| p[a].clamp(0.0, (d[a] - 1) as f64));
-    let i0: [usize; 3] = std::array::from_fn(|a| f[a].floor() as usize);
-    let t: [f64; 3] = std::array::from_fn(|a| f[a] - i0[a] as f64);
-    let mut acc = 0.0;
-    for c in 0..8 {
-        let o = [c & 1, (c >> 1) & 1, (c >> 2) & 1];
-        let idx: [usize; 3] = std::array::from_fn(|a| (i0[a] + o[a]).min(d[a] - 1));
-        let w: f64 = (0..3)
-            .map(|a| if o[a] == 1 { t[a] } else { 1.0 - t[a] })
-            .product();
-        if w != 0.0 {
-            acc += w * at(idx[0] + d[0] * (idx[1] + d[1] * idx[2])) as f64;
+    Corners::at(d, p).apply(at)
+}
+
+/// The (up to) eight voxels and weights of a trilinear interpolation at one point: computed
+/// once per patch voxel and applied to the image and every map (the same sums, in the same
+/// order, as interpolating each on its own).
+struct Corners {
+    idx: [usize; 8],
+    w: [f64; 8],
+    n: usize,
+}
+
+impl Corners {
+    #[inline]
+    fn at(d: [usize; 3], p: [f64; 3]) -> Corners {
+        let f: [f64; 3] = std::array::from_fn(|a| p[a].clamp(0.0, (d[a] - 1) as f64));
+        let i0: [usize; 3] = std::array::from_fn(|a| f[a].floor() as usize);
+        let t: [f64; 3] = std::array::from_fn(|a| f[a] - i0[a] as f64);
+        let mut out = Corners {
+            idx: [0; 8],
+            w: [0.0; 8],
+            n: 0,
+        };
+        for c in 0..8 {
+            let o = [c & 1, (c >> 1) & 1, (c >> 2) & 1];
+            let idx: [usize; 3] = std::array::from_fn(|a| (i0[a] + o[a]).min(d[a] - 1));
+            let w: f64 = (0..3)
+                .map(|a| if o[a] == 1 { t[a] } else { 1.0 - t[a] })
+                .product();
+            if w != 0.0 {
+                out.idx[out.n] = idx[0] + d[0] * (idx[1] + d[1] * idx[2]);
+                out.w[out.n] = w;
+                out.n += 1;
+            }
         }
+        out
     }
-    acc as f32
+
+    #[inline]
+    fn apply(&self, at: impl Fn(usize) -> f32) -> f32 {
+        let mut acc = 0.0;
+        for c in 0..self.n {
+            acc += self.w[c] * at(self.idx[c]) as f64;
+        }
+        acc as f32
+    }
 }
 
 /// A normalised SDM value seen through a zoom of `scale`: distances grow with the zoom,
@@ -503,18 +534,16 @@ pub fn sample(
         BTreeMap::new()
     };
     let k = case.organs.len();
+    // Where each output channel reads from (its left-right partner when flipped).
+    let source: Vec<usize> = (0..k).map(|c| *swap.get(&c).unwrap_or(&c)).collect();
+    let maps: Vec<Option<MapView<'_>>> = source.iter().map(|&c| case.sdm(c)).collect();
     let mut out = Sample {
         case: case.id.clone(),
         image: vec![0.0; n * channels],
         labels: vec![0; n],
         sdms: vec![vec![0.0; n]; k],
         present: (0..k)
-            .map(|o| {
-                case.present
-                    .get(*swap.get(&o).unwrap_or(&o))
-                    .copied()
-                    .unwrap_or(false)
-            })
+            .map(|o| case.present.get(source[o]).copied().unwrap_or(false))
             .collect(),
         flipped,
         scale,
@@ -533,12 +562,16 @@ pub fn sample(
                 if flipped {
                     q[case.lr_axis] = -q[case.lr_axis];
                 }
-                let pos = [x, y, z];
-                let g: [f64; 3] = std::array::from_fn(|a| {
-                    pos[a] as f64 / (ps[a].max(2) - 1) as f64 * (grid_n[a] - 1) as f64
-                });
-                let disp: [f64; 3] =
-                    std::array::from_fn(|a| trilinear(&field[a], grid_n, g) as f64);
+                // (Without an elastic field the displacement is 0: not interpolated.)
+                let disp: [f64; 3] = if cfg.elastic_mm > 0.0 {
+                    let pos = [x, y, z];
+                    let g: [f64; 3] = std::array::from_fn(|a| {
+                        pos[a] as f64 / (ps[a].max(2) - 1) as f64 * (grid_n[a] - 1) as f64
+                    });
+                    std::array::from_fn(|a| trilinear(&field[a], grid_n, g) as f64)
+                } else {
+                    [0.0; 3]
+                };
                 let r: [f64; 3] = std::array::from_fn(|i| {
                     (rot[0][i] * q[0] + rot[1][i] * q[1] + rot[2][i] * q[2]) / scale + disp[i]
                 });
@@ -552,14 +585,19 @@ pub fn sample(
                     0
                 };
                 out.labels[o] = if lab > 0 {
-                    (*swap.get(&(lab as usize - 1)).unwrap_or(&(lab as usize - 1)) + 1) as u8
+                    // A flip swaps the pairs both ways: the source of `c` is where `c` goes.
+                    (source
+                        .get(lab as usize - 1)
+                        .copied()
+                        .unwrap_or(lab as usize - 1)
+                        + 1) as u8
                 } else {
                     0
                 };
-                for (c, dst) in out.sdms.iter_mut().enumerate() {
-                    let srcc = *swap.get(&c).unwrap_or(&c);
-                    if let Some(m) = case.sdm(srcc) {
-                        dst[o] = zoomed(trilinear_by(d, src, |i| m.get(i)), scale as f32);
+                let corners = Corners::at(d, src);
+                for (dst, m) in out.sdms.iter_mut().zip(&maps) {
+                    if let Some(m) = m {
+                        dst[o] = zoomed(corners.apply(|i| m.get(i)), scale as f32);
                     }
                 }
                 // Intensity, per channel: scale, shift, gamma (sign-preserving: images are
@@ -568,7 +606,7 @@ pub fn sample(
                     imgs.iter().zip(intensity.iter_mut()).enumerate()
                 {
                     let v = if inside {
-                        trilinear(img, d, src)
+                        corners.apply(|i| img[i])
                     } else {
                         case.pads[c]
                     };
