@@ -761,13 +761,12 @@ impl Stage for Infer {
             .enumerate()
             .map(|(i, o)| ((i + 1).to_string(), serde_json::json!(o)))
             .collect();
+        // Every case's task writes it (the same bytes): whole, through the atomic writer.
         let labels_json = out.join("labels.json");
-        if !labels_json.exists() {
-            let _ = std::fs::write(
-                &labels_json,
-                serde_json::to_vec_pretty(&names).unwrap_or_default(),
-            );
-        }
+        let bytes =
+            serde_json::to_vec_pretty(&names).map_err(|e| StageError::msg(e.to_string()))?;
+        shapeflow_core::atomic::write(&labels_json, &bytes)
+            .map_err(|e| StageError::msg(format!("{}: {e}", labels_json.display())))?;
         if self.p.write_maps {
             for (o, m) in model.config.organs.iter().zip(maps) {
                 let v = on_grid(VoxelData::F32(m))?;
