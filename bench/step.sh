@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Training-step benchmark: the UNet of pipelines/hippocampus.yaml (depth 4, 16 base channels,
 # batch 4 of 32x48x32), forward + joint loss + backward + Adam, in tch (ours) and in PyTorch
-# from Python, same libtorch wheel (.venv), same weights and batch, at 1 thread and at all
-# threads, alternating. Writes bench/results/step-<date>.jsonl; prints the ratio table.
+# from Python (its usual layout and channels-last), same libtorch wheel (.venv), same weights
+# and batch, at 1 thread and at all threads, alternating. Writes
+# bench/results/step-<date>.jsonl; prints the ratio table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-torch.sh >&2
@@ -16,6 +17,7 @@ cargo build --release -p shapeflow-learn --bench step >&2
 for t in 1 "$ALL"; do
   cargo bench -p shapeflow-learn --bench step -- --threads "$t" --reps "$REPS" --io "$IO" | grep '^{' >> "$OUT"
   "$PY" bench/step_peer.py "$IO" "$t" "$REPS" 2>/dev/null | grep '^{' >> "$OUT"
+  PEER_LAYOUT=channels_last "$PY" bench/step_peer.py "$IO" "$t" "$REPS" 2>/dev/null | grep '^{' >> "$OUT"
 done
 "$PY" - "$OUT" <<'PYEOF'
 import json, sys

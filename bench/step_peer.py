@@ -2,7 +2,10 @@
 batch the Rust bench wrote, the same joint loss (Dice of sigmoid(-k sdm) + lambda (L1 +
 product), means as plugins/learn/src/losses.rs), torch.optim.Adam. Prints one JSON line.
 
-usage: step_peer.py IO.safetensors THREADS REPS [cpu|cuda] [bf16]"""
+usage: step_peer.py IO.safetensors THREADS REPS [cpu|cuda] [bf16]
+
+PEER_LAYOUT=channels_last runs the network channels-last (the input given NDHWC strides, as
+ours does on the CPU: plugins/learn/src/unet.rs); the default is PyTorch's usual layout."""
 import json
 import os
 import sys
@@ -18,6 +21,13 @@ bf16 = len(sys.argv) > 5 and sys.argv[5] == "bf16" and device == "cuda"
 torch.set_num_threads(threads)
 t = read_safetensors(io)
 data = {k[5:]: v.to(device) for k, v in t.items() if k.startswith("data.")}
+channels_last = os.environ.get("PEER_LAYOUT") == "channels_last"
+if channels_last:
+    data["image"] = data["image"].contiguous(memory_format=torch.channels_last_3d)
+    if data["image"].shape[1] == 1:  # a one-channel tensor keeps its strides: set them
+        n, c, d, h, w = data["image"].shape
+        data["image"] = data["image"].permute(0, 2, 3, 4, 1).contiguous().as_strided(
+            (n, c, d, h, w), (d * h * w * c, 1, h * w * c, w * c, c))
 net = UNet(in_channels=1, out_channels=1, depth=4, base_channels=16, groups=8, slope=0.01,
            max_channels=256)
 net.load_state_dict({k: v for k, v in t.items() if not k.startswith("data.")})
@@ -51,7 +61,8 @@ for i in range(reps + 2):
     losses.append(l)
 d = data["image"].shape
 print(json.dumps({
-    "tool": f"pytorch-{torch.__version__}" + ("-bf16" if bf16 else ""), "device": device,
+    "tool": f"pytorch-{torch.__version__}" + ("-bf16" if bf16 else "")
+    + ("-channels-last" if channels_last else ""), "device": device,
     "peak_gpu_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None, "case": f"unet d4 c16 b{d[0]} {d[4]}x{d[3]}x{d[2]}",
     "threads": threads, "median_s": sorted(times)[len(times) // 2], "runs": len(times),
     "times_s": times, "losses": losses}))
