@@ -422,11 +422,18 @@ fn time_spent_waiting_for_a_resource_is_reported_apart_from_the_stages_wall_time
     } else {
         (b, a)
     };
-    assert!(first.waited_s < 0.3, "{}", r.table());
+    // Lower bounds and comparisons only: on a loaded machine every span stretches, but the
+    // second's wall time stays clearly below what it would be if it counted its wait.
     assert!(second.waited_s >= 0.5, "{}", r.table());
+    assert!(first.waited_s + 0.3 < second.waited_s, "{}", r.table());
     for n in [first, second] {
-        assert!(n.wall_s >= 0.55 && n.wall_s < 1.1, "{}", r.table());
+        assert!(n.wall_s >= 0.55, "{}", r.table());
     }
+    assert!(
+        second.wall_s + 0.3 < second.waited_s + first.wall_s,
+        "the second's wall time must leave out its wait:\n{}",
+        r.table()
+    );
     let table = r.table();
     assert!(table.lines().next().unwrap().ends_with("waited"), "{table}");
 }
