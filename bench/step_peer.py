@@ -23,11 +23,10 @@ t = read_safetensors(io)
 data = {k[5:]: v.to(device) for k, v in t.items() if k.startswith("data.")}
 channels_last = os.environ.get("PEER_LAYOUT") == "channels_last"
 if channels_last:
-    data["image"] = data["image"].contiguous(memory_format=torch.channels_last_3d)
-    if data["image"].shape[1] == 1:  # a one-channel tensor keeps its strides: set them
-        n, c, d, h, w = data["image"].shape
-        data["image"] = data["image"].permute(0, 2, 3, 4, 1).contiguous().as_strided(
-            (n, c, d, h, w), (d * h * w * c, 1, h * w * c, w * c, c))
+    # Explicit strides: `.contiguous(memory_format=...)` leaves a one-channel tensor as is.
+    n, c, d, h, w = data["image"].shape
+    data["image"] = data["image"].permute(0, 2, 3, 4, 1).contiguous().as_strided(
+        (n, c, d, h, w), (d * h * w * c, 1, h * w * c, w * c, c))
 net = UNet(in_channels=1, out_channels=1, depth=4, base_channels=16, groups=8, slope=0.01,
            max_channels=256)
 net.load_state_dict({k: v for k, v in t.items() if not k.startswith("data.")})

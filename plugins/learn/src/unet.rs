@@ -185,10 +185,8 @@ impl UNet {
             h = leaky(&upconv.forward(&upsampled), self.config.slope);
             h = block.forward(&Tensor::cat(&[skip, h], 1));
         }
-        match layout {
-            Layout::Contiguous => self.head.forward(&h),
-            Layout::ChannelsLast => self.head.forward(&h).contiguous(),
-        }
+        // A no-op in the usual layout.
+        self.head.forward(&h).contiguous()
     }
 }
 
@@ -203,9 +201,10 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Channels-last on the CPU: oneDNN's 3D convolutions run a training step of the
-    /// CPU profile's network 1.3 times and a forward pass 1.8 times as fast so (AVX2, 2
-    /// threads; docs/benchmarks.md). CUDA keeps the usual layout (not measured there).
+    /// Channels-last on the CPU: oneDNN's 3D convolutions run the OpenKBP cascade's
+    /// network 1.2-1.3 times (training step) and 1.7-1.8 times (forward) as fast so on an
+    /// AVX2 CPU (`bench/layout.py`, docs/benchmarks.md). CUDA keeps the usual layout (not
+    /// measured there).
     pub fn for_device(device: tch::Device) -> Layout {
         if device == tch::Device::Cpu {
             Layout::ChannelsLast
@@ -235,9 +234,8 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    #[test]
-    fn shapes_and_depth() {
-        let vs = nn::VarStore::new(Device::Cpu);
+    /// Depth 2, 4 base channels, 3 organs.
+    fn small_net(vs: &nn::VarStore) -> UNet {
         let cfg = UNetConfig {
             out_channels: 3,
             depth: 2,
@@ -245,7 +243,13 @@ mod tests {
             groups: 2,
             ..Default::default()
         };
-        let net = UNet::new(&vs.root(), cfg);
+        UNet::new(&vs.root(), cfg)
+    }
+
+    #[test]
+    fn shapes_and_depth() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = small_net(&vs);
         let x = Tensor::randn([2, 1, 8, 12, 16], (Kind::Float, Device::Cpu));
         let y = net.forward(&x);
         assert_eq!(y.size(), vec![2, 3, 8, 12, 16]);
@@ -271,14 +275,7 @@ mod tests {
     #[test]
     fn both_layouts_compute_the_same_network() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = UNetConfig {
-            out_channels: 3,
-            depth: 2,
-            base_channels: 4,
-            groups: 2,
-            ..Default::default()
-        };
-        let net = UNet::new(&vs.root(), cfg);
+        let net = small_net(&vs);
         let x = Tensor::randn([2, 1, 8, 12, 16], (Kind::Float, Device::Cpu));
         let grads = |layout| {
             for v in vs.trainable_variables() {
