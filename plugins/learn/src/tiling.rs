@@ -79,6 +79,12 @@ pub type Model<'a, E> = dyn FnMut(&[Vec<f32>]) -> Result<PatchOutputs, E> + 'a;
 /// input channel: what fills the parts of a patch that fall outside a volume smaller than
 /// the patch. `model` gets up to `cfg.batch` patches (input channels one after another) and
 /// must return, per patch, `channels` vectors of patch size.
+///
+/// Two savings that leave the maps as they were: windows that hold nothing but the pad
+/// values (the air around a CT's body, once clipped to its intensity window) all give the
+/// model the same input, so it runs once for all of them; and a lone last window is sent
+/// with a copy of itself when `cfg.batch >= 2` (libtorch's 3D convolutions on the CPU take
+/// longer for one patch than for two: `bench/window.py`).
 pub fn sliding_window<E>(
     image: &[f32],
     dims: [usize; 3],
@@ -98,25 +104,18 @@ pub fn sliding_window<E>(
             n * pads.len()
         )));
     }
-    let w = gaussian(p, cfg.sigma);
-    let mut acc = vec![vec![0f32; n]; channels];
-    let mut norm = vec![0f32; n];
-    let positions: Vec<[usize; 3]> = {
-        let (sx, sy, sz) = (
-            starts(dims[0], p[0], cfg.overlap),
-            starts(dims[1], p[1], cfg.overlap),
-            starts(dims[2], p[2], cfg.overlap),
-        );
-        let mut v = Vec::new();
-        for &z in &sz {
-            for &y in &sy {
-                for &x in &sx {
-                    v.push([x, y, z]);
-                }
-            }
-        }
-        v
+    let mut blend = Blend {
+        w: gaussian(p, cfg.sigma),
+        acc: vec![vec![0f32; n]; channels],
+        norm: vec![0f32; n],
+        dims,
+        patch: p,
     };
+    let (sx, sy, sz) = (
+        starts(dims[0], p[0], cfg.overlap),
+        starts(dims[1], p[1], cfg.overlap),
+        starts(dims[2], p[2], cfg.overlap),
+    );
     let extract = |s: [usize; 3]| -> Vec<f32> {
         let mut out = Vec::with_capacity(pn * pads.len());
         for (c, &pad) in pads.iter().enumerate() {
@@ -136,10 +135,32 @@ pub fn sliding_window<E>(
         }
         out
     };
-    for chunk in positions.chunks(cfg.batch.max(1)) {
-        let patches: Vec<Vec<f32>> = chunk.iter().map(|&s| extract(s)).collect();
+    let is_pad = |patch: &[f32]| {
+        patch
+            .chunks(pn)
+            .zip(pads)
+            .all(|(c, &pad)| c.iter().all(|&v| v == pad))
+    };
+    let batch = cfg.batch.max(1);
+    // The model's output for the all-pad patch, once it has run, and the all-pad windows
+    // waiting for it.
+    let mut pad_out: Option<Vec<Vec<f32>>> = None;
+    let mut pad_queued = false;
+    let mut waiting: Vec<[usize; 3]> = Vec::new();
+    // The next call: per patch, its window (None: the all-pad patch).
+    let mut queue: Vec<(Option<[usize; 3]>, Vec<f32>)> = Vec::with_capacity(batch);
+    let mut run = |queue: &mut Vec<(Option<[usize; 3]>, Vec<f32>)>,
+                   blend: &mut Blend,
+                   pad_out: &mut Option<Vec<Vec<f32>>>,
+                   waiting: &mut Vec<[usize; 3]>|
+     -> Result<(), WindowError<E>> {
+        let lone = queue.len() == 1 && batch >= 2;
+        let mut patches: Vec<Vec<f32>> = queue.iter().map(|(_, x)| x.clone()).collect();
+        if lone {
+            patches.push(patches[0].clone());
+        }
         let outs = model(&patches).map_err(WindowError::Model)?;
-        if outs.len() != chunk.len()
+        if outs.len() != patches.len()
             || outs
                 .iter()
                 .any(|o| o.len() != channels || o.iter().any(|c| c.len() != pn))
@@ -148,31 +169,89 @@ pub fn sliding_window<E>(
                 "the model must return {channels} channels of {pn} voxels per patch"
             )));
         }
-        for (s, out) in chunk.iter().zip(&outs) {
-            for z in 0..p[2] {
-                for y in 0..p[1] {
-                    for x in 0..p[0] {
-                        let g = [s[0] + x, s[1] + y, s[2] + z];
-                        if g[0] >= dims[0] || g[1] >= dims[1] || g[2] >= dims[2] {
-                            continue;
-                        }
-                        let gi = g[0] + dims[0] * (g[1] + dims[1] * g[2]);
-                        let pi = x + p[0] * (y + p[1] * z);
-                        norm[gi] += w[pi];
-                        for (c, ch) in out.iter().enumerate() {
-                            acc[c][gi] += w[pi] * ch[pi];
-                        }
+        for ((at, _), out) in queue.drain(..).zip(outs) {
+            match at {
+                Some(s) => blend.add(s, &out),
+                None => {
+                    for s in waiting.drain(..) {
+                        blend.add(s, &out);
                     }
+                    *pad_out = Some(out);
+                }
+            }
+        }
+        Ok(())
+    };
+    for &z in &sz {
+        for &y in &sy {
+            for &x in &sx {
+                let s = [x, y, z];
+                let patch = extract(s);
+                if is_pad(&patch) {
+                    if let Some(out) = &pad_out {
+                        blend.add(s, out);
+                        continue;
+                    }
+                    waiting.push(s);
+                    if pad_queued {
+                        continue;
+                    }
+                    pad_queued = true;
+                    queue.push((None, patch));
+                } else {
+                    queue.push((Some(s), patch));
+                }
+                if queue.len() == batch {
+                    run(&mut queue, &mut blend, &mut pad_out, &mut waiting)?;
                 }
             }
         }
     }
+    if !queue.is_empty() {
+        run(&mut queue, &mut blend, &mut pad_out, &mut waiting)?;
+    }
+    let Blend {
+        mut acc, norm, ..
+    } = blend;
     for ch in acc.iter_mut() {
         for (v, &nv) in ch.iter_mut().zip(&norm) {
             *v /= nv;
         }
     }
     Ok(acc)
+}
+
+/// The Gaussian-weighted sums of patch outputs over a volume.
+struct Blend {
+    w: Vec<f32>,
+    acc: Vec<Vec<f32>>,
+    norm: Vec<f32>,
+    dims: [usize; 3],
+    patch: [usize; 3],
+}
+
+impl Blend {
+    /// Adds the output of the window starting at `s` (per channel, patch voxels).
+    fn add(&mut self, s: [usize; 3], out: &[Vec<f32>]) {
+        let (p, dims) = (self.patch, self.dims);
+        for z in 0..p[2] {
+            for y in 0..p[1] {
+                for x in 0..p[0] {
+                    let g = [s[0] + x, s[1] + y, s[2] + z];
+                    if g[0] >= dims[0] || g[1] >= dims[1] || g[2] >= dims[2] {
+                        continue;
+                    }
+                    let gi = g[0] + dims[0] * (g[1] + dims[1] * g[2]);
+                    let pi = x + p[0] * (y + p[1] * z);
+                    let w = self.w[pi];
+                    self.norm[gi] += w;
+                    for (acc, ch) in self.acc.iter_mut().zip(out) {
+                        acc[gi] += w * ch[pi];
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Errors of [`sliding_window`].
@@ -374,6 +453,88 @@ mod tests {
             &mut |b: &[Vec<f32>]| -> Result<_, String> { Ok(b.iter().map(|_| vec![]).collect()) },
         );
         assert!(matches!(e, Err(WindowError::Shape(_))));
+    }
+
+    /// Windows of nothing but pad run once, a lone last window travels with a copy of
+    /// itself, and the maps are those of running every window on its own.
+    #[test]
+    fn all_pad_windows_run_once_and_no_call_has_one_patch() {
+        let dims = [30, 20, 10];
+        let n: usize = dims.iter().product();
+        let pad = -1.0;
+        // A "body" in one corner, pad (air) elsewhere.
+        let image: Vec<f32> = (0..n)
+            .map(|i| {
+                let (x, y) = (i % dims[0], (i / dims[0]) % dims[1]);
+                if x < 9 && y < 7 {
+                    (i as f32 * 0.37).sin()
+                } else {
+                    pad
+                }
+            })
+            .collect();
+        let cfg = WindowConfig {
+            patch: [8, 8, 4],
+            overlap: 0.5,
+            sigma: 0.125,
+            batch: 2,
+        };
+        // Output depends on the whole patch (its mean) and on the voxel.
+        let f = |p: &Vec<f32>| {
+            let m = p.iter().sum::<f32>() / p.len() as f32;
+            vec![p.iter().map(|v| (v * 0.5 + m).tanh()).collect::<Vec<f32>>()]
+        };
+        let (mut calls, mut pad_patches, mut patches) = (0, 0, 0);
+        let got = sliding_window(&image, dims, 1, &cfg, &[pad], &mut |b: &[Vec<f32>]| {
+            calls += 1;
+            assert_eq!(b.len(), 2, "every call has the batch's two patches");
+            patches += b.len();
+            pad_patches += b.iter().filter(|p| p.iter().all(|&v| v == pad)).count();
+            Ok::<_, String>(b.iter().map(f).collect())
+        })
+        .unwrap();
+        // By hand: every window on its own.
+        let (sx, sy, sz) = (
+            starts(dims[0], 8, 0.5),
+            starts(dims[1], 8, 0.5),
+            starts(dims[2], 4, 0.5),
+        );
+        let windows = sx.len() * sy.len() * sz.len();
+        let w = gaussian(cfg.patch, cfg.sigma);
+        let (mut acc, mut norm) = (vec![0f32; n], vec![0f32; n]);
+        for &z in &sz {
+            for &y in &sy {
+                for &x in &sx {
+                    let idx = |a: usize, b: usize, c: usize| {
+                        (x + a) + dims[0] * ((y + b) + dims[1] * (z + c))
+                    };
+                    let mut patch = Vec::new();
+                    for c in 0..4 {
+                        for b in 0..8 {
+                            for a in 0..8 {
+                                patch.push(image[idx(a, b, c)]);
+                            }
+                        }
+                    }
+                    let out = f(&patch);
+                    for c in 0..4 {
+                        for b in 0..8 {
+                            for a in 0..8 {
+                                let pi = a + 8 * (b + 8 * c);
+                                acc[idx(a, b, c)] += w[pi] * out[0][pi];
+                                norm[idx(a, b, c)] += w[pi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            assert!((got[0][i] - acc[i] / norm[i]).abs() < 1e-5, "voxel {i}");
+        }
+        assert!(pad_patches >= 1 && pad_patches <= 2, "{pad_patches}");
+        assert!(patches < windows, "{patches} patches for {windows} windows");
+        assert!(calls >= 2);
     }
 
     #[test]
