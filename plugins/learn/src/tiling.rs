@@ -210,9 +210,7 @@ pub fn sliding_window<E>(
     if !queue.is_empty() {
         run(&mut queue, &mut blend, &mut pad_out, &mut waiting)?;
     }
-    let Blend {
-        mut acc, norm, ..
-    } = blend;
+    let Blend { mut acc, norm, .. } = blend;
     for ch in acc.iter_mut() {
         for (v, &nv) in ch.iter_mut().zip(&norm) {
             *v /= nv;
@@ -532,7 +530,7 @@ mod tests {
         for i in 0..n {
             assert!((got[0][i] - acc[i] / norm[i]).abs() < 1e-5, "voxel {i}");
         }
-        assert!(pad_patches >= 1 && pad_patches <= 2, "{pad_patches}");
+        assert!((1..=2).contains(&pad_patches), "{pad_patches}");
         assert!(patches < windows, "{patches} patches for {windows} windows");
         assert!(calls >= 2);
     }
