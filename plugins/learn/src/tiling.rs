@@ -80,11 +80,12 @@ pub type Model<'a, E> = dyn FnMut(&[Vec<f32>]) -> Result<PatchOutputs, E> + 'a;
 /// the patch. `model` gets up to `cfg.batch` patches (input channels one after another) and
 /// must return, per patch, `channels` vectors of patch size.
 ///
-/// Two savings that leave the maps as they were: windows that hold nothing but the pad
-/// values (the air around a CT's body, once clipped to its intensity window) all give the
-/// model the same input, so it runs once for all of them; and a lone last window is sent
-/// with a copy of itself when `cfg.batch >= 2` (libtorch's 3D convolutions on the CPU take
-/// longer for one patch than for two: `bench/window.py`).
+/// Two savings that leave the maps as they were (up to the order of the float sums):
+/// windows that hold nothing but the pad values (the air around a CT's body, once clipped
+/// to its intensity window) all give the model the same input, so it runs once for all of
+/// them; and a lone last window is sent with a copy of itself when `cfg.batch >= 2`
+/// (libtorch's 3D convolutions on the CPU take longer for one patch than for two:
+/// `bench/window.py`).
 pub fn sliding_window<E>(
     image: &[f32],
     dims: [usize; 3],
