@@ -148,19 +148,19 @@ pub fn sliding_window<E>(
     let mut pad_out: Option<Vec<Vec<f32>>> = None;
     let mut pad_queued = false;
     let mut waiting: Vec<[usize; 3]> = Vec::new();
-    // The next call: per patch, its window (None: the all-pad patch).
-    let mut queue: Vec<(Option<[usize; 3]>, Vec<f32>)> = Vec::with_capacity(batch);
-    let mut run = |queue: &mut Vec<(Option<[usize; 3]>, Vec<f32>)>,
+    // The next call: its patches, and per patch its window (None: the all-pad patch).
+    let mut patches: Vec<Vec<f32>> = Vec::with_capacity(batch + 1);
+    let mut at: Vec<Option<[usize; 3]>> = Vec::with_capacity(batch);
+    let mut run = |patches: &mut Vec<Vec<f32>>,
+                   at: &mut Vec<Option<[usize; 3]>>,
                    blend: &mut Blend,
                    pad_out: &mut Option<Vec<Vec<f32>>>,
                    waiting: &mut Vec<[usize; 3]>|
      -> Result<(), WindowError<E>> {
-        let lone = queue.len() == 1 && batch >= 2;
-        let mut patches: Vec<Vec<f32>> = queue.iter().map(|(_, x)| x.clone()).collect();
-        if lone {
+        if patches.len() == 1 && batch >= 2 {
             patches.push(patches[0].clone());
         }
-        let outs = model(&patches).map_err(WindowError::Model)?;
+        let outs = model(patches).map_err(WindowError::Model)?;
         if outs.len() != patches.len()
             || outs
                 .iter()
@@ -170,8 +170,9 @@ pub fn sliding_window<E>(
                 "the model must return {channels} channels of {pn} voxels per patch"
             )));
         }
-        for ((at, _), out) in queue.drain(..).zip(outs) {
-            match at {
+        patches.clear();
+        for (a, out) in at.drain(..).zip(outs) {
+            match a {
                 Some(s) => blend.add(s, &out),
                 None => {
                     for s in waiting.drain(..) {
@@ -198,18 +199,31 @@ pub fn sliding_window<E>(
                         continue;
                     }
                     pad_queued = true;
-                    queue.push((None, patch));
+                    at.push(None);
                 } else {
-                    queue.push((Some(s), patch));
+                    at.push(Some(s));
                 }
-                if queue.len() == batch {
-                    run(&mut queue, &mut blend, &mut pad_out, &mut waiting)?;
+                patches.push(patch);
+                if patches.len() == batch {
+                    run(
+                        &mut patches,
+                        &mut at,
+                        &mut blend,
+                        &mut pad_out,
+                        &mut waiting,
+                    )?;
                 }
             }
         }
     }
-    if !queue.is_empty() {
-        run(&mut queue, &mut blend, &mut pad_out, &mut waiting)?;
+    if !patches.is_empty() {
+        run(
+            &mut patches,
+            &mut at,
+            &mut blend,
+            &mut pad_out,
+            &mut waiting,
+        )?;
     }
     let Blend { mut acc, norm, .. } = blend;
     for ch in acc.iter_mut() {
