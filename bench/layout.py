@@ -10,17 +10,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import torch  # noqa: E402
-from shapeflow_unet import UNet  # noqa: E402
+from shapeflow_unet import UNet, channels_last  # noqa: E402
 
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 12
 torch.set_num_threads(threads)
 
-
-def channels_last(x):
-    n, c, d, h, w = x.shape
-    return x.permute(0, 2, 3, 4, 1).contiguous().as_strided(
-        (n, c, d, h, w), (d * h * w * c, 1, h * w * c, w * c, c))
 
 
 def median(xs):

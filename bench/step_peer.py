@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import torch  # noqa: E402
-from shapeflow_unet import UNet, read_safetensors  # noqa: E402
+from shapeflow_unet import UNet, channels_last, read_safetensors  # noqa: E402
 
 io, threads, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
@@ -21,12 +21,9 @@ bf16 = len(sys.argv) > 5 and sys.argv[5] == "bf16" and device == "cuda"
 torch.set_num_threads(threads)
 t = read_safetensors(io)
 data = {k[5:]: v.to(device) for k, v in t.items() if k.startswith("data.")}
-channels_last = os.environ.get("PEER_LAYOUT") == "channels_last"
-if channels_last:
-    # Explicit strides: `.contiguous(memory_format=...)` leaves a one-channel tensor as is.
-    n, c, d, h, w = data["image"].shape
-    data["image"] = data["image"].permute(0, 2, 3, 4, 1).contiguous().as_strided(
-        (n, c, d, h, w), (d * h * w * c, 1, h * w * c, w * c, c))
+peer_channels_last = os.environ.get("PEER_LAYOUT") == "channels_last"
+if peer_channels_last:
+    data["image"] = channels_last(data["image"])
 net = UNet(in_channels=1, out_channels=1, depth=4, base_channels=16, groups=8, slope=0.01,
            max_channels=256)
 net.load_state_dict({k: v for k, v in t.items() if not k.startswith("data.")})
@@ -61,7 +58,7 @@ for i in range(reps + 2):
 d = data["image"].shape
 print(json.dumps({
     "tool": f"pytorch-{torch.__version__}" + ("-bf16" if bf16 else "")
-    + ("-channels-last" if channels_last else ""), "device": device,
+    + ("-channels-last" if peer_channels_last else ""), "device": device,
     "peak_gpu_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None, "case": f"unet d4 c16 b{d[0]} {d[4]}x{d[3]}x{d[2]}",
     "threads": threads, "median_s": sorted(times)[len(times) // 2], "runs": len(times),
     "times_s": times, "losses": losses}))

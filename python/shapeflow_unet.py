@@ -81,6 +81,15 @@ _DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16,
            "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8}
 
 
+def channels_last(x):
+    """`x` ([N, C, D, H, W]) with the channel fastest in memory (NDHWC), as the Rust UNet
+    feeds its network on the CPU. Explicit strides: `.contiguous(memory_format=...)` leaves a
+    one-channel tensor as it is."""
+    n, c, d, h, w = x.shape
+    return x.permute(0, 2, 3, 4, 1).contiguous().as_strided(
+        (n, c, d, h, w), (d * h * w * c, 1, h * w * c, w * c, c))
+
+
 def read_safetensors(path):
     """{name: tensor} from a safetensors file (the format: u64 header length, JSON header,
     raw little-endian data)."""
