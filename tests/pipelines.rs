@@ -1092,7 +1092,12 @@ stages:
     }
     // The predictions were decided at those levels: decoding the written maps with them
     // gives the written labels.
-    let checked = decoded_as_written(&run.join("infer"), &adopted(&levels), Contest::OwnLevel);
+    let checked = decoded_as_written(
+        &run.join("infer"),
+        &adopted(&levels),
+        Contest::OwnLevel,
+        &[false; 2],
+    );
     assert!(checked >= 1);
     // Without validation there are no levels to decide at.
     write(d.path(), "q.yaml", &yaml(0));
@@ -1118,8 +1123,14 @@ fn adopted(levels: &[serde_json::Value]) -> Vec<f32> {
 }
 
 /// Decodes the SDMs an `infer` folder wrote (`write_maps`) at `levels` under `contest`,
-/// checks that this gives the label maps it wrote, and returns how many cases it checked.
-fn decoded_as_written(infer_dir: &std::path::Path, levels: &[f32], contest: Contest) -> usize {
+/// keeping only the largest component of the organs `largest` names, checks that this
+/// gives the label maps it wrote, and returns how many cases it checked.
+fn decoded_as_written(
+    infer_dir: &std::path::Path,
+    levels: &[f32],
+    contest: Contest,
+    largest: &[bool],
+) -> usize {
     let names: std::collections::BTreeMap<String, String> =
         serde_json::from_slice(&std::fs::read(infer_dir.join("labels.json")).unwrap()).unwrap();
     let mut checked = 0;
@@ -1140,12 +1151,13 @@ fn decoded_as_written(infer_dir: &std::path::Path, levels: &[f32], contest: Cont
                     .to_f32()
             })
             .collect();
-        let decoded = shapeflow_learn::levels::decode(
+        let mut decoded = shapeflow_learn::levels::decode(
             shapeflow_learn::losses::Head::Sdm,
             &maps,
             levels,
             contest,
         );
+        shapeflow_learn::tiling::keep_largest_components(&mut decoded, pred.dims, largest);
         let labels: Vec<u8> = pred.to_f32().iter().map(|&v| v as u8).collect();
         assert_eq!(decoded.len(), labels.len(), "{id}");
         let differ = decoded.iter().zip(&labels).filter(|(a, b)| a != b).count();
@@ -1184,7 +1196,10 @@ stages:
   owner: {{stage: calibrate, after: [load, train], params: {{contest: fixed-owner, joint: false, device: cpu}}}}
   through: {{stage: calibrate, after: [load, train], params: {{search: false}}}}
   together: {{stage: calibrate, after: [load, train], params: {{device: cpu}}}}
+  chosen: {{stage: calibrate, after: [load, train], params: {{components: true, device: cpu}}}}
+  alone: {{stage: calibrate, after: [load, train], params: {{components: true, joint: false, device: cpu}}}}
   infer: {{stage: infer, after: [load, owner], params: {{levels: validated, write_maps: true}}}}
+  kept: {{stage: infer, after: [load, chosen], params: {{levels: validated, largest_component: validated, write_maps: true}}}}
 "#,
             root.display()
         )
@@ -1217,7 +1232,37 @@ stages:
         assert!(l["cases"].as_u64().unwrap() >= 1, "{l}");
         assert!(l["dice"].as_f64() >= l["dice_fixed"].as_f64(), "{l}");
     }
-    let checked = decoded_as_written(&run.join("infer"), &adopted(&levels), Contest::FixedOwner);
+    let checked = decoded_as_written(
+        &run.join("infer"),
+        &adopted(&levels),
+        Contest::FixedOwner,
+        &[false; 2],
+    );
+    assert!(checked >= 1);
+    // `components: true` chooses per organ whether `infer` keeps only the largest component,
+    // at the same levels; `largest_component: validated` keeps it where chosen.
+    let chosen = json("chosen");
+    let with_choice = chosen["levels"].as_array().expect("levels").clone();
+    let largest: Vec<bool> = with_choice
+        .iter()
+        .map(|l| l["largest_component"].as_bool().expect("chosen"))
+        .collect();
+    let mut without: Vec<serde_json::Value> = with_choice.clone();
+    for l in &mut without {
+        l.as_object_mut().unwrap().remove("largest_component");
+    }
+    assert_eq!(&without, joint, "the same levels");
+    assert!(json("alone")["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["largest_component"].is_boolean()));
+    let checked = decoded_as_written(
+        &run.join("kept"),
+        &adopted(&with_choice),
+        Contest::OwnLevel,
+        &largest,
+    );
     assert!(checked >= 1);
     // `pipeline predict -m` takes the calibrated model's folder and decides as `infer` did.
     let out = d.path().join("predicted");
@@ -1266,11 +1311,13 @@ stages:
         ],
     );
     assert_ne!(p.status.code(), Some(0));
-    assert!(
-        text(&p).contains("what `own`, `owner`, `through`, `together` made"),
-        "{}",
-        text(&p)
-    );
+    for stage in ["own", "owner", "through", "together", "chosen", "alone"] {
+        let t = text(&p);
+        assert!(
+            t.contains(&format!("`{stage}`")) && t.contains(" made"),
+            "{t}"
+        );
+    }
     // No validation cases: named, with the way out.
     write(d.path(), "q.yaml", &yaml(0.0));
     let (r, _) = run_with_manifest(d.path(), "q.yaml", &[]);

@@ -141,6 +141,10 @@ pub struct OrganLevel {
     /// move to give voxels to another, its own Dice unchanged).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joint: bool,
+    /// Keep only the organ's largest connected component (`infer`'s `largest_component:
+    /// validated`), as chosen by [`JointSearch::components`]; `None`: not chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_component: Option<bool>,
 }
 
 impl OrganLevel {
@@ -307,6 +311,7 @@ impl LevelSearch {
                         dice_fixed: None,
                         cases: 0,
                         joint: false,
+                        largest_component: None,
                     };
                 }
                 let mut best = fixed_at;
@@ -323,6 +328,7 @@ impl LevelSearch {
                     dice_fixed: Some(sums[fixed_at] / n as f64),
                     cases: n,
                     joint: false,
+                    largest_component: None,
                 }
             })
             .collect()
@@ -353,9 +359,12 @@ struct KeptCase {
     /// Per organ, its reference voxels in the whole case, and whether it is contoured.
     reference: Vec<usize>,
     present: Vec<bool>,
-    /// The kept voxels' maps, `organs` values per voxel, and their reference labels.
+    /// The kept voxels' maps, `organs` values per voxel, their reference labels, and
+    /// where they lie in the case's volume (`dims`).
     maps: Vec<f32>,
     labels: Vec<u8>,
+    index: Vec<usize>,
+    dims: [usize; 3],
 }
 
 impl JointSearch {
@@ -371,10 +380,29 @@ impl JointSearch {
     }
 
     /// Adds one case: its maps (one per organ), its reference labels (organ `k` is
-    /// `k + 1`) and which organs it contours.
+    /// `k + 1`) and which organs it contours, as a row of voxels (no shape: see
+    /// [`JointSearch::add_volume`]).
     pub fn add_case(&mut self, maps: &[Vec<f32>], labels: &[u8], present: &[bool]) {
-        let k = self.organs;
         let n = maps.first().map(Vec::len).unwrap_or(0).min(labels.len());
+        self.add_volume(maps, labels, present, [n, 1, 1]);
+    }
+
+    /// Adds one case whose voxels form a volume of `dims` (x fastest), so that
+    /// [`JointSearch::components`] can find its connected components.
+    pub fn add_volume(
+        &mut self,
+        maps: &[Vec<f32>],
+        labels: &[u8],
+        present: &[bool],
+        dims: [usize; 3],
+    ) {
+        let k = self.organs;
+        let n = maps
+            .first()
+            .map(Vec::len)
+            .unwrap_or(0)
+            .min(labels.len())
+            .min(dims.iter().product());
         let sign = sign_of(self.head);
         let edge = match self.head {
             Head::Sdm => self.grid[self.grid.len() - 1],
@@ -388,6 +416,8 @@ impl JointSearch {
                 .collect(),
             maps: Vec::new(),
             labels: Vec::new(),
+            index: Vec::new(),
+            dims,
         };
         for i in 0..n {
             let l = labels[i] as usize;
@@ -402,6 +432,7 @@ impl JointSearch {
             kept.maps
                 .extend((0..k).map(|o| maps.get(o).map_or(f32::NAN, |m| m[i])));
             kept.labels.push(labels[i]);
+            kept.index.push(i);
         }
         kept.reference = reference;
         self.cases.push(kept);
@@ -578,8 +609,74 @@ impl JointSearch {
                 dice_fixed: at_fixed[o],
                 cases: n[o],
                 joint: true,
+                largest_component: None,
             })
             .collect()
+    }
+}
+
+impl JointSearch {
+    /// Per organ, its mean Dice over the cases that contour it, decoded at `levels` (under
+    /// the search's contest), with all its connected components and with only the largest
+    /// kept (`infer`'s `largest_component`); `None` where no case contours it. Cases added
+    /// by [`JointSearch::add_case`] are rows of voxels.
+    pub fn components(&self, levels: &[f32]) -> Vec<Option<ComponentDice>> {
+        let k = self.organs;
+        let mut sums = vec![(0.0f64, 0.0f64); k];
+        let n = self.contoured();
+        for c in &self.cases {
+            let mut decoded = vec![0u8; c.dims.iter().product()];
+            for (j, &i) in c.index.iter().enumerate() {
+                decoded[i] = decide(self.head, &c.maps[j * k..(j + 1) * k], levels, self.contest);
+            }
+            for o in (0..k).filter(|&o| c.present[o]) {
+                let organ = (o + 1) as u8;
+                let mask: Vec<bool> = decoded.iter().map(|&l| l == organ).collect();
+                let largest = shapeflow_core::volume::largest_component(&mask, c.dims);
+                // Counts over the kept voxels: the others are background at any level.
+                let (mut inter, mut pred, mut inter_l, mut pred_l) = (0, 0, 0, 0);
+                for (j, &i) in c.index.iter().enumerate() {
+                    if decoded[i] != organ {
+                        continue;
+                    }
+                    let hit = usize::from(c.labels[j] == organ);
+                    pred += 1;
+                    inter += hit;
+                    if largest[i] {
+                        pred_l += 1;
+                        inter_l += hit;
+                    }
+                }
+                sums[o].0 += dice(inter, pred, c.reference[o]);
+                sums[o].1 += dice(inter_l, pred_l, c.reference[o]);
+            }
+        }
+        (0..k)
+            .map(|o| {
+                (n[o] > 0).then(|| ComponentDice {
+                    all: sums[o].0 / n[o] as f64,
+                    largest: sums[o].1 / n[o] as f64,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One organ's mean validation Dice with all its connected components and with only the
+/// largest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ComponentDice {
+    pub all: f64,
+    pub largest: f64,
+}
+
+impl ComponentDice {
+    /// Keep only the largest component unless keeping them all gains at least
+    /// [`MIN_GAIN`] mean Dice: stray blobs, which Dice barely counts, cost HD95, while a
+    /// tubular organ the prediction breaks (the spinal cord at the shoulders) loses whole
+    /// stretches to it.
+    pub fn keep_largest(&self) -> bool {
+        self.all - self.largest < MIN_GAIN
     }
 }
 
@@ -894,5 +991,106 @@ mod tests {
             ..best
         };
         assert_eq!(slight.adopted(0.0), 0.0);
+    }
+
+    /// On a 6 x 5 x 4 volume of random maps (both heads), the Dice `components` gives with
+    /// all components and with the largest equal decoding, keeping each organ's largest
+    /// component with `largest_component`, and counting, for every organ a case contours.
+    #[test]
+    fn component_dice_is_decoding_then_keeping_the_largest() {
+        let dims = [6, 5, 4];
+        let n: usize = dims.iter().product();
+        let mut rnd = uniform(7u64);
+        for head in [Head::Sdm, Head::Probability] {
+            let mut s = JointSearch::new(head, 2, Contest::OwnLevel);
+            let mut cases = Vec::new();
+            for present in [[true, true], [true, false]] {
+                let maps: Vec<Vec<f32>> = (0..2)
+                    .map(|_| {
+                        (0..n)
+                            .map(|_| match head {
+                                Head::Sdm => (rnd() - 0.3) * 1.4,
+                                Head::Probability => rnd(),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let labels: Vec<u8> = (0..n).map(|_| (rnd() * 3.0) as u8 % 3).collect();
+                s.add_volume(&maps, &labels, &present, dims);
+                cases.push((maps, labels, present));
+            }
+            let levels = vec![fixed_level(head, 0.0); 2];
+            let got = s.components(&levels);
+            for o in 0..2 {
+                let organ = (o + 1) as u8;
+                let (mut all, mut largest, mut m) = (0.0, 0.0, 0);
+                for (maps, labels, present) in &cases {
+                    if !present[o] {
+                        continue;
+                    }
+                    let decoded = decode(head, maps, &levels, Contest::OwnLevel);
+                    let mask: Vec<bool> = decoded.iter().map(|&l| l == organ).collect();
+                    let keep = shapeflow_core::volume::largest_component(&mask, dims);
+                    let d = |p: &[bool]| {
+                        let inter = p.iter().zip(labels).filter(|(&p, &r)| p && r == organ);
+                        let pred = p.iter().filter(|&&p| p).count();
+                        let reference = labels.iter().filter(|&&r| r == organ).count();
+                        dice(inter.count(), pred, reference)
+                    };
+                    all += d(&mask);
+                    largest += d(&keep);
+                    m += 1;
+                }
+                let g = got[o].expect("contoured");
+                assert!(
+                    (g.all - all / m as f64).abs() < 1e-12,
+                    "{head:?} {o}: {g:?}"
+                );
+                assert!(
+                    (g.largest - largest / m as f64).abs() < 1e-12,
+                    "{head:?} {o}: {g:?}"
+                );
+                assert!(
+                    g.all != g.largest,
+                    "the maps must break the organ into pieces"
+                );
+            }
+        }
+    }
+
+    /// A broken tube keeps all its pieces; an organ with a stray blob keeps its largest.
+    #[test]
+    fn the_largest_component_is_kept_unless_the_others_are_the_organ() {
+        // Voxels in a row: organ 1 at 0..4 and 6..10 (the tube, broken at 4..6 in the
+        // prediction); organ 2 at 12..20, predicted there and at 24 (a stray blob).
+        let labels: Vec<u8> = (0..26)
+            .map(|i| match i {
+                0..10 => 1,
+                12..20 => 2,
+                _ => 0,
+            })
+            .collect();
+        let m1: Vec<f32> = (0..26)
+            .map(|i| if matches!(i, 0..4 | 6..10) { -0.3 } else { 0.3 })
+            .collect();
+        let m2: Vec<f32> = (0..26)
+            .map(|i| if matches!(i, 12..20 | 24) { -0.3 } else { 0.3 })
+            .collect();
+        let mut s = JointSearch::new(Head::Sdm, 2, Contest::OwnLevel);
+        s.add_volume(&[m1, m2], &labels, &[true, true], [26, 1, 1]);
+        let c = s.components(&[0.0, 0.0]);
+        let (tube, blob) = (c[0].unwrap(), c[1].unwrap());
+        assert!((tube.all - 16.0 / 18.0).abs() < 1e-12, "{tube:?}");
+        assert!((tube.largest - 8.0 / 14.0).abs() < 1e-12, "{tube:?}");
+        assert!(!tube.keep_largest());
+        assert!((blob.all - 16.0 / 17.0).abs() < 1e-12, "{blob:?}");
+        assert_eq!(blob.largest, 1.0);
+        assert!(blob.keep_largest());
+        // A gain below MIN_GAIN from keeping every piece still keeps the largest.
+        let close = ComponentDice {
+            all: 0.705,
+            largest: 0.7,
+        };
+        assert!(close.keep_largest());
     }
 }

@@ -66,10 +66,12 @@ exact Heaviside; `sdm_threshold` moves the level), the smallest SDM winning wher
 compete; dice heads, probability > 0.5, the largest winning. With `levels: validated` each
 organ decides at the level the model carries (kept only where it gained at least 0.01 mean
 validation Dice over the fixed level), under the model's contest rule: levels chosen by a
-`calibrate` stage (its `contest`, `fixed-owner` by default) or by `train` at the end of
+`calibrate` stage (its `contest`, `own-level` by default) or by `train` at the end of
 training (`own-level`: a contested voxel goes to the organ furthest past its level); the
 levels and the rule are in the model's model.json.
-`largest_component` then keeps each organ's largest connected component.
+`largest_component: true` then keeps each organ's largest connected component (6-connected);
+`validated`, only for the organs where `calibrate` (`components: true`) found that it does
+not cost validation Dice (a spinal cord the prediction breaks keeps all its pieces).
 
 Output: a case with the predicted label map on the original grid (same shape and affine as
 the loaded image), and <stage>/<case>.nii.gz (u8 labels 1..K in the model's organ order,
@@ -162,6 +164,16 @@ impl Plugin for LearnPlugin {
                         path: vec!["sdm_threshold".into()],
                         message: "is the fixed level: with `levels: validated` each organ's \
                                   level comes from the model; set one or the other"
+                            .into(),
+                    });
+                }
+                if matches!(p.largest_component, LargestComponent::Chosen(_))
+                    && p.levels != Levels::Validated
+                {
+                    return Err(ParamError {
+                        path: vec!["largest_component".into()],
+                        message: "`validated` was chosen at the model's validated levels: set \
+                                  `levels: validated` too"
                             .into(),
                     });
                 }
@@ -413,8 +425,9 @@ pub struct InferParams {
     /// Windows per network call.
     #[schemars(extend("x-execution" = true))]
     pub batch: usize,
-    /// Keep each organ's largest connected component.
-    pub largest_component: bool,
+    /// Keep each organ's largest connected component: true, false, or `validated` (the
+    /// organs `calibrate` chose with `components: true`).
+    pub largest_component: LargestComponent,
     /// Test-time mirroring: average the outputs over the volume as is and mirrored
     /// left-right (2 passes: the mirroring training augmented with), left and right organs
     /// (`_L`/`_R`, `Left`/`Right`) swapped back.
@@ -452,7 +465,7 @@ impl Default for InferParams {
             overlap: 0.5,
             sigma: 0.125,
             batch: 2,
-            largest_component: false,
+            largest_component: LargestComponent::Every(false),
             tta: false,
             sdm_threshold: 0.0,
             levels: Levels::Fixed,
@@ -474,6 +487,79 @@ pub enum Levels {
     /// Every organ at the level the model carries (chosen on validation cases by
     /// `calibrate` or `train`), under the model's contest rule.
     Validated,
+}
+
+/// Which organs `infer` keeps only the largest connected component of. Written `true`,
+/// `false` or `validated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum LargestComponent {
+    /// `true`: every organ; `false`: none.
+    Every(bool),
+    /// `validated`: per organ, as the model's calibration chose.
+    Chosen(Validated),
+}
+
+/// The word `validated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Validated {
+    Validated,
+}
+
+impl<'de> Deserialize<'de> for LargestComponent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = LargestComponent;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or validated")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(LargestComponent::Every(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                match v {
+                    "validated" => Ok(LargestComponent::Chosen(Validated::Validated)),
+                    "true" => Ok(LargestComponent::Every(true)),
+                    "false" => Ok(LargestComponent::Every(false)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl LargestComponent {
+    /// Per organ of `models` (one, or an ensemble's members alike): keep only its largest
+    /// component. `validated` keeps it where every member's calibration chose to.
+    fn organs(&self, models: &[Model]) -> Result<Vec<bool>, StageError> {
+        let k = models.first().map_or(0, |m| m.config.organs.len());
+        if let LargestComponent::Every(b) = *self {
+            return Ok(vec![b; k]);
+        }
+        let mut keep = vec![true; k];
+        for (i, m) in models.iter().enumerate() {
+            let chosen: Option<Vec<bool>> = m
+                .config
+                .levels
+                .as_ref()
+                .filter(|l| l.len() == k)
+                .and_then(|l| l.iter().map(|l| l.largest_component).collect());
+            let chosen = chosen.ok_or_else(|| {
+                StageError::msg(format!(
+                    "`largest_component: validated`, but model {i} carries no choice of \
+                     components: calibrate it with `components: true`, or set \
+                     `largest_component` to true or false"
+                ))
+            })?;
+            for (k, c) in keep.iter_mut().zip(chosen) {
+                *k &= c;
+            }
+        }
+        Ok(keep)
+    }
 }
 
 /// A network built from a model's weights, kept while the same model is used.
@@ -740,9 +826,8 @@ impl Stage for Infer {
         }
         let (levels, contest) = self.levels_of(&models)?;
         let mut labels = crate::levels::decode(head, &maps, &levels, contest);
-        if self.p.largest_component {
-            keep_largest_components(&mut labels, grid.dims, k);
-        }
+        let largest = self.p.largest_component.organs(&models)?;
+        keep_largest_components(&mut labels, grid.dims, &largest);
         let on_grid = |data: VoxelData| -> Result<Volume, StageError> {
             Volume::from_grid(&grid, data).map_err(|e| StageError::msg(e.to_string()))
         };
@@ -778,7 +863,7 @@ impl Stage for Infer {
         notes.insert(
             "prediction".into(),
             serde_json::json!({"mode": model.config.mode, "patch": self.p.patch.unwrap_or(model.config.patch), "models": models.len(), "tta": self.p.tta, "overlap": self.p.overlap,
-                "largest_component": self.p.largest_component, "sdm_threshold": self.p.sdm_threshold,
+                "largest_component": self.p.largest_component, "largest_component_organs": largest, "sdm_threshold": self.p.sdm_threshold,
                 "levels": self.p.levels, "organ_levels": levels,
                 "contest": (self.p.levels == Levels::Validated).then_some(contest)}),
         );
@@ -873,6 +958,38 @@ mod tests {
         );
     }
 
+    /// `largest_component` keys as the bool it was (cached predictions keep their keys) and
+    /// as the word `validated`; `calibrate.components` only when on.
+    #[test]
+    fn largest_component_keys() {
+        let r = Registry::new().with(&LearnPlugin).unwrap();
+        let ctx = BuildCtx {
+            base_dir: ".".into(),
+        };
+        let keyed = |stage: &str, p: serde_json::Value| {
+            r.get(stage).unwrap().build(&p, &ctx).unwrap().keyed
+        };
+        for b in [true, false] {
+            let k = keyed("infer", serde_json::json!({"largest_component": b}));
+            assert_eq!(k["largest_component"], b);
+        }
+        let k = keyed(
+            "infer",
+            serde_json::json!({"largest_component": "validated", "levels": "validated"}),
+        );
+        assert_eq!(k["largest_component"], "validated");
+        let before = keyed("calibrate", serde_json::json!({}));
+        assert!(before.get("components").is_none());
+        assert_eq!(
+            keyed("calibrate", serde_json::json!({"components": false})),
+            before
+        );
+        assert_eq!(
+            keyed("calibrate", serde_json::json!({"components": true}))["components"],
+            true
+        );
+    }
+
     #[test]
     fn bad_params_name_their_field() {
         let e = build("train", serde_json::json!({"patch": [48, 40, 32]})).unwrap_err();
@@ -903,6 +1020,24 @@ mod tests {
         assert_eq!(e.path, vec!["sdm_threshold"]);
         let e = build("infer", serde_json::json!({"levels": "best"})).unwrap_err();
         assert_eq!(e.path, vec!["levels"]);
+        let e = build("infer", serde_json::json!({"largest_component": "most"})).unwrap_err();
+        assert_eq!(e.path, vec!["largest_component"]);
+        assert!(
+            e.message.contains("true, false or validated"),
+            "{}",
+            e.message
+        );
+        let e = build(
+            "infer",
+            serde_json::json!({"largest_component": "validated"}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, vec!["largest_component"]);
+        build(
+            "infer",
+            serde_json::json!({"largest_component": "validated", "levels": "validated"}),
+        )
+        .unwrap();
         build(
             "train",
             serde_json::json!({"mode": "sdm", "patch": [32, 48, 32], "net": {"depth": 4}}),

@@ -308,9 +308,10 @@ pub fn labels_from_probabilities(probs: &[Vec<f32>], threshold: f32) -> Vec<u8> 
     )
 }
 
-/// Keeps only the largest 6-connected component of each organ in `labels`.
-pub fn keep_largest_components(labels: &mut [u8], dims: [usize; 3], organs: usize) {
-    for k in 1..=organs as u8 {
+/// Keeps only the largest 6-connected component of each organ `k` in `labels` (label
+/// `k + 1`) for which `organs[k]` is true.
+pub fn keep_largest_components(labels: &mut [u8], dims: [usize; 3], organs: &[bool]) {
+    for (k, _) in (1..=u8::MAX).zip(organs).filter(|(_, &on)| on) {
         let mask: Vec<bool> = labels.iter().map(|&v| v == k).collect();
         if !mask.iter().any(|&m| m) {
             continue;
@@ -570,7 +571,11 @@ mod tests {
     fn largest_component_per_organ() {
         let dims = [6, 1, 1];
         let mut l = vec![1, 1, 0, 1, 2, 0];
-        keep_largest_components(&mut l, dims, 2);
+        keep_largest_components(&mut l, dims, &[true, true]);
         assert_eq!(l, vec![1, 1, 0, 0, 2, 0]);
+        // Only the organs asked for.
+        let mut l = vec![1, 1, 0, 1, 2, 0, 2, 2];
+        keep_largest_components(&mut l, [8, 1, 1], &[false, true]);
+        assert_eq!(l, vec![1, 1, 0, 1, 0, 0, 2, 2]);
     }
 }
