@@ -1096,7 +1096,7 @@ stages:
         &run.join("infer"),
         &adopted(&levels),
         Contest::OwnLevel,
-        &[false; 2],
+        &[0.0; 2],
     );
     assert!(checked >= 1);
     // Without validation there are no levels to decide at.
@@ -1123,13 +1123,13 @@ fn adopted(levels: &[serde_json::Value]) -> Vec<f32> {
 }
 
 /// Decodes the SDMs an `infer` folder wrote (`write_maps`) at `levels` under `contest`,
-/// keeping only the largest component of the organs `largest` names, checks that this
-/// gives the label maps it wrote, and returns how many cases it checked.
+/// keeping of each organ its components of at least `shares` of the largest's voxels,
+/// checks that this gives the label maps it wrote, and returns how many cases it checked.
 fn decoded_as_written(
     infer_dir: &std::path::Path,
     levels: &[f32],
     contest: Contest,
-    largest: &[bool],
+    shares: &[f32],
 ) -> usize {
     let names: std::collections::BTreeMap<String, String> =
         serde_json::from_slice(&std::fs::read(infer_dir.join("labels.json")).unwrap()).unwrap();
@@ -1157,7 +1157,7 @@ fn decoded_as_written(
             levels,
             contest,
         );
-        shapeflow_learn::tiling::keep_largest_components(&mut decoded, pred.dims, largest);
+        shapeflow_learn::tiling::keep_large_components(&mut decoded, pred.dims, shares);
         let labels: Vec<u8> = pred.to_f32().iter().map(|&v| v as u8).collect();
         assert_eq!(decoded.len(), labels.len(), "{id}");
         let differ = decoded.iter().zip(&labels).filter(|(a, b)| a != b).count();
@@ -1236,32 +1236,32 @@ stages:
         &run.join("infer"),
         &adopted(&levels),
         Contest::FixedOwner,
-        &[false; 2],
+        &[0.0; 2],
     );
     assert!(checked >= 1);
-    // `components: true` chooses per organ whether `infer` keeps only the largest component,
-    // at the same levels; `largest_component: validated` keeps it where chosen.
+    // `components: true` chooses per organ what share of its largest component a component
+    // `infer` keeps must hold, at the same levels; `largest_component: validated` keeps so.
     let chosen = json("chosen");
     let with_choice = chosen["levels"].as_array().expect("levels").clone();
-    let largest: Vec<bool> = with_choice
+    let shares: Vec<f32> = with_choice
         .iter()
-        .map(|l| l["largest_component"].as_bool().expect("chosen"))
+        .map(|l| l["component_share"].as_f64().expect("chosen") as f32)
         .collect();
     let mut without: Vec<serde_json::Value> = with_choice.clone();
     for l in &mut without {
-        l.as_object_mut().unwrap().remove("largest_component");
+        l.as_object_mut().unwrap().remove("component_share");
     }
     assert_eq!(&without, joint, "the same levels");
     assert!(json("alone")["levels"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|l| l["largest_component"].is_boolean()));
+        .all(|l| l["component_share"].is_number()));
     let checked = decoded_as_written(
         &run.join("kept"),
         &adopted(&with_choice),
         Contest::OwnLevel,
-        &largest,
+        &shares,
     );
     assert!(checked >= 1);
     // `pipeline predict -m` takes the calibrated model's folder and decides as `infer` did.

@@ -12,4 +12,7 @@ pub mod rng;
 pub mod volume;
 
 pub use case::{CaseData, SdmSet, SdmStorage, SdmUnits};
-pub use volume::{largest_component, Grid, Spacing, Volume, VolumeError, VoxelData};
+pub use volume::{
+    component_labels, large_components, largest_component, Grid, Spacing, Volume, VolumeError,
+    VoxelData,
+};

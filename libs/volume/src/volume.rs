@@ -274,28 +274,29 @@ impl Volume {
     }
 }
 
-/// The largest 6-connected component of `mask` (flood fill, O(voxels)); empty if none.
-pub fn largest_component(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
+/// The 6-connected components of `mask` (flood fill, O(voxels)): per voxel its
+/// component's number (1, 2, ... in the order of each component's first voxel; 0 outside
+/// the mask), and each component's voxel count (`sizes[c - 1]`).
+pub fn component_labels(mask: &[bool], dims: [usize; 3]) -> (Vec<u32>, Vec<usize>) {
     let [nx, ny, nz] = dims;
     let n = mask.len();
-    let mut seen = vec![false; n];
+    let mut ids = vec![0u32; n];
+    let mut sizes = Vec::new();
     let mut stack: Vec<usize> = Vec::new();
-    let mut best = (0usize, usize::MAX);
-    let mut fill = |seed: usize, seen: &mut Vec<bool>, mark: Option<&mut Vec<bool>>| -> usize {
+    for seed in 0..n {
+        if !mask[seed] || ids[seed] != 0 {
+            continue;
+        }
+        let id = sizes.len() as u32 + 1;
         let mut count = 0;
-        stack.clear();
+        ids[seed] = id;
         stack.push(seed);
-        seen[seed] = true;
-        let mut mark = mark;
         while let Some(i) = stack.pop() {
             count += 1;
-            if let Some(m) = mark.as_deref_mut() {
-                m[i] = true;
-            }
             let (x, y, z) = (i % nx, (i / nx) % ny, i / (nx * ny));
             let mut push = |j: usize| {
-                if mask[j] && !seen[j] {
-                    seen[j] = true;
+                if mask[j] && ids[j] == 0 {
+                    ids[j] = id;
                     stack.push(j);
                 }
             };
@@ -318,22 +319,36 @@ pub fn largest_component(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
                 push(i + nx * ny);
             }
         }
-        count
-    };
-    for i in 0..n {
-        if mask[i] && !seen[i] {
-            let c = fill(i, &mut seen, None);
-            if c > best.0 {
-                best = (c, i);
-            }
+        sizes.push(count);
+    }
+    (ids, sizes)
+}
+
+/// The largest 6-connected component of `mask` (the first of equal ones); empty if none.
+pub fn largest_component(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
+    let (ids, sizes) = component_labels(mask, dims);
+    let mut best = 0;
+    for (c, &size) in sizes.iter().enumerate() {
+        if size > sizes[best] {
+            best = c;
         }
     }
-    let mut out = vec![false; n];
-    if best.1 != usize::MAX {
-        let mut seen2 = vec![false; n];
-        fill(best.1, &mut seen2, Some(&mut out));
+    let keep = best as u32 + 1;
+    ids.iter().map(|&id| id == keep).collect()
+}
+
+/// The 6-connected components of `mask` holding at least `share` of the largest one's
+/// voxels: 1 (or more) keeps [`largest_component`], 0 (or less) the whole mask.
+pub fn large_components(mask: &[bool], dims: [usize; 3], share: f64) -> Vec<bool> {
+    if share >= 1.0 {
+        return largest_component(mask, dims);
     }
-    out
+    let (ids, sizes) = component_labels(mask, dims);
+    let most = sizes.iter().copied().max().unwrap_or(0) as f64;
+    let kept: Vec<bool> = sizes.iter().map(|&s| s as f64 >= share * most).collect();
+    ids.iter()
+        .map(|&id| id > 0 && kept[id as usize - 1])
+        .collect()
 }
 
 #[cfg(test)]
@@ -363,5 +378,45 @@ mod tests {
             .collect();
         assert!((back[0] - 1.5).abs() < 1e-12 && (back[2] - 3.25).abs() < 1e-12);
         assert_eq!(v.grid().spacing(), [0.5, 1.0, 2.0]);
+    }
+
+    /// Components numbered in scan order with their sizes; the largest (the first of
+    /// equal ones) and those of at least a share of it.
+    #[test]
+    fn components_by_size() {
+        // A row: sizes 2, 3, 1, 3 (components 1..4).
+        let mask: Vec<bool> = [1, 1, 0, 1, 1, 1, 0, 1, 0, 1, 1, 1]
+            .iter()
+            .map(|&v| v == 1)
+            .collect();
+        let dims = [12, 1, 1];
+        let (ids, sizes) = component_labels(&mask, dims);
+        assert_eq!(ids, vec![1, 1, 0, 2, 2, 2, 0, 3, 0, 4, 4, 4]);
+        assert_eq!(sizes, vec![2, 3, 1, 3]);
+        let as_u8 = |m: Vec<bool>| m.into_iter().map(u8::from).collect::<Vec<_>>();
+        assert_eq!(
+            as_u8(largest_component(&mask, dims)),
+            vec![0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            as_u8(large_components(&mask, dims, 0.5)),
+            vec![1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+        );
+        assert_eq!(large_components(&mask, dims, 0.0), mask);
+        assert_eq!(
+            large_components(&mask, dims, 1.0),
+            largest_component(&mask, dims)
+        );
+        // In 3D, 6-connected: diagonal neighbours are apart.
+        let mut cube = vec![false; 8];
+        cube[0] = true; // (0,0,0)
+        cube[3] = true; // (1,1,0)
+        cube[7] = true; // (1,1,1)
+        let (ids, sizes) = component_labels(&cube, [2, 2, 2]);
+        assert_eq!(sizes, vec![1, 2]);
+        assert_eq!(ids[3], ids[7]);
+        assert!(largest_component(&[false; 4], [4, 1, 1])
+            .iter()
+            .all(|&k| !k));
     }
 }

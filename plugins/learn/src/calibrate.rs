@@ -2,7 +2,7 @@
 //! from training (as nnU-Net chooses its post-processing after training): changing how
 //! levels are chosen recomputes a pass over the validation cases, never a training.
 
-use crate::levels::{fixed_level, Contest, JointSearch, LevelSearch, OrganLevel};
+use crate::levels::{fixed_level, Contest, JointSearch, LevelSearch, OrganLevel, SHARES};
 use crate::model::{self, Model};
 use crate::tiling::WindowConfig;
 use serde::{Deserialize, Serialize};
@@ -38,12 +38,13 @@ On OpenKBP (three heads, three seeds) `joint: true` under `own-level` was the be
 four ways measured (docs/results/multi-organ/README.md, section 18).
 
 `components: true` also chooses, per organ, what `infer`'s `largest_component: validated`
-keeps: only the organ's largest connected component (6-connected, on the training grid),
-unless keeping every component gains at least 0.01 mean validation Dice at the levels
-chosen (as nnU-Net chooses its post-processing). Stray blobs cost HD95 more than Dice;
-a tubular organ the prediction breaks (the spinal cord at the shoulders, on OpenKBP)
-loses whole stretches to the largest component. It keeps the voxels near some organ in
-memory, as `joint: true` does.
+keeps of its connected components (6-connected, on the training grid): those of at
+least a share of the largest one's voxels, the share from 1 (the largest alone), 0.5,
+0.25, 0.1, 0.05, 0 (all) by mean validation Dice at the levels chosen; the largest alone
+unless another share gains at least 0.01 (as nnU-Net chooses its post-processing). Stray
+blobs cost HD95 more than Dice; a tubular organ the prediction breaks (the spinal cord
+at the shoulders, on OpenKBP) loses whole stretches to the largest component. It keeps
+the voxels near some organ in memory, as `joint: true` does.
 
 `search: false` passes the model through unchanged (for a pipeline whose variants
 calibrate only some of their models). Writes the model's files like `train` (model.json
@@ -252,14 +253,20 @@ impl Stage for Calibrate {
             let dice = store.components(&adopted);
             for ((organ, l), d) in model.config.organs.iter().zip(&mut levels).zip(dice) {
                 // An organ no validation case contours keeps its largest component.
-                let largest = d.is_none_or(|d| d.keep_largest());
-                l.largest_component = Some(largest);
-                let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+                let share = d.map_or(SHARES[0], |d| d.chosen());
+                l.component_share = Some(share);
+                let scores = d.map_or("-".to_string(), |d| {
+                    let s: Vec<String> = SHARES
+                        .iter()
+                        .zip(d.dice)
+                        .map(|(s, v)| format!("{s}: {v:.3}"))
+                        .collect();
+                    s.join(", ")
+                });
                 tracing::info!(
                     organ = %organ,
-                    dice_all = %f(d.map(|d| d.all)),
-                    dice_largest = %f(d.map(|d| d.largest)),
-                    keep = if largest { "largest" } else { "all" },
+                    share,
+                    dice_by_share = %scores,
                     "validated components"
                 );
             }

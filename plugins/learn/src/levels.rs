@@ -141,10 +141,11 @@ pub struct OrganLevel {
     /// move to give voxels to another, its own Dice unchanged).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub joint: bool,
-    /// Keep only the organ's largest connected component (`infer`'s `largest_component:
-    /// validated`), as chosen by [`JointSearch::components`]; `None`: not chosen.
+    /// What `infer`'s `largest_component: validated` keeps of the organ: its connected
+    /// components of at least this share of the largest one's voxels (1: the largest
+    /// alone, 0: all), as chosen on [`JointSearch::components`]; `None`: not chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub largest_component: Option<bool>,
+    pub component_share: Option<f32>,
 }
 
 impl OrganLevel {
@@ -311,7 +312,7 @@ impl LevelSearch {
                         dice_fixed: None,
                         cases: 0,
                         joint: false,
-                        largest_component: None,
+                        component_share: None,
                     };
                 }
                 let mut best = fixed_at;
@@ -328,7 +329,7 @@ impl LevelSearch {
                     dice_fixed: Some(sums[fixed_at] / n as f64),
                     cases: n,
                     joint: false,
-                    largest_component: None,
+                    component_share: None,
                 }
             })
             .collect()
@@ -609,20 +610,25 @@ impl JointSearch {
                 dice_fixed: at_fixed[o],
                 cases: n[o],
                 joint: true,
-                largest_component: None,
+                component_share: None,
             })
             .collect()
     }
 }
 
+/// The shares of the largest component's voxels a kept component may hold at least, from
+/// the largest alone (1) to every component (0): what [`JointSearch::components`] scores.
+pub const SHARES: [f32; 6] = [1.0, 0.5, 0.25, 0.1, 0.05, 0.0];
+
 impl JointSearch {
     /// Per organ, its mean Dice over the cases that contour it, decoded at `levels` (under
-    /// the search's contest), with all its connected components and with only the largest
-    /// kept (`infer`'s `largest_component`); `None` where no case contours it. Cases added
-    /// by [`JointSearch::add_case`] are rows of voxels.
-    pub fn components(&self, levels: &[f32]) -> Vec<Option<ComponentDice>> {
+    /// the search's contest) and keeping only its connected components of at least each
+    /// of [`SHARES`] of the largest's voxels (as `infer`'s `largest_component` does); `None`
+    /// where no case contours it. Cases added by [`JointSearch::add_case`] are rows of
+    /// voxels.
+    pub fn components(&self, levels: &[f32]) -> Vec<Option<ComponentScores>> {
         let k = self.organs;
-        let mut sums = vec![(0.0f64, 0.0f64); k];
+        let mut sums = vec![[0.0f64; SHARES.len()]; k];
         let n = self.contoured();
         for c in &self.cases {
             let mut decoded = vec![0u8; c.dims.iter().product()];
@@ -632,51 +638,81 @@ impl JointSearch {
             for o in (0..k).filter(|&o| c.present[o]) {
                 let organ = (o + 1) as u8;
                 let mask: Vec<bool> = decoded.iter().map(|&l| l == organ).collect();
-                let largest = shapeflow_core::volume::largest_component(&mask, c.dims);
+                let (ids, sizes) = shapeflow_core::volume::component_labels(&mask, c.dims);
+                let largest =
+                    (0..sizes.len()).fold(0, |b, i| if sizes[i] > sizes[b] { i } else { b });
+                let most = sizes.get(largest).copied().unwrap_or(0) as f64;
+                // Per share, which components it keeps (the largest alone at 1, as
+                // `largest_component` on equal sizes).
+                let kept: Vec<Vec<bool>> = SHARES
+                    .iter()
+                    .map(|&share| {
+                        (0..sizes.len())
+                            .map(|i| {
+                                if share >= 1.0 {
+                                    i == largest
+                                } else {
+                                    sizes[i] as f64 >= f64::from(share) * most
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
                 // Counts over the kept voxels: the others are background at any level.
-                let (mut inter, mut pred, mut inter_l, mut pred_l) = (0, 0, 0, 0);
+                let mut inter = [0usize; SHARES.len()];
+                let mut pred = [0usize; SHARES.len()];
                 for (j, &i) in c.index.iter().enumerate() {
                     if decoded[i] != organ {
                         continue;
                     }
+                    let component = ids[i] as usize - 1;
                     let hit = usize::from(c.labels[j] == organ);
-                    pred += 1;
-                    inter += hit;
-                    if largest[i] {
-                        pred_l += 1;
-                        inter_l += hit;
+                    for (s, keep) in kept.iter().enumerate() {
+                        if keep[component] {
+                            pred[s] += 1;
+                            inter[s] += hit;
+                        }
                     }
                 }
-                sums[o].0 += dice(inter, pred, c.reference[o]);
-                sums[o].1 += dice(inter_l, pred_l, c.reference[o]);
+                for s in 0..SHARES.len() {
+                    sums[o][s] += dice(inter[s], pred[s], c.reference[o]);
+                }
             }
         }
         (0..k)
             .map(|o| {
-                (n[o] > 0).then(|| ComponentDice {
-                    all: sums[o].0 / n[o] as f64,
-                    largest: sums[o].1 / n[o] as f64,
+                (n[o] > 0).then(|| ComponentScores {
+                    dice: sums[o].map(|v| v / n[o] as f64),
                 })
             })
             .collect()
     }
 }
 
-/// One organ's mean validation Dice with all its connected components and with only the
-/// largest.
+/// One organ's mean validation Dice keeping its components of at least each of [`SHARES`]
+/// of the largest's voxels.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ComponentDice {
-    pub all: f64,
-    pub largest: f64,
+pub struct ComponentScores {
+    pub dice: [f64; SHARES.len()],
 }
 
-impl ComponentDice {
-    /// Keep only the largest component unless keeping them all gains at least
-    /// [`MIN_GAIN`] mean Dice: stray blobs, which Dice barely counts, cost HD95, while a
-    /// tubular organ the prediction breaks (the spinal cord at the shoulders) loses whole
-    /// stretches to it.
-    pub fn keep_largest(&self) -> bool {
-        self.all - self.largest < MIN_GAIN
+impl ComponentScores {
+    /// The share to keep: the largest component alone unless another share gains at least
+    /// [`MIN_GAIN`] mean Dice over it (then the best, the larger share on a tie). Stray
+    /// blobs cost HD95 more than they cost Dice; an organ the prediction breaks (the spinal
+    /// cord at the shoulders) loses whole stretches to the largest component.
+    pub fn chosen(&self) -> f32 {
+        let mut best = 0;
+        for (s, &d) in self.dice.iter().enumerate() {
+            if d > self.dice[best] {
+                best = s;
+            }
+        }
+        if self.dice[best] - self.dice[0] >= MIN_GAIN {
+            SHARES[best]
+        } else {
+            SHARES[0]
+        }
     }
 }
 
@@ -993,11 +1029,11 @@ mod tests {
         assert_eq!(slight.adopted(0.0), 0.0);
     }
 
-    /// On a 6 x 5 x 4 volume of random maps (both heads), the Dice `components` gives with
-    /// all components and with the largest equal decoding, keeping each organ's largest
-    /// component with `largest_component`, and counting, for every organ a case contours.
+    /// On a 6 x 5 x 4 volume of random maps (both heads), the Dice `components` gives per
+    /// share equals decoding, keeping each organ's components of that share of the largest
+    /// (`large_components`), and counting, for every organ a case contours.
     #[test]
-    fn component_dice_is_decoding_then_keeping_the_largest() {
+    fn component_scores_are_decoding_then_keeping_large_components() {
         let dims = [6, 5, 4];
         let n: usize = dims.iter().product();
         let mut rnd = uniform(7u64);
@@ -1021,37 +1057,30 @@ mod tests {
             }
             let levels = vec![fixed_level(head, 0.0); 2];
             let got = s.components(&levels);
-            for o in 0..2 {
+            for (o, g) in got.iter().enumerate() {
                 let organ = (o + 1) as u8;
-                let (mut all, mut largest, mut m) = (0.0, 0.0, 0);
-                for (maps, labels, present) in &cases {
-                    if !present[o] {
-                        continue;
-                    }
-                    let decoded = decode(head, maps, &levels, Contest::OwnLevel);
-                    let mask: Vec<bool> = decoded.iter().map(|&l| l == organ).collect();
-                    let keep = shapeflow_core::volume::largest_component(&mask, dims);
-                    let d = |p: &[bool]| {
-                        let inter = p.iter().zip(labels).filter(|(&p, &r)| p && r == organ);
-                        let pred = p.iter().filter(|&&p| p).count();
+                let g = g.expect("contoured");
+                for (t, &share) in SHARES.iter().enumerate() {
+                    let (mut sum, mut m) = (0.0, 0);
+                    for (maps, labels, _) in cases.iter().filter(|c| c.2[o]) {
+                        let decoded = decode(head, maps, &levels, Contest::OwnLevel);
+                        let mask: Vec<bool> = decoded.iter().map(|&l| l == organ).collect();
+                        let keep =
+                            shapeflow_core::volume::large_components(&mask, dims, share.into());
+                        let inter = keep.iter().zip(labels).filter(|(&p, &r)| p && r == organ);
+                        let pred = keep.iter().filter(|&&p| p).count();
                         let reference = labels.iter().filter(|&&r| r == organ).count();
-                        dice(inter.count(), pred, reference)
-                    };
-                    all += d(&mask);
-                    largest += d(&keep);
-                    m += 1;
+                        sum += dice(inter.count(), pred, reference);
+                        m += 1;
+                    }
+                    let want = sum / m as f64;
+                    assert!(
+                        (g.dice[t] - want).abs() < 1e-12,
+                        "{head:?} {o} {share}: {g:?}"
+                    );
                 }
-                let g = got[o].expect("contoured");
                 assert!(
-                    (g.all - all / m as f64).abs() < 1e-12,
-                    "{head:?} {o}: {g:?}"
-                );
-                assert!(
-                    (g.largest - largest / m as f64).abs() < 1e-12,
-                    "{head:?} {o}: {g:?}"
-                );
-                assert!(
-                    g.all != g.largest,
+                    g.dice[0] != g.dice[5],
                     "the maps must break the organ into pieces"
                 );
             }
@@ -1062,7 +1091,8 @@ mod tests {
     #[test]
     fn the_largest_component_is_kept_unless_the_others_are_the_organ() {
         // Voxels in a row: organ 1 at 0..4 and 6..10 (the tube, broken at 4..6 in the
-        // prediction); organ 2 at 12..20, predicted there and at 24 (a stray blob).
+        // prediction, its second piece 3 voxels); organ 2 at 12..20, predicted there and at
+        // 24 (a stray blob).
         let labels: Vec<u8> = (0..26)
             .map(|i| match i {
                 0..10 => 1,
@@ -1071,7 +1101,7 @@ mod tests {
             })
             .collect();
         let m1: Vec<f32> = (0..26)
-            .map(|i| if matches!(i, 0..4 | 6..10) { -0.3 } else { 0.3 })
+            .map(|i| if matches!(i, 0..4 | 7..10) { -0.3 } else { 0.3 })
             .collect();
         let m2: Vec<f32> = (0..26)
             .map(|i| if matches!(i, 12..20 | 24) { -0.3 } else { 0.3 })
@@ -1080,17 +1110,28 @@ mod tests {
         s.add_volume(&[m1, m2], &labels, &[true, true], [26, 1, 1]);
         let c = s.components(&[0.0, 0.0]);
         let (tube, blob) = (c[0].unwrap(), c[1].unwrap());
-        assert!((tube.all - 16.0 / 18.0).abs() < 1e-12, "{tube:?}");
-        assert!((tube.largest - 8.0 / 14.0).abs() < 1e-12, "{tube:?}");
-        assert!(!tube.keep_largest());
-        assert!((blob.all - 16.0 / 17.0).abs() < 1e-12, "{blob:?}");
-        assert_eq!(blob.largest, 1.0);
-        assert!(blob.keep_largest());
-        // A gain below MIN_GAIN from keeping every piece still keeps the largest.
-        let close = ComponentDice {
-            all: 0.705,
-            largest: 0.7,
+        // Shares 1, 0.5, 0.25, 0.1, 0.05, 0: the second piece (3 of 4) from 0.5 on.
+        let d = |inter: f64, pred: f64, reference: f64| 2.0 * inter / (pred + reference);
+        let want = [
+            d(4., 4., 10.),
+            d(7., 7., 10.),
+            d(7., 7., 10.),
+            d(7., 7., 10.),
+            d(7., 7., 10.),
+            d(7., 7., 10.),
+        ];
+        for (g, w) in tube.dice.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{tube:?}");
+        }
+        assert_eq!(tube.chosen(), 0.5, "the larger share of the best");
+        // The blob is 1 of 8 voxels: kept from share 0.1 on.
+        assert_eq!(blob.dice[..3], [1.0; 3]);
+        assert!((blob.dice[3] - 16.0 / 17.0).abs() < 1e-12, "{blob:?}");
+        assert_eq!(blob.chosen(), 1.0);
+        // A gain below MIN_GAIN keeps the largest alone.
+        let close = ComponentScores {
+            dice: [0.7, 0.705, 0.705, 0.7, 0.7, 0.7],
         };
-        assert!(close.keep_largest());
+        assert_eq!(close.chosen(), 1.0);
     }
 }

@@ -4,7 +4,7 @@ use crate::augment::{AugmentConfig, TrainSetBuilder};
 use crate::levels::Contest;
 use crate::model::{self, Model, Norm};
 use crate::sampler::{self, Augment, SamplerData};
-use crate::tiling::{keep_largest_components, WindowConfig};
+use crate::tiling::{keep_large_components, WindowConfig};
 use crate::train::{self, Session, TrainConfig, ValCase};
 use serde::{Deserialize, Serialize};
 use shapeflow_core::CaseDataItem as _;
@@ -70,8 +70,9 @@ validation Dice over the fixed level), under the model's contest rule: levels ch
 training (`own-level`: a contested voxel goes to the organ furthest past its level); the
 levels and the rule are in the model's model.json.
 `largest_component: true` then keeps each organ's largest connected component (6-connected);
-`validated`, only for the organs where `calibrate` (`components: true`) found that it does
-not cost validation Dice (a spinal cord the prediction breaks keeps all its pieces).
+`validated`, per organ the components of at least the share of the largest one's voxels
+that `calibrate` (`components: true`) chose on the validation cases (a spinal cord the
+prediction breaks can keep its pieces).
 
 Output: a case with the predicted label map on the original grid (same shape and affine as
 the loaded image), and <stage>/<case>.nii.gz (u8 labels 1..K in the model's organ order,
@@ -532,21 +533,23 @@ impl<'de> Deserialize<'de> for LargestComponent {
 }
 
 impl LargestComponent {
-    /// Per organ of `models` (one, or an ensemble's members alike): keep only its largest
-    /// component. `validated` keeps it where every member's calibration chose to.
-    fn organs(&self, models: &[Model]) -> Result<Vec<bool>, StageError> {
+    /// Per organ of `models` (one, or an ensemble's members alike): what share of its
+    /// largest component's voxels a kept component holds at least (1: the largest alone,
+    /// 0: all). `validated`: as the model's calibration chose (an ensemble: the largest
+    /// share its members chose).
+    fn shares(&self, models: &[Model]) -> Result<Vec<f32>, StageError> {
         let k = models.first().map_or(0, |m| m.config.organs.len());
         if let LargestComponent::Every(b) = *self {
-            return Ok(vec![b; k]);
+            return Ok(vec![if b { 1.0 } else { 0.0 }; k]);
         }
-        let mut keep = vec![true; k];
+        let mut shares = vec![0.0f32; k];
         for (i, m) in models.iter().enumerate() {
-            let chosen: Option<Vec<bool>> = m
+            let chosen: Option<Vec<f32>> = m
                 .config
                 .levels
                 .as_ref()
                 .filter(|l| l.len() == k)
-                .and_then(|l| l.iter().map(|l| l.largest_component).collect());
+                .and_then(|l| l.iter().map(|l| l.component_share).collect());
             let chosen = chosen.ok_or_else(|| {
                 StageError::msg(format!(
                     "`largest_component: validated`, but model {i} carries no choice of \
@@ -554,11 +557,11 @@ impl LargestComponent {
                      `largest_component` to true or false"
                 ))
             })?;
-            for (k, c) in keep.iter_mut().zip(chosen) {
-                *k &= c;
+            for (s, c) in shares.iter_mut().zip(chosen) {
+                *s = s.max(c);
             }
         }
-        Ok(keep)
+        Ok(shares)
     }
 }
 
@@ -826,8 +829,8 @@ impl Stage for Infer {
         }
         let (levels, contest) = self.levels_of(&models)?;
         let mut labels = crate::levels::decode(head, &maps, &levels, contest);
-        let largest = self.p.largest_component.organs(&models)?;
-        keep_largest_components(&mut labels, grid.dims, &largest);
+        let shares = self.p.largest_component.shares(&models)?;
+        keep_large_components(&mut labels, grid.dims, &shares);
         let on_grid = |data: VoxelData| -> Result<Volume, StageError> {
             Volume::from_grid(&grid, data).map_err(|e| StageError::msg(e.to_string()))
         };
@@ -863,7 +866,7 @@ impl Stage for Infer {
         notes.insert(
             "prediction".into(),
             serde_json::json!({"mode": model.config.mode, "patch": self.p.patch.unwrap_or(model.config.patch), "models": models.len(), "tta": self.p.tta, "overlap": self.p.overlap,
-                "largest_component": self.p.largest_component, "largest_component_organs": largest, "sdm_threshold": self.p.sdm_threshold,
+                "largest_component": self.p.largest_component, "component_shares": shares, "sdm_threshold": self.p.sdm_threshold,
                 "levels": self.p.levels, "organ_levels": levels,
                 "contest": (self.p.levels == Levels::Validated).then_some(contest)}),
         );

@@ -7,7 +7,7 @@
 //! predicted with more context than its border), and overlapping outputs are blended by
 //! the weighted mean.
 
-use shapeflow_core::volume::largest_component;
+use shapeflow_core::volume::large_components;
 
 /// How the volume is tiled.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -308,15 +308,15 @@ pub fn labels_from_probabilities(probs: &[Vec<f32>], threshold: f32) -> Vec<u8> 
     )
 }
 
-/// Keeps only the largest 6-connected component of each organ `k` in `labels` (label
-/// `k + 1`) for which `organs[k]` is true.
-pub fn keep_largest_components(labels: &mut [u8], dims: [usize; 3], organs: &[bool]) {
-    for (k, _) in (1..=u8::MAX).zip(organs).filter(|(_, &on)| on) {
+/// Keeps of each organ `k` in `labels` (label `k + 1`) its 6-connected components of at
+/// least `shares[k]` of its largest one's voxels (1: the largest alone, 0: all).
+pub fn keep_large_components(labels: &mut [u8], dims: [usize; 3], shares: &[f32]) {
+    for (k, &share) in (1..=u8::MAX).zip(shares).filter(|(_, &s)| s > 0.0) {
         let mask: Vec<bool> = labels.iter().map(|&v| v == k).collect();
         if !mask.iter().any(|&m| m) {
             continue;
         }
-        let keep = largest_component(&mask, dims);
+        let keep = large_components(&mask, dims, share.into());
         for (l, (&m, &kp)) in labels.iter_mut().zip(mask.iter().zip(&keep)) {
             if m && !kp {
                 *l = 0;
@@ -571,11 +571,15 @@ mod tests {
     fn largest_component_per_organ() {
         let dims = [6, 1, 1];
         let mut l = vec![1, 1, 0, 1, 2, 0];
-        keep_largest_components(&mut l, dims, &[true, true]);
+        keep_large_components(&mut l, dims, &[1.0, 1.0]);
         assert_eq!(l, vec![1, 1, 0, 0, 2, 0]);
-        // Only the organs asked for.
+        // Per organ: all of organ 1, the largest of organ 2.
         let mut l = vec![1, 1, 0, 1, 2, 0, 2, 2];
-        keep_largest_components(&mut l, [8, 1, 1], &[false, true]);
+        keep_large_components(&mut l, [8, 1, 1], &[0.0, 1.0]);
         assert_eq!(l, vec![1, 1, 0, 1, 0, 0, 2, 2]);
+        // Components of at least half the largest.
+        let mut l = vec![1, 1, 1, 1, 0, 1, 1, 0, 1];
+        keep_large_components(&mut l, [9, 1, 1], &[0.5]);
+        assert_eq!(l, vec![1, 1, 1, 1, 0, 1, 1, 0, 0]);
     }
 }
