@@ -324,28 +324,33 @@ pub fn component_labels(mask: &[bool], dims: [usize; 3]) -> (Vec<u32>, Vec<usize
     (ids, sizes)
 }
 
+/// Which of components of `sizes` (as [`component_labels`] counts them) hold at least
+/// `share` of the largest one's voxels: 1 (or more) the largest alone (the first of equal
+/// ones), 0 (or less) all.
+pub fn kept_components(sizes: &[usize], share: f64) -> Vec<bool> {
+    let largest = (0..sizes.len()).fold(0, |b, i| if sizes[i] > sizes[b] { i } else { b });
+    let most = sizes.get(largest).copied().unwrap_or(0) as f64;
+    (0..sizes.len())
+        .map(|i| {
+            if share >= 1.0 {
+                i == largest
+            } else {
+                sizes[i] as f64 >= share * most
+            }
+        })
+        .collect()
+}
+
 /// The largest 6-connected component of `mask` (the first of equal ones); empty if none.
 pub fn largest_component(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
-    let (ids, sizes) = component_labels(mask, dims);
-    let mut best = 0;
-    for (c, &size) in sizes.iter().enumerate() {
-        if size > sizes[best] {
-            best = c;
-        }
-    }
-    let keep = best as u32 + 1;
-    ids.iter().map(|&id| id == keep).collect()
+    large_components(mask, dims, 1.0)
 }
 
 /// The 6-connected components of `mask` holding at least `share` of the largest one's
-/// voxels: 1 (or more) keeps [`largest_component`], 0 (or less) the whole mask.
+/// voxels ([`kept_components`]): 1 keeps [`largest_component`], 0 the whole mask.
 pub fn large_components(mask: &[bool], dims: [usize; 3], share: f64) -> Vec<bool> {
-    if share >= 1.0 {
-        return largest_component(mask, dims);
-    }
     let (ids, sizes) = component_labels(mask, dims);
-    let most = sizes.iter().copied().max().unwrap_or(0) as f64;
-    let kept: Vec<bool> = sizes.iter().map(|&s| s as f64 >= share * most).collect();
+    let kept = kept_components(&sizes, share);
     ids.iter()
         .map(|&id| id > 0 && kept[id as usize - 1])
         .collect()

@@ -639,24 +639,10 @@ impl JointSearch {
                 let organ = (o + 1) as u8;
                 let mask: Vec<bool> = decoded.iter().map(|&l| l == organ).collect();
                 let (ids, sizes) = shapeflow_core::volume::component_labels(&mask, c.dims);
-                let largest =
-                    (0..sizes.len()).fold(0, |b, i| if sizes[i] > sizes[b] { i } else { b });
-                let most = sizes.get(largest).copied().unwrap_or(0) as f64;
-                // Per share, which components it keeps (the largest alone at 1, as
-                // `largest_component` on equal sizes).
+                // Per share, which components it keeps (as `infer` would).
                 let kept: Vec<Vec<bool>> = SHARES
                     .iter()
-                    .map(|&share| {
-                        (0..sizes.len())
-                            .map(|i| {
-                                if share >= 1.0 {
-                                    i == largest
-                                } else {
-                                    sizes[i] as f64 >= f64::from(share) * most
-                                }
-                            })
-                            .collect()
-                    })
+                    .map(|&share| shapeflow_core::volume::kept_components(&sizes, share.into()))
                     .collect();
                 // Counts over the kept voxels: the others are background at any level.
                 let mut inter = [0usize; SHARES.len()];
