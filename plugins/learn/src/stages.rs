@@ -41,7 +41,8 @@ sigmoid(-k sdm) at `joint_prior` where set (0, the default: bias 0, every channe
 
 Each epoch draws `iterations` batches of `batch` patches (foreground-biased, augmented, see
 `augment`), deterministic for the pipeline seed. Adam (PyTorch's), lr `lr` times
-`lr_decay` every `lr_every` epochs. bfloat16 autocast on CUDA (`bf16`). Validation Dice
+`lr_decay` every `lr_every` epochs (`lr_schedule: step`, the paper's) or lr (1 - epoch /
+epochs)^0.9 (`poly`, nnU-Net's). bfloat16 autocast on CUDA (`bf16`). Validation Dice
 (sliding window over whole validation cases) every `val_every` epochs.
 
 Resumable: a checkpoint (weights, optimiser state, history) is written every

@@ -74,6 +74,12 @@ pub struct TrainConfig {
     pub lr_decay: f64,
     /// Epochs between decays (the paper: 25).
     pub lr_every: usize,
+    /// How the learning rate falls over training: `step` (the paper: times `lr_decay`
+    /// every `lr_every` epochs) or `poly` (nnU-Net's: lr (1 - epoch / epochs)^0.9, to
+    /// almost 0 at the end, whatever the number of epochs; `lr_decay` and `lr_every`
+    /// unused). (Keyed only when set, so that trainings from before it stay cached.)
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub lr_schedule: LrSchedule,
     /// Smooth Heaviside sharpness in sigmoid(-k sdm) (the paper: 1500).
     pub k: f64,
     /// Weight of L1 + product loss in joint mode (the paper: 10).
@@ -144,6 +150,19 @@ pub struct TrainConfig {
     pub softmax: bool,
 }
 
+/// How `train`'s learning rate falls over the epochs.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Times `lr_decay` every `lr_every` epochs (the paper's).
+    #[default]
+    Step,
+    /// lr (1 - epoch / epochs)^0.9 (nnU-Net's).
+    Poly,
+}
+
 /// log(p / (1 - p)).
 fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
@@ -162,6 +181,7 @@ impl Default for TrainConfig {
             lr: 5e-4,
             lr_decay: 0.8,
             lr_every: 25,
+            lr_schedule: LrSchedule::Step,
             k: 1500.0,
             lambda: 10.0,
             ce: 0.0,
@@ -277,7 +297,13 @@ impl TrainConfig {
 
     /// Learning rate during `epoch` (0-based).
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        self.lr * self.lr_decay.powi((epoch / self.lr_every) as i32)
+        match self.lr_schedule {
+            LrSchedule::Step => self.lr * self.lr_decay.powi((epoch / self.lr_every) as i32),
+            LrSchedule::Poly => {
+                let left = 1.0 - epoch.min(self.epochs) as f64 / self.epochs.max(1) as f64;
+                self.lr * left.powf(0.9)
+            }
+        }
     }
 }
 
@@ -1188,5 +1214,31 @@ mod tests {
         assert_eq!(TrainConfig::default().lr_at(24), 5e-4);
         assert!((TrainConfig::default().lr_at(25) - 4e-4).abs() < 1e-12);
         assert!((TrainConfig::default().lr_at(50) - 3.2e-4).abs() < 1e-12);
+    }
+
+    /// nnU-Net's schedule, by hand: lr (1 - e / E)^0.9, from lr at the first epoch to
+    /// almost 0 at the last, whatever `lr_decay` and `lr_every` say.
+    #[test]
+    fn poly_schedule_falls_to_almost_zero() {
+        let c = TrainConfig {
+            lr: 1e-3,
+            epochs: 80,
+            lr_schedule: LrSchedule::Poly,
+            ..Default::default()
+        };
+        assert_eq!(c.lr_at(0), 1e-3);
+        // (1 - 40/80)^0.9 = 0.5^0.9 = 0.535887
+        assert!((c.lr_at(40) - 5.35887e-4).abs() < 1e-9, "{}", c.lr_at(40));
+        // (1/80)^0.9 = 0.019374
+        assert!((c.lr_at(79) - 1.9374e-5).abs() < 1e-9, "{}", c.lr_at(79));
+        assert!((1..80).all(|e| c.lr_at(e) < c.lr_at(e - 1)));
+        // The key of a training that does not name it is unchanged (omitted when `step`).
+        let v: TrainConfig = serde_json::from_str(r#"{"lr_schedule": "poly"}"#).unwrap();
+        assert_eq!(v.lr_schedule, LrSchedule::Poly);
+        let e = serde_json::from_str::<TrainConfig>(r#"{"lr_schedule": "cosine"}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("step") && e.to_string().contains("poly"),
+            "{e}"
+        );
     }
 }
