@@ -553,12 +553,12 @@ fn ctrl_c_stops_cleanly_and_rerun_continues() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
-/// Slow enough (about 5 s at -j 2) that the refused and the waiting runs start while the
-/// first still holds the cache, even on a loaded machine.
+/// Its items wait for the file `gate`, which the test creates once the refused and the
+/// waiting runs have met the first's lock, however loaded the machine.
 const SLOWER: &str = "name: slow
 stages:
   src:  {plugin: numbers, params: {n: 40}}
-  work: {plugin: add, after: [src], params: {add: 1, sleep_ms: 250}}
+  work: {plugin: add, after: [src], params: {add: 1, hold_until: gate}}
   total: {plugin: sum, after: [work]}
 ";
 
@@ -583,13 +583,30 @@ fn two_runs_on_one_cache_wait_or_refuse_with_a_clear_message() {
         t.contains(&format!("in use by process {}", first.id())),
         "{t}"
     );
-    let waiter = spawn_child(d.path(), &["run", "p.yaml", "--cache", "cache"]);
+    // The first run holds its items until the waiter says it waits (not a race with the
+    // first run's sleeps on a loaded machine).
+    let said = d.path().join("waiter.err");
+    let waiter = child(d.path(), &["run", "p.yaml", "--cache", "cache"])
+        .stderr(std::fs::File::create(&said).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&said)
+        .unwrap_or_default()
+        .contains("waiting for it to finish")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the waiter never waited"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::write(d.path().join("gate"), b"").unwrap();
     let a = first.wait_with_output().unwrap();
     let b = waiter.wait_with_output().unwrap();
     assert_eq!(a.status.code(), Some(0), "{}", text(&a));
-    let tb = text(&b);
+    let tb = format!("{}{}", text(&b), std::fs::read_to_string(&said).unwrap());
     assert_eq!(b.status.code(), Some(0), "{tb}");
-    assert!(tb.contains("waiting for it to finish"), "{tb}");
     assert!(
         tb.contains("\n0 computed"),
         "the second run reuses the first's work: {tb}"

@@ -73,7 +73,8 @@ impl Stage for Numbers {
     }
 }
 
-/// `add`: value + `add` per case; can sleep, fail on one case, or hold a resource.
+/// `add`: value + `add` per case; can sleep, fail on one case, hold a resource, or wait for
+/// a gate file (`hold_until`, relative to the run's folder) that the test creates.
 #[derive(Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AddParams {
@@ -84,6 +85,7 @@ pub struct AddParams {
     pub meet: Option<String>,
     pub meet_count: usize,
     pub only_split: Option<String>,
+    pub hold_until: Option<String>,
 }
 
 struct Add(AddParams);
@@ -146,6 +148,15 @@ impl Stage for Add {
                 return Err(StageError::msg(
                     "the other branch never ran at the same time",
                 ));
+            }
+        }
+        if let Some(gate) = &self.0.hold_until {
+            let t0 = std::time::Instant::now();
+            while !Path::new(gate).exists() {
+                if t0.elapsed() > Duration::from_secs(120) {
+                    return Err(StageError::msg(format!("gate `{gate}` never opened")));
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
         std::thread::sleep(Duration::from_millis(self.0.sleep_ms));
