@@ -607,6 +607,7 @@ fn two_runs_on_one_cache_wait_or_refuse_with_a_clear_message() {
     assert_eq!(a.status.code(), Some(0), "{}", text(&a));
     let tb = format!("{}{}", text(&b), std::fs::read_to_string(&said).unwrap());
     assert_eq!(b.status.code(), Some(0), "{tb}");
+    assert!(tb.contains("waiting for it to finish"), "{tb}");
     assert!(
         tb.contains("\n0 computed"),
         "the second run reuses the first's work: {tb}"
