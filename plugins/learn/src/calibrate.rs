@@ -46,6 +46,13 @@ blobs cost HD95 more than Dice; a tubular organ the prediction breaks (the spina
 at the shoulders, on OpenKBP) loses whole stretches to the largest component. It keeps
 the voxels near some organ in memory, as `joint: true` does.
 
+`largest_component: true` scores each organ's levels keeping only its largest connected
+component, as `infer`'s `largest_component: true` decodes them (with `joint: true`; the
+other organs' Dice, while one organ's level moves, as decoded). Without it a level may be
+chosen to remove stray blobs that filter removes anyway, shrinking the organ: on OpenKBP
+the SDM-only head's esophagus took level -0.17 and 0.204 test Dice through the filter
+(docs/results/multi-organ/README.md, section 27).
+
 `search: false` passes the model through unchanged (for a pipeline whose variants
 calibrate only some of their models). Writes the model's files like `train` (model.json
 with the levels), so `pipeline predict -m` takes the calibrated model.
@@ -71,6 +78,10 @@ pub struct CalibrateParams {
     /// (`largest_component: validated`).
     #[schemars(extend("x-key-omits-default" = true))]
     pub components: bool,
+    /// Score each organ's levels keeping only its largest connected component, as
+    /// `infer`'s `largest_component: true` decodes (needs `joint: true`).
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub largest_component: bool,
     /// Fraction of a window shared with its neighbour (as `infer`).
     pub overlap: f64,
     /// Gaussian weight sd, as a fraction of the window (as `infer`).
@@ -96,6 +107,7 @@ impl Default for CalibrateParams {
             contest: Contest::OwnLevel,
             joint: true,
             components: false,
+            largest_component: false,
             overlap: 0.5,
             sigma: 0.125,
             batch: 2,
@@ -110,6 +122,12 @@ impl CalibrateParams {
     /// The first invalid field and why.
     pub fn check(&self) -> Result<(), (String, String)> {
         model::parse_device(&self.device).map_err(|e| ("device".to_string(), e))?;
+        if self.largest_component && !self.joint {
+            return Err((
+                "largest_component".into(),
+                "scores levels searched together: set `joint: true`".into(),
+            ));
+        }
         if !(0.0..0.95).contains(&self.overlap) {
             return Err(("overlap".into(), "must be in [0, 0.95)".into()));
         }
@@ -198,7 +216,10 @@ impl Stage for Calibrate {
             batch: self.0.batch.max(1),
         };
         let mut search = if self.0.joint {
-            Search::Joint(JointSearch::new(head, k, self.0.contest))
+            Search::Joint(
+                JointSearch::new(head, k, self.0.contest)
+                    .largest_component(self.0.largest_component),
+            )
         } else {
             Search::Alone(LevelSearch::new(head, k, self.0.contest))
         };

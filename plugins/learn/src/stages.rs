@@ -992,6 +992,15 @@ mod tests {
             keyed("calibrate", serde_json::json!({"components": true}))["components"],
             true
         );
+        assert!(before.get("largest_component").is_none());
+        assert_eq!(
+            keyed("calibrate", serde_json::json!({"largest_component": false})),
+            before
+        );
+        assert_eq!(
+            keyed("calibrate", serde_json::json!({"largest_component": true}))["largest_component"],
+            true
+        );
     }
 
     #[test]
@@ -1042,6 +1051,13 @@ mod tests {
             serde_json::json!({"largest_component": "validated", "levels": "validated"}),
         )
         .unwrap();
+        let e = build(
+            "calibrate",
+            serde_json::json!({"largest_component": true, "joint": false}),
+        )
+        .unwrap_err();
+        assert_eq!(e.path, vec!["largest_component"]);
+        assert!(e.message.contains("joint: true"), "{}", e.message);
         build(
             "train",
             serde_json::json!({"mode": "sdm", "patch": [32, 48, 32], "net": {"depth": 4}}),
