@@ -1109,7 +1109,9 @@ mod tests {
         }
     }
 
-    /// Interrupted after epoch 2 of 4, the next run resumes from the checkpoint's step.
+    /// Interrupted after epoch 2 of 4, the next run resumes from the checkpoint's step
+    /// and ends with the losses and weights of the same training uninterrupted (CPU, one
+    /// machine; fails with the checkpoint's weights not read: checked).
     #[test]
     fn an_interrupted_run_resumes_from_its_checkpoint() {
         let (cases, val, norm, spacing) = setup();
@@ -1150,10 +1152,33 @@ mod tests {
             bar: shapeflow_core::indicatif::ProgressBar::hidden(),
             ..s
         };
-        let t = train(&cfg, cases, val, norm, spacing, &s).unwrap();
+        let t = train(&cfg, cases, val, norm.clone(), spacing, &s).unwrap();
         assert_eq!(
             t.resumed_from_step, 6,
             "continued from the checkpoint's step"
+        );
+        // The same training uninterrupted (its own work folder) ends with the same
+        // losses and the same weights to the bit.
+        let (cases, val, _, _) = setup();
+        let whole_dir = dir.path().join("whole");
+        let whole = train(
+            &cfg,
+            cases,
+            val,
+            norm,
+            spacing,
+            &Session {
+                work_dir: &whole_dir,
+                ..s
+            },
+        )
+        .unwrap();
+        assert_eq!(whole.resumed_from_step, 0);
+        let losses = |t: &Trained| t.history.iter().map(|r| r.loss).collect::<Vec<_>>();
+        assert_eq!(losses(&t)[2..], losses(&whole)[2..]);
+        assert!(
+            t.model.weights == whole.model.weights,
+            "a resumed training ends with the uninterrupted one's weights"
         );
         assert_eq!(t.history.len(), 4);
         assert_eq!(
