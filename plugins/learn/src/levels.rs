@@ -493,6 +493,20 @@ impl JointSearch {
     /// For organ `o` with the others at `levels`: the objective (the sum over organs of
     /// their mean Dice over the cases that contour them) at each level of the grid.
     pub fn objective(&self, o: usize, levels: &[f32]) -> Vec<f64> {
+        self.scores(o, levels, false)
+    }
+
+    /// As [`JointSearch::objective`], but organ `o` keeps only its largest connected
+    /// component at each level (as [`shapeflow_core::volume::largest_component`]: the
+    /// first in scan order of equal ones); the other organs' Dice as decoded. Still one
+    /// pass per case: the voxels `o` wins join it in the order of the levels from which it
+    /// wins them, connected by union-find, the largest component tracked as they merge.
+    pub fn objective_largest(&self, o: usize, levels: &[f32]) -> Vec<f64> {
+        self.scores(o, levels, true)
+    }
+
+    /// [`JointSearch::objective`], or with `largest` [`JointSearch::objective_largest`].
+    fn scores(&self, o: usize, levels: &[f32], largest: bool) -> Vec<f64> {
         let k = self.organs;
         let g = self.grid.len();
         let sign = sign_of(self.head);
@@ -508,7 +522,9 @@ impl JointSearch {
             let mut moved = vec![vec![0usize; k + 1]; g + 1];
             let mut hit = vec![vec![0usize; k + 1]; g + 1];
             let mut own = vec![0usize; g + 1];
-            for (v, &l) in c.maps.chunks(k).zip(&c.labels) {
+            // With `largest`: per grid index, the kept voxels o wins from that index on.
+            let mut joins: Vec<Vec<u32>> = vec![Vec::new(); if largest { g + 1 } else { 0 }];
+            for (j, (v, &l)) in c.maps.chunks(k).zip(&c.labels).enumerate() {
                 let (d, q) = self.switch(v, o, levels, sign);
                 base_pred[q] += 1;
                 base_inter[q] += (l as usize == q) as usize;
@@ -520,7 +536,11 @@ impl JointSearch {
                 moved[at][q] += 1;
                 hit[at][q] += (l as usize == q) as usize;
                 own[at] += (l as usize == o + 1) as usize;
+                if largest {
+                    joins[at].push(j as u32);
+                }
             }
+            let mut forest = largest.then(|| Forest::new(c, (o + 1) as u8));
             let order: Vec<(usize, usize)> = match self.head {
                 // Level index t counts the voxels recorded at indices <= t (SDMs) or
                 // > t (probabilities).
@@ -536,10 +556,19 @@ impl JointSearch {
                     h[q] += hit[idx][q];
                 }
                 w += own[idx];
+                let own_counts = match forest.as_mut() {
+                    Some(f) => {
+                        for &j in &joins[idx] {
+                            f.add(j as usize);
+                        }
+                        f.largest()
+                    }
+                    None => (m.iter().sum::<usize>(), w),
+                };
                 let mut score = 0.0;
                 for j in (0..k).filter(|&j| c.present[j]) {
                     let (pred, inter) = if j == o {
-                        (m.iter().sum::<usize>(), w)
+                        own_counts
                     } else {
                         (base_pred[j + 1] - m[j + 1], base_inter[j + 1] - h[j + 1])
                     };
@@ -605,11 +634,7 @@ impl JointSearch {
         for _ in 0..JOINT_ROUNDS {
             let mut moved = false;
             for o in (0..k).filter(|&o| n[o] > 0) {
-                let scores = if self.largest {
-                    self.objective_largest(o, &levels)
-                } else {
-                    self.objective(o, &levels)
-                };
+                let scores = self.scores(o, &levels, self.largest);
                 let now = self.grid.iter().position(|&t| t == levels[o]).unwrap_or(0);
                 let mut best = now;
                 for (t, &s) in scores.iter().enumerate() {
@@ -654,68 +679,6 @@ impl JointSearch {
         } else {
             self.dice_at(levels)
         }
-    }
-
-    /// As [`JointSearch::objective`], but organ `o` keeps only its largest connected
-    /// component at each level (as [`shapeflow_core::volume::largest_component`]: the
-    /// first in scan order of equal ones); the other organs' Dice as decoded. One pass per
-    /// case: the voxels `o` wins join it in the order of the levels from which it wins
-    /// them, connected by union-find, the largest component tracked as they merge.
-    pub fn objective_largest(&self, o: usize, levels: &[f32]) -> Vec<f64> {
-        let k = self.organs;
-        let g = self.grid.len();
-        let sign = sign_of(self.head);
-        let n_cases = self.contoured();
-        let mut total = vec![0.0f64; g];
-        for c in &self.cases {
-            let mut base_pred = vec![0usize; k + 1];
-            let mut base_inter = vec![0usize; k + 1];
-            let mut moved = vec![vec![0usize; k + 1]; g + 1];
-            let mut hit = vec![vec![0usize; k + 1]; g + 1];
-            // Per grid index, the kept voxels o wins from that index on.
-            let mut joins: Vec<Vec<u32>> = vec![Vec::new(); g + 1];
-            for (j, (v, &l)) in c.maps.chunks(k).zip(&c.labels).enumerate() {
-                let (d, q) = self.switch(v, o, levels, sign);
-                base_pred[q] += 1;
-                base_inter[q] += (l as usize == q) as usize;
-                let Some(d) = d else { continue };
-                let at = match self.head {
-                    Head::Sdm => self.grid.partition_point(|&t| t <= d),
-                    Head::Probability => self.grid.partition_point(|&t| t < d),
-                };
-                moved[at][q] += 1;
-                hit[at][q] += (l as usize == q) as usize;
-                joins[at].push(j as u32);
-            }
-            let order: Vec<(usize, usize)> = match self.head {
-                Head::Sdm => (0..g).map(|t| (t, t)).collect(),
-                Head::Probability => (0..g).rev().map(|t| (t, t + 1)).collect(),
-            };
-            let mut forest = Forest::new(c, (o + 1) as u8);
-            let mut m = vec![0usize; k + 1];
-            let mut h = vec![0usize; k + 1];
-            for (t, idx) in order {
-                for q in 0..=k {
-                    m[q] += moved[idx][q];
-                    h[q] += hit[idx][q];
-                }
-                for &j in &joins[idx] {
-                    forest.add(j as usize);
-                }
-                let (pred, inter) = forest.largest();
-                let mut score = 0.0;
-                for j in (0..k).filter(|&j| c.present[j]) {
-                    let (pred, inter) = if j == o {
-                        (pred, inter)
-                    } else {
-                        (base_pred[j + 1] - m[j + 1], base_inter[j + 1] - h[j + 1])
-                    };
-                    score += dice(inter, pred, c.reference[j]) / n_cases[j] as f64;
-                }
-                total[t] += score;
-            }
-        }
-        total
     }
 }
 
@@ -1103,6 +1066,68 @@ mod tests {
             .collect();
         (vec![m1, m2], labels)
     }
+    /// Two cases of three organs' random maps over `n` voxels (SDMs with some voxels beyond
+    /// every level of the grid) and random labels 0..3.
+    fn random_cases(rnd: &mut impl FnMut() -> f32, head: Head, n: usize) -> Vec<Case> {
+        (0..2)
+            .map(|_| {
+                let maps = (0..3)
+                    .map(|_| {
+                        (0..n)
+                            .map(|_| match head {
+                                Head::Sdm => (rnd() - 0.4) * 1.4,
+                                Head::Probability => rnd(),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let labels = (0..n).map(|_| (rnd() * 4.0) as u8 % 4).collect();
+                (maps, labels)
+            })
+            .collect()
+    }
+
+    type Case = (Vec<Vec<f32>>, Vec<u8>);
+
+    /// The sum over organs of their mean Dice over the cases that contour them, decoded at
+    /// `levels`, the slow way; `filtered`: organ `o` of a volume of `dims` keeps only its
+    /// largest component.
+    fn summed_dice(
+        head: Head,
+        contest: Contest,
+        cases: &[Case],
+        present: &[Vec<bool>],
+        levels: &[f32],
+        filtered: Option<(usize, [usize; 3])>,
+    ) -> f64 {
+        let mut total = 0.0;
+        for j in 0..3 {
+            let organ = (j + 1) as u8;
+            let with: Vec<f64> = cases
+                .iter()
+                .zip(present)
+                .filter(|(_, p)| p[j])
+                .map(|((maps, labels), _)| {
+                    let decoded = decode(head, maps, levels, contest);
+                    let mut mask: Vec<bool> = decoded.iter().map(|&l| l == organ).collect();
+                    if let Some((_, dims)) = filtered.filter(|f| f.0 == j) {
+                        mask = shapeflow_core::volume::largest_component(&mask, dims);
+                    }
+                    let pred = mask.iter().filter(|&&p| p).count();
+                    let inter = mask
+                        .iter()
+                        .zip(labels)
+                        .filter(|(&p, &r)| p && r == organ)
+                        .count();
+                    let reference = labels.iter().filter(|&&r| r == organ).count();
+                    dice(inter, pred, reference)
+                })
+                .collect();
+            total += with.iter().sum::<f64>() / with.len() as f64;
+        }
+        total
+    }
+
     /// The joint search's objective at every level of one organ, the others at random
     /// levels, equals decoding and summing every organ's mean Dice (both heads, both
     /// contests, three organs, two cases of which one leaves an organ uncontoured).
@@ -1110,23 +1135,7 @@ mod tests {
     fn the_joint_objective_scores_each_level_as_decoding_would() {
         let mut rnd = uniform(99u64);
         for head in [Head::Sdm, Head::Probability] {
-            let n = 300;
-            let mut cases = Vec::new();
-            for _ in 0..2 {
-                let maps: Vec<Vec<f32>> = (0..3)
-                    .map(|_| {
-                        (0..n)
-                            .map(|_| match head {
-                                // Some voxels beyond every level of the grid.
-                                Head::Sdm => (rnd() - 0.4) * 1.4,
-                                Head::Probability => rnd(),
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let labels: Vec<u8> = (0..n).map(|_| (rnd() * 4.0) as u8 % 4).collect();
-                cases.push((maps, labels));
-            }
+            let cases = random_cases(&mut rnd, head, 300);
             let present = [vec![true, true, true], vec![true, false, true]];
             let g = grid(head);
             for contest in [Contest::OwnLevel, Contest::FixedOwner] {
@@ -1141,16 +1150,7 @@ mod tests {
                     let got = s.objective(o, &levels);
                     for (t, &level) in g.iter().enumerate().step_by(3) {
                         levels[o] = level;
-                        let mut want = 0.0;
-                        for j in 0..3 {
-                            let with: Vec<_> = cases
-                                .iter()
-                                .zip(&present)
-                                .filter(|(_, p)| p[j])
-                                .map(|(c, _)| dice_of(head, contest, &c.0, &c.1, &levels, j))
-                                .collect();
-                            want += with.iter().sum::<f64>() / with.len() as f64;
-                        }
+                        let want = summed_dice(head, contest, &cases, &present, &levels, None);
                         assert!(
                             (got[t] - want).abs() < 1e-9,
                             "{head:?} {contest:?} organ {o} level {level}: {} vs {want}",
@@ -1296,22 +1296,7 @@ mod tests {
         let n: usize = dims.iter().product();
         let mut rnd = uniform(2027u64);
         for head in [Head::Sdm, Head::Probability] {
-            let cases: Vec<(Vec<Vec<f32>>, Vec<u8>)> = (0..2)
-                .map(|_| {
-                    let maps = (0..3)
-                        .map(|_| {
-                            (0..n)
-                                .map(|_| match head {
-                                    Head::Sdm => (rnd() - 0.4) * 1.4,
-                                    Head::Probability => rnd(),
-                                })
-                                .collect()
-                        })
-                        .collect();
-                    let labels = (0..n).map(|_| (rnd() * 4.0) as u8 % 4).collect();
-                    (maps, labels)
-                })
-                .collect();
+            let cases = random_cases(&mut rnd, head, n);
             let present = [vec![true, true, true], vec![true, false, true]];
             let g = grid(head);
             for contest in [Contest::OwnLevel, Contest::FixedOwner] {
@@ -1326,33 +1311,8 @@ mod tests {
                     let got = s.objective_largest(o, &levels);
                     for (t, &level) in g.iter().enumerate().step_by(2) {
                         levels[o] = level;
-                        let mut want = 0.0;
-                        for j in 0..3 {
-                            let organ = (j + 1) as u8;
-                            let with: Vec<f64> = cases
-                                .iter()
-                                .zip(&present)
-                                .filter(|(_, p)| p[j])
-                                .map(|((maps, labels), _)| {
-                                    let decoded = decode(head, maps, &levels, contest);
-                                    let mut mask: Vec<bool> =
-                                        decoded.iter().map(|&l| l == organ).collect();
-                                    if j == o {
-                                        mask =
-                                            shapeflow_core::volume::largest_component(&mask, dims);
-                                    }
-                                    let pred = mask.iter().filter(|&&p| p).count();
-                                    let inter = mask
-                                        .iter()
-                                        .zip(labels)
-                                        .filter(|(&p, &r)| p && r == organ)
-                                        .count();
-                                    let reference = labels.iter().filter(|&&r| r == organ).count();
-                                    dice(inter, pred, reference)
-                                })
-                                .collect();
-                            want += with.iter().sum::<f64>() / with.len() as f64;
-                        }
+                        let filtered = Some((o, dims));
+                        let want = summed_dice(head, contest, &cases, &present, &levels, filtered);
                         assert!(
                             (got[t] - want).abs() < 1e-9,
                             "{head:?} {contest:?} organ {o} level {level}: {} vs {want}",

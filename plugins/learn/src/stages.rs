@@ -963,7 +963,7 @@ mod tests {
     }
 
     /// `largest_component` keys as the bool it was (cached predictions keep their keys) and
-    /// as the word `validated`; `calibrate.components` only when on.
+    /// as the word `validated`; `calibrate.components` and `largest_component` only when on.
     #[test]
     fn largest_component_keys() {
         let r = Registry::new().with(&LearnPlugin).unwrap();
@@ -983,24 +983,17 @@ mod tests {
         );
         assert_eq!(k["largest_component"], "validated");
         let before = keyed("calibrate", serde_json::json!({}));
-        assert!(before.get("components").is_none());
-        assert_eq!(
-            keyed("calibrate", serde_json::json!({"components": false})),
-            before
-        );
-        assert_eq!(
-            keyed("calibrate", serde_json::json!({"components": true}))["components"],
-            true
-        );
-        assert!(before.get("largest_component").is_none());
-        assert_eq!(
-            keyed("calibrate", serde_json::json!({"largest_component": false})),
-            before
-        );
-        assert_eq!(
-            keyed("calibrate", serde_json::json!({"largest_component": true}))["largest_component"],
-            true
-        );
+        for field in ["components", "largest_component"] {
+            assert!(before.get(field).is_none(), "{field}");
+            assert_eq!(
+                keyed("calibrate", serde_json::json!({ field: false })),
+                before
+            );
+            assert_eq!(
+                keyed("calibrate", serde_json::json!({ field: true }))[field],
+                true
+            );
+        }
     }
 
     #[test]
