@@ -1111,7 +1111,8 @@ mod tests {
 
     /// Interrupted after epoch 2 of 4, the next run resumes from the checkpoint's step
     /// and ends with the losses and weights of the same training uninterrupted (CPU, one
-    /// machine; fails with the checkpoint's weights not read: checked).
+    /// machine, two loader workers as the default; fails with the checkpoint's weights not
+    /// read: checked).
     #[test]
     fn an_interrupted_run_resumes_from_its_checkpoint() {
         let (cases, val, norm, spacing) = setup();
@@ -1127,6 +1128,8 @@ mod tests {
         };
         let mut cfg = config(4);
         cfg.iterations = 3;
+        // Two loader workers, as `train` defaults to.
+        cfg.workers = 2;
         let s = Session {
             seed: 5,
             work_dir: &work,
