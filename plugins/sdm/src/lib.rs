@@ -8,6 +8,7 @@ use shapeflow_core::{
     SdmUnits, Shape, Stage, StageCtx, StageDef, StageError, VoxelData,
 };
 use shapeflow_edt::{signed_map, Scale};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Registers `edt-sdm`.
@@ -31,6 +32,14 @@ impl Plugin for SdmPlugin {
                             path: vec!["band_mm".into()],
                             message: "must be a positive number of mm, with `normalize: true`"
                                 .into(),
+                        });
+                    }
+                }
+                for (organ, &b) in &p.organ_band_mm {
+                    if !(b.is_finite() && b > 0.0 && p.band_mm.is_some()) {
+                        return Err(ParamError {
+                            path: vec!["organ_band_mm".into(), organ.clone()],
+                            message: "must be a positive number of mm, with `band_mm` set".into(),
                         });
                     }
                 }
@@ -75,6 +84,11 @@ pub struct SdmParams {
     /// a voxel outside the organ's voxels), so `sdm < 0` is exactly the organ. Needs
     /// `normalize: true`.
     pub band_mm: Option<f64>,
+    /// Per-organ bands in mm in place of `band_mm` (`{Esophagus: 10}`; organs as the case
+    /// names them, each one of the case's organs; the others keep `band_mm`). Needs
+    /// `band_mm`. Not part of the cache key while empty.
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub organ_band_mm: BTreeMap<String, f64>,
     /// Cache storage: i16 with a per-map scale, delta-coded in byte planes (error below 1/32766
     /// of the largest distance; about 10x smaller than f32 after zstd), or f32.
     pub storage: SdmStorage,
@@ -85,6 +99,7 @@ impl Default for SdmParams {
         SdmParams {
             normalize: true,
             band_mm: None,
+            organ_band_mm: BTreeMap::new(),
             storage: SdmStorage::I16,
         }
     }
@@ -92,7 +107,25 @@ impl Default for SdmParams {
 
 struct EdtSdm(SdmParams);
 
-/// The SDMs of every organ of `case` (absent organs: `None`).
+impl EdtSdm {
+    /// The maps of one case, as the params ask.
+    fn sdms(&self, case: &CaseData) -> Result<SdmSet, StageError> {
+        let mut s = case_sdms(case, self.0.normalize && self.0.band_mm.is_none())?;
+        if let Some(band) = self.0.band_mm {
+            if let Some(unknown) = self.0.organ_band_mm.keys().find(|o| !s.organs.contains(o)) {
+                return Err(StageError::msg(format!(
+                    "edt-sdm: organ_band_mm names `{unknown}`, not one of this case's organs ({})",
+                    s.organs.join(", ")
+                )));
+            }
+            band_limit_organs(&mut s, |o| {
+                self.0.organ_band_mm.get(o).copied().unwrap_or(band)
+            });
+        }
+        Ok(s)
+    }
+}
+
 /// Turns millimetre maps into band-limited normalised maps whose zero level is the organ's
 /// surface between voxel centres: with `h` half the smallest spacing, outside voxels map to
 /// `min(d - h, band) / band` (so the first outside layer is already positive) and organ
@@ -100,7 +133,14 @@ struct EdtSdm(SdmParams);
 /// organ voxel is negative and `sdm < 0` gives back exactly the organ). +inf (annotated,
 /// empty) becomes 1, -inf (the organ fills the volume) -1.
 pub fn band_limit(s: &mut SdmSet, band_mm: f64) {
-    for m in s.maps.iter_mut().flatten() {
+    band_limit_organs(s, |_| band_mm)
+}
+
+/// [`band_limit`] with each organ's own band, `band_of(organ name)` mm.
+pub fn band_limit_organs(s: &mut SdmSet, band_of: impl Fn(&str) -> f64) {
+    for (organ, m) in s.organs.iter().zip(s.maps.iter_mut()) {
+        let Some(m) = m else { continue };
+        let band_mm = band_of(organ);
         let h = 0.5 * m.spacing.iter().copied().fold(f64::INFINITY, f64::min) as f32;
         let mut v = m.to_f32();
         let inner = v
@@ -122,6 +162,7 @@ pub fn band_limit(s: &mut SdmSet, band_mm: f64) {
     s.units = SdmUnits::Normalized;
 }
 
+/// The SDMs of every organ of `case` (absent organs: `None`).
 pub fn case_sdms(case: &CaseData, normalize: bool) -> Result<SdmSet, StageError> {
     let units = if normalize {
         SdmUnits::Normalized
@@ -189,10 +230,7 @@ impl Stage for EdtSdm {
         inputs: &Inputs,
     ) -> Result<Item, StageError> {
         let case = inputs.case("cases")?;
-        let mut s = case_sdms(&case, self.0.normalize && self.0.band_mm.is_none())?;
-        if let Some(band) = self.0.band_mm {
-            band_limit(&mut s, band);
-        }
+        let s = self.sdms(&case)?;
         Ok(s.to_item(self.0.storage))
     }
 }
@@ -286,6 +324,71 @@ mod tests {
             .iter()
             .all(|&v| v == 1.0));
         assert_eq!(s.units, SdmUnits::Normalized);
+    }
+
+    fn build(p: serde_json::Value) -> Result<shapeflow_core::Built, ParamError> {
+        let r = Registry::new().with(&SdmPlugin).unwrap();
+        let ctx = shapeflow_core::BuildCtx {
+            base_dir: ".".into(),
+        };
+        r.get("edt-sdm").unwrap().build(&p, &ctx)
+    }
+
+    /// An organ's own band replaces `band_mm` for its map alone; the inside keeps its scale.
+    #[test]
+    fn organ_bands_by_hand() {
+        let sdms = |p: serde_json::Value| {
+            let p: SdmParams = serde_json::from_value(p).unwrap();
+            EdtSdm(p).sdms(&case())
+        };
+        let common = sdms(serde_json::json!({"band_mm": 2.0})).unwrap();
+        let own = sdms(serde_json::json!({"band_mm": 2.0, "organ_band_mm": {"a": 1.0}})).unwrap();
+        let at = |s: &SdmSet, k: usize, x: usize, y: usize, z: usize| {
+            s.maps[k].as_ref().unwrap().to_f32()[x + 12 * (y + 10 * z)]
+        };
+        // One voxel (0.8 mm) outside along x: (0.8 - 0.4) / 1 against / 2.
+        assert!((at(&own, 0, 9, 4, 3) - 0.4).abs() < 1e-6);
+        assert!((at(&common, 0, 9, 4, 3) - 0.2).abs() < 1e-6);
+        // Two voxels outside: (1.6 - 0.4) / 1, clipped at 1; 0.6 with the common band.
+        assert_eq!(at(&own, 0, 10, 4, 3), 1.0);
+        assert!((at(&common, 0, 10, 4, 3) - 0.6).abs() < 1e-6);
+        // Inside, a boundary voxel: -0.4 / 2.0 with either band (the organ's own depth).
+        assert!((at(&own, 0, 8, 4, 3) + 0.2).abs() < 1e-6);
+        assert_eq!(own.maps[1], common.maps[1]);
+        assert!(own.maps[2].is_none());
+        let e = sdms(serde_json::json!({"band_mm": 2.0, "organ_band_mm": {"Esophagus": 1.0}}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("organ_band_mm") && e.contains("`Esophagus`") && e.contains("a, b, c"),
+            "{e}"
+        );
+    }
+
+    /// `organ_band_mm` is keyed only when it names an organ (maps cached before it existed
+    /// keep their keys); a bad band names its organ.
+    #[test]
+    fn organ_bands_keys_and_errors() {
+        let before = build(serde_json::json!({"band_mm": 20})).unwrap().keyed;
+        assert!(before.get("organ_band_mm").is_none());
+        assert_eq!(
+            build(serde_json::json!({"band_mm": 20, "organ_band_mm": {}}))
+                .unwrap()
+                .keyed,
+            before
+        );
+        let k = build(serde_json::json!({"band_mm": 20, "organ_band_mm": {"Esophagus": 10}}))
+            .unwrap()
+            .keyed;
+        assert_eq!(k["organ_band_mm"]["Esophagus"], 10.0);
+        for p in [
+            serde_json::json!({"organ_band_mm": {"Esophagus": 10}}),
+            serde_json::json!({"band_mm": 20, "organ_band_mm": {"Esophagus": 0}}),
+            serde_json::json!({"band_mm": 20, "organ_band_mm": {"Esophagus": -5}}),
+        ] {
+            let e = build(p).err().unwrap();
+            assert_eq!(e.path, vec!["organ_band_mm", "Esophagus"]);
+        }
     }
 
     #[test]
