@@ -1627,8 +1627,8 @@ stages:
 }
 
 /// `pipeline export`: the network as TorchScript (run by torch) and ONNX (run by ONNX
-/// Runtime from PyPI) computes what the project's own network computes, within 1e-4, with
-/// the preprocessing written beside it.
+/// Runtime from PyPI) computes what the project's own network computes, within 1e-5 of its
+/// largest output, with the preprocessing written beside it.
 #[test]
 fn exported_networks_compute_what_ours_computes() {
     use shapeflow_learn::fit::Mode;
@@ -1637,6 +1637,7 @@ fn exported_networks_compute_what_ours_computes() {
     use shapeflow_learn::unet::{UNet, UNetConfig};
     let Some(py) = python() else { return };
     let d = tempfile::tempdir().unwrap();
+    shapeflow_learn::tch::manual_seed(14);
     let vs = nn::VarStore::new(Device::Cpu);
     let unet = UNetConfig {
         in_channels: 1,
@@ -1715,9 +1716,16 @@ fn exported_networks_compute_what_ours_computes() {
         )
         .unwrap();
         assert_eq!(r["shape"], serde_json::json!([2, 2, 8, 16, 24]), "{format}");
-        let diff = r["max_abs_diff"].as_f64().unwrap();
-        assert!(r["max_abs"].as_f64().unwrap() > 0.01);
-        assert!(diff < 1e-4, "{format}: outputs differ by {diff}");
+        let (diff, max_abs) = (
+            r["max_abs_diff"].as_f64().unwrap(),
+            r["max_abs"].as_f64().unwrap(),
+        );
+        assert!(max_abs > 0.01);
+        // Relative, as in plugins/learn/tests/pytorch.rs: measured up to 2e-6 of the largest.
+        assert!(
+            diff <= 1e-5 * max_abs,
+            "{format}: outputs differ by {diff} (largest output {max_abs})"
+        );
     }
 }
 
