@@ -13,12 +13,13 @@ use shapeflow_core::{
 pub const HELP: &str = r#"
 Chooses per-organ decision levels for a trained model (the `train` stage, a whole-dataset
 input) on the validation cases (split `val`, held out of training): the model's maps over
-each validation case (sliding window on the training grid, as `infer` makes them without
-test-time mirroring), then per organ the level of the best mean Dice over the cases that
-contour it, every other organ at the fixed level (SDM heads: -0.5..0.5 in steps of 0.01;
-probability heads: 0.05..0.95 in steps of 0.05). Output: the same model carrying the
-levels and the `contest` rule they were searched under; `infer` with `levels: validated`
-decodes with them (a level is adopted only where it gains at least 0.01 mean Dice).
+each validation case (sliding window on the training grid, as `infer` makes them; with
+`tta: true` averaged with the case mirrored left-right, as `infer`'s `tta`), then per organ
+the level of the best mean Dice over the cases that contour it, every other organ at the
+fixed level (SDM heads: -0.5..0.5 in steps of 0.01; probability heads: 0.05..0.95 in steps
+of 0.05). Output: the same model carrying the levels and the `contest` rule they were
+searched under; `infer` with `levels: validated` decodes with them (a level is adopted only
+where it gains at least 0.01 mean Dice).
 
 `joint: true` (default) searches the organs' levels together: from the fixed levels, each
 organ in turn takes the level of the best sum of all organs' mean Dice with the others at
@@ -86,6 +87,10 @@ pub struct CalibrateParams {
     pub overlap: f64,
     /// Gaussian weight sd, as a fraction of the window (as `infer`).
     pub sigma: f64,
+    /// Test-time mirroring, as `infer`'s `tta`: levels chosen on the maps `infer` with
+    /// `tta: true` decodes.
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub tta: bool,
     /// Windows per network call.
     #[schemars(extend("x-execution" = true))]
     pub batch: usize,
@@ -110,6 +115,7 @@ impl Default for CalibrateParams {
             largest_component: false,
             overlap: 0.5,
             sigma: 0.125,
+            tta: false,
             batch: 2,
             device: "auto".into(),
             threads: 0,
@@ -248,7 +254,14 @@ impl Stage for Calibrate {
             };
             let x = model::normalised_input(&model.config.norm, &case.images)?;
             let maps = predictor
-                .maps(&x, image.dims, &wcfg, Some(ctx.cancel))
+                .maps_mirrored(
+                    &x,
+                    image.dims,
+                    &image.affine,
+                    &wcfg,
+                    self.0.tta,
+                    Some(ctx.cancel),
+                )
                 .map_err(|e| model::in_context(&format!("case `{}`", info.id), e))?;
             match &mut search {
                 Search::Joint(s) => s.add_volume(&maps, labels, &case.present, image.dims),

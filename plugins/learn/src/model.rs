@@ -405,6 +405,31 @@ impl Predictor<'_> {
             }
         })
     }
+
+    /// [`Predictor::maps`], averaged with those of the image mirrored left-right when `tta`
+    /// (left and right organs swapped back; `affine` finds the left-right axis): only the
+    /// mirroring training augmented with, never along the other axes, whose mirror images
+    /// (upside down, back to front) the network has never seen. A model trained without
+    /// flips (`left_right_flip: false`) is run once.
+    pub fn maps_mirrored(
+        &self,
+        x: &[f32],
+        dims: [usize; 3],
+        affine: &[[f64; 4]; 4],
+        wcfg: &crate::tiling::WindowConfig,
+        tta: bool,
+        cancel: Option<&CancelToken>,
+    ) -> Result<Vec<Vec<f32>>, StageError> {
+        let mut window = |x: &[f32]| self.maps(x, dims, wcfg, cancel);
+        if !tta {
+            return window(x);
+        }
+        let organs = &self.model.config.organs;
+        let pairs = crate::tta::left_right_pairs(organs);
+        let lr = crate::tta::left_right_axis(affine);
+        let axes = crate::tta::mirror_axes(self.model.config.left_right_flip, lr);
+        crate::tta::mirrored(x, dims, &axes, lr, &pairs, &mut window)
+    }
 }
 
 /// `e` with `context` before its message; cancellation stays cancellation.
@@ -605,5 +630,60 @@ mod predictor_tests {
         let e = p.maps(&x[1..], dims, &wcfg, None).unwrap_err();
         let e = in_context("case `x`", e).to_string();
         assert!(e.starts_with("case `x`: ") && e.contains("voxels"), "{e}");
+    }
+    /// Mirroring averages the pass over the image with the pass over its left-right mirror
+    /// image flipped back, the paired organs' channels swapped back; a model trained
+    /// without flips, or `tta: false`, runs once.
+    #[test]
+    fn mirrored_maps_average_the_mirror_image_with_pairs_swapped_back() {
+        tch::manual_seed(4);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let (mut m, net) = model(&vs);
+        m.config.organs = vec!["Parotid_L".into(), "Parotid_R".into()];
+        let dims = [10, 7, 5];
+        let n: usize = dims.iter().product();
+        let x: Vec<f32> = (0..n).map(|i| ((i * 5) % 11) as f32 / 11.0).collect();
+        let wcfg = WindowConfig {
+            patch: [8, 8, 8],
+            ..Default::default()
+        };
+        // The left-right axis of this affine is voxel axis 1.
+        let mut affine = [[0.0; 4]; 4];
+        (affine[0][1], affine[1][0], affine[2][2], affine[3][3]) = (-1.0, 1.0, 1.0, 1.0);
+        let run = |m: &Model, tta: bool| {
+            let p = Predictor {
+                model: m,
+                net: &net,
+                device: Device::Cpu,
+                bf16: false,
+            };
+            p.maps_mirrored(&x, dims, &affine, &wcfg, tta, None)
+                .unwrap()
+        };
+        let p = Predictor {
+            model: &m,
+            net: &net,
+            device: Device::Cpu,
+            bf16: false,
+        };
+        let plain = p.maps(&x, dims, &wcfg, None).unwrap();
+        let mut xm = x.clone();
+        crate::tta::flip(&mut xm, dims, 1);
+        let mut mirror = p.maps(&xm, dims, &wcfg, None).unwrap();
+        for c in &mut mirror {
+            crate::tta::flip(c, dims, 1);
+        }
+        mirror.swap(0, 1);
+        let got = run(&m, true);
+        for k in 0..2 {
+            for i in 0..n {
+                let want = (plain[k][i] + mirror[k][i]) / 2.0;
+                assert!((got[k][i] - want).abs() < 1e-6, "organ {k}, voxel {i}");
+            }
+        }
+        assert!(got != plain, "the mirror image reaches the maps");
+        assert!(run(&m, false) == plain);
+        m.config.left_right_flip = Some(false);
+        assert!(run(&m, true) == plain, "trained without flips: one pass");
     }
 }

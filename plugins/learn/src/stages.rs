@@ -678,19 +678,16 @@ impl Infer {
             device,
             bf16: self.p.bf16,
         };
-        let mut window = |x: &[f32]| predictor.maps(x, image.dims, &wcfg, Some(ctx.cancel));
-        let maps = if self.p.tta {
-            let pairs = crate::tta::left_right_pairs(&model.config.organs);
-            let lr = crate::tta::left_right_axis(&image.affine);
-            // Only the mirroring the network was trained to be invariant to: the
-            // augmentation flips left-right (organs swapped), never along the other axes,
-            // whose mirror images (upside down, back to front) it has never seen.
-            let axes = crate::tta::mirror_axes(model.config.left_right_flip, lr);
-            crate::tta::mirrored(&x, image.dims, &axes, lr, &pairs, &mut window)
-        } else {
-            window(&x)
-        };
-        maps.map_err(|e| model::in_context("inference", e))
+        predictor
+            .maps_mirrored(
+                &x,
+                image.dims,
+                &image.affine,
+                &wcfg,
+                self.p.tta,
+                Some(ctx.cancel),
+            )
+            .map_err(|e| model::in_context("inference", e))
     }
 }
 
