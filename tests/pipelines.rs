@@ -1200,6 +1200,8 @@ stages:
   alone: {{stage: calibrate, after: [load, train], params: {{components: true, joint: false, device: cpu}}}}
   infer: {{stage: infer, after: [load, owner], params: {{levels: validated, write_maps: true}}}}
   kept: {{stage: infer, after: [load, chosen], params: {{levels: validated, largest_component: validated, write_maps: true}}}}
+  mirrored: {{stage: calibrate, after: [load, train], params: {{tta: true, device: cpu}}}}
+  unmirrored: {{stage: infer, after: [load, mirrored], params: {{levels: validated}}}}
 "#,
             root.display()
         )
@@ -1222,6 +1224,31 @@ stages:
         "own-level is the default rule"
     );
     assert_eq!(json("through"), trained, "passed through");
+    // Levels chosen on mirrored maps say so; decoding them unmirrored is warned about
+    // (`predict` replays `unmirrored`, tta off), and not with `--tta`.
+    assert_eq!(json("mirrored")["levels_mirrored"], true);
+    assert!(json("own").get("levels_mirrored").is_none());
+    for (flag, warned) in [(None, true), (Some("--tta"), false)] {
+        let mut args = vec![
+            "predict".to_string(),
+            "-m".into(),
+            run.join("mirrored").display().to_string(),
+            "-i".into(),
+            root.join("imagesTs").display().to_string(),
+            "-o".into(),
+            d.path().join(format!("m{warned}")).display().to_string(),
+        ];
+        args.extend(flag.map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = run_child(d.path(), &args);
+        assert_eq!(p.status.code(), Some(0), "{}", text(&p));
+        assert_eq!(
+            text(&p).contains("chosen on maps with test-time mirroring"),
+            warned,
+            "{}",
+            text(&p)
+        );
+    }
     let together = json("together");
     let joint = together["levels"].as_array().expect("levels");
     assert!(joint.iter().all(|l| l["joint"] == true), "{together}");
@@ -1311,7 +1338,9 @@ stages:
         ],
     );
     assert_ne!(p.status.code(), Some(0));
-    for stage in ["own", "owner", "through", "together", "chosen", "alone"] {
+    for stage in [
+        "own", "owner", "through", "together", "chosen", "alone", "mirrored",
+    ] {
         let t = text(&p);
         assert!(
             t.contains(&format!("`{stage}`")) && t.contains(" made"),
@@ -1664,6 +1693,7 @@ fn exported_networks_compute_what_ours_computes() {
             left_right_flip: None,
             levels: None,
             contest: Default::default(),
+            levels_mirrored: false,
         },
         weights: model::weights_bytes(&vs, d.path()).unwrap(),
     };

@@ -329,6 +329,7 @@ impl Stage for Calibrate {
         }
         model.config.levels = Some(levels);
         model.config.contest = self.0.contest;
+        model.config.levels_mirrored = self.0.tta;
         crate::history::write_model(&ctx.output_dir, &model)?;
         Ok(model.to_item())
     }

@@ -185,6 +185,10 @@ pub struct ModelConfig {
     /// rule of `train`'s levels, is left out of model.json).
     #[serde(default, skip_serializing_if = "crate::levels::Contest::is_own_level")]
     pub contest: crate::levels::Contest,
+    /// Whether `levels` were chosen on maps averaged with the left-right mirror image
+    /// (`calibrate.tta`); left out of model.json when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub levels_mirrored: bool,
 }
 
 /// What the training images looked like on their own grids (before any crop or resample):
@@ -578,6 +582,7 @@ mod predictor_tests {
             left_right_flip: None,
             levels: None,
             contest: Default::default(),
+            levels_mirrored: false,
         };
         let weights = Vec::new();
         (Model { config, weights }, net)

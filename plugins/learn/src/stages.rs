@@ -216,6 +216,7 @@ impl Plugin for LearnPlugin {
                     p,
                     packaged,
                     net: Mutex::new(Vec::new()),
+                    warned_mirroring: Default::default(),
                 }))
             },
         });
@@ -432,7 +433,8 @@ pub struct InferParams {
     pub largest_component: LargestComponent,
     /// Test-time mirroring: average the outputs over the volume as is and mirrored
     /// left-right (2 passes: the mirroring training augmented with), left and right organs
-    /// (`_L`/`_R`, `Left`/`Right`) swapped back.
+    /// (`_L`/`_R`, `Left`/`Right`) swapped back. With `levels: validated`, levels chosen
+    /// otherwise (`calibrate.tta`) are warned about.
     pub tta: bool,
     /// SDM heads: organ where sdm < this (0: the exact Heaviside of the paper). The reference
     /// SDM is 0 on the organ's boundary voxels, so 0 drops that layer; half the first outside
@@ -580,6 +582,8 @@ struct Infer {
     packaged: Option<(Arc<Item>, String)>,
     /// Networks kept while the same models are used (one, or an ensemble's).
     net: Mutex<Vec<Loaded>>,
+    /// Set once a mismatch of mirroring between levels and decoding has been warned of.
+    warned_mirroring: std::sync::atomic::AtomicBool,
 }
 
 impl Infer {
@@ -598,9 +602,28 @@ impl Infer {
         let contest = first.config.contest;
         if let Some(i) = models.iter().position(|m| m.config.contest != contest) {
             return Err(StageError::msg(format!(
-                "ensemble member {i}'s levels were chosen under the {:?} contest, member                  0's under {contest:?}: calibrate them alike",
+                "ensemble member {i}'s levels were chosen under the {:?} contest, member 0's \
+                 under {contest:?}: calibrate them alike",
                 models[i].config.contest
             )));
+        }
+        if let Some(m) = models
+            .iter()
+            .find(|m| m.config.levels_mirrored != self.p.tta)
+        {
+            use std::sync::atomic::Ordering;
+            if !self.warned_mirroring.swap(true, Ordering::Relaxed) {
+                let with = |b: bool| if b { "with" } else { "without" };
+                tracing::warn!(
+                    "the model's levels were chosen on maps {} test-time mirroring \
+                     (`calibrate.tta: {}`) and are decoded {} it (`tta: {}`): they may not \
+                     fit; set both alike",
+                    with(m.config.levels_mirrored),
+                    m.config.levels_mirrored,
+                    with(self.p.tta),
+                    self.p.tta
+                );
+            }
         }
         let mut sum = vec![0.0f32; k];
         for (i, m) in models.iter().enumerate() {

@@ -532,6 +532,7 @@ pub fn train(
         left_right_flip: Some(cfg.augment.flip > 0.0),
         levels: None,
         contest: Default::default(),
+        levels_mirrored: false,
     };
     let (vs, net) = init_net(cfg, unet, s.seed, device);
     let mut adam = Adam::new(&vs, cfg.lr);
@@ -997,6 +998,7 @@ mod tests {
                 left_right_flip: None,
                 levels: None,
                 contest: Default::default(),
+                levels_mirrored: false,
             };
             validate(&net, &mc, &val, Device::Cpu, false).unwrap()[0].unwrap()
         };

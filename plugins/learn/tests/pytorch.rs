@@ -49,6 +49,7 @@ fn saved_model_loads_in_pytorch_with_the_same_outputs() {
             left_right_flip: None,
             levels: None,
             contest: Default::default(),
+            levels_mirrored: false,
         },
         weights: model::weights_bytes(&vs, dir.path()).unwrap(),
     };
