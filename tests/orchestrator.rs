@@ -341,6 +341,31 @@ fn failure_skips_dependents_and_other_branch_completes() {
     assert!(t.contains("FAILED"), "{t}");
 }
 
+/// What a stage logs names the stage and the variants it ran for (a stage shared by every
+/// variant: its id alone).
+#[test]
+fn stage_logs_name_their_stage_and_variant() {
+    let d = tempfile::tempdir().unwrap();
+    let yaml = format!("{CHAIN}variants:\n  one: {{b.add: 1}}\n  two: {{b.add: 2}}\n");
+    write(d.path(), "p.yaml", &yaml);
+    let out = run_child(
+        d.path(),
+        &["run", "p.yaml", "--cache", "cache", "--no-progress"],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    for label in [
+        "stage{label=a}",
+        "stage{label=b[one]}",
+        "stage{label=b[two]}",
+    ] {
+        assert!(
+            t.contains(&format!("{label}: added case=c03")),
+            "{label}: {t}"
+        );
+    }
+}
+
 #[test]
 fn variants_share_identical_stages() {
     let d = tempfile::tempdir().unwrap();

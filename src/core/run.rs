@@ -489,6 +489,10 @@ impl Engine {
             cancel: &self.cancel,
             progress: crate::stage::Progress::new(self.bars.clone()),
         };
+        // What a stage logs names the stage and variant it ran for (`calibrate[joint-c@7]: ...`):
+        // in a run of several variants, their lines interleave.
+        let label = node.label(self.resolved.file.variants.len());
+        let _span = tracing::info_span!("stage", label = %label).entered();
         let out = match node.shape {
             Shape::Source => node.stage.run_case(&ctx, &item.case, &Inputs::default()),
             Shape::PerCase => {

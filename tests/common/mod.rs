@@ -127,6 +127,7 @@ impl Stage for Add {
                 case.id
             )));
         }
+        tracing::info!(case = %case.id, add = self.0.add, "added");
         let probed = self.0.resource.as_deref() == Some(PROBED_RESOURCE);
         if probed {
             let now = ACTIVE.fetch_add(1, Ordering::SeqCst) + 1;
