@@ -613,14 +613,16 @@ impl Infer {
         {
             use std::sync::atomic::Ordering;
             if !self.warned_mirroring.swap(true, Ordering::Relaxed) {
-                let with = |b: bool| if b { "with" } else { "without" };
+                let (chosen, by) = if m.config.levels_mirrored {
+                    ("with", "`calibrate.tta: true`")
+                } else {
+                    ("without", "by `train`, or `calibrate` without `tta`")
+                };
+                let decoded = if self.p.tta { "with" } else { "without" };
                 tracing::warn!(
-                    "the model's levels were chosen on maps {} test-time mirroring \
-                     (`calibrate.tta: {}`) and are decoded {} it (`tta: {}`): they may not \
-                     fit; set both alike",
-                    with(m.config.levels_mirrored),
-                    m.config.levels_mirrored,
-                    with(self.p.tta),
+                    "the model's levels were chosen on maps {chosen} test-time mirroring \
+                     ({by}) and are decoded {decoded} it (`tta: {}`): they may not fit; \
+                     choose and decode alike",
                     self.p.tta
                 );
             }
