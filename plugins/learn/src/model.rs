@@ -655,21 +655,15 @@ mod predictor_tests {
         // The left-right axis of this affine is voxel axis 1.
         let mut affine = [[0.0; 4]; 4];
         (affine[0][1], affine[1][0], affine[2][2], affine[3][3]) = (-1.0, 1.0, 1.0, 1.0);
-        let run = |m: &Model, tta: bool| {
-            let p = Predictor {
-                model: m,
-                net: &net,
-                device: Device::Cpu,
-                bf16: false,
-            };
-            p.maps_mirrored(&x, dims, &affine, &wcfg, tta, None)
-                .unwrap()
-        };
         let p = Predictor {
             model: &m,
             net: &net,
             device: Device::Cpu,
             bf16: false,
+        };
+        let mirrored = |p: &Predictor, tta: bool| {
+            p.maps_mirrored(&x, dims, &affine, &wcfg, tta, None)
+                .unwrap()
         };
         let plain = p.maps(&x, dims, &wcfg, None).unwrap();
         let mut xm = x.clone();
@@ -679,7 +673,7 @@ mod predictor_tests {
             crate::tta::flip(c, dims, 1);
         }
         mirror.swap(0, 1);
-        let got = run(&m, true);
+        let got = mirrored(&p, true);
         for k in 0..2 {
             for i in 0..n {
                 let want = (plain[k][i] + mirror[k][i]) / 2.0;
@@ -687,8 +681,20 @@ mod predictor_tests {
             }
         }
         assert!(got != plain, "the mirror image reaches the maps");
-        assert!(run(&m, false) == plain);
-        m.config.left_right_flip = Some(false);
-        assert!(run(&m, true) == plain, "trained without flips: one pass");
+        assert!(mirrored(&p, false) == plain);
+        let mut config = m.config.clone();
+        config.left_right_flip = Some(false);
+        let unflipped = Model {
+            config,
+            weights: Vec::new(),
+        };
+        let q = Predictor {
+            model: &unflipped,
+            ..p
+        };
+        assert!(
+            mirrored(&q, true) == plain,
+            "trained without flips: one pass"
+        );
     }
 }
