@@ -159,7 +159,8 @@ pub struct Inspection {
     /// The same for every channel, when there are several.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub channel_intensity: Vec<BTreeMap<String, f64>>,
-    /// Per organ: cases present, absent, present but empty; median voxels when present.
+    /// Per organ: cases present, absent, present but empty; median voxels and cm³ when
+    /// present; contours far from the median volume.
     pub organ_table: Vec<OrganRow>,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
@@ -181,6 +182,51 @@ pub struct OrganRow {
     pub absent: usize,
     pub empty: usize,
     pub median_voxels: f64,
+    /// Median contour volume over the cases that contour it (cm³; NaN: none).
+    pub median_cm3: f64,
+    /// Contours whose volume is far from the others' (see [`volume_outliers`]).
+    pub volume_outliers: Vec<VolumeOutlier>,
+}
+
+/// A contour much larger or smaller than the same organ's in the other cases.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VolumeOutlier {
+    pub case: String,
+    pub cm3: f64,
+    /// Its volume over the organ's median volume.
+    pub ratio: f64,
+}
+
+/// Fewest non-empty contours of an organ for [`volume_outliers`] to judge any of them.
+pub const OUTLIER_MIN_CASES: usize = 10;
+
+/// The contours (case, cm³) whose volume is more than 5 times the organ's median or less
+/// than a fifth of it, or, for an organ whose volumes spread widely (a tumour), further
+/// from it than 5 robust standard deviations of the log volumes (each 1.4826 times the
+/// median of |ln(volume / median)|). None with fewer than [`OUTLIER_MIN_CASES`] contours.
+/// A structure saved under the wrong name or a contour of a few slices stands out so
+/// (OpenKBP's validation `pt_215` and `pt_216`: a "SpinalCord" of 478 and 543 cm³, the
+/// whole back of the neck, against a median of 25).
+pub fn volume_outliers(volumes: &[(String, f64)]) -> Vec<VolumeOutlier> {
+    if volumes.len() < OUTLIER_MIN_CASES {
+        return Vec::new();
+    }
+    let middle = median(&mut volumes.iter().map(|(_, v)| *v).collect::<Vec<_>>());
+    let mut dev: Vec<f64> = volumes
+        .iter()
+        .map(|(_, v)| (v / middle).ln().abs())
+        .collect();
+    let spread = 1.4826 * median(&mut dev);
+    let limit = 5f64.ln().max(5.0 * spread);
+    volumes
+        .iter()
+        .filter(|(_, v)| (v / middle).ln().abs() > limit)
+        .map(|(case, v)| VolumeOutlier {
+            case: case.clone(),
+            cm3: *v,
+            ratio: v / middle,
+        })
+        .collect()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -278,6 +324,7 @@ pub fn inspect(
     let mut organ_table = Vec::new();
     for (k, organ) in organs.iter().enumerate() {
         let (mut present, mut absent, mut empty, mut sizes) = (0, 0, 0, Vec::new());
+        let mut volumes = Vec::new();
         for f in &ok {
             match f.organ_voxels.get(k).copied().flatten() {
                 None => absent += 1,
@@ -288,8 +335,27 @@ pub fn inspect(
                 Some(n) => {
                     present += 1;
                     sizes.push(n as f64);
+                    let voxel_mm3: f64 = f.spacing.iter().product();
+                    volumes.push((f.id.clone(), n as f64 * voxel_mm3 / 1000.0));
                 }
             }
+        }
+        let outliers = volume_outliers(&volumes);
+        let mut cm3: Vec<f64> = volumes.iter().map(|(_, v)| *v).collect();
+        let median_cm3 = median(&mut cm3);
+        if !outliers.is_empty() {
+            let listed: Vec<String> = outliers
+                .iter()
+                .map(|o| format!("`{}` {:.1} cm³ ({:.2} times)", o.case, o.cm3, o.ratio))
+                .collect();
+            warnings.push(format!(
+                "{organ}: {} contour(s) far from the median volume of {} cases \
+                 ({median_cm3:.1} cm³): {} (another structure under this name, or a partial \
+                 contour? training and evaluation read them as given)",
+                outliers.len(),
+                volumes.len(),
+                listed.join(", ")
+            ));
         }
         if empty > 0 {
             let ids: Vec<&str> = ok
@@ -308,6 +374,8 @@ pub fn inspect(
             absent,
             empty,
             median_voxels: median(&mut sizes),
+            median_cm3,
+            volume_outliers: outliers,
         });
     }
     let mut splits = BTreeMap::new();
@@ -536,13 +604,19 @@ impl Inspection {
         }
         let _ = writeln!(
             s,
-            "| organ | present | absent (not contoured) | empty | median voxels |\n|---|---|---|---|---|"
+            "| organ | present | absent (not contoured) | empty | median voxels | median cm³ | far from the median |\n|---|---|---|---|---|---|---|"
         );
         for r in &self.organ_table {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} |",
-                r.organ, r.present, r.absent, r.empty, r.median_voxels
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {} |",
+                r.organ,
+                r.present,
+                r.absent,
+                r.empty,
+                r.median_voxels,
+                r.median_cm3,
+                r.volume_outliers.len()
             );
         }
         let _ = writeln!(s);
@@ -595,6 +669,84 @@ mod tests {
         b[0][1] = 1.0;
         b[2][2] = -1.0;
         assert_eq!(axcodes(&b), "ARI");
+    }
+
+    /// The contours far from the median volume, and none where volumes spread widely or
+    /// too few cases contour the organ.
+    #[test]
+    fn contours_far_from_the_median_volume_are_named() {
+        let named = |v: &[(String, f64)]| -> Vec<String> {
+            volume_outliers(v).into_iter().map(|o| o.case).collect()
+        };
+        // 20 cords of 20-29.5 cm³, one of 480 (another structure), one of 3 (a few
+        // slices), one of 60 (large, within 5 times).
+        let mut cords: Vec<(String, f64)> = (0..20)
+            .map(|i| (format!("c{i}"), 20.0 + i as f64 * 0.5))
+            .collect();
+        for (case, v) in [("big", 480.0), ("small", 3.0), ("large", 60.0)] {
+            cords.push((case.to_string(), v));
+        }
+        assert_eq!(named(&cords), ["big", "small"]);
+        let big = &volume_outliers(&cords)[0];
+        assert!((big.ratio - 480.0 / 25.0).abs() < 1e-9, "{big:?}");
+        // Tumours from 1 to 800 cm³: a hundredfold is within their spread.
+        let tumours: Vec<(String, f64)> = (0..30)
+            .map(|i| (format!("t{i}"), 10f64.powf(i as f64 / 10.0)))
+            .collect();
+        assert!(named(&tumours).is_empty(), "{:?}", named(&tumours));
+        // Too few cases to say what is usual.
+        let few = &cords[15..];
+        assert!(few.len() < OUTLIER_MIN_CASES);
+        assert!(named(few).is_empty());
+    }
+
+    /// `inspect` measures contours in cm³ (voxels times the case's voxel volume) and warns
+    /// naming the organ, the case and the ratio.
+    #[test]
+    fn inspect_warns_of_a_contour_eight_times_the_others() {
+        let facts = |id: &str, spacing: f64| CaseFacts {
+            id: id.to_string(),
+            split: None,
+            error: None,
+            dims: [100, 100, 100],
+            spacing: [spacing; 3],
+            orientation: "RAS".into(),
+            organ_voxels: vec![Some(25_000), None],
+            unlisted_labels: BTreeMap::new(),
+            channels: 1,
+            image_hash: Some(id.to_string()),
+            foreground: Vec::new(),
+        };
+        let mut cases: Vec<CaseFacts> = (0..12).map(|i| facts(&format!("c{i}"), 1.0)).collect();
+        // As many voxels, eight times the voxel volume.
+        cases.push(facts("coarse", 2.0));
+        let report = inspect("load", vec!["Cord".into(), "Lens".into()], cases, 8.0);
+        let row = &report.organ_table[0];
+        assert!((row.median_cm3 - 25.0).abs() < 1e-9, "{row:?}");
+        assert_eq!(
+            row.volume_outliers,
+            [VolumeOutlier {
+                case: "coarse".into(),
+                cm3: 200.0,
+                ratio: 8.0
+            }]
+        );
+        assert!(report.organ_table[1].volume_outliers.is_empty());
+        let warned: Vec<&String> = report
+            .warnings
+            .iter()
+            .filter(|w| w.starts_with("Cord: 1 contour(s) far from the median volume"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{:?}", report.warnings);
+        assert!(
+            warned[0].contains("`coarse` 200.0 cm³ (8.00 times)"),
+            "{}",
+            warned[0]
+        );
+        assert!(!warned[0].contains("  "), "a run of spaces: {}", warned[0]);
+        assert!(report
+            .markdown()
+            .contains("| Cord | 13 | 0 | 0 | 25000 | 25.0 | 1 |"));
     }
 
     #[test]

@@ -940,6 +940,63 @@ fn a_killed_runs_scratch_is_removed_by_the_next_run() {
     );
 }
 
+/// `pipeline inspect` on OpenKBP's 32 validation CTs names the two "SpinalCord" contours
+/// that cover the whole back of the neck (`pt_215`, `pt_216`: 478 and 543 cm³, about 20
+/// times the others'), and no other contour; warnings leave the exit status 0.
+#[test]
+fn inspect_names_openkbp_contours_far_from_their_organs_volume() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "p.yaml",
+        &format!(
+            "name: check\nstages:\n  load: {{stage: load, params: {{format: organ-files, \
+             root: {}, image: ct.nii.gz, organs: [Brainstem, SpinalCord, RightParotid, \
+             LeftParotid, Esophagus, Larynx, Mandible], folders: {{validation: test}}}}}}\n",
+            shared("openkbp").display()
+        ),
+    );
+    let out = run_child(d.path(), &["inspect", "p.yaml", "--json"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let at = stdout.find("[\n  {").expect("a JSON list on stdout");
+    let j: serde_json::Value = serde_json::from_str(&stdout[at..]).unwrap();
+    assert_eq!(j[0]["cases"], 32, "{t}");
+    let flagged: Vec<(String, String, f64)> = j[0]["organ_table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row["volume_outliers"].as_array().unwrap().iter().map(|o| {
+                (
+                    row["organ"].as_str().unwrap().to_string(),
+                    o["case"].as_str().unwrap().to_string(),
+                    o["ratio"].as_f64().unwrap(),
+                )
+            })
+        })
+        .collect();
+    let names: Vec<(&str, &str)> = flagged
+        .iter()
+        .map(|(o, c, _)| (o.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("SpinalCord", "pt_215"), ("SpinalCord", "pt_216")],
+        "{flagged:?}"
+    );
+    assert!(flagged.iter().all(|f| f.2 > 15.0), "{flagged:?}");
+    let warnings = j[0]["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with("SpinalCord: 2 contour(s) far from the median volume of 32 cases")),
+        "{warnings:?}"
+    );
+}
+
 /// `pipeline inspect` on a deliberately broken copy of four real hippocampus cases names
 /// each problem and exits 1: a label on another grid, a label value outside the table, a
 /// duplicated case; on the intact cases it reports none and exits 0.
