@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 use shapeflow_core::{CaseData, CaseInfo, VoxelData};
+pub use shapeflow_metrics::{volume_outliers, VolumeOutlier};
 use std::collections::BTreeMap;
 
 /// What one case is made of.
@@ -184,49 +185,8 @@ pub struct OrganRow {
     pub median_voxels: f64,
     /// Median contour volume over the cases that contour it (cm³; NaN: none).
     pub median_cm3: f64,
-    /// Contours whose volume is far from the others' (see [`volume_outliers`]).
+    /// Contours whose volume is far from the others' ([`volume_outliers`]).
     pub volume_outliers: Vec<VolumeOutlier>,
-}
-
-/// A contour much larger or smaller than the same organ's in the other cases.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct VolumeOutlier {
-    pub case: String,
-    pub cm3: f64,
-    /// Its volume over the organ's median volume.
-    pub ratio: f64,
-}
-
-/// Fewest non-empty contours of an organ for [`volume_outliers`] to judge any of them.
-pub const OUTLIER_MIN_CASES: usize = 10;
-
-/// The contours (case, cm³) whose volume is more than 5 times the organ's median or less
-/// than a fifth of it, or, for an organ whose volumes spread widely (a tumour), further
-/// from it than 5 robust standard deviations of the log volumes (each 1.4826 times the
-/// median of |ln(volume / median)|). None with fewer than [`OUTLIER_MIN_CASES`] contours.
-/// A structure saved under the wrong name or a contour of a few slices stands out so
-/// (OpenKBP's validation `pt_215` and `pt_216`: a "SpinalCord" of 478 and 543 cm³, the
-/// whole back of the neck, against a median of 25).
-pub fn volume_outliers(volumes: &[(String, f64)]) -> Vec<VolumeOutlier> {
-    if volumes.len() < OUTLIER_MIN_CASES {
-        return Vec::new();
-    }
-    let middle = median(&mut volumes.iter().map(|(_, v)| *v).collect::<Vec<_>>());
-    let mut dev: Vec<f64> = volumes
-        .iter()
-        .map(|(_, v)| (v / middle).ln().abs())
-        .collect();
-    let spread = 1.4826 * median(&mut dev);
-    let limit = 5f64.ln().max(5.0 * spread);
-    volumes
-        .iter()
-        .filter(|(_, v)| (v / middle).ln().abs() > limit)
-        .map(|(case, v)| VolumeOutlier {
-            case: case.clone(),
-            cm3: *v,
-            ratio: v / middle,
-        })
-        .collect()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -669,35 +629,6 @@ mod tests {
         b[0][1] = 1.0;
         b[2][2] = -1.0;
         assert_eq!(axcodes(&b), "ARI");
-    }
-
-    /// The contours far from the median volume, and none where volumes spread widely or
-    /// too few cases contour the organ.
-    #[test]
-    fn contours_far_from_the_median_volume_are_named() {
-        let named = |v: &[(String, f64)]| -> Vec<String> {
-            volume_outliers(v).into_iter().map(|o| o.case).collect()
-        };
-        // 20 cords of 20-29.5 cm³, one of 480 (another structure), one of 3 (a few
-        // slices), one of 60 (large, within 5 times).
-        let mut cords: Vec<(String, f64)> = (0..20)
-            .map(|i| (format!("c{i}"), 20.0 + i as f64 * 0.5))
-            .collect();
-        for (case, v) in [("big", 480.0), ("small", 3.0), ("large", 60.0)] {
-            cords.push((case.to_string(), v));
-        }
-        assert_eq!(named(&cords), ["big", "small"]);
-        let big = &volume_outliers(&cords)[0];
-        assert!((big.ratio - 480.0 / 25.0).abs() < 1e-9, "{big:?}");
-        // Tumours from 1 to 800 cm³: a hundredfold is within their spread.
-        let tumours: Vec<(String, f64)> = (0..30)
-            .map(|i| (format!("t{i}"), 10f64.powf(i as f64 / 10.0)))
-            .collect();
-        assert!(named(&tumours).is_empty(), "{:?}", named(&tumours));
-        // Too few cases to say what is usual.
-        let few = &cords[15..];
-        assert!(few.len() < OUTLIER_MIN_CASES);
-        assert!(named(few).is_empty());
     }
 
     /// `inspect` measures contours in cm³ (voxels times the case's voxel volume) and warns

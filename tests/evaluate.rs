@@ -155,3 +155,52 @@ fn mismatched_grids_are_a_named_error() {
         s => panic!("{s:?}"),
     }
 }
+
+/// The report names the reference contours far from their organ's median volume: on
+/// OpenKBP's 32 validation cases, the two "SpinalCord" contours that cover the back of the
+/// neck (`pt_215`, `pt_216`), in each variant's report and once in the comparison.
+#[test]
+fn reports_name_references_far_from_their_organs_volume() {
+    let d = tempfile::tempdir().unwrap();
+    let load = format!(
+        "{{stage: load, params: {{format: organ-files, root: {}, image: ct.nii.gz, \
+         require_image: false, organs: [SpinalCord, Brainstem], folders: {{validation: test}}}}}}",
+        shared("openkbp").display()
+    );
+    let text = format!(
+        "name: references
+stages:
+  ref: {load}
+  same: {load}
+  compare: {{stage: evaluate, after: [ref, same]}}
+  summary: {{stage: report, after: [compare]}}
+variants:
+  tight: {{compare.tolerance_mm: 0.5}}
+  loose: {{compare.tolerance_mm: 3.0}}
+"
+    );
+    write(d.path(), "p.yaml", &text);
+    let (r, manifest) = run_with_manifest(d.path(), "p.yaml", &[]);
+    assert!(r.ok(), "{}", r.table());
+    let out = manifest.parent().unwrap().join("summary");
+    let named = "SpinalCord `pt_215` 477.7 cm³ (19.";
+    for file in ["tight/report.md", "loose/summary.md", "variants.md"] {
+        let md = std::fs::read_to_string(out.join(file)).unwrap();
+        let notes: Vec<&str> = md
+            .lines()
+            .filter(|l| l.starts_with("Reference contours far from"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{file}: {md}");
+        assert!(
+            notes[0].contains(named) && notes[0].contains("SpinalCord `pt_216` 542.7 cm³"),
+            "{file}: {}",
+            notes[0]
+        );
+        assert!(!notes[0].contains("Brainstem"), "{}", notes[0]);
+        assert_eq!(notes[0].matches("pt_215").count(), 1, "{}", notes[0]);
+    }
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tight/summary.json")).unwrap()).unwrap();
+    let cords = j["reference_outliers"]["SpinalCord"].as_array().unwrap();
+    assert_eq!(cords.len(), 2, "{j}");
+}

@@ -1,4 +1,5 @@
-//! Segmentation metrics in millimetres: Dice, HD95, ASSD, surface Dice, volumes.
+//! Segmentation metrics in millimetres: Dice, HD95, ASSD, surface Dice, volumes (and
+//! contours whose volume is far from their organ's: [`volumes`]).
 //!
 //! This crate knows nothing of volumes' geometry beyond spacing, nor of files, pipelines or
 //! the cache: two label arrays and a spacing in, numbers out.
@@ -12,6 +13,9 @@
 //! voxels of a mask with at least one face neighbour outside it, where outside the volume
 //! counts as outside (scipy's `binary_erosion` with `border_value=0`). The distance of a
 //! surface voxel of A to B is the distance to the nearest surface voxel of B.
+
+pub mod volumes;
+pub use volumes::{volume_outliers, VolumeOutlier, OUTLIER_MIN_CASES};
 
 use shapeflow_edt::{edt_in_place, BBox, INF};
 

@@ -10,7 +10,9 @@ use shapeflow_core::{
     CaseData, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, Shape, Stage,
     StageCtx, StageDef, StageError, VoxelData,
 };
-use shapeflow_metrics::{label_metrics, Convention, Options, Surface};
+use shapeflow_metrics::{
+    label_metrics, volume_outliers, Convention, Options, Surface, VolumeOutlier,
+};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -495,6 +497,33 @@ impl Report {
 }
 
 /// A p-value with three significant digits.
+/// A paragraph naming the reference contours far from their organ's median volume over
+/// the cases reported (`shapeflow_metrics::volume_outliers`), or nothing.
+fn reference_note(outliers: &BTreeMap<String, Vec<VolumeOutlier>>) -> String {
+    if outliers.is_empty() {
+        return String::new();
+    }
+    let listed: Vec<String> = outliers
+        .iter()
+        .flat_map(|(organ, list)| {
+            list.iter().map(move |o| {
+                format!(
+                    "{organ} `{}` {:.1} cm³ ({:.2} times the median)",
+                    o.case, o.cm3, o.ratio
+                )
+            })
+        })
+        .collect();
+    format!(
+        "\nReference contours far from their organ's median volume over these cases (more \
+         than 5 times it or under a fifth, further for an organ whose volumes vary widely; \
+         `pipeline inspect` names them in a whole dataset): \
+         {}. Another structure under the organ's name, or a partial contour? The scores \
+         include them.\n",
+        listed.join(", ")
+    )
+}
+
 fn fmt_p(p: f64) -> String {
     if p >= 0.001 {
         format!("{p:.3}")
@@ -796,8 +825,26 @@ impl Stage for Report {
             .title
             .clone()
             .unwrap_or_else(|| "Segmentation metrics".into());
+        // The references are the same for every variant: their far contours, once each.
+        let mut outliers: BTreeMap<String, Vec<VolumeOutlier>> = BTreeMap::new();
+        for (_, d) in &docs {
+            let Ok(of) = serde_json::from_value::<BTreeMap<String, Vec<VolumeOutlier>>>(
+                d["reference_outliers"].clone(),
+            ) else {
+                continue;
+            };
+            for (organ, list) in of {
+                let kept = outliers.entry(organ).or_default();
+                for o in list {
+                    if !kept.iter().any(|k| k.case == o.case) {
+                        kept.push(o);
+                    }
+                }
+            }
+        }
+        let note = reference_note(&outliers);
         let md = format!(
-            "# {title}: variants compared\n\nMean ± sd over the cases every variant could be compared on (finite values); best per row in bold (highest Dice and surface Dice, lowest distances). p: two-sided Wilcoxon signed-rank test, paired by case, best variant against each other.\n\n{table}"
+            "# {title}: variants compared\n\nMean ± sd over the cases every variant could be compared on (finite values); best per row in bold (highest Dice and surface Dice, lowest distances). p: two-sided Wilcoxon signed-rank test, paired by case, best variant against each other.\n{note}\n{table}"
         );
         let dir = ctx.output_dir.clone();
         std::fs::create_dir_all(&dir)
@@ -884,6 +931,8 @@ impl Stage for Report {
         // organ -> reference label -> predicted voxels, over all cases.
         let mut came: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut header = serde_json::Value::Null;
+        // organ -> (case, reference cm³), for the contours far from their organ's volume.
+        let mut references: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
         for (case, inputs) in cases {
             let j = inputs.port("metrics")?.as_json().ok_or_else(|| {
                 StageError::msg("report reads the output of `evaluate`: list it under `after`")
@@ -903,6 +952,12 @@ impl Stage for Report {
                     .map(|k| fmt_metric(m.metric(k)))
                     .collect();
                 let _ = writeln!(csv, "{},{},{},{}", case.id, organ, outcome, cells.join(","));
+                if let Some(mm3) = m.metric("reference_mm3").filter(|v| *v > 0.0) {
+                    references
+                        .entry(organ.clone())
+                        .or_default()
+                        .push((case.id.clone(), mm3 / 1000.0));
+                }
                 if !m.is_measured() {
                     continue;
                 }
@@ -946,7 +1001,12 @@ impl Stage for Report {
             );
             summary.insert(organ.clone(), serde_json::Value::Object(o));
         }
-        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary, "per_case": per_case, "labelled_as": went, "came_from": came});
+        let outliers: BTreeMap<String, Vec<VolumeOutlier>> = references
+            .iter()
+            .map(|(organ, v)| (organ.clone(), volume_outliers(v)))
+            .filter(|(_, o)| !o.is_empty())
+            .collect();
+        let doc = serde_json::json!({"metrics": header, "cases": cases.len(), "organs": summary, "per_case": per_case, "labelled_as": went, "came_from": came, "reference_outliers": outliers});
         let title = self
             .0
             .title
@@ -994,6 +1054,7 @@ impl Stage for Report {
                 outs.join(", ")
             );
         }
+        md.push_str(&reference_note(&outliers));
         let figures = if self.0.figures {
             self.figures(&dir, cases, &per_organ)?
         } else {
