@@ -942,51 +942,61 @@ fn a_killed_runs_scratch_is_removed_by_the_next_run() {
 
 /// `pipeline inspect` on OpenKBP's 32 validation CTs names the two "SpinalCord" contours
 /// that cover the whole back of the neck (`pt_215`, `pt_216`: 478 and 543 cm³, about 20
-/// times the others'), and no other contour; warnings leave the exit status 0.
+/// times the others'), and no other contour; warnings leave the exit status 0. With
+/// `load.not_contoured` naming them they are absent (the cases' other organs kept) and
+/// nothing is flagged; a case or organ that does not exist there is an error naming the
+/// field.
 #[test]
 fn inspect_names_openkbp_contours_far_from_their_organs_volume() {
     let d = tempfile::tempdir().unwrap();
-    write(
-        d.path(),
-        "p.yaml",
-        &format!(
+    let pipeline = |extra: &str| {
+        format!(
             "name: check\nstages:\n  load: {{stage: load, params: {{format: organ-files, \
              root: {}, image: ct.nii.gz, organs: [Brainstem, SpinalCord, RightParotid, \
-             LeftParotid, Esophagus, Larynx, Mandible], folders: {{validation: test}}}}}}\n",
+             LeftParotid, Esophagus, Larynx, Mandible], folders: {{validation: test}}{extra}}}}}\n",
             shared("openkbp").display()
-        ),
-    );
-    let out = run_child(d.path(), &["inspect", "p.yaml", "--json"]);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{t}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let at = stdout.find("[\n  {").expect("a JSON list on stdout");
-    let j: serde_json::Value = serde_json::from_str(&stdout[at..]).unwrap();
-    assert_eq!(j[0]["cases"], 32, "{t}");
-    let flagged: Vec<(String, String, f64)> = j[0]["organ_table"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|row| {
-            row["volume_outliers"].as_array().unwrap().iter().map(|o| {
-                (
-                    row["organ"].as_str().unwrap().to_string(),
-                    o["case"].as_str().unwrap().to_string(),
-                    o["ratio"].as_f64().unwrap(),
-                )
+        )
+    };
+    let inspect = |extra: &str| -> (Option<i32>, String, serde_json::Value) {
+        write(d.path(), "p.yaml", &pipeline(extra));
+        let out = run_child(d.path(), &["inspect", "p.yaml", "--json"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let j = stdout
+            .find("[\n  {")
+            .map(|at| serde_json::from_str(&stdout[at..]).unwrap())
+            .unwrap_or_default();
+        (out.status.code(), text(&out), j)
+    };
+    let flagged = |j: &serde_json::Value| -> Vec<(String, String, f64)> {
+        j[0]["organ_table"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row["volume_outliers"].as_array().unwrap().iter().map(|o| {
+                    (
+                        row["organ"].as_str().unwrap().to_string(),
+                        o["case"].as_str().unwrap().to_string(),
+                        o["ratio"].as_f64().unwrap(),
+                    )
+                })
             })
-        })
-        .collect();
-    let names: Vec<(&str, &str)> = flagged
+            .collect()
+    };
+    let (code, t, j) = inspect("");
+    assert_eq!(code, Some(0), "{t}");
+    assert_eq!(j[0]["cases"], 32, "{t}");
+    let found = flagged(&j);
+    let names: Vec<(&str, &str)> = found
         .iter()
         .map(|(o, c, _)| (o.as_str(), c.as_str()))
         .collect();
     assert_eq!(
         names,
         [("SpinalCord", "pt_215"), ("SpinalCord", "pt_216")],
-        "{flagged:?}"
+        "{found:?}"
     );
-    assert!(flagged.iter().all(|f| f.2 > 15.0), "{flagged:?}");
+    assert!(found.iter().all(|f| f.2 > 15.0), "{found:?}");
     let warnings = j[0]["warnings"].as_array().unwrap();
     assert!(
         warnings.iter().any(|w| w
@@ -994,6 +1004,35 @@ fn inspect_names_openkbp_contours_far_from_their_organs_volume() {
             .unwrap()
             .starts_with("SpinalCord: 2 contour(s) far from the median volume of 32 cases")),
         "{warnings:?}"
+    );
+    let cord = |j: &serde_json::Value| j[0]["organ_table"][1].clone();
+    assert_eq!(
+        (cord(&j)["present"].as_u64(), cord(&j)["absent"].as_u64()),
+        (Some(32), Some(0))
+    );
+    let brainstems = j[0]["organ_table"][0]["present"].clone();
+
+    // Read as not contoured: absent there, the rest of those cases as before.
+    let (code, t, j) = inspect(", not_contoured: {SpinalCord: [pt_215, pt_216]}");
+    assert_eq!(code, Some(0), "{t}");
+    assert!(flagged(&j).is_empty(), "{t}");
+    assert_eq!(
+        (cord(&j)["present"].as_u64(), cord(&j)["absent"].as_u64()),
+        (Some(30), Some(2))
+    );
+    assert_eq!(j[0]["organ_table"][0]["present"], brainstems);
+
+    let (code, t, _) = inspect(", not_contoured: {SpinalCord: [pt_299]}");
+    assert_ne!(code, Some(0), "{t}");
+    assert!(
+        t.contains("not_contoured.SpinalCord: no labelled case `pt_299` in the dataset"),
+        "{t}"
+    );
+    let (code, t, _) = inspect(", not_contoured: {Cord: [pt_215]}");
+    assert_ne!(code, Some(0), "{t}");
+    assert!(
+        t.contains("not_contoured.Cord, case pt_215: no organ `Cord` in the case"),
+        "{t}"
     );
 }
 

@@ -187,6 +187,14 @@ pub struct LoadParams {
     pub spacing: Option<[f64; 3]>,
     /// phantom: noise standard deviation (HU for head-neck, intensity for mri).
     pub noise: Option<f64>,
+    /// Contours to read as not contoured, per organ: case ids, e.g. `{SpinalCord: [pt_215,
+    /// pt_216]}` for contours of another structure under the organ's name (`pipeline
+    /// inspect` names those far from their organ's volume). The organ is then absent in
+    /// those cases (its voxels background), as a missing file would make it; the case's
+    /// other organs stay. An organ the case does not have, or a case the dataset lacks, is
+    /// an error naming the field. Not part of the cache key while empty.
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub not_contoured: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for LoadParams {
@@ -215,6 +223,7 @@ impl Default for LoadParams {
             dims: None,
             spacing: None,
             noise: None,
+            not_contoured: BTreeMap::new(),
         }
     }
 }
@@ -493,22 +502,96 @@ impl Stage for Load {
             Split::Kfold => self.kfold(&mut cases),
             Split::File => self.split_from_file(&mut cases).map_err(StageError::msg)?,
         }
+        // Ids under `not_contoured` must name cases of the dataset (a typo would silently
+        // keep the contour).
+        for (organ, ids) in &self.p.not_contoured {
+            let known: std::collections::HashSet<&str> =
+                cases.iter().map(|c| c.id.as_str()).collect();
+            if let Some(id) = ids.iter().find(|id| !known.contains(id.as_str())) {
+                return Err(StageError::msg(format!(
+                    "not_contoured.{organ}: no labelled case `{id}` in the dataset"
+                )));
+            }
+        }
         cases.extend(unlabeled);
         Ok(cases)
     }
 
     fn run_case(&self, ctx: &StageCtx, case: &CaseInfo, _: &Inputs) -> Result<Item, StageError> {
-        let data = self
+        let mut data = self
             .layout
             .read(ctx.seed, &case.id)
             .map_err(StageError::msg)?;
+        for (organ, ids) in &self.p.not_contoured {
+            if ids.contains(&case.id) {
+                drop_contour(&mut data, organ).map_err(|m| {
+                    StageError::msg(format!("not_contoured.{organ}, case {}: {m}", case.id))
+                })?;
+            }
+        }
         Ok(data.to_item())
     }
+}
+
+/// Makes `organ` absent in `case` (not contoured): its voxels background, noted under
+/// `not_contoured`.
+fn drop_contour(case: &mut shapeflow_core::CaseData, organ: &str) -> Result<(), String> {
+    let k = case.organs.iter().position(|o| o == organ).ok_or_else(|| {
+        format!(
+            "no organ `{organ}` in the case (its organs: {})",
+            case.organs.join(", ")
+        )
+    })?;
+    case.present[k] = false;
+    if let Some(labels) = case.labels.as_mut() {
+        let label = (k + 1) as u8;
+        match &mut std::sync::Arc::make_mut(labels).data {
+            shapeflow_core::VoxelData::U8(v) => {
+                v.iter_mut().filter(|x| **x == label).for_each(|x| *x = 0)
+            }
+            _ => return Err("the case's labels are not a u8 label map".into()),
+        }
+    }
+    let noted = case
+        .notes
+        .entry("not_contoured")
+        .or_insert_with(|| serde_json::json!([]));
+    if let Some(list) = noted.as_array_mut() {
+        list.push(organ.into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An organ read as not contoured: absent, its voxels background, the other organ's
+    /// kept; an organ the case lacks is an error naming it.
+    #[test]
+    fn a_contour_dropped_is_absent_and_background() {
+        let labels = shapeflow_core::Volume::new(
+            [4, 1, 1],
+            [1.0; 3],
+            shapeflow_core::VoxelData::U8(vec![0, 1, 2, 2]),
+        )
+        .unwrap();
+        let mut case = shapeflow_core::CaseData {
+            images: vec![],
+            labels: Some(std::sync::Arc::new(labels)),
+            organs: vec!["Cord".into(), "Lens".into()],
+            present: vec![true, true],
+            original: None,
+            notes: Default::default(),
+        };
+        drop_contour(&mut case, "Lens").unwrap();
+        assert_eq!(case.present, [true, false]);
+        let v = case.labels.as_ref().unwrap().data.clone();
+        assert_eq!(v, shapeflow_core::VoxelData::U8(vec![0, 1, 0, 0]));
+        assert_eq!(case.notes["not_contoured"], serde_json::json!(["Lens"]));
+        let e = drop_contour(&mut case, "Chiasm").unwrap_err();
+        assert_eq!(e, "no organ `Chiasm` in the case (its organs: Cord, Lens)");
+    }
 
     #[test]
     fn params_are_documented() {
