@@ -935,6 +935,9 @@ fn cmd_plugins(name: Option<&str>, registry: &Registry) -> Result<u8> {
                 if p.locator {
                     default.push_str(", where the data is (content fingerprinted, not the path)");
                 }
+                if p.per_case {
+                    default.push_str(", per case (only the cases it names recompute)");
+                }
                 println!(
                     "  {:<18} {:<18} {}\n  {:<18} {}",
                     p.name, p.ty, default, "", p.doc

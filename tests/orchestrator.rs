@@ -943,9 +943,9 @@ fn a_killed_runs_scratch_is_removed_by_the_next_run() {
 /// `pipeline inspect` on OpenKBP's 32 validation CTs names the two "SpinalCord" contours
 /// that cover the whole back of the neck (`pt_215`, `pt_216`: 478 and 543 cm³, about 20
 /// times the others'), and no other contour; warnings leave the exit status 0. With
-/// `load.not_contoured` naming them they are absent (the cases' other organs kept) and
-/// nothing is flagged; a case or organ that does not exist there is an error naming the
-/// field.
+/// `load.not_contoured` naming them they are absent (the cases' other organs kept), nothing
+/// is flagged, and only those two cases recompute; a case or organ that does not exist
+/// there is an error naming the field.
 #[test]
 fn inspect_names_openkbp_contours_far_from_their_organs_volume() {
     let d = tempfile::tempdir().unwrap();
@@ -1012,7 +1012,25 @@ fn inspect_names_openkbp_contours_far_from_their_organs_volume() {
     );
     let brainstems = j[0]["organ_table"][0]["present"].clone();
 
-    // Read as not contoured: absent there, the rest of those cases as before.
+    // Read as not contoured: absent there, the rest of those cases as before; after a
+    // run without it, only those two cases' items recompute.
+    write(d.path(), "p.yaml", &pipeline(""));
+    let out = run_child(d.path(), &["run", "p.yaml", "--no-progress"]);
+    assert!(out.status.success(), "{}", text(&out));
+    write(
+        d.path(),
+        "p.yaml",
+        &pipeline(", not_contoured: {SpinalCord: [pt_215, pt_216]}"),
+    );
+    let out = run_child(d.path(), &["plan", "p.yaml"]);
+    let t = text(&out);
+    let row: Vec<&str> = t
+        .lines()
+        .find(|l| l.starts_with("load "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.get(1..4), Some(&["32", "30", "2"][..]), "{t}");
     let (code, t, j) = inspect(", not_contoured: {SpinalCord: [pt_215, pt_216]}");
     assert_eq!(code, Some(0), "{t}");
     assert!(flagged(&j).is_empty(), "{t}");

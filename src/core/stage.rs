@@ -430,6 +430,10 @@ pub struct ParamDoc {
     /// items computed before it was added keep their keys (a param added later, whose
     /// default is the behaviour from before).
     pub key_omits_default: bool,
+    /// Per case (sources): names the cases it changes, and the stage folds what it asks of
+    /// a case into that case's fingerprint (`CaseInfo::fingerprint`). Not part of the
+    /// items' keys, so setting it recomputes only the cases it names.
+    pub per_case: bool,
 }
 
 /// The schema extension that marks a param execution-only:
@@ -443,6 +447,10 @@ pub const ASSIGNMENT_MARK: &str = "x-assignment";
 /// The schema extension that marks a param a locator (see [`ParamDoc::locator`]):
 /// `#[schemars(extend("x-locator" = true))]` on the field.
 pub const LOCATOR_MARK: &str = "x-locator";
+
+/// The schema extension that marks a param per case (see [`ParamDoc::per_case`]):
+/// `#[schemars(extend("x-per-case" = true))]` on the field.
+pub const PER_CASE_MARK: &str = "x-per-case";
 
 /// The schema extension that marks a param keyed only when set (see
 /// [`ParamDoc::key_omits_default`]): `#[schemars(extend("x-key-omits-default" = true))]`.
@@ -500,6 +508,7 @@ pub fn param_docs<P: Params>() -> Vec<ParamDoc> {
                 locator: s.get(LOCATOR_MARK).and_then(|v| v.as_bool()) == Some(true),
                 key_omits_default: s.get(KEY_OMITS_DEFAULT_MARK).and_then(|v| v.as_bool())
                     == Some(true),
+                per_case: s.get(PER_CASE_MARK).and_then(|v| v.as_bool()) == Some(true),
             }
         })
         .collect()
@@ -613,8 +622,9 @@ pub struct Built {
     /// The output-defining params only (execution-only ones removed): what the cache key
     /// hashes.
     pub keyed: serde_json::Value,
-    /// The assignment-only and locator params (see [`ParamDoc::assignment`],
-    /// [`ParamDoc::locator`]): part of the stage's identity, not of its items' keys.
+    /// The assignment-only, locator and per-case params (see [`ParamDoc::assignment`],
+    /// [`ParamDoc::locator`], [`ParamDoc::per_case`]): part of the stage's identity, not of
+    /// its items' keys.
     pub assignment: serde_json::Value,
 }
 
@@ -708,7 +718,7 @@ impl<P: Params> StageFactory for StageDef<P> {
             for d in self.params() {
                 if d.execution || (d.key_omits_default && obj.get(&d.name) == Some(&d.default)) {
                     obj.remove(&d.name);
-                } else if d.assignment || d.locator {
+                } else if d.assignment || d.locator || d.per_case {
                     if let Some(v) = obj.remove(&d.name) {
                         assignment.insert(d.name.clone(), v);
                     }

@@ -192,8 +192,8 @@ pub struct LoadParams {
     /// inspect` names those far from their organ's volume). The organ is then absent in
     /// those cases (its voxels background), as a missing file would make it; the case's
     /// other organs stay. An organ the case does not have, or a case the dataset lacks, is
-    /// an error naming the field. Not part of the cache key while empty.
-    #[schemars(extend("x-key-omits-default" = true))]
+    /// an error naming the field. Per case: setting it recomputes only the cases it names.
+    #[schemars(extend("x-per-case" = true))]
     pub not_contoured: BTreeMap<String, Vec<String>>,
 }
 
@@ -511,6 +511,20 @@ impl Stage for Load {
                 return Err(StageError::msg(format!(
                     "not_contoured.{organ}: no labelled case `{id}` in the dataset"
                 )));
+            }
+        }
+        // What it asks of a case is part of that case's fingerprint (the param is per case:
+        // not in the items' keys), so only the cases it names recompute.
+        for c in cases.iter_mut() {
+            let dropped: Vec<&str> = self
+                .p
+                .not_contoured
+                .iter()
+                .filter(|(_, ids)| ids.contains(&c.id))
+                .map(|(organ, _)| organ.as_str())
+                .collect();
+            if !dropped.is_empty() {
+                c.fingerprint = format!("{} not_contoured={}", c.fingerprint, dropped.join(","));
             }
         }
         cases.extend(unlabeled);
