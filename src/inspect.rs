@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 use shapeflow_core::{CaseData, CaseInfo, VoxelData};
+use shapeflow_metrics::percentile_sorted;
 pub use shapeflow_metrics::{volume_outliers, VolumeOutlier};
 use std::collections::BTreeMap;
 
@@ -189,26 +190,15 @@ pub struct OrganRow {
     pub volume_outliers: Vec<VolumeOutlier>,
 }
 
+/// The median (NaN for none), sorting `v`.
 fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    percentile_sorted(v, 50.0)
 }
 
+/// The `q`-quantile (0-1) of sorted values, numpy's linear rule.
 fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let x = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (x - lo as f64)
+    percentile_sorted(sorted, q * 100.0)
 }
 
 fn summary3(rows: &[[f64; 3]]) -> Summary3 {

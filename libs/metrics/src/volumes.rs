@@ -45,15 +45,10 @@ pub fn volume_outliers(volumes: &[(String, f64)]) -> Vec<VolumeOutlier> {
         .collect()
 }
 
-/// The median of a non-empty list.
+/// The median of a list (numpy's rule).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    crate::percentile_sorted(&v, 50.0)
 }
 
 #[cfg(test)]
