@@ -482,6 +482,16 @@ impl Stage for Load {
                 fingerprint: f.fingerprint,
             })
             .collect();
+        // Ids under `not_contoured` must name labelled cases of the dataset (a typo would
+        // silently keep the contour), whether or not `limit` keeps them.
+        let known: std::collections::HashSet<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+        for (organ, ids) in &self.p.not_contoured {
+            if let Some(id) = ids.iter().find(|id| !known.contains(id.as_str())) {
+                return Err(StageError::msg(format!(
+                    "not_contoured.{organ}: no labelled case `{id}` in the dataset"
+                )));
+            }
+        }
         if self.p.limit > 0 {
             cases.truncate(self.p.limit);
         }
@@ -501,17 +511,6 @@ impl Stage for Load {
             Split::Official | Split::Holdout => self.holdout(&mut cases),
             Split::Kfold => self.kfold(&mut cases),
             Split::File => self.split_from_file(&mut cases).map_err(StageError::msg)?,
-        }
-        // Ids under `not_contoured` must name cases of the dataset (a typo would silently
-        // keep the contour).
-        for (organ, ids) in &self.p.not_contoured {
-            let known: std::collections::HashSet<&str> =
-                cases.iter().map(|c| c.id.as_str()).collect();
-            if let Some(id) = ids.iter().find(|id| !known.contains(id.as_str())) {
-                return Err(StageError::msg(format!(
-                    "not_contoured.{organ}: no labelled case `{id}` in the dataset"
-                )));
-            }
         }
         // What it asks of a case is part of that case's fingerprint (the param is per case:
         // not in the items' keys), so only the cases it names recompute.
