@@ -182,6 +182,36 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long [`open_index`] waits for sled's own lock on the index.
+const INDEX_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the sled index. We hold the cache's lock, so sled's lock on its files can only be
+/// held by a handle of this process being dropped (sled's flusher thread lets go of the
+/// files a moment after its `Db` is dropped: a run that reopens the cache at once, as tests
+/// and `pipeline` commands in one process do, can find them still locked). Waits for it up
+/// to [`INDEX_LOCK_WAIT`], then gives sled's error.
+fn open_index(path: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(1000))
+            .open()
+        {
+            // sled words it "could not acquire lock on ..." (an `Other` error wrapping the
+            // OS's WouldBlock).
+            Err(sled::Error::Io(e))
+                if (e.kind() == io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
+                    && started.elapsed() < INDEX_LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Cache {
     /// Opens (creating if needed) the cache at `root`, taking its lock.
     ///
@@ -215,14 +245,10 @@ impl Cache {
             }
         }
         let index_path = root.join("index");
-        let db = sled::Config::new()
-            .path(&index_path)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|source| CacheError::Index {
-                path: index_path.clone(),
-                source,
-            })?;
+        let db = open_index(&index_path).map_err(|source| CacheError::Index {
+            path: index_path.clone(),
+            source,
+        })?;
         let entries = db
             .open_tree("entries")
             .map_err(|source| CacheError::Index {

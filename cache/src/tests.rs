@@ -293,3 +293,24 @@ fn a_shared_view_needs_an_existing_cache() {
         .unwrap();
     assert!(e.to_string().contains("no cache here"), "{e}");
 }
+
+/// The index's files still locked by a handle being dropped (sled lets go a moment after
+/// its `Db` is dropped): opening waits for them instead of failing.
+#[test]
+fn opening_waits_for_an_index_handle_being_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let held = sled::Config::new()
+        .path(dir.path().join("index"))
+        .open()
+        .unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let c = open(dir.path());
+    release.join().unwrap();
+    let k = CacheKey::of(b"k");
+    c.put(&k, "s", "case", b"v").unwrap();
+    assert!(c.get(&k).unwrap().is_some());
+}
