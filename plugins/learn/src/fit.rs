@@ -102,17 +102,14 @@ pub fn loss(
 ) -> Tensor {
     let out = net.forward(&t.image).to_kind(Kind::Float);
     let Some(logits) = mode.segmentation_logits(&out, k) else {
-        return mode.loss(&mode.head().activate(&out), t, k, lambda);
+        return mode.loss(&mode.activate(&out), t, k, lambda);
     };
     let l = if extra.softmax {
         use crate::losses::{dice_loss, marginal_softmax, marginal_softmax_ce};
         let (organs, log_organs, log_background) = marginal_softmax(&logits, &t.present);
         let l = dice_loss(&organs, &t.seg, &t.present);
-        // A joint head adds its SDM terms; the Dice head has none.
-        let terms = mode
-            .is_joint()
-            .then(|| mode.sdm_terms(&mode.head().activate(&out), t))
-            .flatten();
+        // A joint head, or auxiliary maps, add their SDM terms; the Dice head has none.
+        let terms = mode.sdm_terms(&mode.activate(&out), t);
         let l = match terms {
             Some(terms) => l + terms * lambda,
             None => l,
@@ -123,7 +120,7 @@ pub fn loss(
             l
         }
     } else {
-        let l = mode.loss(&mode.head().activate(&out), t, k, lambda);
+        let l = mode.loss(&mode.activate(&out), t, k, lambda);
         if extra.ce > 0.0 {
             l + crate::losses::bce_loss(&logits, &t.seg, &t.present, extra.ce_balanced) * extra.ce
         } else {

@@ -97,12 +97,19 @@ pub enum Mode {
     /// As `joint`, with the organ-scaled SDM terms.
     #[serde(rename = "joint-organ-scaled")]
     JointOrganScaled,
+    /// The Dice head with the maps as an auxiliary task: twice the organs' channels, the
+    /// first half the Dice head's (sigmoid, Dice, decoded as the Dice head), the second a
+    /// tanh map per organ under the shell-balanced SDM terms at `lambda`. The maps shape
+    /// only the features the two halves share; the segmentation never reads them. Tells
+    /// the SDM terms' effect apart from decoding the segmentation as a map's Heaviside.
+    #[serde(rename = "dice-sdm")]
+    DiceSdm,
 }
 
 impl Mode {
     pub fn head(self) -> Head {
         match self {
-            Mode::Dice => Head::Probability,
+            Mode::Dice | Mode::DiceSdm => Head::Probability,
             Mode::Sdm
             | Mode::Joint
             | Mode::SdmBalanced
@@ -114,26 +121,63 @@ impl Mode {
         }
     }
 
-    /// The loss on a batch, given the head's activated outputs (`k`, `lambda`: the smooth
-    /// Heaviside's sharpness and the SDM terms' weight, used by modes that need them).
+    /// The network's output channels for `organs` organs: one each, two for the auxiliary
+    /// maps' mode.
+    pub fn out_channels(self, organs: usize) -> i64 {
+        let per_organ = if self == Mode::DiceSdm { 2 } else { 1 };
+        (per_organ * organs) as i64
+    }
+
+    /// Whether training reads the signed distance maps (an SDM head, or auxiliary maps).
+    pub fn reads_maps(self) -> bool {
+        self.head() == Head::Sdm || self == Mode::DiceSdm
+    }
+
+    /// The outputs training's loss reads: every channel activated (the auxiliary maps'
+    /// mode: its segmentation's sigmoid, then its maps' tanh).
+    pub fn activate(self, raw: &Tensor) -> Tensor {
+        match self {
+            Mode::DiceSdm => {
+                let (seg, maps) = halves(raw);
+                Tensor::cat(&[seg.sigmoid(), maps.tanh()], 1)
+            }
+            _ => self.head().activate(raw),
+        }
+    }
+
+    /// The per-organ maps a model predicts, in its head's values: the auxiliary maps are
+    /// for training only.
+    pub fn prediction(self, raw: &Tensor) -> Tensor {
+        match self {
+            Mode::DiceSdm => halves(raw).0.sigmoid(),
+            _ => self.head().activate(raw),
+        }
+    }
+
+    /// The loss on a batch, given the outputs [`Mode::activate`] makes (`k`, `lambda`: the
+    /// smooth Heaviside's sharpness and the SDM terms' weight, used by modes that need
+    /// them).
     pub fn loss(self, out: &Tensor, t: &BatchTensors, k: f64, lambda: f64) -> Tensor {
         let Some(terms) = self.sdm_terms(out, t) else {
             return dice_loss(out, &t.seg, &t.present);
         };
-        if self.is_joint() {
+        if self == Mode::DiceSdm {
+            dice_loss(&halves(out).0, &t.seg, &t.present) + terms * lambda
+        } else if self.is_joint() {
             dice_loss(&(out * -k).sigmoid(), &t.seg, &t.present) + terms * lambda
         } else {
             terms
         }
     }
 
-    /// The SDM terms of this mode's loss on the head's activated outputs, unweighted (a
-    /// joint head adds them at `lambda` to its segmentation's Dice); `None` for the Dice
-    /// head.
+    /// The SDM terms of this mode's loss on the outputs [`Mode::activate`] makes,
+    /// unweighted (a joint head, or the auxiliary maps, add them at `lambda` to the
+    /// segmentation's Dice); `None` for the Dice head.
     pub fn sdm_terms(self, out: &Tensor, t: &BatchTensors) -> Option<Tensor> {
         let (y, present) = (&t.sdm, &t.present);
         Some(match self {
             Mode::Dice => return None,
+            Mode::DiceSdm => shell_balanced_sdm_terms(&halves(out).1, y, present),
             Mode::Sdm | Mode::Joint => sdm_loss(out, y, present),
             Mode::SdmBalanced | Mode::JointBalanced => balanced_sdm_terms(out, y, present),
             Mode::SdmShellBalanced | Mode::JointShellBalanced => {
@@ -155,6 +199,7 @@ impl Mode {
             | Mode::JointShellBalanced
             | Mode::JointOrganScaled => true,
             Mode::Dice
+            | Mode::DiceSdm
             | Mode::Sdm
             | Mode::SdmBalanced
             | Mode::SdmShellBalanced
@@ -168,15 +213,23 @@ impl Mode {
     }
 
     /// The logits of this mode's segmentation, from the network's raw outputs: the Dice
-    /// head's own, the joint heads' smooth Heaviside sigmoid(-k sdm) as logits -k tanh(raw);
-    /// `None` for the SDM-only heads (no segmentation term).
+    /// head's own (the first half's with auxiliary maps), the joint heads' smooth Heaviside
+    /// sigmoid(-k sdm) as logits -k tanh(raw); `None` for the SDM-only heads (no
+    /// segmentation term).
     pub fn segmentation_logits(self, raw: &Tensor, k: f64) -> Option<Tensor> {
         match self.head() {
+            Head::Probability if self == Mode::DiceSdm => Some(halves(raw).0),
             Head::Probability => Some(raw.shallow_clone()),
             Head::Sdm if self.is_joint() => Some(raw.tanh() * -k),
             Head::Sdm => None,
         }
     }
+}
+
+/// The first and second halves of `t`'s channels (dimension 1).
+fn halves(t: &Tensor) -> (Tensor, Tensor) {
+    let half = t.size()[1] / 2;
+    (t.narrow(1, 0, half), t.narrow(1, half, half))
 }
 
 /// Binary cross-entropy of the segmentation `logits` against `target`, per organ the mean
@@ -724,6 +777,56 @@ mod tests {
             present: present.shallow_clone(),
         };
         assert!((value(&Mode::Joint.loss(&p, &batch, 1500.0, 10.0)) - j).abs() < 1e-12);
+    }
+
+    /// The auxiliary maps' mode: Dice of its first half's sigmoid plus lambda times the
+    /// shell-balanced terms of its second half's tanh; it predicts the first half alone.
+    #[test]
+    fn auxiliary_maps_add_their_terms_and_stay_out_of_the_prediction() {
+        tch::manual_seed(5);
+        let shape = [2, 2, 2, 2, 3];
+        let y = (Tensor::rand(shape, (Kind::Double, Device::Cpu)) * 1.6 - 0.5).clamp_max(1.0);
+        let seg = y.lt(0.0).to_kind(Kind::Double);
+        let present = t(&[1.0, 1.0, 1.0, 0.0], &[2, 2]);
+        let batch = BatchTensors {
+            image: y.zeros_like(),
+            sdm: y.shallow_clone(),
+            seg: seg.shallow_clone(),
+            present: present.shallow_clone(),
+        };
+        let logits = Tensor::randn(shape, (Kind::Double, Device::Cpu));
+        let maps = Tensor::randn(shape, (Kind::Double, Device::Cpu)) * 0.5;
+        let raw = Tensor::cat(&[&logits, &maps], 1);
+        let mode = Mode::DiceSdm;
+        assert_eq!(mode.out_channels(2), 4);
+        assert_eq!(mode.head(), Head::Probability);
+        assert!(mode.reads_maps() && mode.segments() && !mode.is_joint());
+        let got = value(&mode.loss(&mode.activate(&raw), &batch, 20.0, 0.3));
+        let dice = value(&dice_loss(&logits.sigmoid(), &seg, &present));
+        let terms = value(&shell_balanced_sdm_terms(&maps.tanh(), &y, &present));
+        assert!(terms > 0.01, "{terms}");
+        assert!(
+            (got - (dice + 0.3 * terms)).abs() < 1e-12,
+            "{got} {dice} {terms}"
+        );
+        assert_eq!(
+            value(&mode.sdm_terms(&mode.activate(&raw), &batch).unwrap()),
+            terms
+        );
+        // The prediction and the segmentation's logits are the first half's.
+        let other = Tensor::cat(&[&logits, &(&maps * -1.0)], 1);
+        assert_eq!(mode.prediction(&raw).size(), vec![2, 2, 2, 2, 3]);
+        assert!(mode.prediction(&raw).equal(&logits.sigmoid()));
+        assert!(mode.prediction(&other).equal(&mode.prediction(&raw)));
+        assert!(mode.segmentation_logits(&raw, 20.0).unwrap().equal(&logits));
+        // The mode's name in a pipeline file.
+        let m: Mode = serde_json::from_str(r#""dice-sdm""#).unwrap();
+        assert_eq!(m, Mode::DiceSdm);
+        // Gradients reach both halves, as finite differences say.
+        check_gradient(
+            &|r| mode.loss(&mode.activate(r), &batch, 20.0, 0.3),
+            &(raw * 0.5),
+        );
     }
 
     /// Autograd against central differences, element by element.

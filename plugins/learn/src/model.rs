@@ -350,7 +350,7 @@ impl Model {
             .to_device(device);
         let out = tch::no_grad(|| {
             crate::amp::autocast_bf16(bf16 && device.is_cuda(), || {
-                self.config.mode.head().activate(&net.forward(&x))
+                self.config.mode.prediction(&net.forward(&x))
             })
         })
         .to_kind(Kind::Float)

@@ -268,10 +268,9 @@ impl Stage for Train {
         let mut policy: Option<AugmentConfig> = None;
         // The training cases' voxels go to a memory-mapped file in the cache's scratch
         // folder, one case at a time: the process holds a few cases, whatever the size of
-        // the dataset. A Dice head needs no SDMs: they are not kept.
-        let mut train_set =
-            TrainSetBuilder::in_file(&ctx.scratch, cfg.mode.head() == crate::losses::Head::Sdm)
-                .map_err(StageError::msg)?;
+        // the dataset. The SDMs are kept for the modes that read them.
+        let mut train_set = TrainSetBuilder::in_file(&ctx.scratch, cfg.mode.reads_maps())
+            .map_err(StageError::msg)?;
         let mut val = Vec::new();
         let mut organs: Option<Vec<String>> = None;
         let mut norm: Option<Vec<Norm>> = None;
@@ -332,7 +331,7 @@ impl Stage for Train {
                 continue;
             }
             let sdms = inputs.sdms("sdms").map_err(at)?;
-            if cfg.mode.head() == crate::losses::Head::Sdm && sdms.units != SdmUnits::Normalized {
+            if cfg.mode.reads_maps() && sdms.units != SdmUnits::Normalized {
                 return Err(at(StageError::msg(
                     "SDM heads need normalised SDMs (edt-sdm `normalize: true`)",
                 )));

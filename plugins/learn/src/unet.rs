@@ -140,9 +140,16 @@ impl UNet {
     /// Sets every output channel's bias to `value` (the raw output before tanh or sigmoid),
     /// so that training starts from a chosen prediction rather than from 0.
     pub fn set_head_bias(&mut self, value: f64) {
+        self.set_head_bias_of(0..self.config.out_channels, value);
+    }
+
+    /// [`UNet::set_head_bias`] for the output channels in `channels` alone.
+    pub fn set_head_bias_of(&mut self, channels: std::ops::Range<i64>, value: f64) {
         if let Some(b) = self.head.bs.as_mut() {
             tch::no_grad(|| {
-                let _ = b.fill_(value);
+                let _ = b
+                    .narrow(0, channels.start, channels.end - channels.start)
+                    .fill_(value);
             });
         }
     }
