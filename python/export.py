@@ -8,7 +8,8 @@ The network takes [batch, C, z, y, x] float32 (C image channels, `unet.in_channe
 normalised as `norm` in the JSON says (a list, one per channel, when C > 1), on the
 model's training spacing) and returns [batch, organs, z, y, x] raw outputs: tanh of
 them is the SDM (sdm and joint heads; organ where < 0), sigmoid the probability (dice
-heads). Any z, y, x that are multiples of 2^depth are accepted.
+heads; `dice-sdm` returns twice the organs' channels, the first half its probabilities).
+Any z, y, x that are multiples of 2^depth are accepted.
 """
 import json
 import os
@@ -36,14 +37,21 @@ with torch.no_grad():
         )
     else:
         sys.exit(f"unknown format {fmt!r} (torchscript or onnx)")
-head = "sdm" if config["mode"] in ("sdm", "joint", "sdm-balanced", "joint-balanced") else "probability"
+# The SDM and joint modes (sdm, joint, sdm-shell-balanced, ...) decode maps; dice and
+# dice-sdm probabilities. dice-sdm's network has a second block of channels, one map per
+# organ, for training only.
+head = "sdm" if config["mode"].startswith(("sdm", "joint")) else "probability"
+n_organs = len(config["organs"])
+n_out = config["unet"].get("out_channels", n_organs)
+decode = "organ where tanh(output) < 0" if head == "sdm" else "sigmoid(output) > 0.5"
+if n_out > n_organs:
+    decode += f" on the first {n_organs} channels (the others: auxiliary maps, not a prediction)"
 meta = {
     "format": fmt,
     "input": {"layout": f"[batch, {channels}, z, y, x] float32", "norm": config["norm"],
               "spacing_mm": config["spacing"], "multiple_of": 2 ** config["unet"]["depth"]},
-    "output": {"layout": "[batch, organs, z, y, x] float32, raw",
-               "organs": config["organs"], "head": head,
-               "decode": "organ where tanh(output) < 0" if head == "sdm" else "sigmoid(output) > 0.5"},
+    "output": {"layout": f"[batch, {n_out}, z, y, x] float32, raw",
+               "organs": config["organs"], "head": head, "decode": decode},
     "model": config,
 }
 pipeline = os.path.join(model_dir, "pipeline.json")

@@ -8,6 +8,8 @@ model.safetensors + model.json) and use it from Python.
                                # normalised as config["norm"] says (a list, one per channel,
                                # when C > 1)
     sdm = torch.tanh(out)      # sdm and joint heads; torch.sigmoid(out) for dice heads
+                               # (dice-sdm: out[:, :len(config["organs"])], the rest are
+                               # auxiliary maps)
 
 Parameter names match the Rust model's exactly (down0.conv1.weight, ..., head.bias), so
 `net.load_state_dict` takes the safetensors file as is. Only torch is needed: the file is

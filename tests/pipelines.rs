@@ -1683,7 +1683,7 @@ fn exported_networks_compute_what_ours_computes() {
             format: model::FORMAT.into(),
             unet,
             organs: vec!["Parotid_L".into(), "Parotid_R".into()],
-            mode: Mode::Joint,
+            mode: Mode::JointShellBalanced,
             k: 1500.0,
             norm: vec![Norm::Zscore],
             patch: [16, 12, 8],
@@ -1728,6 +1728,8 @@ fn exported_networks_compute_what_ours_computes() {
             meta["output"]["organs"],
             serde_json::json!(["Parotid_L", "Parotid_R"])
         );
+        // Every SDM and joint mode decodes maps (the export once listed only four modes).
+        assert_eq!(meta["output"]["head"], "sdm", "{meta}");
         let check = std::process::Command::new(&py)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/check_export.py"))
             .args([out.to_str().unwrap(), format, io.to_str().unwrap()])
