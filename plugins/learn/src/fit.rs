@@ -108,8 +108,13 @@ pub fn loss(
         use crate::losses::{dice_loss, marginal_softmax, marginal_softmax_ce};
         let (organs, log_organs, log_background) = marginal_softmax(&logits, &t.present);
         let l = dice_loss(&organs, &t.seg, &t.present);
-        // A joint head, or auxiliary maps, add their SDM terms; the Dice head has none.
-        let terms = mode.sdm_terms(&mode.activate(&out), t);
+        // A joint head, or auxiliary maps, add their SDM terms; the Dice head has none
+        // (and activates nothing for them).
+        let terms = if mode.reads_maps() {
+            mode.sdm_terms(&mode.activate(&out), t)
+        } else {
+            None
+        };
         let l = match terms {
             Some(terms) => l + terms * lambda,
             None => l,
