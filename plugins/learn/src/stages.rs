@@ -37,7 +37,9 @@ segmentation in one softmax over background and organs (nnU-Net's), an organ not
 in a case merged into its background (the marginal loss). The Dice head's output
 starts at probability `head_prior`; an SDM head's (joint or SDM-only) Heaviside
 sigmoid(-k sdm) at `joint_prior` where set (0, the default: bias 0, every channel around
-0.5). Organs absent from a case are masked out of every loss term.
+0.5). `lambda_schedule: poly` lets the SDM terms' weight fall as lambda (1 - epoch /
+epochs)^0.9 (`constant`, the paper's, keeps it). Organs absent from a case are masked out
+of every loss term.
 
 Each epoch draws `iterations` batches of `batch` patches (foreground-biased, augmented, see
 `augment`), deterministic for the pipeline seed. Adam (PyTorch's), lr `lr` times

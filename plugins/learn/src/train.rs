@@ -85,6 +85,13 @@ pub struct TrainConfig {
     pub k: f64,
     /// Weight of L1 + product loss in joint mode (the paper: 10).
     pub lambda: f64,
+    /// How that weight moves over the epochs: `constant` (the paper's) or `poly` (it falls
+    /// as nnU-Net's learning rate does, lambda (1 - epoch / epochs)^0.9, so the last epochs
+    /// train the segmentation almost alone). Only for the modes that weigh SDM terms by
+    /// `lambda` (joint and dice-sdm). (Keyed only when set, so that trainings from before
+    /// it stay cached.)
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub lambda_schedule: LambdaSchedule,
     /// Weight of a binary cross-entropy on the segmentation (the Dice head's probabilities,
     /// the joint heads' smooth Heaviside), added to its Dice as nnU-Net does; 0 (the paper):
     /// none. No effect on the SDM-only heads.
@@ -164,6 +171,25 @@ pub enum LrSchedule {
     Poly,
 }
 
+/// How `train`'s SDM weight (`lambda`) moves over the epochs.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LambdaSchedule {
+    /// `lambda` at every epoch (the paper's).
+    #[default]
+    Constant,
+    /// lambda (1 - epoch / epochs)^0.9, as [`LrSchedule::Poly`] moves the learning rate.
+    Poly,
+}
+
+/// (1 - epoch / epochs)^0.9: nnU-Net's poly factor, 1 at the first epoch.
+fn poly_factor(epoch: usize, epochs: usize) -> f64 {
+    let left = 1.0 - epoch.min(epochs) as f64 / epochs.max(1) as f64;
+    left.powf(0.9)
+}
+
 /// log(p / (1 - p)).
 fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
@@ -185,6 +211,7 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Step,
             k: 1500.0,
             lambda: 10.0,
+            lambda_schedule: LambdaSchedule::Constant,
             ce: 0.0,
             ce_balance: false,
             exclusion: 0.0,
@@ -249,6 +276,20 @@ impl TrainConfig {
                 "balances the per-organ cross-entropy; with softmax the cross-entropy is the softmax's".into(),
             );
         }
+        if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
+            return f("lambda", "must be a number >= 0".into());
+        }
+        if self.lambda_schedule != LambdaSchedule::Constant
+            && !(self.mode.segments() && self.mode.reads_maps())
+        {
+            let mode = serde_json::to_string(&self.mode).unwrap_or_default();
+            return f(
+                "lambda_schedule",
+                format!(
+                    "mode {mode} does not weigh SDM terms by lambda: use a joint mode or dice-sdm"
+                ),
+            );
+        }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return f("lr", "must be a positive number".into());
         }
@@ -300,10 +341,15 @@ impl TrainConfig {
     pub fn lr_at(&self, epoch: usize) -> f64 {
         match self.lr_schedule {
             LrSchedule::Step => self.lr * self.lr_decay.powi((epoch / self.lr_every) as i32),
-            LrSchedule::Poly => {
-                let left = 1.0 - epoch.min(self.epochs) as f64 / self.epochs.max(1) as f64;
-                self.lr * left.powf(0.9)
-            }
+            LrSchedule::Poly => self.lr * poly_factor(epoch, self.epochs),
+        }
+    }
+
+    /// The SDM terms' weight during `epoch` (0-based).
+    pub fn lambda_at(&self, epoch: usize) -> f64 {
+        match self.lambda_schedule {
+            LambdaSchedule::Constant => self.lambda,
+            LambdaSchedule::Poly => self.lambda * poly_factor(epoch, self.epochs),
         }
     }
 }
@@ -555,6 +601,7 @@ pub fn train(
     for epoch in start..cfg.epochs {
         let t0 = Instant::now();
         adam.lr = cfg.lr_at(epoch);
+        let lambda = cfg.lambda_at(epoch);
         let rx = loader(
             cases.clone(),
             aug.clone(),
@@ -575,14 +622,7 @@ pub fn train(
             }
             let t = fit::to_tensors(&batch, cfg.patch, device);
             let loss = amp::autocast_bf16(cfg.bf16, || {
-                fit::loss(
-                    &net,
-                    &t,
-                    cfg.mode,
-                    cfg.k,
-                    cfg.lambda,
-                    &fit::SegTerms::of(cfg),
-                )
+                fit::loss(&net, &t, cfg.mode, cfg.k, lambda, &fit::SegTerms::of(cfg))
             });
             adam.zero_grad();
             loss.backward();
@@ -1300,5 +1340,56 @@ mod tests {
             e.to_string().contains("step") && e.to_string().contains("poly"),
             "{e}"
         );
+    }
+
+    /// The SDM weight's schedule, by hand: constant (the paper's) by default; poly falls
+    /// as the poly learning rate does, whatever the learning rate's own schedule; only for
+    /// the modes whose loss weighs SDM terms by lambda.
+    #[test]
+    fn lambda_schedule_by_hand_and_only_where_lambda_weighs_maps() {
+        let c = TrainConfig {
+            mode: Mode::JointShellBalanced,
+            lambda: 0.1,
+            epochs: 60,
+            ..Default::default()
+        };
+        assert!((0..60).all(|e| c.lambda_at(e) == 0.1));
+        let p = TrainConfig {
+            lambda_schedule: LambdaSchedule::Poly,
+            ..c.clone()
+        };
+        assert!(p.check().is_ok());
+        assert_eq!(p.lambda_at(0), 0.1);
+        // (1 - 30/60)^0.9 = 0.535887; (1/60)^0.9 = 0.025099
+        assert!(
+            (p.lambda_at(30) - 0.0535887).abs() < 1e-7,
+            "{}",
+            p.lambda_at(30)
+        );
+        assert!(
+            (p.lambda_at(59) - 0.0025099).abs() < 1e-7,
+            "{}",
+            p.lambda_at(59)
+        );
+        // The learning rate keeps its own (step) schedule.
+        assert_eq!(p.lr_at(59), c.lr_at(59));
+        for mode in [Mode::Dice, Mode::SdmShellBalanced] {
+            let (field, msg) = TrainConfig { mode, ..p.clone() }.check().unwrap_err();
+            assert_eq!(field, "lambda_schedule", "{mode:?}");
+            assert!(msg.contains("lambda"), "{msg}");
+        }
+        assert!(TrainConfig {
+            mode: Mode::DiceSdm,
+            ..p.clone()
+        }
+        .check()
+        .is_ok());
+        let (field, _) = TrainConfig { lambda: -1.0, ..c }.check().unwrap_err();
+        assert_eq!(field, "lambda");
+        let v: TrainConfig = serde_json::from_str(r#"{"lambda_schedule": "poly"}"#).unwrap();
+        assert_eq!(v.lambda_schedule, LambdaSchedule::Poly);
+        let e =
+            serde_json::from_str::<TrainConfig>(r#"{"lambda_schedule": "cosine"}"#).unwrap_err();
+        assert!(e.to_string().contains("constant"), "{e}");
     }
 }
