@@ -1392,4 +1392,40 @@ mod tests {
             serde_json::from_str::<TrainConfig>(r#"{"lambda_schedule": "cosine"}"#).unwrap_err();
         assert!(e.to_string().contains("constant"), "{e}");
     }
+
+    /// The training loop weighs the SDM terms by the schedule's lambda of each epoch: with
+    /// the same seed, a poly run's first epoch is the constant run's to the bit (lambda
+    /// the same), its second is not (lambda times 0.5^0.9).
+    #[test]
+    fn the_loop_weighs_maps_by_the_epochs_lambda() {
+        let run = |schedule: LambdaSchedule| {
+            let (cases, val, norm, spacing) = setup();
+            let dir = tempfile::tempdir().unwrap();
+            let cancel = CancelToken::default();
+            let s = Session {
+                seed: 3,
+                work_dir: &dir.path().join("work"),
+                output_dir: None,
+                scratch: dir.path(),
+                cancel: &cancel,
+                bar: shapeflow_core::indicatif::ProgressBar::hidden(),
+                on_epoch: None,
+            };
+            let cfg = TrainConfig {
+                iterations: 2,
+                val_every: 0,
+                lambda_schedule: schedule,
+                ..config(2)
+            };
+            let t = train(&cfg, cases, val, norm, spacing, &s).unwrap();
+            t.history.iter().map(|r| r.loss).collect::<Vec<_>>()
+        };
+        let constant = run(LambdaSchedule::Constant);
+        let poly = run(LambdaSchedule::Poly);
+        assert_eq!(constant[0], poly[0]);
+        assert!(
+            (constant[1] - poly[1]).abs() > 1e-3 * constant[1].abs(),
+            "{constant:?} {poly:?}"
+        );
+    }
 }
