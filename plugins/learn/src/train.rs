@@ -758,6 +758,24 @@ mod tests {
         )
     }
 
+    /// A session with no output folder, progress bar or epoch callback.
+    fn quiet_session<'a>(
+        seed: u64,
+        work_dir: &'a Path,
+        scratch: &'a Path,
+        cancel: &'a CancelToken,
+    ) -> Session<'a> {
+        Session {
+            seed,
+            work_dir,
+            output_dir: None,
+            scratch,
+            cancel,
+            bar: shapeflow_core::indicatif::ProgressBar::hidden(),
+            on_epoch: None,
+        }
+    }
+
     fn config(epochs: usize) -> TrainConfig {
         TrainConfig {
             mode: Mode::Joint,
@@ -858,15 +876,8 @@ mod tests {
             let (cases, val) = two_organs(band);
             let dir = tempfile::tempdir().unwrap();
             let cancel = CancelToken::default();
-            let s = Session {
-                seed: 5,
-                work_dir: &dir.path().join("work"),
-                output_dir: None,
-                scratch: dir.path(),
-                cancel: &cancel,
-                bar: shapeflow_core::indicatif::ProgressBar::hidden(),
-                on_epoch: None,
-            };
+            let work = dir.path().join("work");
+            let s = quiet_session(5, &work, dir.path(), &cancel);
             let mut cfg = config(12);
             cfg.k = k;
             cfg.lambda = lambda;
@@ -959,15 +970,8 @@ mod tests {
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let cancel = CancelToken::default();
-        let sess = Session {
-            seed: 5,
-            work_dir: &dir.path().join("work"),
-            output_dir: None,
-            scratch: dir.path(),
-            cancel: &cancel,
-            bar: shapeflow_core::indicatif::ProgressBar::hidden(),
-            on_epoch: None,
-        };
+        let work = dir.path().join("work");
+        let sess = quiet_session(5, &work, dir.path(), &cancel);
         let norms = vec![Norm::None, Norm::Zscore];
         let t = train(&config(20), train_cases, val, norms.clone(), spacing, &sess).unwrap();
         let dice: Vec<f64> = t.history.iter().filter_map(|r| r.val_dice).collect();
@@ -1011,14 +1015,10 @@ mod tests {
         let (cases, val, norm, spacing) = setup();
         let dir = tempfile::tempdir().unwrap();
         let cancel = CancelToken::default();
+        let (work, out) = (dir.path().join("work"), dir.path().join("out"));
         let s = Session {
-            seed: 5,
-            work_dir: &dir.path().join("work"),
-            output_dir: Some(&dir.path().join("out")),
-            scratch: dir.path(),
-            cancel: &cancel,
-            bar: shapeflow_core::indicatif::ProgressBar::hidden(),
-            on_epoch: None,
+            output_dir: Some(&out),
+            ..quiet_session(5, &work, dir.path(), &cancel)
         };
         let cfg = config(20);
         // Dice of the untrained network, for comparison.
@@ -1402,15 +1402,8 @@ mod tests {
             let (cases, val, norm, spacing) = setup();
             let dir = tempfile::tempdir().unwrap();
             let cancel = CancelToken::default();
-            let s = Session {
-                seed: 3,
-                work_dir: &dir.path().join("work"),
-                output_dir: None,
-                scratch: dir.path(),
-                cancel: &cancel,
-                bar: shapeflow_core::indicatif::ProgressBar::hidden(),
-                on_epoch: None,
-            };
+            let work = dir.path().join("work");
+            let s = quiet_session(3, &work, dir.path(), &cancel);
             let cfg = TrainConfig {
                 iterations: 2,
                 val_every: 0,
