@@ -110,7 +110,7 @@ pub fn loss(
         let l = dice_loss(&organs, &t.seg, &t.present);
         // A joint head, or auxiliary maps, add their SDM terms; the Dice head has none
         // (and activates nothing for them).
-        let terms = if mode.reads_maps() {
+        let terms = if mode.weighs_maps() {
             mode.sdm_terms(&mode.activate(&out), t)
         } else {
             None

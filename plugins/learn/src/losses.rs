@@ -207,6 +207,12 @@ impl Mode {
         }
     }
 
+    /// Whether [`Mode::loss`] weighs SDM terms by `lambda` (the joint heads, the auxiliary
+    /// maps); the SDM-only heads have nothing to weigh them against, the Dice head none.
+    pub fn weighs_maps(self) -> bool {
+        self.is_joint() || self == Mode::DiceSdm
+    }
+
     /// Whether this mode has a segmentation term (the Dice head, the joint heads).
     pub fn segments(self) -> bool {
         self.head() == Head::Probability || self.is_joint()

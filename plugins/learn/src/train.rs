@@ -279,9 +279,7 @@ impl TrainConfig {
         if !(self.lambda >= 0.0 && self.lambda.is_finite()) {
             return f("lambda", "must be a number >= 0".into());
         }
-        if self.lambda_schedule != LambdaSchedule::Constant
-            && !(self.mode.segments() && self.mode.reads_maps())
-        {
+        if self.lambda_schedule != LambdaSchedule::Constant && !self.mode.weighs_maps() {
             let mode = serde_json::to_string(&self.mode).unwrap_or_default();
             return f(
                 "lambda_schedule",
