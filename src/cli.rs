@@ -66,6 +66,9 @@ enum Command {
         /// A stage name, e.g. `exec`.
         name: Option<String>,
     },
+    /// Compare variants whose reports different runs wrote (or records kept): the report's
+    /// table and paired tests, seeds pooled by case and seed.
+    Compare(CompareArgs),
     /// Inspect and maintain the cache.
     Cache(CacheArgs),
     /// A cluster job's work (what `run --executor slurm` submits): compute some items of one
@@ -180,6 +183,19 @@ struct ExportArgs {
     /// A Python with torch (and `onnx` for ONNX).
     #[arg(long, env = "SHAPEFLOW_EXPORT_PYTHON", default_value = "python3")]
     python: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// Reports to compare, each `[NAME=]PATH`: a report's `metrics.csv`, its folder, or a
+    /// run's `report/` (each variant's folder in it). A folder `<variant>_<seed>` (as a run
+    /// names a seed's report) is `<variant>@<seed>`; NAME (`<variant>` or
+    /// `<variant>@<seed>`) names a report otherwise. A variant's seeds are pooled.
+    #[arg(required = true, value_name = "[NAME=]PATH")]
+    reports: Vec<String>,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -344,6 +360,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<u8> {
         Command::Predict(a) => cmd_predict(a, registry),
         Command::Export(a) => cmd_export(a),
         Command::Plugins { name } => cmd_plugins(name.as_deref(), registry),
+        Command::Compare(a) => cmd_compare(a),
         Command::Cache(a) => cmd_cache(a),
         Command::Job(a) => cmd_job(a, registry),
     }
@@ -956,6 +973,20 @@ fn human(bytes: u64) -> String {
         1048576..=1073741823 => format!("{:.1} MiB", b / 1048576.0),
         _ => format!("{:.2} GiB", b / 1073741824.0),
     }
+}
+
+fn cmd_compare(a: CompareArgs) -> Result<u8> {
+    let mut inputs = Vec::new();
+    for r in &a.reports {
+        inputs.extend(crate::compare::inputs_of(r)?);
+    }
+    let (md, json) = crate::compare::compare(&inputs)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print!("{md}");
+    }
+    Ok(0)
 }
 
 fn cmd_cache(a: CacheArgs) -> Result<u8> {

@@ -1,6 +1,7 @@
 //! The `pipeline` command line, and the set of plugins this binary ships.
 
 pub mod cli;
+pub mod compare;
 pub mod inspect;
 pub mod predict;
 

@@ -99,7 +99,7 @@ impl OrganRecord {
 
     /// Whether the organ was compared (its metrics exist).
     pub fn is_measured(&self) -> bool {
-        !self.outcome.starts_with("absent")
+        is_measured_outcome(&self.outcome)
     }
 
     /// A metric by name (see [`METRICS`], [`CSV_COLUMNS`]): `None` for an absent organ or
@@ -118,6 +118,11 @@ impl OrganRecord {
         };
         self.is_measured().then(|| v.unwrap_or(f64::INFINITY))
     }
+}
+
+/// Whether an organ with this outcome was compared (not `absent` on either side).
+pub fn is_measured_outcome(outcome: &str) -> bool {
+    !outcome.starts_with("absent")
 }
 
 /// One case: the surface definition, the HD95/ASSD convention and every reference organ.
@@ -148,6 +153,78 @@ impl CaseRecord {
     }
 }
 
+/// Per organ, metric and case, the finite values of the measured organs: the `per_case`
+/// of a report's `summary.json`, which the paired tests between variants read.
+pub type PerCase = BTreeMap<String, BTreeMap<String, BTreeMap<String, f64>>>;
+
+/// A `metrics.csv` that is not a report's.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CsvError {
+    #[error("the header is not a report's (`case,organ,outcome,` then metric columns)")]
+    Header,
+    #[error("line {line}: {message}")]
+    Row { line: usize, message: String },
+}
+
+/// Reads a report's `metrics.csv` back into [`PerCase`], as `report` built it: absent organs
+/// (`absent`, `absent-in-prediction`) and infinite distances (`inf`: one mask empty) are
+/// left out, a missed organ's Dice 0 is kept. Columns other than [`METRICS`] are ignored.
+pub fn per_case_from_csv(text: &str) -> Result<PerCase, CsvError> {
+    let mut lines = text.lines().enumerate();
+    let header: Vec<&str> = match lines.next() {
+        Some((_, h)) => h.trim_end_matches('\r').split(',').collect(),
+        None => return Err(CsvError::Header),
+    };
+    if header.len() < 4 || header[..3] != ["case", "organ", "outcome"] {
+        return Err(CsvError::Header);
+    }
+    let columns: Vec<(usize, &str)> = header
+        .iter()
+        .enumerate()
+        .skip(3)
+        .filter_map(|(i, h)| METRICS.iter().find(|m| *m == h).map(|m| (i, *m)))
+        .collect();
+    let mut out = PerCase::new();
+    for (i, row) in lines {
+        let line = i + 1;
+        let row = row.trim_end_matches('\r');
+        if row.is_empty() {
+            continue;
+        }
+        let cells: Vec<&str> = row.split(',').collect();
+        if cells.len() != header.len() {
+            return Err(CsvError::Row {
+                line,
+                message: format!("{} cells, the header has {}", cells.len(), header.len()),
+            });
+        }
+        let (case, organ, outcome) = (cells[0], cells[1], cells[2]);
+        if case.is_empty() || organ.is_empty() {
+            return Err(CsvError::Row {
+                line,
+                message: "no case or organ".into(),
+            });
+        }
+        if !is_measured_outcome(outcome) {
+            continue;
+        }
+        for &(c, metric) in &columns {
+            let v: f64 = cells[c].parse().map_err(|_| CsvError::Row {
+                line,
+                message: format!("{metric} `{}` is not a number", cells[c]),
+            })?;
+            if v.is_finite() {
+                out.entry(organ.to_string())
+                    .or_default()
+                    .entry(metric.to_string())
+                    .or_default()
+                    .insert(case.to_string(), v);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +252,40 @@ mod tests {
         assert_eq!(back.organs["b"].metric("dice"), None, "absent: no metric");
         assert_eq!(back.mean_dice(), Some(0.0));
         assert!(CaseRecord::from_json(&serde_json::json!({"organs": 3})).is_err());
+    }
+
+    #[test]
+    fn metrics_csv_reads_back_as_the_reports_per_case_values() {
+        let csv = "case,organ,outcome,dice,hd95,assd,hd,surface_dice,reference_mm3,prediction_mm3,volume_difference\n\
+pt_1,Brainstem,compared,0.7692,6.1966,2.1477,9.0000,0.5516,30603.4,25576.3,-0.1643\n\
+pt_1,Larynx,absent,0,0,0,0,0,0,0,0\n\
+pt_2,Brainstem,empty-prediction,0.0000,inf,inf,inf,0.0000,49844.1,0.0000,-1.0000\n";
+        let pc = per_case_from_csv(csv).unwrap();
+        assert_eq!(
+            pc.keys().collect::<Vec<_>>(),
+            ["Brainstem"],
+            "absent rows left out"
+        );
+        let b = &pc["Brainstem"];
+        assert_eq!(b["dice"]["pt_1"], 0.7692);
+        assert_eq!(b["dice"]["pt_2"], 0.0, "a missed organ counts Dice 0");
+        assert!(
+            !b["hd95"].contains_key("pt_2"),
+            "infinite distances left out"
+        );
+        assert_eq!(b["hd95"]["pt_1"], 6.1966);
+        assert!(
+            !b.contains_key("reference_mm3"),
+            "only the report's metrics"
+        );
+        assert_eq!(per_case_from_csv("a,b\n"), Err(CsvError::Header));
+        let short = "case,organ,outcome,dice\npt_1,Brainstem,compared\n";
+        assert!(matches!(
+            per_case_from_csv(short),
+            Err(CsvError::Row { line: 2, .. })
+        ));
+        let bad = "case,organ,outcome,dice\npt_1,Brainstem,compared,high\n";
+        let e = per_case_from_csv(bad).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("dice `high`"), "{e}");
     }
 }
