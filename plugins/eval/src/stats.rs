@@ -1,8 +1,9 @@
 //! The Wilcoxon signed-rank test for paired samples (two-sided), as scipy 1.17 computes it by
-//! default: zero differences dropped; without ties or zeros, the exact null distribution;
+//! default: zero differences dropped from the ranks; over 50 pairs (zeros counted), the
+//! normal approximation; otherwise, without ties or zeros, the exact null distribution;
 //! with ties or zeros and at most 13 pairs, the exact permutation distribution of the
-//! tie-averaged ranks (all 2^n sign flips); otherwise the normal approximation with the tie
-//! correction and no continuity correction.
+//! tie-averaged ranks (all 2^n sign flips); otherwise the normal approximation. The normal
+//! approximation has the tie correction and no continuity correction.
 
 /// The result of a test.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -62,6 +63,8 @@ pub fn wilcoxon(x: &[f64], y: &[f64]) -> Option<Wilcoxon> {
         .filter(|v| v.is_finite())
         .collect();
     let zeros = all.contains(&0.0);
+    // scipy decides between its methods on the pairs, zero differences included.
+    let pairs = all.len();
     let mut d: Vec<f64> = all.into_iter().filter(|v| *v != 0.0).collect();
     let n = d.len();
     if n == 0 {
@@ -98,7 +101,7 @@ pub fn wilcoxon(x: &[f64], y: &[f64]) -> Option<Wilcoxon> {
     let total = (n * (n + 1)) as f64 / 2.0;
     let w_minus = total - w_plus;
     let statistic = w_plus.min(w_minus);
-    if (ties || zeros) && n <= 13 {
+    if (ties || zeros) && pairs <= 13 {
         // Every sign assignment of the (averaged) ranks is equally likely under the null.
         let mut le = 0usize;
         let mut ge = 0usize;
@@ -124,7 +127,7 @@ pub fn wilcoxon(x: &[f64], y: &[f64]) -> Option<Wilcoxon> {
             exact: true,
         });
     }
-    if !ties && !zeros {
+    if !ties && !zeros && pairs <= 50 {
         // Exact: the number of subsets of {1..n} with each rank sum.
         let max = n * (n + 1) / 2;
         let mut counts = vec![0f64; max + 1];
@@ -182,6 +185,36 @@ mod tests {
         assert_eq!(w.statistic, 639.0);
         assert!(!w.exact);
         assert!((w.p_value - 0.8210057819560691).abs() < 1e-6, "{w:?}");
+    }
+
+    #[test]
+    fn over_fifty_pairs_is_the_normal_approximation_even_without_ties() {
+        let x: Vec<f64> = (0..60).map(|i| i as f64 / 59.0).collect();
+        let y: Vec<f64> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + 0.001 * (((i * 37) % 61) as f64 - 30.0) + 1e-6 * i as f64)
+            .collect();
+        let w = wilcoxon(&x, &y).unwrap();
+        assert_eq!(w.statistic, 894.0);
+        assert!(!w.exact);
+        // scipy's exact distribution would give 0.8809265455111113.
+        assert!((w.p_value - 0.8771416661021247).abs() < 1e-9, "{w:?}");
+    }
+
+    #[test]
+    fn a_zero_difference_counts_towards_the_permutation_limit() {
+        // 14 pairs, one of them equal: 13 non-zero differences, but scipy counts 14 and
+        // takes the normal approximation (its permutation distribution would give 0.0028).
+        let off = [
+            0.013, -0.021, 0.034, 0.045, -0.007, 0.062, 0.071, 0.088, 0.019, 0.026, 0.053, 0.092,
+            0.101, 0.0,
+        ];
+        let x: Vec<f64> = (0..14).map(|i| 0.5 + 0.01 * i as f64).collect();
+        let y: Vec<f64> = x.iter().zip(off).map(|(a, o)| a - o).collect();
+        let w = wilcoxon(&x, &y).unwrap();
+        assert_eq!((w.statistic, w.n, w.exact), (5.0, 13, false));
+        assert!((w.p_value - 0.004649433819808542).abs() < 1e-9, "{w:?}");
     }
 
     #[test]
