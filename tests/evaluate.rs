@@ -204,3 +204,78 @@ variants:
     let cords = j["reference_outliers"]["SpinalCord"].as_array().unwrap();
     assert_eq!(cords.len(), 2, "{j}");
 }
+
+/// `pipeline compare` on committed OpenKBP records (three seeds of two variants, the report's
+/// files as a run wrote them): its pooled means and paired p-values are scipy's on the same
+/// numbers, over 50 pairs (the normal approximation) and under (the exact distribution).
+#[test]
+fn compare_pools_seeds_and_tests_as_scipy_does() {
+    let records = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/results/openkbp");
+    let seeds = ["2020", "7", "42"];
+    let mut args = Vec::new();
+    let mut py_args = Vec::new();
+    for (variant, dir) in [
+        ("joint-c", "session27/joint-c-filtered-vs-unfiltered"),
+        ("dice-ce-c", "session27/dice-ce-c-filtered-vs-unfiltered"),
+    ] {
+        for s in seeds {
+            let folder = records.join(dir).join(format!("{variant}_{s}"));
+            py_args.push(format!(
+                "{variant}@{s}={}",
+                folder.join("metrics.csv").display()
+            ));
+            args.push(folder.to_string_lossy().into_owned());
+        }
+    }
+    let mut inputs = Vec::new();
+    for a in &args {
+        inputs.extend(shapeflow::compare::inputs_of(a).unwrap());
+    }
+    let (_, ours) = shapeflow::compare::compare(&inputs).unwrap();
+    let rows = ours["comparison"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 7 * 4, "seven organs, four metrics");
+    let py_refs: Vec<&str> = py_args.iter().map(String::as_str).collect();
+    let Some(reference) = python_json("wilcoxon_records.py", &py_refs) else {
+        return;
+    };
+    let (mut large, mut small) = (0, 0);
+    for row in rows {
+        let (organ, metric) = (
+            row["organ"].as_str().unwrap(),
+            row["metric"].as_str().unwrap(),
+        );
+        let r = &reference[organ][metric];
+        let n = row["cases"].as_u64().unwrap();
+        assert_eq!(n, r["n"].as_u64().unwrap(), "{organ} {metric}: pairs");
+        for v in ["joint-c", "dice-ce-c"] {
+            let (a, b) = (
+                row["means"][v].as_f64().unwrap(),
+                r["means"][v].as_f64().unwrap(),
+            );
+            assert!(
+                (a - b).abs() < 1e-12,
+                "{organ} {metric} {v}: mean {a} vs scipy's {b}"
+            );
+        }
+        let test = row["wilcoxon_best_vs"]
+            .as_object()
+            .and_then(|t| t.values().next());
+        let (Some(test), Some(p)) = (test, r["p"].as_f64()) else {
+            panic!("{organ} {metric}: a test on one side only: {row} / {r}");
+        };
+        let ours = test["p_value"].as_f64().unwrap();
+        assert!(
+            (ours - p).abs() <= 1e-9 * p.max(1e-300) + 1e-15,
+            "{organ} {metric} ({n} pairs): p {ours} vs scipy's {p}"
+        );
+        if n > 50 {
+            large += 1
+        } else {
+            small += 1
+        }
+    }
+    assert!(
+        large > 0 && small > 0,
+        "both of scipy's paths: {large} / {small}"
+    );
+}
