@@ -79,7 +79,15 @@ pub fn inputs_of(arg: &str) -> Result<Vec<Input>> {
             path.display()
         );
     }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
+    // Seeds in numeric order (1, 2, 7, 42, 2020), as a run lists its variants' seeds.
+    found.sort_by_cached_key(|i| {
+        let (variant, seed) = i.name.rsplit_once('@').unwrap_or((&i.name, ""));
+        (
+            variant.to_string(),
+            seed.parse::<u64>().ok(),
+            i.name.clone(),
+        )
+    });
     Ok(found)
 }
 
@@ -177,12 +185,13 @@ mod tests {
                 .collect()
         };
         let run_a = t.path().join("run-a/report");
-        write(&run_a, "good_1", &rows(0.8));
         write(&run_a, "good_2", &rows(0.7));
-        let b1 = write(t.path(), "records/bad_1", &rows(0.5));
+        write(&run_a, "good_10", &rows(0.8));
+        let b1 = write(t.path(), "records/bad_10", &rows(0.5));
         let b2 = write(t.path(), "records/other", &rows(0.4));
         let mut inputs = inputs_of(run_a.to_str().unwrap()).unwrap();
-        assert_eq!(inputs.len(), 2);
+        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["good@2", "good@10"], "seeds in numeric order");
         inputs.extend(inputs_of(b1.to_str().unwrap()).unwrap());
         inputs.extend(inputs_of(&format!("bad@2={}", b2.display())).unwrap());
         let (md, json) = compare(&inputs).unwrap();
@@ -200,7 +209,7 @@ mod tests {
         let p = dice["wilcoxon_best_vs"]["bad"]["p_value"].as_f64().unwrap();
         assert!(p < 0.01, "twelve pairs all one way: {p}");
         assert!(
-            md.contains("good | Organ | dice | 1: 0.825, 2: 0.725"),
+            md.contains("good | Organ | dice | 2: 0.725, 10: 0.825"),
             "{md}"
         );
     }
