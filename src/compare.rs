@@ -1,11 +1,12 @@
 //! `pipeline compare`: the report's paired tests between variants whose reports were written
 //! by different runs, or kept as records. Each report's `metrics.csv` is read back; a variant
 //! run over several seeds is pooled by case and seed, as `report` pools `seeds:`; the table
-//! is `report`'s ablation table and, with seeds, the spread over them.
+//! is `report`'s ([`variants_table`]): the ablation table and, with seeds, the spread over
+//! them.
 
 use anyhow::{bail, Context, Result};
 use shapeflow_eval::records::per_case_from_csv;
-use shapeflow_eval::{compare_variants, pool_seeds, seed_spread_table};
+use shapeflow_eval::{variants_table, VARIANTS_INTRO};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -91,8 +92,8 @@ pub fn inputs_of(arg: &str) -> Result<Vec<Input>> {
     Ok(found)
 }
 
-/// The comparison of `inputs`: Markdown (the ablation table, then the spread over seeds) and
-/// the same as JSON.
+/// The comparison of `inputs`: Markdown (the report's ablation table, then the spread over
+/// seeds) and the same as JSON.
 pub fn compare(inputs: &[Input]) -> Result<(String, serde_json::Value)> {
     let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
     let mut outputs = Vec::new();
@@ -116,33 +117,18 @@ pub fn compare(inputs: &[Input]) -> Result<(String, serde_json::Value)> {
         let per_case = per_case_from_csv(&text).with_context(|| format!("{}", i.csv.display()))?;
         outputs.push((i.name.clone(), serde_json::json!({ "per_case": per_case })));
     }
-    let (outputs, per_seed) = match pool_seeds(&outputs) {
-        Some((pooled, per_seed)) => (pooled, Some(per_seed)),
-        None => (outputs, None),
-    };
-    if outputs.len() < 2 {
+    let (table, json) = variants_table(&outputs);
+    let variants = json["variants"].as_array().map_or(0, Vec::len);
+    if variants < 2 {
         bail!(
             "compare needs two variants or more; all reports are `{}`",
-            outputs.first().map_or("", |(v, _)| v.as_str())
+            json["variants"][0].as_str().unwrap_or("")
         );
     }
-    let (table, json) = compare_variants(&outputs);
     if json["rows"].as_array().is_none_or(|r| r.is_empty()) {
         bail!("the reports have no (organ, case) in common: are their seeds named alike?");
     }
-    let mut md = String::from(
-        "Mean ± sd over the cases every variant could be compared on (finite values; a missed organ's Dice is 0); best per row in bold. p: two-sided Wilcoxon signed-rank test, paired by case",
-    );
-    md.push_str(if per_seed.is_some() {
-        " and seed (pooled).\n\n"
-    } else {
-        ".\n\n"
-    });
-    md.push_str(&table);
-    if let Some(per_seed) = &per_seed {
-        md.push_str("\nEach seed's mean over its cases:\n\n");
-        md.push_str(&seed_spread_table(per_seed));
-    }
+    let md = format!("{VARIANTS_INTRO} A missed organ's Dice is 0.\n\n{table}\n");
     let names: Vec<_> = inputs
         .iter()
         .map(|i| serde_json::json!({"name": i.name, "metrics_csv": i.csv}))

@@ -641,6 +641,45 @@ pub fn spread_table(per_seed: &SeedMeans, what: &str) -> String {
     md
 }
 
+/// The first lines of every ablation table: what its cells and tests are.
+pub const VARIANTS_INTRO: &str = "Mean ± sd over the cases every variant could be compared on (finite values); best per row in bold (highest Dice and surface Dice, lowest distances). p: two-sided Wilcoxon signed-rank test, paired by case, best variant against each other.";
+
+/// The ablation table of per-variant reports (each `report`'s JSON, `per_case` read;
+/// named `<variant>`, `<variant>@<seed>` or `<variant>:f<i>`): seeds and folds pooled
+/// ([`pool_seeds`], [`pool_folds`]), [`compare_variants`], then a section per pooling with
+/// each seed's or fold's means. Markdown, and the same as JSON.
+pub fn variants_table(docs: &[(String, serde_json::Value)]) -> (String, serde_json::Value) {
+    let pooled = pool_seeds(docs);
+    let seeds_pooled = match &pooled {
+        Some((p, _)) => p.clone(),
+        None => docs.to_vec(),
+    };
+    let folds = pool_folds(&seeds_pooled);
+    let (table, mut json) = match &folds {
+        Some((p, _)) => compare_variants(p),
+        None => compare_variants(&seeds_pooled),
+    };
+    // Per variant, organ and metric, each fold's (or seed's) mean: in the JSON under
+    // `per_<what>_means`, and a section of the table.
+    let mut spread = |means: &SeedMeans, what: &str, heading: &str, text: &str| -> String {
+        json[format!("per_{what}_means")] = serde_json::json!(means
+            .iter()
+            .map(|((v, o, m), s)| serde_json::json!({"variant": v, "organ": o, "metric": m, format!("per_{what}"): s}))
+            .collect::<Vec<_>>());
+        format!(
+            "\n\n## {heading}\n\n{text}\n\n{}",
+            spread_table(means, what)
+        )
+    };
+    let folds_md = folds.as_ref().map_or(String::new(), |(_, per_fold)| {
+        spread(per_fold, "fold", "Cross-validation folds", "Each variant ran once per fold (`cross_validation:`); above, the folds' cases are pooled: the cross-validation result. Here, each fold's mean over its cases:")
+    });
+    let seeds_md = pooled.as_ref().map_or(String::new(), |(_, per_seed)| {
+        spread(per_seed, "seed", "Spread over seeds", "Each variant ran once per seed (`seeds:`); above, cases and seeds are pooled (mean ± sd over (case, seed) pairs; Wilcoxon paired by case and seed). Here, each seed's mean over the cases:")
+    });
+    (format!("{table}{folds_md}{seeds_md}"), json)
+}
+
 /// The ablation table: for each organ and metric, one column per variant (mean over the cases
 /// every variant could be compared on), the best marked, and the Wilcoxon signed-rank p-value
 /// of the best variant against each other variant, paired by case.
@@ -791,35 +830,7 @@ impl Stage for Report {
             .iter()
             .map(|(v, i)| (v.clone(), i.as_json().cloned().unwrap_or_default()))
             .collect();
-        let pooled = pool_seeds(&docs);
-        let seeds_pooled = match &pooled {
-            Some((p, _)) => p.clone(),
-            None => docs.clone(),
-        };
-        let folds = pool_folds(&seeds_pooled);
-        let (table, mut json) = match &folds {
-            Some((p, _)) => compare_variants(p),
-            None => compare_variants(&seeds_pooled),
-        };
-        // Per variant, organ and metric, each fold's (or seed's) mean: in the JSON under
-        // `per_<what>_means`, and a section of the table.
-        let mut spread = |means: &SeedMeans, what: &str, heading: &str, text: &str| -> String {
-            json[format!("per_{what}_means")] = serde_json::json!(means
-                .iter()
-                .map(|((v, o, m), s)| serde_json::json!({"variant": v, "organ": o, "metric": m, format!("per_{what}"): s}))
-                .collect::<Vec<_>>());
-            format!(
-                "\n\n## {heading}\n\n{text}\n\n{}",
-                spread_table(means, what)
-            )
-        };
-        let folds_md = folds.as_ref().map_or(String::new(), |(_, per_fold)| {
-            spread(per_fold, "fold", "Cross-validation folds", "Each variant ran once per fold (`cross_validation:`); above, the folds' cases are pooled: the cross-validation result. Here, each fold's mean over its cases:")
-        });
-        let seeds_md = pooled.as_ref().map_or(String::new(), |(_, per_seed)| {
-            spread(per_seed, "seed", "Spread over seeds", "Each variant ran once per seed (`seeds:`); above, cases and seeds are pooled (mean ± sd over (case, seed) pairs; Wilcoxon paired by case and seed). Here, each seed's mean over the cases:")
-        });
-        let table = format!("{table}{folds_md}{seeds_md}");
+        let (table, json) = variants_table(&docs);
         let title = self
             .0
             .title
@@ -843,9 +854,7 @@ impl Stage for Report {
             }
         }
         let note = reference_note(&outliers);
-        let md = format!(
-            "# {title}: variants compared\n\nMean ± sd over the cases every variant could be compared on (finite values); best per row in bold (highest Dice and surface Dice, lowest distances). p: two-sided Wilcoxon signed-rank test, paired by case, best variant against each other.\n{note}\n{table}"
-        );
+        let md = format!("# {title}: variants compared\n\n{VARIANTS_INTRO}\n{note}\n{table}");
         let dir = ctx.output_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StageError::msg(format!("cannot create {}: {e}", dir.display())))?;
