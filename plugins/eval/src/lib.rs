@@ -677,7 +677,113 @@ pub fn variants_table(docs: &[(String, serde_json::Value)]) -> (String, serde_js
     let seeds_md = pooled.as_ref().map_or(String::new(), |(_, per_seed)| {
         spread(per_seed, "seed", "Spread over seeds", "Each variant ran once per seed (`seeds:`); above, cases and seeds are pooled (mean ± sd over (case, seed) pairs; Wilcoxon paired by case and seed). Here, each seed's mean over the cases:")
     });
-    (format!("{table}{folds_md}{seeds_md}"), json)
+    // With folds the seeds' cases are split among models: the seed-level test is left out.
+    let units_md = match (&pooled, &folds) {
+        (Some(_), None) => {
+            let (md, rows) = seed_tests(&seeds_pooled, &json["rows"]);
+            json["seed_tests"] = rows;
+            format!("\n\n## Seeds as the unit\n\n{SEED_TESTS_INTRO}\n\n{md}")
+        }
+        _ => String::new(),
+    };
+    (format!("{table}{folds_md}{units_md}{seeds_md}"), json)
+}
+
+/// What the seed-level table is, and why it is there.
+pub const SEED_TESTS_INTRO: &str = "The pooled test above takes each (case, seed) pair as independent, but a seed's model moves all its cases together: a difference of models can reach a tiny pooled p with the seeds split. Here each seed is one unit: the best variant minus each other, as the mean over the cases both have in that seed; the seeds on which the best is ahead; and the exact two-sided sign-flip test over those seed differences (with n seeds it cannot go below 2 / 2^n: 0.0625 with five, 0.25 with three).";
+
+/// Per organ and metric of `rows` (from [`compare_variants`] on seed-pooled series, keyed
+/// `<case>@<seed>`), the best variant against each other with seeds as the units: each
+/// seed's mean difference over the cases both have, how many seeds favour the best, and
+/// [`stats::sign_flip`] over the seed differences. Markdown, and the same as JSON.
+pub fn seed_tests(
+    pooled: &[(String, serde_json::Value)],
+    rows: &serde_json::Value,
+) -> (String, serde_json::Value) {
+    let mut md = String::from(
+        "| organ | metric | best | against | best minus it, per seed | seeds ahead | sign-flip p |\n|---|---|---|---|---|---|---|\n",
+    );
+    let mut out = Vec::new();
+    let series = |doc: &serde_json::Value, organ: &str, metric: &str| -> BTreeMap<String, f64> {
+        doc["per_case"][organ][metric]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(c, v)| v.as_f64().map(|x| (c.clone(), x)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for row in rows.as_array().into_iter().flatten() {
+        let (Some(organ), Some(metric), Some(best)) = (
+            row["organ"].as_str(),
+            row["metric"].as_str(),
+            row["best"].as_str(),
+        ) else {
+            continue;
+        };
+        let Some((_, best_doc)) = pooled.iter().find(|(v, _)| v == best) else {
+            continue;
+        };
+        let b = series(best_doc, organ, metric);
+        for (other, doc) in pooled {
+            if other == best {
+                continue;
+            }
+            let o = series(doc, organ, metric);
+            // seed -> (sum of best - other, count) over the cases both have.
+            let mut by_seed: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+            for (key, x) in &b {
+                let (Some(y), Some((_, seed))) = (o.get(key), key.rsplit_once('@')) else {
+                    continue;
+                };
+                let e = by_seed.entry(seed.to_string()).or_default();
+                e.0 += x - y;
+                e.1 += 1;
+            }
+            let mut diffs: Vec<(String, f64)> = by_seed
+                .into_iter()
+                .map(|(s, (sum, n))| (s, sum / n as f64))
+                .collect();
+            diffs.sort_by(|x, y| seed_order(&x.0, &y.0));
+            if diffs.is_empty() {
+                continue;
+            }
+            let ahead = diffs
+                .iter()
+                .filter(|(_, d)| {
+                    if higher_is_better(metric) {
+                        *d > 0.0
+                    } else {
+                        *d < 0.0
+                    }
+                })
+                .count();
+            let values: Vec<f64> = diffs.iter().map(|(_, d)| *d).collect();
+            let p = stats::sign_flip(&values);
+            let list: Vec<String> = diffs.iter().map(|(s, d)| format!("{s}: {d:+.3}")).collect();
+            let _ = writeln!(
+                md,
+                "| {organ} | {metric} | {best} | {other} | {} | {ahead} of {} | {} |",
+                list.join(", "),
+                diffs.len(),
+                p.map_or("–".to_string(), fmt_p)
+            );
+            out.push(serde_json::json!({
+                "organ": organ, "metric": metric, "best": best, "against": other,
+                "per_seed": diffs, "seeds_ahead": ahead, "sign_flip_p": p,
+            }));
+        }
+    }
+    (md, serde_json::Value::Array(out))
+}
+
+/// Seeds in numeric order where both are numbers, else by name.
+fn seed_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
 }
 
 /// The ablation table: for each organ and metric, one column per variant (mean over the cases
@@ -1201,7 +1307,58 @@ mod tests {
 
 #[cfg(test)]
 mod compare_tests {
-    use super::{compare_variants, pool_folds, pool_seeds, seed_spread_table, spread_table};
+    use super::{
+        compare_variants, pool_folds, pool_seeds, seed_spread_table, spread_table, variants_table,
+    };
+
+    /// Two seeds far ahead and one a little behind: the pooled test over (case, seed) pairs
+    /// is tiny, the seeds as units are not; for a distance the best is the lower.
+    #[test]
+    fn seeds_as_units_count_each_seed_once() {
+        let doc = |seed: u32, joint: bool| {
+            let (dice, hd95) = match (joint, seed) {
+                (false, _) => (0.5, 10.0),
+                (true, 3) => (0.49, 10.5),
+                (true, _) => (0.6, 8.0),
+            };
+            let cases = |base: f64| {
+                (0..30)
+                    .map(|c| (format!("c{c}"), serde_json::json!(base + 0.001 * c as f64)))
+                    .collect::<serde_json::Map<_, _>>()
+            };
+            serde_json::json!({"per_case": {"organ": {"dice": cases(dice), "hd95": cases(hd95)}}})
+        };
+        let outputs: Vec<(String, serde_json::Value)> = [1, 2, 3]
+            .iter()
+            .flat_map(|&s| {
+                [
+                    (format!("joint@{s}"), doc(s, true)),
+                    (format!("dice@{s}"), doc(s, false)),
+                ]
+            })
+            .collect();
+        let (md, json) = variants_table(&outputs);
+        let pooled_p = json["rows"][0]["wilcoxon_best_vs"]["dice"]["p_value"]
+            .as_f64()
+            .unwrap();
+        assert!(pooled_p < 1e-6, "{pooled_p}");
+        assert!(md.contains("## Seeds as the unit"), "{md}");
+        assert!(
+            md.contains("| organ | dice | joint | dice | 1: +0.100, 2: +0.100, 3: -0.010 | 2 of 3 | 0.500 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| organ | hd95 | joint | dice | 1: -2.000, 2: -2.000, 3: +0.500 | 2 of 3 | 0.500 |"),
+            "{md}"
+        );
+        assert_eq!(json["seed_tests"][0]["seeds_ahead"], 2);
+        // Without seeds there is no such section.
+        let (md, json) = variants_table(&[
+            ("joint".into(), doc(1, true)),
+            ("dice".into(), doc(1, false)),
+        ]);
+        assert!(!md.contains("Seeds as the unit") && json["seed_tests"].is_null());
+    }
 
     /// Folds (each with its own cases) pool into one cross-validation series per variant;
     /// with seeds as well, seeds pool first, then folds.

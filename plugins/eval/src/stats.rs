@@ -158,6 +158,32 @@ pub fn wilcoxon(x: &[f64], y: &[f64]) -> Option<Wilcoxon> {
     })
 }
 
+/// Exact two-sided sign-flip test of the mean of `d` against 0: the share of the 2^n sign
+/// assignments whose |sum| is at least the observed |sum|. Its units are the values of `d`
+/// (e.g. one difference of means per seed), so with n of them it cannot go below 2 / 2^n.
+/// `None` for no values or more than 20 (a million assignments).
+pub fn sign_flip(d: &[f64]) -> Option<f64> {
+    let n = d.len();
+    if n == 0 || n > 20 {
+        return None;
+    }
+    let observed = d.iter().sum::<f64>().abs();
+    // Sums equal to the observed one up to rounding count as reaching it.
+    let tol = 1e-12 * d.iter().map(|v| v.abs()).sum::<f64>().max(1.0);
+    let total = 1u32 << n;
+    let reached = (0..total)
+        .filter(|mask| {
+            let s: f64 = d
+                .iter()
+                .enumerate()
+                .map(|(i, v)| if mask >> i & 1 == 1 { -v } else { *v })
+                .sum();
+            s.abs() >= observed - tol
+        })
+        .count();
+    Some(reached as f64 / total as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +241,20 @@ mod tests {
         let w = wilcoxon(&x, &y).unwrap();
         assert_eq!((w.statistic, w.n, w.exact), (5.0, 13, false));
         assert!((w.p_value - 0.004649433819808542).abs() < 1e-9, "{w:?}");
+    }
+
+    #[test]
+    fn sign_flip_counts_the_assignments_by_hand() {
+        // Sums of +-3 +-1 +-1: 5, 3, 3, 1, -1, -3, -3, -5; |sum| >= 5 twice.
+        assert_eq!(sign_flip(&[3.0, 1.0, 1.0]), Some(0.25));
+        // Observed |sum| 1: every assignment reaches it.
+        assert_eq!(sign_flip(&[3.0, -1.0, -1.0]), Some(1.0));
+        // Five seeds all ahead: the smallest p five values allow, 2 / 32.
+        assert_eq!(sign_flip(&[0.01, 0.02, 0.03, 0.04, 0.05]), Some(0.0625));
+        // Rounding does not hide the observed assignment itself.
+        assert_eq!(sign_flip(&[0.1, 0.2, 0.3 - 1e-17]), Some(0.25));
+        assert_eq!(sign_flip(&[]), None);
+        assert_eq!(sign_flip(&[1.0; 21]), None);
     }
 
     #[test]
