@@ -681,8 +681,14 @@ pub fn variants_table(docs: &[(String, serde_json::Value)]) -> (String, serde_js
     let units_md = match (&pooled, &folds) {
         (Some(_), None) => {
             let (md, rows) = seed_tests(&seeds_pooled, &json["rows"]);
+            // One variant (or no best anywhere): nothing to test.
+            let none = rows.as_array().is_none_or(|r| r.is_empty());
             json["seed_tests"] = rows;
-            format!("\n\n## Seeds as the unit\n\n{SEED_TESTS_INTRO}\n\n{md}")
+            if none {
+                String::new()
+            } else {
+                format!("\n\n## Seeds as the unit\n\n{SEED_TESTS_INTRO}\n\n{md}")
+            }
         }
         _ => String::new(),
     };
@@ -1358,6 +1364,18 @@ mod compare_tests {
             ("dice".into(), doc(1, false)),
         ]);
         assert!(!md.contains("Seeds as the unit") && json["seed_tests"].is_null());
+        // One variant over seeds: no best to test, no empty section.
+        let (md, _) = variants_table(
+            &outputs[..1]
+                .iter()
+                .chain(&outputs[2..3])
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            md.contains("Spread over seeds") && !md.contains("Seeds as the unit"),
+            "{md}"
+        );
     }
 
     /// Folds (each with its own cases) pool into one cross-validation series per variant;
