@@ -710,16 +710,7 @@ pub fn seed_tests(
         "| organ | metric | best | against | best minus it, per seed | seeds ahead | sign-flip p |\n|---|---|---|---|---|---|---|\n",
     );
     let mut out = Vec::new();
-    let series = |doc: &serde_json::Value, organ: &str, metric: &str| -> BTreeMap<String, f64> {
-        doc["per_case"][organ][metric]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(c, v)| v.as_f64().map(|x| (c.clone(), x)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let series = finite_series;
     for row in rows.as_array().into_iter().flatten() {
         let (Some(organ), Some(metric), Some(best)) = (
             row["organ"].as_str(),
@@ -784,6 +775,19 @@ pub fn seed_tests(
     (md, serde_json::Value::Array(out))
 }
 
+/// A report's per-case values of one organ and metric, the finite ones (infinite distances
+/// are JSON null).
+fn finite_series(doc: &serde_json::Value, organ: &str, metric: &str) -> BTreeMap<String, f64> {
+    doc["per_case"][organ][metric]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(c, v)| v.as_f64().map(|x| (c.clone(), x)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Seeds in numeric order where both are numbers, else by name.
 fn seed_order(a: &str, b: &str) -> std::cmp::Ordering {
     match (a.parse::<i64>(), b.parse::<i64>()) {
@@ -821,16 +825,7 @@ pub fn compare_variants(outputs: &[(String, serde_json::Value)]) -> (String, ser
         for metric in ["dice", "hd95", "assd", "surface_dice"] {
             let series: Vec<BTreeMap<String, f64>> = outputs
                 .iter()
-                .map(|(_, d)| {
-                    d["per_case"][organ][metric]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .filter_map(|(c, v)| v.as_f64().map(|x| (c.clone(), x)))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                })
+                .map(|(_, d)| finite_series(d, organ, metric))
                 .collect();
             // Cases every variant has a finite value for.
             let common: Vec<String> = series[0]
