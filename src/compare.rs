@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use shapeflow_eval::records::per_case_from_csv;
-use shapeflow_eval::{variants_table, VARIANTS_INTRO};
+use shapeflow_eval::{seed_order, variants_table, VARIANTS_INTRO};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -81,13 +81,10 @@ pub fn inputs_of(arg: &str) -> Result<Vec<Input>> {
         );
     }
     // Seeds in numeric order (1, 2, 7, 42, 2020), as a run lists its variants' seeds.
-    found.sort_by_cached_key(|i| {
-        let (variant, seed) = i.name.rsplit_once('@').unwrap_or((&i.name, ""));
-        (
-            variant.to_string(),
-            seed.parse::<u64>().ok(),
-            i.name.clone(),
-        )
+    found.sort_by(|a, b| {
+        let (va, sa) = a.name.rsplit_once('@').unwrap_or((&a.name, ""));
+        let (vb, sb) = b.name.rsplit_once('@').unwrap_or((&b.name, ""));
+        va.cmp(vb).then_with(|| seed_order(sa, sb))
     });
     Ok(found)
 }

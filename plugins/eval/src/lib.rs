@@ -710,7 +710,6 @@ pub fn seed_tests(
         "| organ | metric | best | against | best minus it, per seed | seeds ahead | sign-flip p |\n|---|---|---|---|---|---|---|\n",
     );
     let mut out = Vec::new();
-    let series = finite_series;
     for row in rows.as_array().into_iter().flatten() {
         let (Some(organ), Some(metric), Some(best)) = (
             row["organ"].as_str(),
@@ -722,12 +721,12 @@ pub fn seed_tests(
         let Some((_, best_doc)) = pooled.iter().find(|(v, _)| v == best) else {
             continue;
         };
-        let b = series(best_doc, organ, metric);
+        let b = finite_series(best_doc, organ, metric);
         for (other, doc) in pooled {
             if other == best {
                 continue;
             }
-            let o = series(doc, organ, metric);
+            let o = finite_series(doc, organ, metric);
             // seed -> (sum of best - other, count) over the cases both have.
             let mut by_seed: BTreeMap<String, (f64, usize)> = BTreeMap::new();
             for (key, x) in &b {
@@ -788,8 +787,8 @@ fn finite_series(doc: &serde_json::Value, organ: &str, metric: &str) -> BTreeMap
         .unwrap_or_default()
 }
 
-/// Seeds in numeric order where both are numbers, else by name.
-fn seed_order(a: &str, b: &str) -> std::cmp::Ordering {
+/// Seeds in numeric order where both are numbers (1, 2, 7, 42, 2020), else by name.
+pub fn seed_order(a: &str, b: &str) -> std::cmp::Ordering {
     match (a.parse::<i64>(), b.parse::<i64>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         _ => a.cmp(b),
