@@ -80,7 +80,7 @@ pub fn inputs_of(arg: &str) -> Result<Vec<Input>> {
             path.display()
         );
     }
-    // Seeds in numeric order (1, 2, 7, 42, 2020), as a run lists its variants' seeds.
+    // Seeds in numeric order (1, 2, 7, 42, 2020), as the report's tables list them.
     found.sort_by(|a, b| {
         let (va, sa) = a.name.rsplit_once('@').unwrap_or((&a.name, ""));
         let (vb, sb) = b.name.rsplit_once('@').unwrap_or((&b.name, ""));

@@ -606,6 +606,11 @@ fn pool_by(
             }
         }
     }
+    // One order for every table of a report or comparison, whatever order the seeds were
+    // run or given in: numeric (1, 2, 7, 42, 2020), as the seed-unit table lists them.
+    for seeds in per_seed.values_mut() {
+        seeds.sort_by(|a, b| seed_order(&a.0, &b.0));
+    }
     Some((pooled, per_seed))
 }
 
@@ -1427,6 +1432,18 @@ mod compare_tests {
             md.contains("| joint | organ | dice | 1: 0.600, 2: 0.800 | 0.600–0.800 | 0.141 |"),
             "{md}"
         );
+        // Seeds run or given out of order are listed in numeric order.
+        let shuffled = vec![
+            ("joint@2020".to_string(), doc(0.1, 0.1)),
+            ("joint@7".to_string(), doc(0.2, 0.2)),
+            ("joint@10".to_string(), doc(0.3, 0.3)),
+        ];
+        let (_, per_seed) = pool_seeds(&shuffled).unwrap();
+        let order: Vec<&str> = per_seed[&("joint".into(), "organ".into(), "dice".into())]
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect();
+        assert_eq!(order, ["7", "10", "2020"]);
         // Means over the four (case, seed) pairs: joint 0.7, dice 0.6.
         let (table, _) = compare_variants(&pooled);
         let row = table
