@@ -32,7 +32,8 @@ loss on the SDM), joint (the paper: tanh SDM, Dice of sigmoid(-k sdm) + lambda (
 product)), and the remedies for many organs (`*-balanced`, `*-organ-scaled`). `ce` adds a
 cross-entropy on the segmentation (the Dice head's, the joint heads' Heaviside) to its
 Dice, as nnU-Net does; 0, the paper's, none. `exclusion` tells each organ "no" on the
-other contoured organs' voxels (for partially contoured datasets). `softmax` puts the
+other contoured organs' voxels (for partially contoured datasets). Both act on a
+segmentation: an SDM-only mode refuses them, as it refuses `softmax`. `softmax` puts the
 segmentation in one softmax over background and organs (nnU-Net's), an organ not contoured
 in a case merged into its background (the marginal loss). The Dice head's output
 starts at probability `head_prior`; an SDM head's (joint or SDM-only) Heaviside

@@ -261,6 +261,17 @@ impl TrainConfig {
         if !(self.exclusion >= 0.0 && self.exclusion.is_finite()) {
             return f("exclusion", "must be a number >= 0".into());
         }
+        // `fit::loss` adds these terms to the segmentation's logits; an SDM-only mode has
+        // none, so they would be keyed and silently ignored (section 36).
+        for (field, w) in [("ce", self.ce), ("exclusion", self.exclusion)] {
+            if w > 0.0 && !self.mode.segments() {
+                let mode = serde_json::to_string(&self.mode).unwrap_or_default();
+                return f(
+                    field,
+                    format!("mode {mode} has no segmentation for this term: use a dice or joint mode, or 0"),
+                );
+            }
+        }
         if self.softmax && !self.mode.segments() {
             let mode = serde_json::to_string(&self.mode).unwrap_or_default();
             return f(
@@ -1301,6 +1312,26 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.check().unwrap_err().0, "ce_balance");
+        // Cross-entropy and exclusion act on a segmentation: refused for an SDM-only head
+        // (they were keyed and ignored), kept for the Dice and joint heads.
+        for (ce, exclusion, field) in [(0.1, 0.0, "ce"), (0.0, 0.3, "exclusion")] {
+            let c = TrainConfig {
+                mode: Mode::SdmShellBalanced,
+                ce,
+                exclusion,
+                ..Default::default()
+            };
+            assert_eq!(c.check().unwrap_err().0, field);
+            for mode in [Mode::Dice, Mode::JointShellBalanced] {
+                let c = TrainConfig {
+                    mode,
+                    ce,
+                    exclusion,
+                    ..Default::default()
+                };
+                assert!(c.check().is_ok(), "{mode:?} {field}");
+            }
+        }
         for mode in [Mode::Dice, Mode::JointShellBalanced] {
             let c = TrainConfig {
                 mode,
