@@ -63,7 +63,8 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
 }
 
 /// The terms added to a mode's loss on its segmentation (the Dice head's probabilities,
-/// the joint heads' smooth Heaviside); none for the SDM-only heads.
+/// the joint heads' smooth Heaviside); of them only the exclusion term for the SDM-only
+/// heads (on their maps' smooth Heaviside, [`Mode::indicator_logits`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SegTerms {
     /// Weight of a cross-entropy ([`crate::losses::bce_loss`]).
@@ -101,17 +102,36 @@ pub fn loss(
     extra: &SegTerms,
 ) -> Tensor {
     let out = net.forward(&t.image).to_kind(Kind::Float);
-    let Some(logits) = mode.segmentation_logits(&out, k) else {
-        return mode.loss(&mode.activate(&out), t, k, lambda);
+    let l = seg_loss(&out, t, mode, k, lambda, extra);
+    if extra.exclusion > 0.0 {
+        let logits = mode.indicator_logits(&out, k);
+        l + crate::losses::exclusion_loss(&logits, &t.seg, &t.present) * extra.exclusion
+    } else {
+        l
+    }
+}
+
+/// The mode's loss on the network's raw outputs `out`, plus `extra`'s terms on its
+/// segmentation (cross-entropy, softmax): all but the exclusion term.
+fn seg_loss(
+    out: &Tensor,
+    t: &BatchTensors,
+    mode: Mode,
+    k: f64,
+    lambda: f64,
+    extra: &SegTerms,
+) -> Tensor {
+    let Some(logits) = mode.segmentation_logits(out, k) else {
+        return mode.loss(&mode.activate(out), t, k, lambda);
     };
-    let l = if extra.softmax {
+    if extra.softmax {
         use crate::losses::{dice_loss, marginal_softmax, marginal_softmax_ce};
         let (organs, log_organs, log_background) = marginal_softmax(&logits, &t.present);
         let l = dice_loss(&organs, &t.seg, &t.present);
         // A joint head, or auxiliary maps, add their SDM terms; the Dice head has none
         // (and activates nothing for them).
         let terms = if mode.weighs_maps() {
-            mode.sdm_terms(&mode.activate(&out), t)
+            mode.sdm_terms(&mode.activate(out), t)
         } else {
             None
         };
@@ -125,17 +145,12 @@ pub fn loss(
             l
         }
     } else {
-        let l = mode.loss(&mode.activate(&out), t, k, lambda);
+        let l = mode.loss(&mode.activate(out), t, k, lambda);
         if extra.ce > 0.0 {
             l + crate::losses::bce_loss(&logits, &t.seg, &t.present, extra.ce_balanced) * extra.ce
         } else {
             l
         }
-    };
-    if extra.exclusion > 0.0 {
-        l + crate::losses::exclusion_loss(&logits, &t.seg, &t.present) * extra.exclusion
-    } else {
-        l
     }
 }
 
@@ -166,6 +181,56 @@ mod tests {
     use crate::losses;
     use crate::unet::UNetConfig;
     use tch::nn::OptimizerConfig;
+
+    /// `loss` adds the exclusion term to every head, an SDM-only head's on its maps'
+    /// smooth Heaviside (before session 37 it returned before the term: keyed, ignored).
+    #[test]
+    fn exclusion_reaches_every_head() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = UNet::new(
+            &vs.root(),
+            UNetConfig {
+                out_channels: 2,
+                depth: 1,
+                base_channels: 4,
+                groups: 2,
+                ..Default::default()
+            },
+        );
+        // Two organs: the first in the patch's lower half, the second in its upper half.
+        let shape = [1, 2, 8, 8, 8];
+        let lower = Tensor::arange(8, (Kind::Float, Device::Cpu))
+            .lt(4.0)
+            .to_kind(Kind::Float)
+            .view([1, 1, 8, 1, 1])
+            .expand([1, 1, 8, 8, 8], false);
+        let seg = Tensor::cat(&[&lower, &(lower.ones_like() - &lower)], 1);
+        let t = BatchTensors {
+            image: Tensor::randn([1, 1, 8, 8, 8], (Kind::Float, Device::Cpu)),
+            sdm: (seg.ones_like() - &seg * 2.0) * 0.5,
+            seg: seg.shallow_clone(),
+            present: Tensor::ones([1, 2], (Kind::Float, Device::Cpu)),
+        };
+        assert_eq!(t.seg.size(), shape.to_vec());
+        let k = 20.0;
+        let out = net.forward(&t.image);
+        for mode in [Mode::SdmShellBalanced, Mode::JointShellBalanced, Mode::Dice] {
+            let with = SegTerms {
+                exclusion: 0.3,
+                ..SegTerms::default()
+            };
+            let got = losses::value(&loss(&net, &t, mode, k, 0.1, &with))
+                - losses::value(&loss(&net, &t, mode, k, 0.1, &SegTerms::default()));
+            let term = losses::value(&losses::exclusion_loss(
+                &mode.indicator_logits(&out, k),
+                &t.seg,
+                &t.present,
+            ));
+            assert!(term > 0.01, "{mode:?}: {term}");
+            assert!((got - 0.3 * term).abs() < 1e-5, "{mode:?}: {got} {term}");
+        }
+    }
 
     #[test]
     fn joint_loss_falls_on_held_out_patches() {

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use shapeflow_core::CaseDataItem as _;
 use shapeflow_core::{
     resample::{resample_to_grid, ImageInterp, LabelInterp},
-    CaseData, CaseInfo, Inputs, Item, Kind, ParamError, Plugin, Port, Registry, SdmUnits, Shape,
-    Stage, StageCtx, StageDef, StageError, Volume, VoxelData,
+    BuildCtx, Built, CaseData, CaseInfo, Inputs, Item, Kind, ParamDoc, ParamError, Plugin, Port,
+    Registry, SdmUnits, Shape, Stage, StageCtx, StageDef, StageError, StageFactory, Volume,
+    VoxelData,
 };
 use shapeflow_formats::NiftiIo;
 use std::sync::{Arc, Mutex};
@@ -32,8 +33,9 @@ loss on the SDM), joint (the paper: tanh SDM, Dice of sigmoid(-k sdm) + lambda (
 product)), and the remedies for many organs (`*-balanced`, `*-organ-scaled`). `ce` adds a
 cross-entropy on the segmentation (the Dice head's, the joint heads' Heaviside) to its
 Dice, as nnU-Net does; 0, the paper's, none. `exclusion` tells each organ "no" on the
-other contoured organs' voxels (for partially contoured datasets). Both act on a
-segmentation: an SDM-only mode refuses them, as it refuses `softmax`. `softmax` puts the
+other contoured organs' voxels (for partially contoured datasets; an SDM-only head's map
+through its smooth Heaviside sigmoid(-k sdm)). `ce` acts on a segmentation: an SDM-only
+mode refuses it, as it refuses `softmax`. `softmax` puts the
 segmentation in one softmax over background and organs (nnU-Net's), an organ not contoured
 in a case merged into its background (the marginal loss). The Dice head's output
 starts at probability `head_prior`; an SDM head's (joint or SDM-only) Heaviside
@@ -84,13 +86,54 @@ see labels.json) plus, with `write_maps`, <case>_<organ>.nii.gz of each organ's 
 probability), for 3D Slicer or ITK-SNAP over the original image.
 "#;
 
+/// The `train` stage's factory: [`StageDef`]'s, but an SDM-only head's exclusion term is
+/// keyed under its own name. Binaries before session 37 accepted that setting, keyed it as
+/// `exclusion` and trained without the term (`fit::loss` returned before it); a cached
+/// item of theirs must not stand for a training that has it.
+struct TrainFactory(StageDef<TrainParams>);
+
+/// Where an SDM-only head's `exclusion` goes in the cache key.
+const SDM_EXCLUSION_KEY: &str = "exclusion_on_maps";
+
+impl StageFactory for TrainFactory {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn version(&self) -> u32 {
+        self.0.version()
+    }
+    fn summary(&self) -> &str {
+        self.0.summary()
+    }
+    fn help(&self) -> &str {
+        self.0.help()
+    }
+    fn params(&self) -> Vec<ParamDoc> {
+        self.0.params()
+    }
+    fn default_params(&self) -> serde_json::Value {
+        self.0.default_params()
+    }
+    fn build(&self, params: &serde_json::Value, ctx: &BuildCtx) -> Result<Built, ParamError> {
+        let mut built = self.0.build(params, ctx)?;
+        let sdm_only = serde_json::from_value::<TrainConfig>(built.canonical.clone())
+            .is_ok_and(|c| !c.mode.segments());
+        if let (true, Some(keyed)) = (sdm_only, built.keyed.as_object_mut()) {
+            if let Some(w) = keyed.remove("exclusion") {
+                keyed.insert(SDM_EXCLUSION_KEY.into(), w);
+            }
+        }
+        Ok(built)
+    }
+}
+
 impl Plugin for LearnPlugin {
     fn name(&self) -> &'static str {
         "learn"
     }
 
     fn register(&self, registry: &mut Registry) {
-        registry.add(StageDef::<TrainParams> {
+        registry.add(TrainFactory(StageDef::<TrainParams> {
             name: "train",
             // 2: flips mirror the left-right axis found from the affine (was voxel axis 0,
             // which is anterior-posterior in OpenKBP's PLI volumes) and pair Left/Right organ
@@ -108,7 +151,7 @@ impl Plugin for LearnPlugin {
                 })?;
                 Ok(Arc::new(Train(p)))
             },
-        });
+        }));
         registry.add(StageDef::<AugmentConfig> {
             name: "augment",
             version: 1,
@@ -966,6 +1009,31 @@ mod tests {
             keyed(serde_json::json!({"k": 20, "softmax": true}))["softmax"],
             true
         );
+    }
+
+    /// An SDM-only head's exclusion term is keyed under its own name, so that no item a
+    /// binary before session 37 trained without the term (it accepted the setting and
+    /// ignored it) is taken for one trained with it; the Dice and joint heads' key is as
+    /// before, and at 0 the SDM-only head's too.
+    #[test]
+    fn sdm_only_exclusion_has_its_own_key() {
+        let r = Registry::new().with(&LearnPlugin).unwrap();
+        let ctx = BuildCtx {
+            base_dir: ".".into(),
+        };
+        let keyed = |p: serde_json::Value| r.get("train").unwrap().build(&p, &ctx).unwrap().keyed;
+        let sdm = keyed(serde_json::json!({"mode": "sdm-shell-balanced", "exclusion": 0.3}));
+        assert!(sdm.get("exclusion").is_none());
+        assert_eq!(sdm[SDM_EXCLUSION_KEY], 0.3);
+        assert_eq!(
+            keyed(serde_json::json!({"mode": "sdm-shell-balanced", "exclusion": 0})),
+            keyed(serde_json::json!({"mode": "sdm-shell-balanced"}))
+        );
+        for mode in ["dice", "joint-shell-balanced"] {
+            let k = keyed(serde_json::json!({"mode": mode, "exclusion": 0.3}));
+            assert_eq!(k["exclusion"], 0.3, "{mode}");
+            assert!(k.get(SDM_EXCLUSION_KEY).is_none(), "{mode}");
+        }
     }
 
     /// `infer.levels` at its default (`fixed`) is left out of the key: predictions made

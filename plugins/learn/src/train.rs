@@ -94,7 +94,7 @@ pub struct TrainConfig {
     pub lambda_schedule: LambdaSchedule,
     /// Weight of a binary cross-entropy on the segmentation (the Dice head's probabilities,
     /// the joint heads' smooth Heaviside), added to its Dice as nnU-Net does; 0 (the paper):
-    /// none. No effect on the SDM-only heads.
+    /// none. Refused for the SDM-only heads (no segmentation).
     pub ce: f64,
     /// With `ce`: per organ, its voxels and the rest weighted equally (each side's mean,
     /// averaged) instead of one mean over every voxel, so a small organ's voxels carry as
@@ -102,8 +102,9 @@ pub struct TrainConfig {
     pub ce_balance: bool,
     /// Weight of the exclusion term ([`crate::losses::exclusion_loss`]): every organ's
     /// segmentation is told "no" on the voxels of the other organs contoured in the case,
-    /// also where it is itself absent (not contoured). 0 (the paper): none. No effect on the
-    /// SDM-only heads. (Keyed only when set, so that trainings from before it stay cached.)
+    /// also where it is itself absent (not contoured); an SDM-only head's on its maps' smooth
+    /// Heaviside sigmoid(-k sdm) (its map told to be positive there). 0 (the paper): none.
+    /// (Keyed only when set, so that trainings from before it stay cached.)
     #[schemars(extend("x-key-omits-default" = true))]
     pub exclusion: f64,
     /// UNet: depth (downsamplings, the paper: 6), base_channels, max_channels, groups
@@ -261,16 +262,17 @@ impl TrainConfig {
         if !(self.exclusion >= 0.0 && self.exclusion.is_finite()) {
             return f("exclusion", "must be a number >= 0".into());
         }
-        // `fit::loss` adds these terms to the segmentation's logits; an SDM-only mode has
-        // none, so they would be keyed and silently ignored (section 36).
-        for (field, w) in [("ce", self.ce), ("exclusion", self.exclusion)] {
-            if w > 0.0 && !self.mode.segments() {
-                let mode = serde_json::to_string(&self.mode).unwrap_or_default();
-                return f(
-                    field,
-                    format!("mode {mode} has no segmentation for this term: use a dice or joint mode, or 0"),
-                );
-            }
+        // `fit::loss` adds the cross-entropy to the segmentation's logits; an SDM-only mode
+        // has none, so it would be keyed and silently ignored (section 36). The exclusion
+        // term reads an SDM-only head's maps through their smooth Heaviside (section 37).
+        if self.ce > 0.0 && !self.mode.segments() {
+            let mode = serde_json::to_string(&self.mode).unwrap_or_default();
+            return f(
+                "ce",
+                format!(
+                    "mode {mode} has no segmentation for this term: use a dice or joint mode, or 0"
+                ),
+            );
         }
         if self.softmax && !self.mode.segments() {
             let mode = serde_json::to_string(&self.mode).unwrap_or_default();
@@ -1312,25 +1314,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.check().unwrap_err().0, "ce_balance");
-        // Cross-entropy and exclusion act on a segmentation: refused for an SDM-only head
-        // (they were keyed and ignored), kept for the Dice and joint heads.
-        for (ce, exclusion, field) in [(0.1, 0.0, "ce"), (0.0, 0.3, "exclusion")] {
+        // The cross-entropy acts on a segmentation: refused for an SDM-only head (it was
+        // keyed and ignored), kept for the Dice and joint heads. The exclusion term acts on
+        // every head (an SDM-only head's through its maps' Heaviside).
+        let c = TrainConfig {
+            mode: Mode::SdmShellBalanced,
+            ce: 0.1,
+            ..Default::default()
+        };
+        assert_eq!(c.check().unwrap_err().0, "ce");
+        for mode in [Mode::Dice, Mode::JointShellBalanced] {
             let c = TrainConfig {
-                mode: Mode::SdmShellBalanced,
-                ce,
-                exclusion,
+                mode,
+                ce: 0.1,
                 ..Default::default()
             };
-            assert_eq!(c.check().unwrap_err().0, field);
-            for mode in [Mode::Dice, Mode::JointShellBalanced] {
-                let c = TrainConfig {
-                    mode,
-                    ce,
-                    exclusion,
-                    ..Default::default()
-                };
-                assert!(c.check().is_ok(), "{mode:?} {field}");
-            }
+            assert!(c.check().is_ok(), "{mode:?}");
+        }
+        for mode in [Mode::Dice, Mode::JointShellBalanced, Mode::SdmShellBalanced] {
+            let c = TrainConfig {
+                mode,
+                exclusion: 0.3,
+                ..Default::default()
+            };
+            assert!(c.check().is_ok(), "{mode:?}");
         }
         for mode in [Mode::Dice, Mode::JointShellBalanced] {
             let c = TrainConfig {
