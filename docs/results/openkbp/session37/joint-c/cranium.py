@@ -3,20 +3,22 @@ says "inside" on test CTs whose mandible it missed (seed 7: pt_222, pt_229).
 
     pipeline predict -m runs/<run>/calibrate/joint-c_7 -i <folder with pt_222/ct.nii.gz,
         pt_229/ct.nii.gz> -o /tmp/pred-j7 --save-maps
-    .venv-ref/bin/python cranium.py /tmp/pred-j7 pt_222 pt_229 > cranium.md
+    OPENKBP_ROOT=... .venv-ref/bin/python cranium.py /tmp/pred-j7 pt_222 pt_229 > cranium.md
 
 Per case: the map's values in the reference mandible, then its negative components (map
 < 0) by size: voxels, slice range (axis 2, 2.5 mm, inferior), median CT HU, the fraction in
 the reference mandible, the deepest value; and which component the largest-component rule
 keeps against the one with the largest summed depth (sum of -map).
 """
+import os
 import sys
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-ROOT = "/work/shared/data/openkbp/validation"
+# OPENKBP_ROOT as the pipelines read it (default: ../shared/data/openkbp beside the project).
+ROOT = os.path.join(os.environ.get("OPENKBP_ROOT", "../shared/data/openkbp"), "validation")
 
 
 def main(pred, cases):
