@@ -116,8 +116,9 @@ impl StageFactory for TrainFactory {
     }
     fn build(&self, params: &serde_json::Value, ctx: &BuildCtx) -> Result<Built, ParamError> {
         let mut built = self.0.build(params, ctx)?;
-        let sdm_only = serde_json::from_value::<TrainConfig>(built.canonical.clone())
-            .is_ok_and(|c| !c.mode.segments());
+        let sdm_only =
+            serde_json::from_value::<crate::losses::Mode>(built.canonical["mode"].clone())
+                .is_ok_and(|m| !m.segments());
         if let (true, Some(keyed)) = (sdm_only, built.keyed.as_object_mut()) {
             if let Some(w) = keyed.remove("exclusion") {
                 keyed.insert(SDM_EXCLUSION_KEY.into(), w);

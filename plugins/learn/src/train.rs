@@ -262,26 +262,24 @@ impl TrainConfig {
         if !(self.exclusion >= 0.0 && self.exclusion.is_finite()) {
             return f("exclusion", "must be a number >= 0".into());
         }
-        // `fit::loss` adds the cross-entropy to the segmentation's logits; an SDM-only mode
-        // has none, so it would be keyed and silently ignored (section 36). The exclusion
-        // term reads an SDM-only head's maps through their smooth Heaviside (section 37).
-        if self.ce > 0.0 && !self.mode.segments() {
+        // The cross-entropy and the softmax act on the segmentation's logits; an SDM-only
+        // mode has none, so they would be keyed and silently ignored (section 36). The
+        // exclusion term reads an SDM-only head's maps through their smooth Heaviside
+        // (section 37).
+        if !self.mode.segments() {
             let mode = serde_json::to_string(&self.mode).unwrap_or_default();
-            return f(
-                "ce",
-                format!(
-                    "mode {mode} has no segmentation for this term: use a dice or joint mode, or 0"
-                ),
-            );
-        }
-        if self.softmax && !self.mode.segments() {
-            let mode = serde_json::to_string(&self.mode).unwrap_or_default();
-            return f(
-                "softmax",
-                format!(
-                    "mode {mode} has no segmentation to put in a softmax: use a dice or joint mode"
-                ),
-            );
+            if self.ce > 0.0 {
+                return f(
+                    "ce",
+                    format!("mode {mode} has no segmentation for this term: use a dice or joint mode, or 0"),
+                );
+            }
+            if self.softmax {
+                return f(
+                    "softmax",
+                    format!("mode {mode} has no segmentation to put in a softmax: use a dice or joint mode"),
+                );
+            }
         }
         if self.softmax && self.ce_balance {
             return f(
