@@ -64,8 +64,9 @@ pub fn to_tensors(batch: &[Sample], patch: [usize; 3], device: Device) -> BatchT
 
 /// The terms added to a mode's loss on its segmentation (the Dice head's probabilities,
 /// the joint heads' smooth Heaviside); of them only the exclusion term for the SDM-only
-/// heads (on their maps' smooth Heaviside, [`Mode::indicator_logits`]).
-#[derive(Debug, Clone, Copy, Default)]
+/// heads (on their maps' smooth Heaviside, [`Mode::indicator_logits`]); and the far
+/// field's weight in the shell-balanced SDM terms.
+#[derive(Debug, Clone, Copy)]
 pub struct SegTerms {
     /// Weight of a cross-entropy ([`crate::losses::bce_loss`]).
     pub ce: f64,
@@ -77,6 +78,21 @@ pub struct SegTerms {
     /// merged into background ([`crate::losses::marginal_softmax`]), in place of the
     /// per-organ sigmoids.
     pub softmax: bool,
+    /// The far field's weight in the shell-balanced SDM terms
+    /// ([`crate::losses::shell_balanced_sdm_terms_far`]).
+    pub far_weight: f64,
+}
+
+impl Default for SegTerms {
+    fn default() -> Self {
+        SegTerms {
+            ce: 0.0,
+            ce_balanced: false,
+            exclusion: 0.0,
+            softmax: false,
+            far_weight: 1.0,
+        }
+    }
 }
 
 impl SegTerms {
@@ -86,6 +102,7 @@ impl SegTerms {
             ce_balanced: cfg.ce_balance,
             exclusion: cfg.exclusion,
             softmax: cfg.softmax,
+            far_weight: cfg.far_weight,
         }
     }
 }
@@ -122,7 +139,7 @@ fn seg_loss(
     extra: &SegTerms,
 ) -> Tensor {
     let Some(logits) = mode.segmentation_logits(out, k) else {
-        return mode.loss(&mode.activate(out), t, k, lambda);
+        return mode.loss(&mode.activate(out), t, k, lambda, extra.far_weight);
     };
     if extra.softmax {
         use crate::losses::{dice_loss, marginal_softmax, marginal_softmax_ce};
@@ -131,7 +148,7 @@ fn seg_loss(
         // A joint head, or auxiliary maps, add their SDM terms; the Dice head has none
         // (and activates nothing for them).
         let terms = if mode.weighs_maps() {
-            mode.sdm_terms(&mode.activate(out), t)
+            mode.sdm_terms(&mode.activate(out), t, extra.far_weight)
         } else {
             None
         };
@@ -145,7 +162,7 @@ fn seg_loss(
             l
         }
     } else {
-        let l = mode.loss(&mode.activate(out), t, k, lambda);
+        let l = mode.loss(&mode.activate(out), t, k, lambda, extra.far_weight);
         if extra.ce > 0.0 {
             l + crate::losses::bce_loss(&logits, &t.seg, &t.present, extra.ce_balanced) * extra.ce
         } else {
@@ -229,6 +246,58 @@ mod tests {
             ));
             assert!(term > 0.01, "{mode:?}: {term}");
             assert!((got - 0.3 * term).abs() < 1e-5, "{mode:?}: {got} {term}");
+        }
+    }
+
+    /// `train.far_weight` reaches the shell-balanced terms of the SDM-only and joint heads
+    /// (the latter at lambda) and nothing else.
+    #[test]
+    fn far_weight_reaches_the_shell_balanced_terms() {
+        tch::manual_seed(2);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = UNet::new(
+            &vs.root(),
+            UNetConfig {
+                out_channels: 1,
+                depth: 1,
+                base_channels: 4,
+                groups: 2,
+                ..Default::default()
+            },
+        );
+        // One organ in the patch's lower half; the upper half is its far field (target 1).
+        let seg = Tensor::arange(8, (Kind::Float, Device::Cpu))
+            .lt(4.0)
+            .to_kind(Kind::Float)
+            .view([1, 1, 8, 1, 1])
+            .expand([1, 1, 8, 8, 8], false);
+        let t = BatchTensors {
+            image: Tensor::randn([1, 1, 8, 8, 8], (Kind::Float, Device::Cpu)),
+            sdm: seg.ones_like() - &seg * 1.5,
+            seg: seg.shallow_clone(),
+            present: Tensor::ones([1, 1], (Kind::Float, Device::Cpu)),
+        };
+        let maps = net.forward(&t.image).tanh();
+        let far_term = losses::value(&losses::shell_balanced_sdm_terms_far(
+            &maps, &t.sdm, &t.present, 1.0,
+        )) - losses::value(&losses::shell_balanced_sdm_terms_far(
+            &maps, &t.sdm, &t.present, 0.0,
+        ));
+        assert!(far_term > 0.01, "{far_term}");
+        let lambda = 0.1;
+        for (mode, want) in [
+            (Mode::SdmShellBalanced, 3.0 * far_term),
+            (Mode::JointShellBalanced, 3.0 * lambda * far_term),
+            (Mode::Dice, 0.0),
+            (Mode::Joint, 0.0),
+        ] {
+            let four = SegTerms {
+                far_weight: 4.0,
+                ..SegTerms::default()
+            };
+            let got = losses::value(&loss(&net, &t, mode, 20.0, lambda, &four))
+                - losses::value(&loss(&net, &t, mode, 20.0, lambda, &SegTerms::default()));
+            assert!((got - want).abs() < 1e-5, "{mode:?}: {got} {want}");
         }
     }
 

@@ -41,8 +41,9 @@ in a case merged into its background (the marginal loss). The Dice head's output
 starts at probability `head_prior`; an SDM head's (joint or SDM-only) Heaviside
 sigmoid(-k sdm) at `joint_prior` where set (0, the default: bias 0, every channel around
 0.5). `lambda_schedule: poly` lets the SDM terms' weight fall as lambda (1 - epoch /
-epochs)^0.9 (`constant`, the paper's, keeps it). Organs absent from a case are masked out
-of every loss term.
+epochs)^0.9 (`constant`, the paper's, keeps it). `far_weight` multiplies the far field's
+false positives in the shell-balanced SDM terms (1: as defined). Organs absent from a case
+are masked out of every loss term.
 
 Each epoch draws `iterations` batches of `batch` patches (foreground-biased, augmented, see
 `augment`), deterministic for the pipeline seed. Adam (PyTorch's), lr `lr` times
@@ -1001,6 +1002,15 @@ mod tests {
             let d = doc.iter().find(|d| d.name == name).unwrap();
             assert_eq!(d.default, serde_json::json!(0.0), "{name}");
         }
+        assert!(before.get("far_weight").is_none());
+        let shell = serde_json::json!({"k": 20, "mode": "joint-shell-balanced"});
+        let shell_key = keyed(shell.clone());
+        let mut at_one = shell.clone();
+        at_one["far_weight"] = serde_json::json!(1.0);
+        assert_eq!(keyed(at_one), shell_key);
+        let mut at_four = shell;
+        at_four["far_weight"] = serde_json::json!(4.0);
+        assert_eq!(keyed(at_four)["far_weight"], 4.0);
         assert!(before.get("softmax").is_none());
         assert_eq!(
             keyed(serde_json::json!({"k": 20, "softmax": false})),

@@ -157,6 +157,12 @@ pub struct TrainConfig {
     /// sigmoids. (Keyed only when set.)
     #[schemars(extend("x-key-omits-default" = true))]
     pub softmax: bool,
+    /// The far field's weight in the shell-balanced SDM terms (modes `*-shell-balanced`,
+    /// `dice-sdm`): each organ's map below 0 a band or more away from it, summed and divided
+    /// by its near voxels, is multiplied by this. 1: as the terms were introduced. Refused
+    /// for other modes (nothing to weigh). (Keyed only when set.)
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub far_weight: f64,
 }
 
 /// How `train`'s learning rate falls over the epochs.
@@ -229,6 +235,7 @@ impl Default for TrainConfig {
             head_prior: 0.01,
             joint_prior: 0.0,
             softmax: false,
+            far_weight: 1.0,
         }
     }
 }
@@ -261,6 +268,16 @@ impl TrainConfig {
         }
         if !(self.exclusion >= 0.0 && self.exclusion.is_finite()) {
             return f("exclusion", "must be a number >= 0".into());
+        }
+        if !(self.far_weight >= 0.0 && self.far_weight.is_finite()) {
+            return f("far_weight", "must be a number >= 0".into());
+        }
+        if self.far_weight != 1.0 && !self.mode.shell_balanced() {
+            let mode = serde_json::to_string(&self.mode).unwrap_or_default();
+            return f(
+                "far_weight",
+                format!("mode {mode} has no shell-balanced SDM terms to weigh: use sdm-shell-balanced, joint-shell-balanced or dice-sdm, or 1"),
+            );
         }
         // The cross-entropy and the softmax act on the segmentation's logits; an SDM-only
         // mode has none, so they would be keyed and silently ignored (section 36). The
@@ -1344,6 +1361,27 @@ mod tests {
                 ..Default::default()
             };
             assert!(c.check().is_ok(), "{mode:?}");
+        }
+        // The far field's weight: only where the shell-balanced terms are, never below 0.
+        for (mode, far_weight, ok) in [
+            (Mode::SdmShellBalanced, 4.0, true),
+            (Mode::JointShellBalanced, 0.0, true),
+            (Mode::DiceSdm, 2.0, true),
+            (Mode::JointShellBalanced, -1.0, false),
+            (Mode::JointShellBalanced, f64::NAN, false),
+            (Mode::Joint, 4.0, false),
+            (Mode::Dice, 4.0, false),
+            (Mode::Dice, 1.0, true),
+        ] {
+            let c = TrainConfig {
+                mode,
+                far_weight,
+                ..Default::default()
+            };
+            match c.check() {
+                Ok(()) => assert!(ok, "{mode:?} {far_weight}"),
+                Err((field, _)) => assert!(!ok && field == "far_weight", "{mode:?} {field}"),
+            }
         }
         assert_eq!(TrainConfig::default().lr_at(24), 5e-4);
         assert!((TrainConfig::default().lr_at(25) - 4e-4).abs() < 1e-12);
