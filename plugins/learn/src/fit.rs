@@ -199,22 +199,27 @@ mod tests {
     use crate::unet::UNetConfig;
     use tch::nn::OptimizerConfig;
 
+    /// A depth-1 UNet of 4 base channels with `out_channels` outputs.
+    fn tiny_net(vs: &nn::VarStore, out_channels: i64) -> UNet {
+        UNet::new(
+            &vs.root(),
+            UNetConfig {
+                out_channels,
+                depth: 1,
+                base_channels: 4,
+                groups: 2,
+                ..Default::default()
+            },
+        )
+    }
+
     /// `loss` adds the exclusion term to every head, an SDM-only head's on its maps'
     /// smooth Heaviside (before session 37 it returned before the term: keyed, ignored).
     #[test]
     fn exclusion_reaches_every_head() {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = UNet::new(
-            &vs.root(),
-            UNetConfig {
-                out_channels: 2,
-                depth: 1,
-                base_channels: 4,
-                groups: 2,
-                ..Default::default()
-            },
-        );
+        let net = tiny_net(&vs, 2);
         // Two organs: the first in the patch's lower half, the second in its upper half.
         let shape = [1, 2, 8, 8, 8];
         let lower = Tensor::arange(8, (Kind::Float, Device::Cpu))
@@ -255,16 +260,7 @@ mod tests {
     fn far_weight_reaches_the_shell_balanced_terms() {
         tch::manual_seed(2);
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = UNet::new(
-            &vs.root(),
-            UNetConfig {
-                out_channels: 1,
-                depth: 1,
-                base_channels: 4,
-                groups: 2,
-                ..Default::default()
-            },
-        );
+        let net = tiny_net(&vs, 1);
         // One organ in the patch's lower half; the upper half is its far field (target 1).
         let seg = Tensor::arange(8, (Kind::Float, Device::Cpu))
             .lt(4.0)
