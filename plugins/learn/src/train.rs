@@ -241,6 +241,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The mode as the YAML spells it (`"joint-shell-balanced"`), for messages.
+    fn mode_name(&self) -> String {
+        serde_json::to_string(&self.mode).unwrap_or_default()
+    }
+
     /// Problems with the config alone, as (field, message).
     pub fn check(&self) -> Result<(), (String, String)> {
         let f = |field: &str, m: String| Err((field.to_string(), m));
@@ -273,7 +278,7 @@ impl TrainConfig {
             return f("far_weight", "must be a number >= 0".into());
         }
         if self.far_weight != 1.0 && !self.mode.shell_balanced() {
-            let mode = serde_json::to_string(&self.mode).unwrap_or_default();
+            let mode = self.mode_name();
             return f(
                 "far_weight",
                 format!("mode {mode} has no shell-balanced SDM terms to weigh: use sdm-shell-balanced, joint-shell-balanced or dice-sdm, or 1"),
@@ -284,7 +289,7 @@ impl TrainConfig {
         // exclusion term reads an SDM-only head's maps through their smooth Heaviside
         // (section 37).
         if !self.mode.segments() {
-            let mode = serde_json::to_string(&self.mode).unwrap_or_default();
+            let mode = self.mode_name();
             if self.ce > 0.0 {
                 return f(
                     "ce",
@@ -308,7 +313,7 @@ impl TrainConfig {
             return f("lambda", "must be a number >= 0".into());
         }
         if self.lambda_schedule != LambdaSchedule::Constant && !self.mode.weighs_maps() {
-            let mode = serde_json::to_string(&self.mode).unwrap_or_default();
+            let mode = self.mode_name();
             return f(
                 "lambda_schedule",
                 format!(
