@@ -7,7 +7,7 @@ use crate::augment::Sample;
 use crate::unet::UNet;
 use tch::{nn, Device, Kind, Tensor};
 
-pub use crate::losses::{Head, Mode};
+pub use crate::losses::{Head, Mode, ShellWeights};
 
 /// A batch as tensors: image [B, C, z, y, x], SDMs [B, K, ...], one-hot segmentation
 /// [B, K, ...], present [B, K].
@@ -78,9 +78,9 @@ pub struct SegTerms {
     /// merged into background ([`crate::losses::marginal_softmax`]), in place of the
     /// per-organ sigmoids.
     pub softmax: bool,
-    /// The far field's weight in the shell-balanced SDM terms
-    /// ([`crate::losses::shell_balanced_sdm_terms_far`]).
-    pub far_weight: f64,
+    /// The regions' weights in the shell-balanced SDM terms
+    /// ([`crate::losses::shell_balanced_sdm_terms_weighted`]).
+    pub shell: ShellWeights,
 }
 
 impl Default for SegTerms {
@@ -90,7 +90,7 @@ impl Default for SegTerms {
             ce_balanced: false,
             exclusion: 0.0,
             softmax: false,
-            far_weight: 1.0,
+            shell: ShellWeights::default(),
         }
     }
 }
@@ -102,7 +102,10 @@ impl SegTerms {
             ce_balanced: cfg.ce_balance,
             exclusion: cfg.exclusion,
             softmax: cfg.softmax,
-            far_weight: cfg.far_weight,
+            shell: ShellWeights {
+                far: cfg.far_weight,
+                inside: cfg.inside_weight,
+            },
         }
     }
 }
@@ -139,7 +142,7 @@ fn seg_loss(
     extra: &SegTerms,
 ) -> Tensor {
     let Some(logits) = mode.segmentation_logits(out, k) else {
-        return mode.loss(&mode.activate(out), t, k, lambda, extra.far_weight);
+        return mode.loss(&mode.activate(out), t, k, lambda, extra.shell);
     };
     if extra.softmax {
         use crate::losses::{dice_loss, marginal_softmax, marginal_softmax_ce};
@@ -148,7 +151,7 @@ fn seg_loss(
         // A joint head, or auxiliary maps, add their SDM terms; the Dice head has none
         // (and activates nothing for them).
         let terms = if mode.weighs_maps() {
-            mode.sdm_terms(&mode.activate(out), t, extra.far_weight)
+            mode.sdm_terms(&mode.activate(out), t, extra.shell)
         } else {
             None
         };
@@ -162,7 +165,7 @@ fn seg_loss(
             l
         }
     } else {
-        let l = mode.loss(&mode.activate(out), t, k, lambda, extra.far_weight);
+        let l = mode.loss(&mode.activate(out), t, k, lambda, extra.shell);
         if extra.ce > 0.0 {
             l + crate::losses::bce_loss(&logits, &t.seg, &t.present, extra.ce_balanced) * extra.ce
         } else {
@@ -254,46 +257,59 @@ mod tests {
         }
     }
 
-    /// `train.far_weight` reaches the shell-balanced terms of the SDM-only and joint heads
-    /// (the latter at lambda) and nothing else.
+    /// `train.far_weight` and `train.inside_weight` reach the shell-balanced terms of the
+    /// SDM-only and joint heads (the latter at lambda) and nothing else.
     #[test]
-    fn far_weight_reaches_the_shell_balanced_terms() {
+    fn shell_weights_reach_the_shell_balanced_terms() {
         tch::manual_seed(2);
         let vs = nn::VarStore::new(Device::Cpu);
         let net = tiny_net(&vs, 1);
-        // One organ in the patch's lower half; the upper half is its far field (target 1).
-        let seg = Tensor::arange(8, (Kind::Float, Device::Cpu))
+        // One organ in the patch's lower half, its shell the next two slices, then its far
+        // field (target 1).
+        let z = Tensor::arange(8, (Kind::Float, Device::Cpu)).view([1, 1, 8, 1, 1]);
+        let seg = z
             .lt(4.0)
             .to_kind(Kind::Float)
-            .view([1, 1, 8, 1, 1])
             .expand([1, 1, 8, 8, 8], false);
         let t = BatchTensors {
             image: Tensor::randn([1, 1, 8, 8, 8], (Kind::Float, Device::Cpu)),
-            sdm: seg.ones_like() - &seg * 1.5,
+            sdm: ((z - 3.5) / 2.5)
+                .clamp(-1.0, 1.0)
+                .expand([1, 1, 8, 8, 8], false),
             seg: seg.shallow_clone(),
             present: Tensor::ones([1, 1], (Kind::Float, Device::Cpu)),
         };
         let maps = net.forward(&t.image).tanh();
-        let far_term = losses::value(&losses::shell_balanced_sdm_terms_far(
-            &maps, &t.sdm, &t.present, 1.0,
-        )) - losses::value(&losses::shell_balanced_sdm_terms_far(
-            &maps, &t.sdm, &t.present, 0.0,
-        ));
-        assert!(far_term > 0.01, "{far_term}");
+        let terms = |w| {
+            losses::value(&losses::shell_balanced_sdm_terms_weighted(
+                &maps, &t.sdm, &t.present, w,
+            ))
+        };
+        let at_default = terms(ShellWeights::default());
         let lambda = 0.1;
-        for (mode, want) in [
-            (Mode::SdmShellBalanced, 3.0 * far_term),
-            (Mode::JointShellBalanced, 3.0 * lambda * far_term),
-            (Mode::Dice, 0.0),
-            (Mode::Joint, 0.0),
-        ] {
-            let four = SegTerms {
+        for cfg in [
+            crate::train::TrainConfig {
                 far_weight: 4.0,
-                ..SegTerms::default()
-            };
-            let got = losses::value(&loss(&net, &t, mode, 20.0, lambda, &four))
-                - losses::value(&loss(&net, &t, mode, 20.0, lambda, &SegTerms::default()));
-            assert!((got - want).abs() < 1e-5, "{mode:?}: {got} {want}");
+                ..Default::default()
+            },
+            crate::train::TrainConfig {
+                inside_weight: 0.25,
+                ..Default::default()
+            },
+        ] {
+            let extra = SegTerms::of(&cfg);
+            let moved = terms(extra.shell) - at_default;
+            assert!(moved.abs() > 0.01, "{cfg:?}: {moved}");
+            for (mode, want) in [
+                (Mode::SdmShellBalanced, moved),
+                (Mode::JointShellBalanced, lambda * moved),
+                (Mode::Dice, 0.0),
+                (Mode::Joint, 0.0),
+            ] {
+                let got = losses::value(&loss(&net, &t, mode, 20.0, lambda, &extra))
+                    - losses::value(&loss(&net, &t, mode, 20.0, lambda, &SegTerms::default()));
+                assert!((got - want).abs() < 1e-5, "{mode:?}: {got} {want}");
+            }
         }
     }
 

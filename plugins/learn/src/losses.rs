@@ -157,8 +157,15 @@ impl Mode {
     /// The loss on a batch, given the outputs [`Mode::activate`] makes (`k`, `lambda`: the
     /// smooth Heaviside's sharpness and the SDM terms' weight, used by modes that need
     /// them).
-    pub fn loss(self, out: &Tensor, t: &BatchTensors, k: f64, lambda: f64, far: f64) -> Tensor {
-        let Some(terms) = self.sdm_terms(out, t, far) else {
+    pub fn loss(
+        self,
+        out: &Tensor,
+        t: &BatchTensors,
+        k: f64,
+        lambda: f64,
+        w: ShellWeights,
+    ) -> Tensor {
+        let Some(terms) = self.sdm_terms(out, t, w) else {
             return dice_loss(out, &t.seg, &t.present);
         };
         if self == Mode::DiceSdm {
@@ -172,17 +179,17 @@ impl Mode {
 
     /// The SDM terms of this mode's loss on the outputs [`Mode::activate`] makes,
     /// unweighted (a joint head, or the auxiliary maps, add them at `lambda` to the
-    /// segmentation's Dice); `None` for the Dice head. `far`: the far field's weight in the
-    /// shell-balanced terms ([`shell_balanced_sdm_terms_far`]; 1 in the others' use).
-    pub fn sdm_terms(self, out: &Tensor, t: &BatchTensors, far: f64) -> Option<Tensor> {
+    /// segmentation's Dice); `None` for the Dice head. `w`: the shell-balanced terms'
+    /// weights ([`shell_balanced_sdm_terms_weighted`]; unused by the other terms).
+    pub fn sdm_terms(self, out: &Tensor, t: &BatchTensors, w: ShellWeights) -> Option<Tensor> {
         let (y, present) = (&t.sdm, &t.present);
         Some(match self {
             Mode::Dice => return None,
-            Mode::DiceSdm => shell_balanced_sdm_terms_far(&halves(out).1, y, present, far),
+            Mode::DiceSdm => shell_balanced_sdm_terms_weighted(&halves(out).1, y, present, w),
             Mode::Sdm | Mode::Joint => sdm_loss(out, y, present),
             Mode::SdmBalanced | Mode::JointBalanced => balanced_sdm_terms(out, y, present),
             Mode::SdmShellBalanced | Mode::JointShellBalanced => {
-                shell_balanced_sdm_terms_far(out, y, present, far)
+                shell_balanced_sdm_terms_weighted(out, y, present, w)
             }
             Mode::SdmOrganScaled | Mode::JointOrganScaled => {
                 organ_scaled_sdm_terms(out, y, present)
@@ -465,19 +472,46 @@ const FAR: f64 = 1.0 - 1e-4;
 /// network predicts "outside" (the median of an uncertain sign). Here the inside keeps half
 /// the weight, so that organs are found, and far false positives cost what near ones do.
 pub fn shell_balanced_sdm_terms(pred: &Tensor, target: &Tensor, present: &Tensor) -> Tensor {
-    shell_balanced_sdm_terms_far(pred, target, present, 1.0)
+    shell_balanced_sdm_terms_weighted(pred, target, present, ShellWeights::default())
 }
 
-/// [`shell_balanced_sdm_terms`] with the far field's false positives weighted by `far`
-/// (`train.far_weight`). Measured on OpenKBP (docs/results/multi-organ/README.md, section
-/// 38): at 1 the SDM heads' mandible channel is negative on the skull base of training CTs
-/// as of test CTs, though 30% of the first model's patches show that bone with the
-/// mandible; at 4 it still is, and the heads lose elsewhere: not the profile's.
-pub fn shell_balanced_sdm_terms_far(
+/// How the shell-balanced SDM terms weigh their three regions (`train.far_weight`,
+/// `train.inside_weight`); the default is the terms as introduced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShellWeights {
+    /// Multiplies the far field's false positives. Measured on OpenKBP
+    /// (docs/results/multi-organ/README.md, section 38): at 1 the SDM heads' mandible channel
+    /// is negative on the skull base of training CTs as of test CTs, though 30% of the first
+    /// model's patches show that bone with the mandible; at 4 it still is, and the heads lose
+    /// elsewhere: not the profile's.
+    pub far: f64,
+    /// The inside's share of the near terms, the shell's 1 minus it (0.5: the two means
+    /// weighted equally). Per voxel an inside voxel then weighs (inside / n_in) against a
+    /// shell voxel's ((1 - inside) / n_shell): at 0.5 an organ thinner than its band weighs
+    /// its inside voxels several times its shell's, and an uncertain map says "inside"
+    /// (section 39: the SDM-only head's validated levels are -0.07 to -0.30, each organ
+    /// predicted too large at 0).
+    pub inside: f64,
+}
+
+impl Default for ShellWeights {
+    fn default() -> Self {
+        ShellWeights {
+            far: 1.0,
+            inside: 0.5,
+        }
+    }
+}
+
+/// [`shell_balanced_sdm_terms`] with its regions weighted by `w` ([`ShellWeights`]): per
+/// organ inside mean_in + (1 - inside) mean_shell where the batch holds both regions (one
+/// region's mean where it holds one), plus far times the far term. The default weights
+/// compute exactly the terms as introduced (each region's weight is 1 then).
+pub fn shell_balanced_sdm_terms_weighted(
     pred: &Tensor,
     target: &Tensor,
     present: &Tensor,
-    far: f64,
+    w: ShellWeights,
 ) -> Tensor {
     let (m, _) = mask(present, pred);
     let dims: &[i64] = &[0, 2, 3, 4];
@@ -486,11 +520,18 @@ pub fn shell_balanced_sdm_terms_far(
     let mut sum = Tensor::zeros([pred.size()[1]], (kind, pred.device()));
     let mut count = Tensor::zeros([pred.size()[1]], (kind, pred.device()));
     let mut n_near = Tensor::zeros([pred.size()[1]], (kind, pred.device()));
-    for r in [target.lt(0.0), target.ge(0.0).logical_and(&target.lt(FAR))] {
-        let w = r.to_kind(kind) * &m;
-        let n = w.sum_dim_intlist(dims, false, kind);
-        let mean = (&term * &w).sum_dim_intlist(dims, false, kind) / n.clamp_min(1.0);
-        let has = n.gt(0.0).to_kind(kind);
+    let regions = [
+        (target.lt(0.0), 2.0 * w.inside),
+        (
+            target.ge(0.0).logical_and(&target.lt(FAR)),
+            2.0 * (1.0 - w.inside),
+        ),
+    ];
+    for (r, weight) in regions {
+        let r = r.to_kind(kind) * &m;
+        let n = r.sum_dim_intlist(dims, false, kind);
+        let mean = (&term * &r).sum_dim_intlist(dims, false, kind) / n.clamp_min(1.0);
+        let has = n.gt(0.0).to_kind(kind) * weight;
         sum += mean * &has;
         count += has;
         n_near += n;
@@ -499,8 +540,8 @@ pub fn shell_balanced_sdm_terms_far(
     let n_all = m.expand_as(pred).sum_dim_intlist(dims, false, kind);
     let far_sum = (-pred).relu() * &far_field;
     let far_sum = far_sum.sum_dim_intlist(dims, false, kind);
-    let per_organ = sum / count.clamp_min(1.0)
-        + far_sum / n_near.maximum(&(&n_all * NEAR_FLOOR)).clamp_min(1.0) * far;
+    let per_organ = sum / count.clamp_min(1e-12)
+        + far_sum / n_near.maximum(&(&n_all * NEAR_FLOOR)).clamp_min(1.0) * w.far;
     mean_over_present_organs(per_organ, present)
 }
 
@@ -718,13 +759,66 @@ mod tests {
         let present3 = t(&[1.0, 1.0, 1.0, 0.0], &[2, 2]);
         check_gradient(&|q| shell_balanced_sdm_terms(q, &y3, &present3), &x3);
         // The far field's weight multiplies its false positives alone.
-        let far3 = value(&shell_balanced_sdm_terms_far(&p, &y, &present, 3.0));
+        let far = |far| ShellWeights {
+            far,
+            ..ShellWeights::default()
+        };
+        let far3 = value(&shell_balanced_sdm_terms_weighted(
+            &p,
+            &y,
+            &present,
+            far(3.0),
+        ));
         assert!((far3 - (want + 2.0 * 0.4 / 4.0)).abs() < 1e-6, "{far3}");
-        assert!(value(&shell_balanced_sdm_terms_far(&fine, &y, &present, 3.0)).abs() < 1e-5);
-        let far0 = value(&shell_balanced_sdm_terms_far(&p, &y2, &present, 0.0));
+        let fine3 = shell_balanced_sdm_terms_weighted(&fine, &y, &present, far(3.0));
+        assert!(value(&fine3).abs() < 1e-5);
+        let far0 = value(&shell_balanced_sdm_terms_weighted(
+            &p,
+            &y2,
+            &present,
+            far(0.0),
+        ));
         assert!((far0 - (want2 - 0.4 / 4.0)).abs() < 1e-6, "{far0}");
         check_gradient(
-            &|q| shell_balanced_sdm_terms_far(q, &y3, &present3, 3.0),
+            &|q| shell_balanced_sdm_terms_weighted(q, &y3, &present3, far(3.0)),
+            &x3,
+        );
+        // The inside's share: a quarter inside, three quarters shell; alone, a region keeps
+        // its mean whatever its share.
+        let inside = |inside| ShellWeights {
+            inside,
+            ..ShellWeights::default()
+        };
+        let want_q = 0.25 * term(-0.3, -0.5)
+            + 0.75 * (term(0.6, 0.5) + term(0.1, 0.4) + term(-0.2, 0.1)) / 3.0
+            + 0.4 / 4.0;
+        let got_q = value(&shell_balanced_sdm_terms_weighted(
+            &p,
+            &y,
+            &present,
+            inside(0.25),
+        ));
+        assert!((got_q - want_q).abs() < 1e-6, "{got_q} vs {want_q}");
+        let alone = value(&shell_balanced_sdm_terms_weighted(
+            &p,
+            &y2,
+            &present,
+            inside(0.25),
+        ));
+        assert!((alone - want2).abs() < 1e-6, "{alone} vs {want2}");
+        let y_in = t(&[-0.5, -0.2, 1.0, 1.0, 1.0, 1.0], &[1, 1, 1, 2, 3]);
+        // No shell voxel: the inside's mean alone; the far false positives (-0.2, -0.4) over
+        // the 2 near voxels.
+        let want_in = (term(-0.3, -0.5) + term(0.6, -0.2)) / 2.0 + (0.2 + 0.4) / 2.0;
+        let got_in = value(&shell_balanced_sdm_terms_weighted(
+            &p,
+            &y_in,
+            &present,
+            inside(0.1),
+        ));
+        assert!((got_in - want_in).abs() < 1e-6, "{got_in} vs {want_in}");
+        check_gradient(
+            &|q| shell_balanced_sdm_terms_weighted(q, &y3, &present3, inside(0.2)),
             &x3,
         );
     }
@@ -827,7 +921,10 @@ mod tests {
             seg: seg.shallow_clone(),
             present: present.shallow_clone(),
         };
-        assert!((value(&Mode::Joint.loss(&p, &batch, 1500.0, 10.0, 1.0)) - j).abs() < 1e-12);
+        assert!(
+            (value(&Mode::Joint.loss(&p, &batch, 1500.0, 10.0, ShellWeights::default())) - j).abs()
+                < 1e-12
+        );
     }
 
     /// The auxiliary maps' mode: Dice of its first half's sigmoid plus lambda times the
@@ -852,7 +949,13 @@ mod tests {
         assert_eq!(mode.out_channels(2), 4);
         assert_eq!(mode.head(), Head::Probability);
         assert!(mode.reads_maps() && mode.segments() && !mode.is_joint());
-        let got = value(&mode.loss(&mode.activate(&raw), &batch, 20.0, 0.3, 1.0));
+        let got = value(&mode.loss(
+            &mode.activate(&raw),
+            &batch,
+            20.0,
+            0.3,
+            ShellWeights::default(),
+        ));
         let dice = value(&dice_loss(&logits.sigmoid(), &seg, &present));
         let terms = value(&shell_balanced_sdm_terms(&maps.tanh(), &y, &present));
         assert!(terms > 0.01, "{terms}");
@@ -861,7 +964,11 @@ mod tests {
             "{got} {dice} {terms}"
         );
         assert_eq!(
-            value(&mode.sdm_terms(&mode.activate(&raw), &batch, 1.0).unwrap()),
+            value(
+                &mode
+                    .sdm_terms(&mode.activate(&raw), &batch, ShellWeights::default())
+                    .unwrap()
+            ),
             terms
         );
         // The prediction and the segmentation's logits are the first half's.
@@ -879,7 +986,15 @@ mod tests {
         assert_eq!(m, Mode::DiceSdm);
         // Gradients reach both halves, as finite differences say.
         check_gradient(
-            &|r| mode.loss(&mode.activate(r), &batch, 20.0, 0.3, 1.0),
+            &|r| {
+                mode.loss(
+                    &mode.activate(r),
+                    &batch,
+                    20.0,
+                    0.3,
+                    ShellWeights::default(),
+                )
+            },
             &(raw * 0.5),
         );
     }

@@ -42,7 +42,8 @@ starts at probability `head_prior`; an SDM head's (joint or SDM-only) Heaviside
 sigmoid(-k sdm) at `joint_prior` where set (0, the default: bias 0, every channel around
 0.5). `lambda_schedule: poly` lets the SDM terms' weight fall as lambda (1 - epoch /
 epochs)^0.9 (`constant`, the paper's, keeps it). `far_weight` multiplies the far field's
-false positives in the shell-balanced SDM terms (1: as defined). Organs absent from a case
+false positives in the shell-balanced SDM terms (1: as defined); `inside_weight` is the
+inside's share of their near terms, the shell's 1 minus it (0.5: as defined). Organs absent from a case
 are masked out of every loss term.
 
 Each epoch draws `iterations` batches of `batch` patches (foreground-biased, augmented, see
@@ -1008,9 +1009,16 @@ mod tests {
         let mut at_one = shell.clone();
         at_one["far_weight"] = serde_json::json!(1.0);
         assert_eq!(keyed(at_one), shell_key);
-        let mut at_four = shell;
+        let mut at_four = shell.clone();
         at_four["far_weight"] = serde_json::json!(4.0);
         assert_eq!(keyed(at_four)["far_weight"], 4.0);
+        assert!(before.get("inside_weight").is_none());
+        let mut at_half = shell.clone();
+        at_half["inside_weight"] = serde_json::json!(0.5);
+        assert_eq!(keyed(at_half), shell_key);
+        let mut at_quarter = shell;
+        at_quarter["inside_weight"] = serde_json::json!(0.25);
+        assert_eq!(keyed(at_quarter)["inside_weight"], 0.25);
         assert!(before.get("softmax").is_none());
         assert_eq!(
             keyed(serde_json::json!({"k": 20, "softmax": false})),

@@ -163,6 +163,13 @@ pub struct TrainConfig {
     /// for other modes (nothing to weigh). (Keyed only when set.)
     #[schemars(extend("x-key-omits-default" = true))]
     pub far_weight: f64,
+    /// The inside's share of the shell-balanced SDM terms' near terms, the shell's 1 minus
+    /// it (modes `*-shell-balanced`, `dice-sdm`). 0.5: the inside's mean and the shell's
+    /// weighted equally, as the terms were introduced; below it an organ thinner than its
+    /// band weighs its inside voxels less against its shell's. In (0, 1); refused for other
+    /// modes. (Keyed only when set.)
+    #[schemars(extend("x-key-omits-default" = true))]
+    pub inside_weight: f64,
 }
 
 /// How `train`'s learning rate falls over the epochs.
@@ -236,6 +243,7 @@ impl Default for TrainConfig {
             joint_prior: 0.0,
             softmax: false,
             far_weight: 1.0,
+            inside_weight: 0.5,
         }
     }
 }
@@ -282,6 +290,16 @@ impl TrainConfig {
             return f(
                 "far_weight",
                 format!("mode {mode} has no shell-balanced SDM terms to weigh: use sdm-shell-balanced, joint-shell-balanced or dice-sdm, or 1"),
+            );
+        }
+        if !(self.inside_weight > 0.0 && self.inside_weight < 1.0) {
+            return f("inside_weight", "must be a number in (0, 1)".into());
+        }
+        if self.inside_weight != 0.5 && !self.mode.shell_balanced() {
+            let mode = self.mode_name();
+            return f(
+                "inside_weight",
+                format!("mode {mode} has no shell-balanced SDM terms to weigh: use sdm-shell-balanced, joint-shell-balanced or dice-sdm, or 0.5"),
             );
         }
         // The cross-entropy and the softmax act on the segmentation's logits; an SDM-only
@@ -1386,6 +1404,29 @@ mod tests {
             match c.check() {
                 Ok(()) => assert!(ok, "{mode:?} {far_weight}"),
                 Err((field, _)) => assert!(!ok && field == "far_weight", "{mode:?} {field}"),
+            }
+        }
+        // The inside's share: as the far field's weight, and strictly between 0 and 1.
+        for (mode, inside_weight, ok) in [
+            (Mode::SdmShellBalanced, 0.25, true),
+            (Mode::JointShellBalanced, 0.9, true),
+            (Mode::SdmShellBalanced, 0.0, false),
+            (Mode::SdmShellBalanced, 1.0, false),
+            (Mode::SdmShellBalanced, f64::NAN, false),
+            (Mode::SdmBalanced, 0.25, false),
+            (Mode::Dice, 0.25, false),
+            (Mode::Dice, 0.5, true),
+        ] {
+            let c = TrainConfig {
+                mode,
+                inside_weight,
+                ..Default::default()
+            };
+            match c.check() {
+                Ok(()) => assert!(ok, "{mode:?} {inside_weight}"),
+                Err((field, _)) => {
+                    assert!(!ok && field == "inside_weight", "{mode:?} {field}")
+                }
             }
         }
         assert_eq!(TrainConfig::default().lr_at(24), 5e-4);
