@@ -285,22 +285,22 @@ impl TrainConfig {
         if !(self.far_weight >= 0.0 && self.far_weight.is_finite()) {
             return f("far_weight", "must be a number >= 0".into());
         }
-        if self.far_weight != 1.0 && !self.mode.shell_balanced() {
-            let mode = self.mode_name();
-            return f(
-                "far_weight",
-                format!("mode {mode} has no shell-balanced SDM terms to weigh: use sdm-shell-balanced, joint-shell-balanced or dice-sdm, or 1"),
-            );
-        }
         if !(self.inside_weight > 0.0 && self.inside_weight < 1.0) {
             return f("inside_weight", "must be a number in (0, 1)".into());
         }
-        if self.inside_weight != 0.5 && !self.mode.shell_balanced() {
-            let mode = self.mode_name();
-            return f(
-                "inside_weight",
-                format!("mode {mode} has no shell-balanced SDM terms to weigh: use sdm-shell-balanced, joint-shell-balanced or dice-sdm, or 0.5"),
-            );
+        // The shell-balanced terms' weights, away from their defaults, need those terms.
+        let shell = [
+            ("far_weight", self.far_weight, 1.0),
+            ("inside_weight", self.inside_weight, 0.5),
+        ];
+        for (field, value, default) in shell {
+            if value != default && !self.mode.shell_balanced() {
+                let mode = self.mode_name();
+                return f(
+                    field,
+                    format!("mode {mode} has no shell-balanced SDM terms to weigh: use sdm-shell-balanced, joint-shell-balanced or dice-sdm, or {default}"),
+                );
+            }
         }
         // The cross-entropy and the softmax act on the segmentation's logits; an SDM-only
         // mode has none, so they would be keyed and silently ignored (section 36). The
@@ -1385,48 +1385,43 @@ mod tests {
             };
             assert!(c.check().is_ok(), "{mode:?}");
         }
-        // The far field's weight: only where the shell-balanced terms are, never below 0.
-        for (mode, far_weight, ok) in [
-            (Mode::SdmShellBalanced, 4.0, true),
-            (Mode::JointShellBalanced, 0.0, true),
-            (Mode::DiceSdm, 2.0, true),
-            (Mode::JointShellBalanced, -1.0, false),
-            (Mode::JointShellBalanced, f64::NAN, false),
-            (Mode::Joint, 4.0, false),
-            (Mode::Dice, 4.0, false),
-            (Mode::Dice, 1.0, true),
+        // The shell-balanced terms' weights: only where those terms are; the far field's
+        // never below 0, the inside's share strictly between 0 and 1.
+        let far = |far_weight| TrainConfig {
+            far_weight,
+            ..Default::default()
+        };
+        let inside = |inside_weight| TrainConfig {
+            inside_weight,
+            ..Default::default()
+        };
+        for (mode, c, field, ok) in [
+            (Mode::SdmShellBalanced, far(4.0), "far_weight", true),
+            (Mode::JointShellBalanced, far(0.0), "far_weight", true),
+            (Mode::DiceSdm, far(2.0), "far_weight", true),
+            (Mode::JointShellBalanced, far(-1.0), "far_weight", false),
+            (Mode::JointShellBalanced, far(f64::NAN), "far_weight", false),
+            (Mode::Joint, far(4.0), "far_weight", false),
+            (Mode::Dice, far(4.0), "far_weight", false),
+            (Mode::Dice, far(1.0), "far_weight", true),
+            (Mode::SdmShellBalanced, inside(0.25), "inside_weight", true),
+            (Mode::JointShellBalanced, inside(0.9), "inside_weight", true),
+            (Mode::SdmShellBalanced, inside(0.0), "inside_weight", false),
+            (Mode::SdmShellBalanced, inside(1.0), "inside_weight", false),
+            (
+                Mode::SdmShellBalanced,
+                inside(f64::NAN),
+                "inside_weight",
+                false,
+            ),
+            (Mode::SdmBalanced, inside(0.25), "inside_weight", false),
+            (Mode::Dice, inside(0.25), "inside_weight", false),
+            (Mode::Dice, inside(0.5), "inside_weight", true),
         ] {
-            let c = TrainConfig {
-                mode,
-                far_weight,
-                ..Default::default()
-            };
+            let c = TrainConfig { mode, ..c };
             match c.check() {
-                Ok(()) => assert!(ok, "{mode:?} {far_weight}"),
-                Err((field, _)) => assert!(!ok && field == "far_weight", "{mode:?} {field}"),
-            }
-        }
-        // The inside's share: as the far field's weight, and strictly between 0 and 1.
-        for (mode, inside_weight, ok) in [
-            (Mode::SdmShellBalanced, 0.25, true),
-            (Mode::JointShellBalanced, 0.9, true),
-            (Mode::SdmShellBalanced, 0.0, false),
-            (Mode::SdmShellBalanced, 1.0, false),
-            (Mode::SdmShellBalanced, f64::NAN, false),
-            (Mode::SdmBalanced, 0.25, false),
-            (Mode::Dice, 0.25, false),
-            (Mode::Dice, 0.5, true),
-        ] {
-            let c = TrainConfig {
-                mode,
-                inside_weight,
-                ..Default::default()
-            };
-            match c.check() {
-                Ok(()) => assert!(ok, "{mode:?} {inside_weight}"),
-                Err((field, _)) => {
-                    assert!(!ok && field == "inside_weight", "{mode:?} {field}")
-                }
+                Ok(()) => assert!(ok, "{mode:?} {field}"),
+                Err((got, _)) => assert!(!ok && got == field, "{mode:?} {field}: {got}"),
             }
         }
         assert_eq!(TrainConfig::default().lr_at(24), 5e-4);
